@@ -1,0 +1,10 @@
+//! Money and metering rules: the [`money::Micros`] newtype, token pricing, and the
+//! reservation → settlement life cycle of a request ([`settle`]). SQL lives in `db/`.
+
+pub mod money;
+pub mod pricing;
+pub mod reconcile;
+pub mod settle;
+
+pub use money::Micros;
+pub use pricing::{TokenPrice, TokenUsage};

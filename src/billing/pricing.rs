@@ -1,0 +1,91 @@
+//! Token prices and the cost of a request: the sum over token kinds of tokens × price,
+//! divided by one million and rounded up once, at the end.
+
+use super::money::Micros;
+
+/// A model's token prices, in micro-credits per one million tokens, at one price version.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TokenPrice {
+    pub input_micros_per_mtok: i64,
+    pub output_micros_per_mtok: i64,
+    pub cached_input_micros_per_mtok: i64,
+    pub version: i64,
+}
+
+/// Token counts of one request as a provider (or our local count) reports them.
+/// `cached_tokens` is a part of `prompt_tokens`; `reasoning_tokens` is a part of
+/// `completion_tokens` (both as in OpenAI's usage block).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct TokenUsage {
+    pub prompt_tokens: i64,
+    pub completion_tokens: i64,
+    pub cached_tokens: i64,
+    pub reasoning_tokens: i64,
+}
+
+/// Integer ceiling of `numerator / 1_000_000` for non-negative numerators.
+fn ceil_div_million(numerator: i128) -> i64 {
+    let million = 1_000_000_i128;
+    let q = (numerator + million - 1).div_euclid(million);
+    i64::try_from(q).unwrap_or(i64::MAX)
+}
+
+impl TokenPrice {
+    /// The exact cost of `usage`: uncached input at the input price, cached input at the
+    /// cached price, all completion tokens (reasoning included) at the output price.
+    pub fn cost(&self, usage: &TokenUsage) -> Micros {
+        let prompt = i128::from(usage.prompt_tokens.max(0));
+        let cached = i128::from(usage.cached_tokens.max(0)).min(prompt);
+        let completion = i128::from(usage.completion_tokens.max(0));
+        let total = (prompt - cached) * i128::from(self.input_micros_per_mtok)
+            + cached * i128::from(self.cached_input_micros_per_mtok)
+            + completion * i128::from(self.output_micros_per_mtok);
+        Micros(ceil_div_million(total))
+    }
+
+    /// The most a request may cost: every prompt token uncached, the full output allowance.
+    pub fn max_cost(&self, prompt_tokens: i64, max_output_tokens: i64) -> Micros {
+        self.cost(&TokenUsage {
+            prompt_tokens,
+            completion_tokens: max_output_tokens,
+            cached_tokens: 0,
+            reasoning_tokens: 0,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const PRICE: TokenPrice = TokenPrice {
+        input_micros_per_mtok: 2_500_000,
+        output_micros_per_mtok: 10_000_000,
+        cached_input_micros_per_mtok: 1_250_000,
+        version: 1,
+    };
+
+    #[test]
+    fn cost_rounds_up_once_at_the_end() {
+        // 1 input token at 2.5 credits/M = 2.5 micros, 1 output token = 10 micros → 12.5 → 13.
+        let usage = TokenUsage { prompt_tokens: 1, completion_tokens: 1, ..Default::default() };
+        assert_eq!(PRICE.cost(&usage), Micros(13));
+    }
+
+    #[test]
+    fn cached_tokens_are_priced_at_the_cached_rate() {
+        let usage = TokenUsage {
+            prompt_tokens: 1000,
+            completion_tokens: 500,
+            cached_tokens: 200,
+            reasoning_tokens: 100,
+        };
+        // 800 × 2.5 + 200 × 1.25 + 500 × 10 = 2000 + 250 + 5000 = 7250 micros.
+        assert_eq!(PRICE.cost(&usage), Micros(7250));
+    }
+
+    #[test]
+    fn zero_usage_costs_nothing() {
+        assert_eq!(PRICE.cost(&TokenUsage::default()), Micros(0));
+    }
+}

@@ -1,0 +1,64 @@
+//! Settlement of one request: write the usage record and the charge (or the full release) with
+//! retries, and keep the metrics in step. Called from the request's tracked task, never from a
+//! response body, so a client hanging up cannot skip it.
+
+use crate::db::{self, Db, billing::UsageRecord};
+use crate::metrics as m;
+use std::time::Duration;
+
+/// A reservation this instance holds for a request in flight.
+#[derive(Debug, Clone, Copy)]
+pub struct Held {
+    pub reservation_id: i64,
+}
+
+/// How often a settlement write is tried before it is counted as failed (the reservation then
+/// stays until the reconciler releases it, so the user is never charged twice).
+const ATTEMPTS: u32 = 5;
+
+/// Settles `record` against `held`; returns the micro-credits charged.
+pub async fn settle(db: &Db, held: Option<Held>, record: &UsageRecord) -> Option<db::billing::Settled> {
+    let mut delay = Duration::from_millis(20);
+    let mut attempt = 1;
+    let result = loop {
+        match db::billing::settle(db, held.map(|h| h.reservation_id), record).await {
+            Ok(s) => break Some(s),
+            Err(e) if attempt < ATTEMPTS => {
+                tracing::warn!(request_id = %record.request_id, error = %e, attempt, "settlement failed, retrying");
+                tokio::time::sleep(delay).await;
+                delay *= 2;
+                attempt += 1;
+            }
+            Err(e) => {
+                tracing::error!(request_id = %record.request_id, error = %e, "settlement failed");
+                metrics::counter!(m::SETTLEMENT_FAILURES).increment(1);
+                break None;
+            }
+        }
+    };
+    if held.is_some() {
+        metrics::gauge!(m::RESERVATIONS_HELD).decrement(1.0);
+    }
+    if let Some(s) = &result
+        && s.first_time
+    {
+        metrics::counter!(m::SETTLEMENTS, "status" => record.status, "usage_source" => record.usage_source)
+            .increment(1);
+        let model = record.model.clone();
+        if s.charged.0 > 0 {
+            metrics::counter!(m::CREDITS_CHARGED, "model" => model.clone()).increment(s.charged.0 as u64);
+        }
+        let u = &record.usage;
+        for (kind, n) in [
+            ("input", u.prompt_tokens),
+            ("output", u.completion_tokens),
+            ("cached_input", u.cached_tokens),
+            ("reasoning", u.reasoning_tokens),
+        ] {
+            if n > 0 {
+                metrics::counter!(m::TOKENS, "model" => model.clone(), "kind" => kind).increment(n as u64);
+            }
+        }
+    }
+    result
+}

@@ -1,0 +1,255 @@
+//! Typed configuration, layered: the built-in `config/default.toml`, then an optional file,
+//! then `TOLLGATE__SECTION__KEY` environment variables (and `TOLLGATE_DATABASE_URL`).
+//! Unknown keys are errors; [`Config::validate`] runs at start.
+
+use anyhow::{Context, bail};
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+/// The defaults, compiled in so the binary runs from any directory.
+pub const DEFAULT_TOML: &str = include_str!("../config/default.toml");
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub database: DatabaseConfig,
+    pub upstream: UpstreamConfig,
+    pub auth: AuthConfig,
+    pub billing: BillingConfig,
+    pub catalog: CatalogConfig,
+    pub log: LogConfig,
+    /// The bootstrap admin credential (from `TOLLGATE_ADMIN_KEY`, never from a file).
+    #[serde(skip)]
+    pub admin_key: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    pub listen: String,
+    pub shutdown_grace_ms: u64,
+    pub max_body_bytes: usize,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatabaseConfig {
+    pub url: String,
+    pub max_connections: u32,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamConfig {
+    pub connect_timeout_ms: u64,
+    pub first_byte_timeout_ms: u64,
+    pub chunk_timeout_ms: u64,
+    pub max_request_ms: u64,
+    pub max_response_bytes: usize,
+    pub pool_max_idle_per_host: usize,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthConfig {
+    pub key_cache_ttl_ms: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BillingConfig {
+    pub default_max_output_tokens: i64,
+    pub reservation_grace_ms: u64,
+    pub reconcile_interval_ms: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CatalogConfig {
+    pub refresh_interval_ms: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    pub filter: String,
+    pub format: String,
+}
+
+/// Sets `table[path...] = value`, creating tables on the way.
+fn set_path(table: &mut toml::Table, path: &[String], value: toml::Value) -> anyhow::Result<()> {
+    let (last, parents) = path.split_last().context("empty key")?;
+    let mut current = table;
+    for part in parents {
+        current = current
+            .entry(part.clone())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()))
+            .as_table_mut()
+            .with_context(|| format!("{part} is not a section"))?;
+    }
+    current.insert(last.clone(), value);
+    Ok(())
+}
+
+/// Reads an environment value as a TOML scalar (`8000`, `true`, `"x"`), else as a plain string.
+fn env_value(raw: &str) -> toml::Value {
+    match format!("v = {raw}").parse::<toml::Table>() {
+        Ok(mut t) => match t.remove("v") {
+            Some(v) if !v.is_table() => v,
+            _ => toml::Value::String(raw.to_owned()),
+        },
+        Err(_) => toml::Value::String(raw.to_owned()),
+    }
+}
+
+/// Merges `overlay` into `base`, table by table.
+fn merge(base: &mut toml::Table, overlay: toml::Table) {
+    for (k, v) in overlay {
+        match (base.get_mut(&k), v) {
+            (Some(toml::Value::Table(b)), toml::Value::Table(o)) => merge(b, o),
+            (_, v) => {
+                base.insert(k, v);
+            }
+        }
+    }
+}
+
+impl Config {
+    /// Loads defaults, then `file` (if given), then the process environment.
+    pub fn load(file: Option<&std::path::Path>) -> anyhow::Result<Config> {
+        Config::load_from(file, std::env::vars())
+    }
+
+    /// Like [`Config::load`] with an explicit environment (for tests).
+    pub fn load_from(
+        file: Option<&std::path::Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> anyhow::Result<Config> {
+        let mut table: toml::Table = DEFAULT_TOML.parse().context("built-in default.toml")?;
+        if let Some(path) = file {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading config file {}", path.display()))?;
+            let overlay: toml::Table = text
+                .parse()
+                .with_context(|| format!("parsing config file {}", path.display()))?;
+            merge(&mut table, overlay);
+        }
+        let mut admin_key = None;
+        let mut database_url = None;
+        for (name, value) in env {
+            if let Some(rest) = name.strip_prefix("TOLLGATE__") {
+                let path: Vec<String> = rest.split("__").map(|s| s.to_ascii_lowercase()).collect();
+                if path.len() != 2 || path.iter().any(String::is_empty) {
+                    bail!("environment variable {name} must look like TOLLGATE__SECTION__KEY");
+                }
+                set_path(&mut table, &path, env_value(&value))
+                    .with_context(|| format!("applying {name}"))?;
+            } else if name == "TOLLGATE_ADMIN_KEY" && !value.is_empty() {
+                admin_key = Some(value);
+            } else if name == "TOLLGATE_DATABASE_URL" && !value.is_empty() {
+                database_url = Some(value);
+            }
+        }
+        if let Some(url) = database_url {
+            set_path(
+                &mut table,
+                &["database".into(), "url".into()],
+                toml::Value::String(url),
+            )?;
+        }
+        let mut config: Config = toml::Value::Table(table)
+            .try_into()
+            .context("invalid configuration")?;
+        config.admin_key = admin_key;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks values that parse but make no sense.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        self.listen_addr()?;
+        if self.database.url.is_empty() {
+            bail!("database.url is empty");
+        }
+        if self.billing.default_max_output_tokens <= 0 {
+            bail!("billing.default_max_output_tokens must be positive");
+        }
+        for (name, v) in [
+            ("upstream.connect_timeout_ms", self.upstream.connect_timeout_ms),
+            ("upstream.first_byte_timeout_ms", self.upstream.first_byte_timeout_ms),
+            ("upstream.chunk_timeout_ms", self.upstream.chunk_timeout_ms),
+            ("upstream.max_request_ms", self.upstream.max_request_ms),
+            ("billing.reconcile_interval_ms", self.billing.reconcile_interval_ms),
+            ("catalog.refresh_interval_ms", self.catalog.refresh_interval_ms),
+        ] {
+            if v == 0 {
+                bail!("{name} must be greater than zero");
+            }
+        }
+        if !matches!(self.log.format.as_str(), "text" | "json") {
+            bail!("log.format must be \"text\" or \"json\"");
+        }
+        if let Some(k) = &self.admin_key
+            && k.len() < 16
+        {
+            bail!("TOLLGATE_ADMIN_KEY must be at least 16 characters");
+        }
+        Ok(())
+    }
+
+    /// The parsed listen address.
+    pub fn listen_addr(&self) -> anyhow::Result<SocketAddr> {
+        self.server
+            .listen
+            .parse()
+            .with_context(|| format!("server.listen {:?} is not an address like 127.0.0.1:8000", self.server.listen))
+    }
+
+    /// How long a reservation may live before the reconciler releases it.
+    pub fn reservation_ttl(&self) -> Duration {
+        Duration::from_millis(self.upstream.max_request_ms + self.billing.reservation_grace_ms)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect()
+    }
+
+    #[test]
+    fn defaults_load_and_validate() {
+        let c = Config::load_from(None, env(&[])).expect("defaults");
+        assert_eq!(c.server.listen, "127.0.0.1:8000");
+        assert!(c.database.url.starts_with("sqlite://"));
+        assert!(c.admin_key.is_none());
+    }
+
+    #[test]
+    fn environment_overrides_keys() {
+        let c = Config::load_from(
+            None,
+            env(&[
+                ("TOLLGATE__SERVER__LISTEN", "0.0.0.0:9000"),
+                ("TOLLGATE__UPSTREAM__CHUNK_TIMEOUT_MS", "250"),
+                ("TOLLGATE_DATABASE_URL", "postgres://x@localhost/db"),
+                ("TOLLGATE_ADMIN_KEY", "a-long-admin-secret"),
+            ]),
+        )
+        .expect("config");
+        assert_eq!(c.server.listen, "0.0.0.0:9000");
+        assert_eq!(c.upstream.chunk_timeout_ms, 250);
+        assert_eq!(c.database.url, "postgres://x@localhost/db");
+        assert_eq!(c.admin_key.as_deref(), Some("a-long-admin-secret"));
+    }
+
+    #[test]
+    fn unknown_keys_are_refused() {
+        let err = Config::load_from(None, env(&[("TOLLGATE__SERVER__LISTN", "x")]));
+        assert!(err.is_err());
+    }
+}

@@ -1,0 +1,317 @@
+//! Reservations, settlement (ledger debit + usage record in one transaction) and the usage log.
+//!
+//! A reservation raises `users.reserved_micros`; the spendable balance is
+//! `balance_micros - reserved_micros`. Settlement drops the reservation, debits the actual cost
+//! (never more than the user has), and writes exactly one usage record per request id: the
+//! unique index on `usage_records.request_id` makes a second settlement roll back whole.
+
+use super::{Db, now_ms, read_pool, write_pool};
+use crate::billing::{Micros, TokenUsage};
+
+/// Why a reservation was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ReserveError {
+    #[error("insufficient balance: needed {needed}, available {available}")]
+    Insufficient { needed: Micros, available: Micros },
+    #[error("user is not active")]
+    UserInactive,
+    #[error(transparent)]
+    Db(#[from] sqlx::Error),
+}
+
+/// What is held for one request.
+pub struct NewReservation<'a> {
+    pub request_id: &'a str,
+    pub user_id: i64,
+    pub key_id: Option<i64>,
+    pub model: &'a str,
+    pub amount: Micros,
+    pub price_version: i64,
+    pub expires_at_ms: i64,
+}
+
+/// Atomically holds `amount` of the user's spendable balance; returns the reservation id.
+pub async fn reserve(db: &Db, r: &NewReservation<'_>) -> Result<i64, ReserveError> {
+    let now = now_ms();
+    write_pool!(db, p => {
+        let mut tx = p.begin().await?;
+        let held: Option<i64> = sqlx::query_scalar(
+            "UPDATE users SET reserved_micros = reserved_micros + $2
+             WHERE id = $1 AND status = 'active' AND balance_micros - reserved_micros >= $2
+             RETURNING id",
+        )
+        .bind(r.user_id)
+        .bind(r.amount.0)
+        .fetch_optional(&mut *tx)
+        .await?;
+        if held.is_none() {
+            let row: Option<(String, i64, i64)> =
+                sqlx::query_as("SELECT status, balance_micros, reserved_micros FROM users WHERE id = $1")
+                    .bind(r.user_id)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+            return Err(match row {
+                Some((status, b, res)) if status == "active" => ReserveError::Insufficient {
+                    needed: r.amount,
+                    available: Micros(b - res),
+                },
+                _ => ReserveError::UserInactive,
+            });
+        }
+        let id: i64 = sqlx::query_scalar(
+            "INSERT INTO reservations (request_id, user_id, key_id, model, amount_micros, price_version, created_at_ms, expires_at_ms)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING id",
+        )
+        .bind(r.request_id)
+        .bind(r.user_id)
+        .bind(r.key_id)
+        .bind(r.model)
+        .bind(r.amount.0)
+        .bind(r.price_version)
+        .bind(now)
+        .bind(r.expires_at_ms)
+        .fetch_one(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(id)
+    })
+}
+
+/// One request's outcome, as written to `usage_records`.
+#[derive(Debug, Clone)]
+pub struct UsageRecord {
+    pub request_id: String,
+    pub user_id: i64,
+    pub key_id: Option<i64>,
+    pub model: String,
+    pub upstream_model: Option<String>,
+    pub channel_id: Option<i64>,
+    pub endpoint: &'static str,
+    pub stream: bool,
+    pub status: &'static str,
+    pub http_status: u16,
+    pub usage: TokenUsage,
+    /// `provider` (the upstream reported usage), `estimated` (counted locally) or `none`.
+    pub usage_source: &'static str,
+    pub reserved: Micros,
+    /// The price of the usage; what is charged is at most this and at most what the user has.
+    pub cost: Micros,
+    pub price_version: Option<i64>,
+    pub latency_ms: i64,
+    pub ttft_ms: Option<i64>,
+    pub error: Option<String>,
+}
+
+/// What settlement did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Settled {
+    pub charged: Micros,
+    pub unbilled: Micros,
+    /// False when this request id had been settled before (nothing was changed).
+    pub first_time: bool,
+}
+
+/// Drops the reservation (if any), debits the cost, appends the ledger row and the usage record,
+/// all in one transaction. Idempotent on `request_id`.
+pub async fn settle(db: &Db, reservation_id: Option<i64>, rec: &UsageRecord) -> Result<Settled, sqlx::Error> {
+    let now = now_ms();
+    let result: Result<Settled, sqlx::Error> = write_pool!(db, p => {
+        let mut tx = p.begin().await?;
+        let released: Option<i64> = match reservation_id {
+            Some(id) => sqlx::query_scalar("DELETE FROM reservations WHERE id = $1 RETURNING amount_micros")
+                .bind(id)
+                .fetch_optional(&mut *tx)
+                .await?,
+            None => None,
+        };
+        let mut charged = 0_i64;
+        if released.is_some() || rec.cost.0 > 0 {
+            let (balance, reserved): (i64, i64) = sqlx::query_as(
+                "UPDATE users SET reserved_micros = reserved_micros - $2, updated_at_ms = $3
+                 WHERE id = $1 RETURNING balance_micros, reserved_micros",
+            )
+            .bind(rec.user_id)
+            .bind(released.unwrap_or(0))
+            .bind(now)
+            .fetch_one(&mut *tx)
+            .await?;
+            charged = rec.cost.0.min((balance - reserved).max(0));
+            if charged > 0 {
+                let balance_after: i64 = sqlx::query_scalar(
+                    "UPDATE users SET balance_micros = balance_micros - $2 WHERE id = $1 RETURNING balance_micros",
+                )
+                .bind(rec.user_id)
+                .bind(charged)
+                .fetch_one(&mut *tx)
+                .await?;
+                sqlx::query(
+                    "INSERT INTO ledger_entries (user_id, kind, amount_micros, balance_after_micros, description, request_id, created_at_ms)
+                     VALUES ($1, 'charge', $2, $3, $4, $5, $6)",
+                )
+                .bind(rec.user_id)
+                .bind(-charged)
+                .bind(balance_after)
+                .bind(format!("{} {}", rec.endpoint, rec.model))
+                .bind(&rec.request_id)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+            }
+        }
+        sqlx::query(
+            "INSERT INTO usage_records (request_id, user_id, key_id, model, upstream_model, channel_id, endpoint, stream,
+                 status, http_status, prompt_tokens, completion_tokens, cached_tokens, reasoning_tokens, usage_source,
+                 reserved_micros, cost_micros, unbilled_micros, price_version, latency_ms, ttft_ms, error, created_at_ms)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23)",
+        )
+        .bind(&rec.request_id)
+        .bind(rec.user_id)
+        .bind(rec.key_id)
+        .bind(&rec.model)
+        .bind(&rec.upstream_model)
+        .bind(rec.channel_id)
+        .bind(rec.endpoint)
+        .bind(i64::from(rec.stream))
+        .bind(rec.status)
+        .bind(i64::from(rec.http_status))
+        .bind(rec.usage.prompt_tokens)
+        .bind(rec.usage.completion_tokens)
+        .bind(rec.usage.cached_tokens)
+        .bind(rec.usage.reasoning_tokens)
+        .bind(rec.usage_source)
+        .bind(rec.reserved.0)
+        .bind(charged)
+        .bind(rec.cost.0 - charged)
+        .bind(rec.price_version)
+        .bind(rec.latency_ms)
+        .bind(rec.ttft_ms)
+        .bind(&rec.error)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(Settled { charged: Micros(charged), unbilled: Micros(rec.cost.0 - charged), first_time: true })
+    });
+    match result {
+        Err(e) if super::is_unique_violation(&e) => Ok(Settled {
+            charged: Micros::ZERO,
+            unbilled: Micros::ZERO,
+            first_time: false,
+        }),
+        other => other,
+    }
+}
+
+/// Releases reservations whose expiry has passed (a crashed instance's leftovers). Each is
+/// deleted and subtracted in its own transaction, so instances running this concurrently
+/// release each reservation once. Returns how many were released.
+pub async fn release_expired(db: &Db, now: i64, batch: i64) -> Result<u64, sqlx::Error> {
+    let expired: Vec<i64> = read_pool!(db, p => sqlx::query_scalar(
+        "SELECT id FROM reservations WHERE expires_at_ms < $1 ORDER BY expires_at_ms LIMIT $2",
+    )
+    .bind(now)
+    .bind(batch)
+    .fetch_all(p)
+    .await)?;
+    let mut released = 0;
+    for id in expired {
+        let done: bool = write_pool!(db, p => {
+            let mut tx = p.begin().await?;
+            let row: Option<(i64, i64)> = sqlx::query_as(
+                "DELETE FROM reservations WHERE id = $1 AND expires_at_ms < $2 RETURNING user_id, amount_micros",
+            )
+            .bind(id)
+            .bind(now)
+            .fetch_optional(&mut *tx)
+            .await?;
+            if let Some((user_id, amount)) = row {
+                sqlx::query("UPDATE users SET reserved_micros = reserved_micros - $2 WHERE id = $1")
+                    .bind(user_id)
+                    .bind(amount)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            tx.commit().await?;
+            Ok::<bool, sqlx::Error>(row.is_some())
+        })?;
+        released += u64::from(done);
+    }
+    Ok(released)
+}
+
+/// A usage record as stored.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct UsageRow {
+    pub id: i64,
+    pub request_id: String,
+    pub user_id: i64,
+    pub key_id: Option<i64>,
+    pub model: String,
+    pub upstream_model: Option<String>,
+    pub channel_id: Option<i64>,
+    pub endpoint: String,
+    pub stream: i64,
+    pub status: String,
+    pub http_status: i64,
+    pub prompt_tokens: i64,
+    pub completion_tokens: i64,
+    pub cached_tokens: i64,
+    pub reasoning_tokens: i64,
+    pub usage_source: String,
+    pub reserved_micros: i64,
+    pub cost_micros: i64,
+    pub unbilled_micros: i64,
+    pub price_version: Option<i64>,
+    pub latency_ms: i64,
+    pub ttft_ms: Option<i64>,
+    pub error: Option<String>,
+    pub created_at_ms: i64,
+}
+
+/// A page of usage records (all users, or one), newest first, and the total count.
+pub async fn list_usage(
+    db: &Db,
+    user_id: Option<i64>,
+    limit: i64,
+    offset: i64,
+) -> Result<(i64, Vec<UsageRow>), sqlx::Error> {
+    read_pool!(db, p => {
+        let total: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM usage_records WHERE ($1 IS NULL OR user_id = $1)",
+        )
+        .bind(user_id)
+        .fetch_one(p)
+        .await?;
+        let rows = sqlx::query_as::<_, UsageRow>(
+            "SELECT id, request_id, user_id, key_id, model, upstream_model, channel_id, endpoint, stream, status,
+                    http_status, prompt_tokens, completion_tokens, cached_tokens, reasoning_tokens, usage_source,
+                    reserved_micros, cost_micros, unbilled_micros, price_version, latency_ms, ttft_ms, error, created_at_ms
+             FROM usage_records WHERE ($1 IS NULL OR user_id = $1)
+             ORDER BY id DESC LIMIT $2 OFFSET $3",
+        )
+        .bind(user_id)
+        .bind(limit)
+        .bind(offset)
+        .fetch_all(p)
+        .await?;
+        Ok((total, rows))
+    })
+}
+
+/// The usage record of one request, if settled.
+pub async fn usage_by_request(db: &Db, request_id: &str) -> Result<Option<UsageRow>, sqlx::Error> {
+    read_pool!(db, p => sqlx::query_as::<_, UsageRow>(
+        "SELECT id, request_id, user_id, key_id, model, upstream_model, channel_id, endpoint, stream, status,
+                http_status, prompt_tokens, completion_tokens, cached_tokens, reasoning_tokens, usage_source,
+                reserved_micros, cost_micros, unbilled_micros, price_version, latency_ms, ttft_ms, error, created_at_ms
+         FROM usage_records WHERE request_id = $1",
+    )
+    .bind(request_id)
+    .fetch_optional(p)
+    .await)
+}
+
+/// Reservations currently held (all users).
+pub async fn count_reservations(db: &Db) -> Result<i64, sqlx::Error> {
+    read_pool!(db, p => sqlx::query_scalar("SELECT COUNT(*) FROM reservations").fetch_one(p).await)
+}

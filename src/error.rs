@@ -1,0 +1,175 @@
+//! Client-facing errors, one enum per surface, each variant knowing its HTTP status and code:
+//! [`OpenAiError`] renders OpenAI's `{"error": {...}}` shape, [`ApiError`] the platform
+//! envelope `{"success": false, "code", "message", "error", "data": null}`. Internal causes are
+//! logged once here, at the edge; clients get a clean message and the request id.
+
+use crate::billing::Micros;
+use crate::gateway::auth::AuthError;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+
+/// An error on the OpenAI-compatible surface.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenAiError {
+    #[error("{message}")]
+    InvalidRequest { message: String, param: Option<&'static str> },
+    #[error("request body is larger than {limit} bytes")]
+    BodyTooLarge { limit: usize },
+    #[error(transparent)]
+    Auth(#[from] AuthError),
+    #[error("this API key may not use model '{model}'")]
+    ModelNotAllowed { model: String },
+    #[error("the admin credential has no balance; create a user and call models with that user's key")]
+    NoAccount,
+    #[error("the model '{model}' does not exist or you do not have access to it")]
+    ModelNotFound { model: String },
+    #[error("the model '{model}' has no price configured, so it cannot be called; an admin must set one")]
+    ModelNotPriced { model: String },
+    #[error("the model '{model}' is priced but no active channel serves it")]
+    NoChannel { model: String },
+    #[error("insufficient balance: this request needs up to {needed} credits to be reserved, {available} available")]
+    InsufficientBalance { needed: Micros, available: Micros },
+    #[error("upstream error: {message}")]
+    Upstream { message: String },
+    #[error("upstream timed out: {message}")]
+    UpstreamTimeout { message: String },
+    #[error("the gateway is shutting down")]
+    ShuttingDown,
+    #[error("internal error (request id {request_id})")]
+    Internal { request_id: String, cause: String },
+}
+
+impl OpenAiError {
+    /// An internal failure: logged here with its cause, shown to the client by request id only.
+    pub fn internal(request_id: &str, cause: impl std::fmt::Display) -> OpenAiError {
+        let cause = cause.to_string();
+        tracing::error!(request_id, %cause, "internal error");
+        OpenAiError::Internal { request_id: request_id.to_owned(), cause }
+    }
+
+    /// HTTP status, OpenAI error type and code.
+    pub fn parts(&self) -> (StatusCode, &'static str, Option<&'static str>) {
+        use OpenAiError::*;
+        match self {
+            InvalidRequest { .. } => (StatusCode::BAD_REQUEST, "invalid_request_error", None),
+            BodyTooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "invalid_request_error", Some("request_too_large")),
+            Auth(AuthError::UserDisabled) => (StatusCode::FORBIDDEN, "permission_error", Some("account_disabled")),
+            Auth(AuthError::Missing) => (StatusCode::UNAUTHORIZED, "invalid_request_error", Some("missing_api_key")),
+            Auth(AuthError::Db(_)) => (StatusCode::INTERNAL_SERVER_ERROR, "api_error", Some("internal_error")),
+            Auth(AuthError::Expired) => (StatusCode::UNAUTHORIZED, "invalid_request_error", Some("expired_api_key")),
+            Auth(_) => (StatusCode::UNAUTHORIZED, "invalid_request_error", Some("invalid_api_key")),
+            ModelNotAllowed { .. } => (StatusCode::FORBIDDEN, "permission_error", Some("model_not_allowed")),
+            NoAccount => (StatusCode::FORBIDDEN, "permission_error", Some("no_account")),
+            ModelNotFound { .. } => (StatusCode::NOT_FOUND, "invalid_request_error", Some("model_not_found")),
+            ModelNotPriced { .. } => (StatusCode::BAD_REQUEST, "invalid_request_error", Some("model_not_priced")),
+            NoChannel { .. } => (StatusCode::NOT_FOUND, "invalid_request_error", Some("model_not_available")),
+            InsufficientBalance { .. } => (StatusCode::PAYMENT_REQUIRED, "insufficient_quota", Some("insufficient_balance")),
+            Upstream { .. } => (StatusCode::BAD_GATEWAY, "upstream_error", Some("upstream_error")),
+            UpstreamTimeout { .. } => (StatusCode::GATEWAY_TIMEOUT, "upstream_error", Some("upstream_timeout")),
+            ShuttingDown => (StatusCode::SERVICE_UNAVAILABLE, "api_error", Some("shutting_down")),
+            Internal { .. } => (StatusCode::INTERNAL_SERVER_ERROR, "api_error", Some("internal_error")),
+        }
+    }
+
+    /// The `param` field: which request field was wrong.
+    fn param(&self) -> Option<&'static str> {
+        match self {
+            OpenAiError::InvalidRequest { param, .. } => *param,
+            OpenAiError::ModelNotAllowed { .. }
+            | OpenAiError::ModelNotFound { .. }
+            | OpenAiError::ModelNotPriced { .. }
+            | OpenAiError::NoChannel { .. } => Some("model"),
+            _ => None,
+        }
+    }
+
+    /// The JSON body.
+    pub fn body(&self) -> serde_json::Value {
+        let (_, kind, code) = self.parts();
+        let message = match self {
+            OpenAiError::Auth(AuthError::Db(e)) => {
+                tracing::error!(error = %e, "key lookup failed");
+                "internal error while checking the API key".to_owned()
+            }
+            other => other.to_string(),
+        };
+        json!({"error": {"message": message, "type": kind, "code": code, "param": self.param()}})
+    }
+}
+
+impl IntoResponse for OpenAiError {
+    fn into_response(self) -> Response {
+        let (status, _, _) = self.parts();
+        let mut response = (status, axum::Json(self.body())).into_response();
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        response
+    }
+}
+
+/// An error on the platform and admin surfaces (the `success`/`code` envelope).
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("{0}")]
+    InvalidInput(String),
+    #[error("{0}")]
+    Unauthorized(String),
+    #[error("{0}")]
+    Forbidden(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("internal error")]
+    Internal(String),
+}
+
+impl ApiError {
+    fn parts(&self) -> (StatusCode, &'static str) {
+        match self {
+            ApiError::InvalidInput(_) => (StatusCode::BAD_REQUEST, "INVALID_INPUT"),
+            ApiError::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "UNAUTHORIZED"),
+            ApiError::Forbidden(_) => (StatusCode::FORBIDDEN, "FORBIDDEN"),
+            ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "NOT_FOUND"),
+            ApiError::Conflict(_) => (StatusCode::CONFLICT, "CONFLICT"),
+            ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL_ERROR"),
+        }
+    }
+}
+
+impl From<sqlx::Error> for ApiError {
+    fn from(e: sqlx::Error) -> ApiError {
+        tracing::error!(error = %e, "database error");
+        ApiError::Internal(e.to_string())
+    }
+}
+
+impl From<AuthError> for ApiError {
+    fn from(e: AuthError) -> ApiError {
+        match e {
+            AuthError::Db(e) => e.into(),
+            AuthError::UserDisabled => ApiError::Forbidden(e.to_string()),
+            other => ApiError::Unauthorized(other.to_string()),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, code) = self.parts();
+        let message = match &self {
+            ApiError::Internal(_) => "internal error; see the server log".to_owned(),
+            other => other.to_string(),
+        };
+        let body = json!({
+            "success": false,
+            "code": status.as_u16(),
+            "message": message,
+            "error": code,
+            "data": null,
+        });
+        (status, axum::Json(body)).into_response()
+    }
+}

@@ -1,0 +1,180 @@
+//! The routing catalog: an in-memory snapshot of priced models and the channels that serve
+//! them, reloaded after every admin change on this instance and every
+//! `catalog.refresh_interval_ms`. Requests read it without touching the database.
+
+use crate::billing::TokenPrice;
+use crate::db::{self, Db};
+use crate::provider::Provider;
+use rand::RngExt;
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, RwLock};
+
+/// An upstream channel, ready to call.
+#[derive(Debug)]
+pub struct Channel {
+    pub id: i64,
+    pub name: String,
+    pub provider: Provider,
+    /// The upstream's `/v1` root, without a trailing slash.
+    pub base_url: String,
+    pub api_key: String,
+    pub priority: i64,
+    pub weight: i64,
+    model_map: HashMap<String, String>,
+}
+
+impl Channel {
+    /// The name the upstream knows `model` by.
+    pub fn upstream_model<'a>(&'a self, model: &'a str) -> &'a str {
+        self.model_map.get(model).map_or(model, String::as_str)
+    }
+}
+
+/// A priced model and the channels serving it.
+#[derive(Debug)]
+pub struct Model {
+    pub id: i64,
+    pub name: String,
+    pub price: TokenPrice,
+    pub max_output_tokens: Option<i64>,
+    pub created_at_ms: i64,
+    /// Sorted by priority, highest first.
+    pub channels: Vec<Arc<Channel>>,
+}
+
+impl Model {
+    /// Channels to try in order: by priority, and within one priority a weighted random order.
+    pub fn channel_order(&self) -> Vec<Arc<Channel>> {
+        let mut out = Vec::with_capacity(self.channels.len());
+        let mut rng = rand::rng();
+        for group in self.channels.chunk_by(|a, b| a.priority == b.priority) {
+            let mut pool: Vec<&Arc<Channel>> = group.iter().collect();
+            while !pool.is_empty() {
+                let total: i64 = pool.iter().map(|c| c.weight.max(1)).sum();
+                let mut pick = rng.random_range(0..total);
+                let mut index = 0;
+                for (i, c) in pool.iter().enumerate() {
+                    pick -= c.weight.max(1);
+                    if pick < 0 {
+                        index = i;
+                        break;
+                    }
+                }
+                out.push(Arc::clone(pool.swap_remove(index)));
+            }
+        }
+        out
+    }
+}
+
+/// Why a model name cannot be routed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RouteError {
+    /// No channel serves it and no price exists.
+    Unknown,
+    /// A channel serves it, but no price is set (or the model is disabled).
+    NotPriced,
+    /// A price exists but no active channel serves it.
+    NoChannel,
+}
+
+#[derive(Default)]
+struct Snapshot {
+    models: HashMap<String, Arc<Model>>,
+    unpriced: HashSet<String>,
+    priced_without_channel: HashSet<String>,
+}
+
+/// The catalog, shared by every request.
+#[derive(Default)]
+pub struct Catalog {
+    snapshot: RwLock<Arc<Snapshot>>,
+}
+
+impl Catalog {
+    /// Rebuilds the snapshot from the database.
+    pub async fn reload(&self, db: &Db) -> Result<(), sqlx::Error> {
+        let models = db::catalog::list_models(db).await?;
+        let channels = db::catalog::list_channels(db).await?;
+        let mut by_model: HashMap<String, Vec<Arc<Channel>>> = HashMap::new();
+        for row in channels.into_iter().filter(|c| c.status == "active") {
+            let Some(provider) = Provider::parse(&row.provider) else { continue };
+            let names: Vec<String> = serde_json::from_str(&row.models).unwrap_or_default();
+            let model_map: HashMap<String, String> = serde_json::from_str(&row.model_map).unwrap_or_default();
+            let channel = Arc::new(Channel {
+                id: row.id,
+                name: row.name,
+                provider,
+                base_url: row.base_url.trim_end_matches('/').to_owned(),
+                api_key: row.api_key,
+                priority: row.priority,
+                weight: row.weight,
+                model_map,
+            });
+            for name in names {
+                by_model.entry(name).or_default().push(Arc::clone(&channel));
+            }
+        }
+        let mut snapshot = Snapshot::default();
+        for m in models {
+            let channels = by_model.remove(&m.model).unwrap_or_default();
+            if m.status != "active" {
+                if !channels.is_empty() {
+                    snapshot.unpriced.insert(m.model);
+                }
+                continue;
+            }
+            if channels.is_empty() {
+                snapshot.priced_without_channel.insert(m.model);
+                continue;
+            }
+            let mut channels = channels;
+            channels.sort_by(|a, b| b.priority.cmp(&a.priority).then(a.id.cmp(&b.id)));
+            let model = Model {
+                id: m.id,
+                price: TokenPrice {
+                    input_micros_per_mtok: m.input_micros_per_mtok,
+                    output_micros_per_mtok: m.output_micros_per_mtok,
+                    cached_input_micros_per_mtok: m.cached_input_micros_per_mtok,
+                    version: m.price_version,
+                },
+                max_output_tokens: m.max_output_tokens,
+                created_at_ms: m.created_at_ms,
+                channels,
+                name: m.model.clone(),
+            };
+            snapshot.models.insert(m.model, Arc::new(model));
+        }
+        snapshot.unpriced.extend(by_model.into_keys());
+        if let Ok(mut s) = self.snapshot.write() {
+            *s = Arc::new(snapshot);
+        }
+        Ok(())
+    }
+
+    fn current(&self) -> Arc<Snapshot> {
+        self.snapshot.read().map(|s| Arc::clone(&s)).unwrap_or_default()
+    }
+
+    /// The routable model called `name`.
+    pub fn model(&self, name: &str) -> Result<Arc<Model>, RouteError> {
+        let s = self.current();
+        if let Some(m) = s.models.get(name) {
+            return Ok(Arc::clone(m));
+        }
+        if s.unpriced.contains(name) {
+            Err(RouteError::NotPriced)
+        } else if s.priced_without_channel.contains(name) {
+            Err(RouteError::NoChannel)
+        } else {
+            Err(RouteError::Unknown)
+        }
+    }
+
+    /// Every routable model, sorted by name.
+    pub fn models(&self) -> Vec<Arc<Model>> {
+        let mut v: Vec<Arc<Model>> = self.current().models.values().cloned().collect();
+        v.sort_by(|a, b| a.name.cmp(&b.name));
+        v
+    }
+}

@@ -1,0 +1,514 @@
+//! `POST chat/completions` through the gateway: validate, route, reserve the most the request
+//! can cost, call upstream channels in order, forward the answer (SSE events as they arrive),
+//! and settle from the provider's usage or a local count.
+//!
+//! Everything after the reservation runs in one task on the [`TaskTracker`](tokio_util::task::TaskTracker):
+//! the handler only waits for the first reply. A client that hangs up drops its receiver; the
+//! task sees that, cancels the upstream call (by dropping it) and still settles. Settlement is
+//! written before the last byte (or the full JSON body) goes out, so a client that has its
+//! answer also sees its balance changed.
+
+use super::Reply;
+use super::auth::Caller;
+use super::catalog::{Channel, Model, RouteError};
+use super::request::ChatRequest;
+use super::sse::{EventSplitter, Meter, Verdict, rewrite_model};
+use super::tokens::count_text;
+use crate::billing::settle::{Held, settle};
+use crate::billing::{Micros, TokenUsage};
+use crate::db::billing::{NewReservation, ReserveError, UsageRecord};
+use crate::error::OpenAiError;
+use crate::metrics as m;
+use crate::provider::{Provider, UpstreamError, UpstreamResponse, demo, openai};
+use crate::state::AppState;
+use bytes::Bytes;
+use futures_util::StreamExt;
+use futures_util::stream::BoxStream;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::{mpsc, oneshot};
+
+/// Channels tried for one request at most.
+const MAX_ATTEMPTS: usize = 3;
+/// Events buffered between the upstream reader and a slow client.
+const STREAM_BUFFER: usize = 64;
+
+/// What one request carries from the handler into its task.
+struct Ctx {
+    state: AppState,
+    request_id: Arc<str>,
+    user_id: i64,
+    key_id: Option<i64>,
+    model: Arc<Model>,
+    req: ChatRequest,
+    body: Bytes,
+    held: Held,
+    reserved: Micros,
+    started: Instant,
+}
+
+/// How a request ended, for its usage record.
+struct Ending {
+    status: &'static str,
+    http_status: u16,
+    channel: Option<Arc<Channel>>,
+    /// Usage and its source; `None` means nothing was generated.
+    usage: Option<(TokenUsage, &'static str)>,
+    ttft_ms: Option<i64>,
+    error: Option<String>,
+}
+
+impl Ending {
+    fn failed(status: &'static str, http_status: u16, channel: Option<Arc<Channel>>, error: String) -> Ending {
+        Ending { status, http_status, channel, usage: None, ttft_ms: None, error: Some(error) }
+    }
+}
+
+/// Maps a routing failure to the client error.
+fn route_error(e: RouteError, model: &str) -> OpenAiError {
+    let model = model.to_owned();
+    match e {
+        RouteError::Unknown => OpenAiError::ModelNotFound { model },
+        RouteError::NotPriced => OpenAiError::ModelNotPriced { model },
+        RouteError::NoChannel => OpenAiError::NoChannel { model },
+    }
+}
+
+/// Runs one chat completion request for `caller`.
+pub async fn chat_completions(
+    state: &AppState,
+    caller: &Caller,
+    request_id: Arc<str>,
+    body: Bytes,
+) -> Result<Reply, OpenAiError> {
+    let started = Instant::now();
+    let req = ChatRequest::parse(&body)
+        .map_err(|e| OpenAiError::InvalidRequest { message: e.message, param: e.param })?;
+    let user_id = caller.user_id.ok_or(OpenAiError::NoAccount)?;
+    if !caller.may_use(&req.model) {
+        return Err(OpenAiError::ModelNotAllowed { model: req.model });
+    }
+    let model = state.catalog.model(&req.model).map_err(|e| route_error(e, &req.model))?;
+    let per_choice = req
+        .max_output_tokens
+        .or(model.max_output_tokens)
+        .unwrap_or(state.config.billing.default_max_output_tokens);
+    let amount = model
+        .price
+        .max_cost(req.prompt_tokens_estimate, per_choice.saturating_mul(req.n));
+    let expires_at_ms = crate::db::now_ms() + state.config.reservation_ttl().as_millis() as i64;
+    let reservation = NewReservation {
+        request_id: &request_id,
+        user_id,
+        key_id: caller.key_id,
+        model: &model.name,
+        amount,
+        price_version: model.price.version,
+        expires_at_ms,
+    };
+    let reservation_id = match crate::db::billing::reserve(&state.db, &reservation).await {
+        Ok(id) => id,
+        Err(ReserveError::Insufficient { needed, available }) => {
+            metrics::counter!(m::RESERVATIONS_REFUSED).increment(1);
+            let record = UsageRecord {
+                request_id: request_id.to_string(),
+                user_id,
+                key_id: caller.key_id,
+                model: model.name.clone(),
+                upstream_model: None,
+                channel_id: None,
+                endpoint: "chat/completions",
+                stream: req.stream,
+                status: "insufficient_balance",
+                http_status: 402,
+                usage: TokenUsage::default(),
+                usage_source: "none",
+                reserved: Micros::ZERO,
+                cost: Micros::ZERO,
+                price_version: Some(model.price.version),
+                latency_ms: started.elapsed().as_millis() as i64,
+                ttft_ms: None,
+                error: None,
+            };
+            let db = state.db.clone();
+            state.tasks.spawn(async move { settle(&db, None, &record).await });
+            return Err(OpenAiError::InsufficientBalance { needed, available });
+        }
+        Err(ReserveError::UserInactive) => {
+            return Err(OpenAiError::Auth(super::auth::AuthError::UserDisabled));
+        }
+        Err(ReserveError::Db(e)) => return Err(OpenAiError::internal(&request_id, e)),
+    };
+    metrics::gauge!(m::RESERVATIONS_HELD).increment(1.0);
+    let ctx = Ctx {
+        state: state.clone(),
+        request_id: Arc::clone(&request_id),
+        user_id,
+        key_id: caller.key_id,
+        model,
+        req,
+        body,
+        held: Held { reservation_id },
+        reserved: amount,
+        started,
+    };
+    let (reply_tx, reply_rx) = oneshot::channel();
+    state.tasks.spawn(run(ctx, reply_tx));
+    reply_rx
+        .await
+        .unwrap_or_else(|_| Err(OpenAiError::internal(&request_id, "request task ended without a reply")))
+}
+
+type ReplyTx = oneshot::Sender<Result<Reply, OpenAiError>>;
+
+/// Sends the request to one channel.
+async fn call_channel(state: &AppState, channel: &Channel, body: Vec<u8>) -> Result<UpstreamResponse, UpstreamError> {
+    let first_byte = Duration::from_millis(state.config.upstream.first_byte_timeout_ms);
+    match channel.provider {
+        Provider::OpenAi => openai::post(&state.http, channel, "chat/completions", body, first_byte).await,
+        Provider::Demo => demo::chat(&body, crate::db::now_ms() / 1000),
+    }
+}
+
+/// Why reading a whole upstream body stopped short.
+enum BodyError {
+    Timeout(u64),
+    TooLarge(usize),
+    Broken(String),
+    ClientGone,
+}
+
+/// Reads a whole (non-streaming) upstream body, bounded in size and in silence between chunks.
+async fn read_body(
+    body: &mut BoxStream<'static, Result<Bytes, UpstreamError>>,
+    state: &AppState,
+    reply_tx: &mut ReplyTx,
+) -> Result<Bytes, BodyError> {
+    let chunk_timeout = state.config.upstream.chunk_timeout_ms;
+    let limit = state.config.upstream.max_response_bytes;
+    let mut first: Option<Bytes> = None;
+    let mut rest: Vec<u8> = Vec::new();
+    loop {
+        let next = tokio::select! {
+            next = tokio::time::timeout(Duration::from_millis(chunk_timeout), body.next()) => next,
+            _ = reply_tx.closed() => return Err(BodyError::ClientGone),
+        };
+        match next {
+            Err(_) => return Err(BodyError::Timeout(chunk_timeout)),
+            Ok(None) => break,
+            Ok(Some(Err(e))) => return Err(BodyError::Broken(e.to_string())),
+            Ok(Some(Ok(chunk))) => {
+                let have = first.as_ref().map_or(0, Bytes::len) + rest.len();
+                if have + chunk.len() > limit {
+                    return Err(BodyError::TooLarge(limit));
+                }
+                match &first {
+                    None => first = Some(chunk),
+                    Some(f) => {
+                        if rest.is_empty() {
+                            rest.extend_from_slice(f);
+                        }
+                        rest.extend_from_slice(&chunk);
+                    }
+                }
+            }
+        }
+    }
+    Ok(if rest.is_empty() { first.unwrap_or_default() } else { Bytes::from(rest) })
+}
+
+/// The request's task: try channels, answer, settle.
+async fn run(ctx: Ctx, mut reply_tx: ReplyTx) {
+    let state = ctx.state.clone();
+    // The answer to give if no channel succeeds, and how to record it.
+    let mut last: Option<(Result<Reply, OpenAiError>, Ending)> = None;
+    let channels = ctx.model.channel_order();
+    let mut overhead_recorded = false;
+    for channel in channels.into_iter().take(MAX_ATTEMPTS) {
+        let upstream_model = channel.upstream_model(&ctx.model.name).to_owned();
+        let body = ctx.req.upstream_body(&ctx.body, &upstream_model);
+        if !overhead_recorded {
+            metrics::histogram!(m::GATEWAY_OVERHEAD).record(ctx.started.elapsed().as_secs_f64());
+            overhead_recorded = true;
+        }
+        let sent = Instant::now();
+        let result = tokio::select! {
+            r = call_channel(&state, &channel, body) => r,
+            _ = reply_tx.closed() => {
+                let ending = Ending::failed("client_disconnected", 499, Some(channel), "client closed the connection before the upstream answered".into());
+                finish(&ctx, &upstream_model, ending).await;
+                return;
+            }
+        };
+        let outcome = match &result {
+            Ok(r) => m::status_class(r.status),
+            Err(UpstreamError::Timeout(_)) => "timeout",
+            Err(_) => "error",
+        };
+        metrics::histogram!(m::UPSTREAM_DURATION, "model" => ctx.model.name.clone(), "outcome" => outcome)
+            .record(sent.elapsed().as_secs_f64());
+        let mut response = match result {
+            Err(UpstreamError::Connect(msg)) => {
+                tracing::warn!(channel = %channel.name, error = %msg, "upstream connect failed");
+                let ending = Ending::failed("upstream_error", 502, Some(Arc::clone(&channel)), msg.clone());
+                last = Some((Err(OpenAiError::Upstream { message: msg }), ending));
+                continue;
+            }
+            Err(UpstreamError::Timeout(ms)) => {
+                let msg = format!("no response from upstream within {ms} ms");
+                let ending = Ending::failed("upstream_timeout", 504, Some(channel), msg.clone());
+                last = Some((Err(OpenAiError::UpstreamTimeout { message: msg }), ending));
+                break;
+            }
+            Err(UpstreamError::Other(msg)) => {
+                tracing::warn!(channel = %channel.name, error = %msg, "upstream request failed");
+                let ending = Ending::failed("upstream_error", 502, Some(channel), msg.clone());
+                last = Some((Err(OpenAiError::Upstream { message: msg }), ending));
+                break;
+            }
+            Ok(r) => r,
+        };
+        if !(200..300).contains(&response.status) {
+            let status = response.status;
+            let text = read_body(&mut response.body, &state, &mut reply_tx).await.unwrap_or_default();
+            let snippet: String = String::from_utf8_lossy(&text).chars().take(500).collect();
+            tracing::warn!(channel = %channel.name, status, body = %snippet, "upstream returned an error");
+            let error = Some(format!("upstream status {status}: {snippet}"));
+            let (answer, ending) = if status >= 500 {
+                let message = format!("upstream returned status {status}");
+                let ending = Ending { http_status: 502, error, ..Ending::failed("upstream_error", 502, Some(Arc::clone(&channel)), String::new()) };
+                (Err(OpenAiError::Upstream { message }), ending)
+            } else {
+                // The upstream's own 4xx (bad request, rate limit, …) reaches the client as it is.
+                let reply = Reply::Full { status, content_type: response.content_type.take(), body: text };
+                let ending = Ending { error, ..Ending::failed("upstream_rejected", status, Some(Arc::clone(&channel)), String::new()) };
+                (Ok(reply), ending)
+            };
+            last = Some((answer, ending));
+            if status == 429 || status >= 500 {
+                continue;
+            }
+            break;
+        }
+        if ctx.req.stream && response.is_event_stream() {
+            stream(ctx, channel, upstream_model, response, reply_tx).await;
+        } else {
+            whole(ctx, channel, upstream_model, response, reply_tx).await;
+        }
+        return;
+    }
+    let (answer, ending) = last.unwrap_or_else(|| {
+        let msg = "no channel could be tried".to_owned();
+        (Err(OpenAiError::Upstream { message: msg.clone() }), Ending::failed("upstream_error", 502, None, msg))
+    });
+    let upstream_model = ending.channel.as_ref().map(|c| c.upstream_model(&ctx.model.name).to_owned()).unwrap_or_default();
+    finish(&ctx, &upstream_model, ending).await;
+    let _ = reply_tx.send(answer);
+}
+
+/// Usage for a response without a usage block: the prompt estimate and a count of the text.
+fn estimated(ctx: &Ctx, meter: &Meter) -> (TokenUsage, &'static str) {
+    let usage = TokenUsage {
+        prompt_tokens: ctx.req.prompt_tokens_estimate,
+        completion_tokens: count_text(&meter.text),
+        cached_tokens: 0,
+        reasoning_tokens: 0,
+    };
+    (usage, "estimated")
+}
+
+/// A non-streaming answer: read it whole, settle, then reply.
+async fn whole(ctx: Ctx, channel: Arc<Channel>, upstream_model: String, mut response: UpstreamResponse, mut reply_tx: ReplyTx) {
+    let body = match read_body(&mut response.body, &ctx.state, &mut reply_tx).await {
+        Ok(b) => b,
+        Err(e) => {
+            let (error, ending) = match e {
+                BodyError::ClientGone => {
+                    let end = Ending::failed("client_disconnected", 499, Some(channel), "client closed the connection".into());
+                    (None, end)
+                }
+                BodyError::Timeout(ms) => {
+                    let msg = format!("upstream body stalled for {ms} ms");
+                    (Some(OpenAiError::UpstreamTimeout { message: msg.clone() }), Ending::failed("upstream_timeout", 504, Some(channel), msg))
+                }
+                BodyError::TooLarge(limit) => {
+                    let msg = format!("upstream response is larger than {limit} bytes");
+                    (Some(OpenAiError::Upstream { message: msg.clone() }), Ending::failed("upstream_error", 502, Some(channel), msg))
+                }
+                BodyError::Broken(msg) => (Some(OpenAiError::Upstream { message: msg.clone() }), Ending::failed("upstream_error", 502, Some(channel), msg)),
+            };
+            finish(&ctx, &upstream_model, ending).await;
+            if let Some(error) = error {
+                let _ = reply_tx.send(Err(error));
+            }
+            return;
+        }
+    };
+    let mut meter = Meter::default();
+    meter.observe_body(&body);
+    let usage = match meter.usage {
+        Some(u) => (u, "provider"),
+        None => estimated(&ctx, &meter),
+    };
+    let body = match rewrite_model(&body, &upstream_model, &ctx.model.name) {
+        Some(b) if upstream_model != ctx.model.name => Bytes::from(b),
+        _ => body,
+    };
+    let ending = Ending {
+        status: "ok",
+        http_status: response.status,
+        channel: Some(channel),
+        usage: Some(usage),
+        ttft_ms: None,
+        error: None,
+    };
+    finish(&ctx, &upstream_model, ending).await;
+    let _ = reply_tx.send(Ok(Reply::Full { status: response.status, content_type: response.content_type, body }));
+}
+
+/// How a forwarded stream stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum StreamEnd {
+    Done,
+    UpstreamClosed,
+    ClientGone,
+    Stalled,
+    Deadline,
+    Broken,
+    Shutdown,
+}
+
+/// An SSE error event for a stream cut short, so clients see an error rather than a quiet end.
+fn error_event(message: &str, code: &str) -> Bytes {
+    let body = serde_json::json!({"error": {"message": message, "type": "upstream_error", "code": code, "param": null}});
+    Bytes::from(format!("data: {body}\n\n"))
+}
+
+/// A streaming answer: forward events as they arrive, hold back `[DONE]` until settled.
+async fn stream(ctx: Ctx, channel: Arc<Channel>, upstream_model: String, mut response: UpstreamResponse, reply_tx: ReplyTx) {
+    let (tx, rx) = mpsc::channel::<Bytes>(STREAM_BUFFER);
+    if reply_tx.send(Ok(Reply::Stream { events: rx })).is_err() {
+        let ending = Ending::failed("client_disconnected", 499, Some(channel), "client closed the connection".into());
+        finish(&ctx, &upstream_model, ending).await;
+        return;
+    }
+    metrics::gauge!(m::ACTIVE_STREAMS).increment(1.0);
+    let state = &ctx.state;
+    let chunk_timeout = Duration::from_millis(state.config.upstream.chunk_timeout_ms);
+    let deadline = tokio::time::Instant::from_std(ctx.started) + Duration::from_millis(state.config.upstream.max_request_ms);
+    let strip_usage = !ctx.req.client_wants_usage;
+    let rename = upstream_model != ctx.model.name;
+    let mut splitter = EventSplitter::default();
+    let mut meter = Meter::default();
+    let mut ttft_ms = None;
+    let mut done_event: Option<Bytes> = None;
+    let mut detail = None;
+    let end = 'read: loop {
+        let next = tokio::select! {
+            biased;
+            _ = tx.closed() => break StreamEnd::ClientGone,
+            _ = state.cut_streams.cancelled() => break StreamEnd::Shutdown,
+            _ = tokio::time::sleep_until(deadline) => break StreamEnd::Deadline,
+            next = tokio::time::timeout(chunk_timeout, response.body.next()) => next,
+        };
+        let chunk = match next {
+            Err(_) => break StreamEnd::Stalled,
+            Ok(None) => break StreamEnd::UpstreamClosed,
+            Ok(Some(Err(e))) => {
+                detail = Some(e.to_string());
+                break StreamEnd::Broken;
+            }
+            Ok(Some(Ok(chunk))) => chunk,
+        };
+        for event in splitter.push(&chunk) {
+            if meter.observe_event(&event, strip_usage) == Verdict::Drop {
+                continue;
+            }
+            if meter.saw_done {
+                done_event = Some(event);
+                break 'read StreamEnd::Done;
+            }
+            let event = match rename.then(|| rewrite_model(&event, &upstream_model, &ctx.model.name)).flatten() {
+                Some(b) => Bytes::from(b),
+                None => event,
+            };
+            if ttft_ms.is_none() {
+                let elapsed = ctx.started.elapsed();
+                metrics::histogram!(m::TTFT, "model" => ctx.model.name.clone()).record(elapsed.as_secs_f64());
+                ttft_ms = Some(elapsed.as_millis() as i64);
+            }
+            if tx.send(event).await.is_err() {
+                break 'read StreamEnd::ClientGone;
+            }
+        }
+    };
+    // Stop reading: dropping the body closes the upstream connection (cancels the generation).
+    drop(response.body);
+    if end == StreamEnd::UpstreamClosed
+        && let Some(rest) = splitter.finish()
+    {
+        let _ = meter.observe_event(&rest, strip_usage);
+        let _ = tx.send(rest).await;
+    }
+    let usage = match meter.usage {
+        Some(u) => (u, "provider"),
+        None => estimated(&ctx, &meter),
+    };
+    let chunk_ms = chunk_timeout.as_millis();
+    let (status, error, tail) = match end {
+        StreamEnd::Done if meter.saw_error => ("upstream_error", Some("upstream sent an error event".to_owned()), None),
+        StreamEnd::Done => ("ok", None, None),
+        StreamEnd::UpstreamClosed if meter.saw_error => ("upstream_error", Some("upstream sent an error event".to_owned()), None),
+        StreamEnd::UpstreamClosed => ("incomplete", Some("upstream closed the stream without [DONE]".to_owned()), None),
+        StreamEnd::ClientGone => ("client_disconnected", Some("client closed the connection mid-stream".to_owned()), None),
+        StreamEnd::Stalled => {
+            let msg = format!("upstream sent nothing for {chunk_ms} ms");
+            ("upstream_timeout", Some(msg.clone()), Some(error_event(&msg, "upstream_timeout")))
+        }
+        StreamEnd::Deadline => {
+            let msg = "request exceeded the gateway's maximum duration".to_owned();
+            ("upstream_timeout", Some(msg.clone()), Some(error_event(&msg, "upstream_timeout")))
+        }
+        StreamEnd::Broken => {
+            let msg = format!("upstream stream broke: {}", detail.unwrap_or_default());
+            ("upstream_error", Some(msg.clone()), Some(error_event(&msg, "upstream_error")))
+        }
+        StreamEnd::Shutdown => {
+            let msg = "the gateway is shutting down".to_owned();
+            ("shutdown", Some(msg.clone()), Some(error_event(&msg, "shutting_down")))
+        }
+    };
+    let ending = Ending { status, http_status: 200, channel: Some(channel), usage: Some(usage), ttft_ms, error };
+    finish(&ctx, &upstream_model, ending).await;
+    if let Some(last) = tail.or(done_event) {
+        let _ = tx.send(last).await;
+    }
+    metrics::gauge!(m::ACTIVE_STREAMS).decrement(1.0);
+}
+
+/// Writes the usage record and settles the reservation.
+async fn finish(ctx: &Ctx, upstream_model: &str, ending: Ending) {
+    let (usage, source) = ending.usage.unwrap_or((TokenUsage::default(), "none"));
+    let cost = if ending.usage.is_some() { ctx.model.price.cost(&usage) } else { Micros::ZERO };
+    let record = UsageRecord {
+        request_id: ctx.request_id.to_string(),
+        user_id: ctx.user_id,
+        key_id: ctx.key_id,
+        model: ctx.model.name.clone(),
+        upstream_model: (!upstream_model.is_empty()).then(|| upstream_model.to_owned()),
+        channel_id: ending.channel.as_ref().map(|c| c.id),
+        endpoint: "chat/completions",
+        stream: ctx.req.stream,
+        status: ending.status,
+        http_status: ending.http_status,
+        usage,
+        usage_source: source,
+        reserved: ctx.reserved,
+        cost,
+        price_version: Some(ctx.model.price.version),
+        latency_ms: ctx.started.elapsed().as_millis() as i64,
+        ttft_ms: ending.ttft_ms,
+        error: ending.error,
+    };
+    settle(&ctx.state.db, Some(ctx.held), &record).await;
+}

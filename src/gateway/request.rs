@@ -1,0 +1,237 @@
+//! The chat request as Tollgate sees it: the few fields metering needs, read from the raw body
+//! without re-serializing it. The upstream body is the client's bytes with two surgical edits:
+//! the `model` value mapped to the upstream name, and, for streams, `stream_options.include_usage`
+//! switched on so the upstream reports usage.
+
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use std::ops::Range;
+
+/// A client error in the request body, naming the field.
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct InvalidRequest {
+    pub message: String,
+    pub param: Option<&'static str>,
+}
+
+fn invalid(param: &'static str, message: impl Into<String>) -> InvalidRequest {
+    InvalidRequest { message: message.into(), param: Some(param) }
+}
+
+#[derive(Deserialize)]
+struct TopLevel<'a> {
+    #[serde(borrow)]
+    model: Option<&'a RawValue>,
+    #[serde(borrow)]
+    messages: Option<&'a RawValue>,
+    #[serde(borrow)]
+    stream: Option<&'a RawValue>,
+    #[serde(borrow)]
+    stream_options: Option<&'a RawValue>,
+    #[serde(borrow)]
+    max_tokens: Option<&'a RawValue>,
+    #[serde(borrow)]
+    max_completion_tokens: Option<&'a RawValue>,
+    #[serde(borrow)]
+    n: Option<&'a RawValue>,
+    #[serde(borrow)]
+    tools: Option<&'a RawValue>,
+}
+
+/// What metering needs from a chat completion request, plus where to edit the raw body.
+#[derive(Debug)]
+pub struct ChatRequest {
+    pub model: String,
+    pub stream: bool,
+    /// Whether the client itself asked for the usage chunk.
+    pub client_wants_usage: bool,
+    /// `max_completion_tokens`, else `max_tokens`, if set.
+    pub max_output_tokens: Option<i64>,
+    /// Number of choices (`n`, default 1).
+    pub n: i64,
+    /// Estimated prompt tokens.
+    pub prompt_tokens_estimate: i64,
+    model_span: Range<usize>,
+    stream_options: Option<(Range<usize>, Option<serde_json::Map<String, serde_json::Value>>)>,
+}
+
+fn span(body: &[u8], raw: &RawValue) -> Range<usize> {
+    let start = raw.get().as_ptr() as usize - body.as_ptr() as usize;
+    start..start + raw.get().len()
+}
+
+fn is_null(raw: Option<&RawValue>) -> bool {
+    raw.is_none_or(|r| r.get() == "null")
+}
+
+fn positive_int(raw: Option<&RawValue>, param: &'static str) -> Result<Option<i64>, InvalidRequest> {
+    if is_null(raw) {
+        return Ok(None);
+    }
+    let text = raw.map_or("", RawValue::get);
+    match text.parse::<i64>() {
+        Ok(v) if v >= 1 => Ok(Some(v)),
+        _ => Err(invalid(param, format!("'{param}' must be a positive integer, got {text}"))),
+    }
+}
+
+impl ChatRequest {
+    /// Reads a chat completion body; refuses what the upstream would refuse for sure.
+    pub fn parse(body: &[u8]) -> Result<ChatRequest, InvalidRequest> {
+        let top: TopLevel = serde_json::from_slice(body).map_err(|e| InvalidRequest {
+            message: format!("request body is not a valid JSON object: {e}"),
+            param: None,
+        })?;
+        let model_raw = top.model.ok_or_else(|| invalid("model", "you must provide a model parameter"))?;
+        let model: String = serde_json::from_str(model_raw.get())
+            .map_err(|_| invalid("model", "'model' must be a string"))?;
+        if model.is_empty() {
+            return Err(invalid("model", "'model' must not be empty"));
+        }
+        let messages_raw = top
+            .messages
+            .ok_or_else(|| invalid("messages", "'messages' is a required property"))?;
+        let messages: serde_json::Value = serde_json::from_str(messages_raw.get())
+            .map_err(|e| invalid("messages", format!("'messages' is not valid JSON: {e}")))?;
+        match &messages {
+            serde_json::Value::Array(items) if !items.is_empty() => {
+                if items.iter().any(|m| !m.is_object()) {
+                    return Err(invalid("messages", "every item of 'messages' must be an object"));
+                }
+            }
+            serde_json::Value::Array(_) => {
+                return Err(invalid("messages", "'messages' must contain at least one message"));
+            }
+            _ => return Err(invalid("messages", "'messages' must be an array")),
+        }
+        let stream = match top.stream.map(RawValue::get) {
+            None | Some("null") | Some("false") => false,
+            Some("true") => true,
+            Some(other) => return Err(invalid("stream", format!("'stream' must be a boolean, got {other}"))),
+        };
+        let max_completion = positive_int(top.max_completion_tokens, "max_completion_tokens")?;
+        let max_tokens = positive_int(top.max_tokens, "max_tokens")?;
+        let n = positive_int(top.n, "n")?.unwrap_or(1);
+        if n > 128 {
+            return Err(invalid("n", format!("'n' must be at most 128, got {n}")));
+        }
+        let tools: Option<serde_json::Value> = match top.tools {
+            Some(t) if t.get() != "null" => Some(
+                serde_json::from_str(t.get()).map_err(|e| invalid("tools", format!("'tools' is not valid JSON: {e}")))?,
+            ),
+            _ => None,
+        };
+        let mut client_wants_usage = false;
+        let stream_options = match top.stream_options {
+            None => None,
+            Some(raw) if raw.get() == "null" => Some((span(body, raw), None)),
+            Some(raw) => {
+                let map: serde_json::Map<String, serde_json::Value> = serde_json::from_str(raw.get())
+                    .map_err(|_| invalid("stream_options", "'stream_options' must be an object"))?;
+                client_wants_usage = map.get("include_usage") == Some(&serde_json::Value::Bool(true));
+                Some((span(body, raw), Some(map)))
+            }
+        };
+        Ok(ChatRequest {
+            prompt_tokens_estimate: super::tokens::estimate_chat_prompt(&messages, tools.as_ref()),
+            model_span: span(body, model_raw),
+            model,
+            stream,
+            client_wants_usage,
+            max_output_tokens: max_completion.or(max_tokens),
+            n,
+            stream_options,
+        })
+    }
+
+    /// The body to send upstream: the client's bytes, with `model` set to `upstream_model` and,
+    /// for a stream, usage reporting switched on.
+    pub fn upstream_body(&self, body: &[u8], upstream_model: &str) -> Vec<u8> {
+        let mut edits: Vec<(Range<usize>, Vec<u8>)> = Vec::with_capacity(2);
+        if upstream_model != self.model {
+            let quoted = serde_json::to_vec(upstream_model).unwrap_or_default();
+            edits.push((self.model_span.clone(), quoted));
+        }
+        if self.stream && !self.client_wants_usage {
+            match &self.stream_options {
+                Some((range, map)) => {
+                    let mut map = map.clone().unwrap_or_default();
+                    map.insert("include_usage".into(), serde_json::Value::Bool(true));
+                    let text = serde_json::to_vec(&map).unwrap_or_default();
+                    edits.push((range.clone(), text));
+                }
+                None => {
+                    let open = body.iter().position(|&b| b == b'{').unwrap_or(0);
+                    edits.push((open + 1..open + 1, b"\"stream_options\":{\"include_usage\":true},".to_vec()));
+                }
+            }
+        }
+        if edits.is_empty() {
+            return body.to_vec();
+        }
+        edits.sort_by_key(|(r, _)| r.start);
+        let extra: usize = edits.iter().map(|(_, t)| t.len()).sum();
+        let mut out = Vec::with_capacity(body.len() + extra);
+        let mut at = 0;
+        for (range, text) in edits {
+            out.extend_from_slice(&body[at..range.start]);
+            out.extend_from_slice(&text);
+            at = range.end;
+        }
+        out.extend_from_slice(&body[at..]);
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn model_is_replaced_and_everything_else_kept() {
+        let body = br#"{"model": "m1", "messages":[{"role":"user","content":"hi"}], "temperature": 0.70}"#;
+        let req = ChatRequest::parse(body).expect("valid");
+        let out = req.upstream_body(body, "gpt-4o-2024");
+        assert_eq!(
+            String::from_utf8_lossy(&out),
+            r#"{"model": "gpt-4o-2024", "messages":[{"role":"user","content":"hi"}], "temperature": 0.70}"#
+        );
+    }
+
+    #[test]
+    fn streams_get_usage_switched_on() {
+        let body = br#"{"model":"m1","messages":[{"role":"user","content":"hi"}],"stream":true}"#;
+        let req = ChatRequest::parse(body).expect("valid");
+        assert!(!req.client_wants_usage);
+        let out: serde_json::Value = serde_json::from_slice(&req.upstream_body(body, "m1")).expect("json");
+        assert_eq!(out["stream_options"]["include_usage"], true);
+
+        let body = br#"{"model":"m1","messages":[{"role":"user","content":"hi"}],"stream":true,"stream_options":{"x":1}}"#;
+        let req = ChatRequest::parse(body).expect("valid");
+        let out: serde_json::Value = serde_json::from_slice(&req.upstream_body(body, "m1")).expect("json");
+        assert_eq!(out["stream_options"], serde_json::json!({"x": 1, "include_usage": true}));
+
+        let body = br#"{"model":"m1","messages":[{"role":"user","content":"hi"}],"stream":true,"stream_options":{"include_usage":true}}"#;
+        let req = ChatRequest::parse(body).expect("valid");
+        assert!(req.client_wants_usage);
+        assert_eq!(req.upstream_body(body, "m1"), body.to_vec());
+    }
+
+    #[test]
+    fn bad_fields_are_named() {
+        for (body, param) in [
+            (&br#"{"messages":[]}"#[..], "model"),
+            (br#"{"model":1,"messages":[{"role":"user","content":"x"}]}"#, "model"),
+            (br#"{"model":"m"}"#, "messages"),
+            (br#"{"model":"m","messages":"hi"}"#, "messages"),
+            (br#"{"model":"m","messages":[{"role":"user","content":"x"}],"max_tokens":-1}"#, "max_tokens"),
+            (br#"{"model":"m","messages":[{"role":"user","content":"x"}],"stream":"yes"}"#, "stream"),
+        ] {
+            let err = ChatRequest::parse(body).expect_err("invalid");
+            assert_eq!(err.param, Some(param), "{}", String::from_utf8_lossy(body));
+        }
+        assert!(ChatRequest::parse(b"not json").is_err());
+        assert!(ChatRequest::parse(b"[1,2]").is_err());
+    }
+}

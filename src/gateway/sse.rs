@@ -1,0 +1,326 @@
+//! Server-sent events, read only as far as metering needs: split the upstream byte stream into
+//! events, look at each event's `data` for usage and generated text, and pass the event's bytes
+//! on unchanged (only the usage-only chunk may be dropped, and the model name mapped back).
+//! Spec: <https://html.spec.whatwg.org/multipage/server-sent-events.html>.
+
+use crate::billing::TokenUsage;
+use bytes::{Bytes, BytesMut};
+use serde::Deserialize;
+use std::borrow::Cow;
+
+/// Splits a byte stream into complete events (each ending with its blank line).
+#[derive(Default)]
+pub struct EventSplitter {
+    buf: BytesMut,
+    /// Where the search for the next boundary resumes.
+    scanned: usize,
+}
+
+/// Length of the event boundary starting at `i` (`\n\n`, `\r\n\r\n` or `\r\r`), if one does.
+fn boundary_at(buf: &[u8], i: usize) -> Option<usize> {
+    let rest = &buf[i..];
+    if rest.starts_with(b"\r\n\r\n") {
+        Some(4)
+    } else if rest.starts_with(b"\n\n") || rest.starts_with(b"\r\r") {
+        Some(2)
+    } else {
+        None
+    }
+}
+
+impl EventSplitter {
+    /// Adds bytes and returns every event they complete.
+    pub fn push(&mut self, chunk: &[u8]) -> Vec<Bytes> {
+        self.buf.extend_from_slice(chunk);
+        let mut events = Vec::new();
+        let mut i = self.scanned;
+        while i < self.buf.len() {
+            match boundary_at(&self.buf, i) {
+                Some(len) => {
+                    let event = self.buf.split_to(i + len).freeze();
+                    events.push(event);
+                    i = 0;
+                }
+                None => i += 1,
+            }
+        }
+        // A boundary may straddle chunks: re-check the last three bytes next time.
+        self.scanned = self.buf.len().saturating_sub(3);
+        events
+    }
+
+    /// Whatever is left when the stream ends (an unterminated event), if anything.
+    pub fn finish(&mut self) -> Option<Bytes> {
+        self.scanned = 0;
+        (!self.buf.is_empty()).then(|| self.buf.split().freeze())
+    }
+}
+
+/// The `data` of an event (lines joined by `\n`), or `None` for comments and other fields.
+pub fn event_data(event: &[u8]) -> Option<Cow<'_, [u8]>> {
+    let mut data: Option<Cow<'_, [u8]>> = None;
+    for line in event.split(|&b| b == b'\n') {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        let Some(value) = line.strip_prefix(b"data:") else { continue };
+        let value = value.strip_prefix(b" ").unwrap_or(value);
+        data = Some(match data {
+            None => Cow::Borrowed(value),
+            Some(prev) => {
+                let mut joined = prev.into_owned();
+                joined.push(b'\n');
+                joined.extend_from_slice(value);
+                Cow::Owned(joined)
+            }
+        });
+    }
+    data
+}
+
+#[derive(Deserialize, Default)]
+struct CachedDetails {
+    cached_tokens: Option<i64>,
+}
+
+#[derive(Deserialize, Default)]
+struct ReasoningDetails {
+    reasoning_tokens: Option<i64>,
+}
+
+/// OpenAI's usage block.
+#[derive(Deserialize)]
+pub struct UsageView {
+    prompt_tokens: Option<i64>,
+    completion_tokens: Option<i64>,
+    prompt_tokens_details: Option<CachedDetails>,
+    completion_tokens_details: Option<ReasoningDetails>,
+}
+
+impl UsageView {
+    pub fn to_usage(&self) -> TokenUsage {
+        TokenUsage {
+            prompt_tokens: self.prompt_tokens.unwrap_or(0).max(0),
+            completion_tokens: self.completion_tokens.unwrap_or(0).max(0),
+            cached_tokens: self
+                .prompt_tokens_details
+                .as_ref()
+                .and_then(|d| d.cached_tokens)
+                .unwrap_or(0)
+                .max(0),
+            reasoning_tokens: self
+                .completion_tokens_details
+                .as_ref()
+                .and_then(|d| d.reasoning_tokens)
+                .unwrap_or(0)
+                .max(0),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct FunctionView<'a> {
+    #[serde(borrow)]
+    name: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    arguments: Option<Cow<'a, str>>,
+}
+
+#[derive(Deserialize)]
+struct ToolCallView<'a> {
+    #[serde(borrow)]
+    function: Option<FunctionView<'a>>,
+}
+
+/// A streamed `delta` or a complete `message`: the generated text.
+#[derive(Deserialize)]
+struct TextView<'a> {
+    #[serde(borrow)]
+    content: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    reasoning_content: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    refusal: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    tool_calls: Option<Vec<ToolCallView<'a>>>,
+}
+
+#[derive(Deserialize)]
+struct ChoiceView<'a> {
+    #[serde(borrow)]
+    delta: Option<TextView<'a>>,
+    #[serde(borrow)]
+    message: Option<TextView<'a>>,
+    #[serde(borrow)]
+    text: Option<Cow<'a, str>>,
+}
+
+/// A chat completion or one chunk of one, as far as metering reads it.
+#[derive(Deserialize)]
+struct CompletionView<'a> {
+    #[serde(borrow)]
+    choices: Option<Vec<ChoiceView<'a>>>,
+    usage: Option<UsageView>,
+    error: Option<serde::de::IgnoredAny>,
+}
+
+/// What a response has shown so far: usage if reported, and the generated text for a local
+/// count otherwise.
+#[derive(Default)]
+pub struct Meter {
+    pub usage: Option<TokenUsage>,
+    pub text: String,
+    pub saw_done: bool,
+    pub saw_error: bool,
+}
+
+/// What to do with one event.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Verdict {
+    Forward,
+    /// The usage-only chunk the client did not ask for.
+    Drop,
+}
+
+impl Meter {
+    fn take_text(&mut self, t: &TextView<'_>) {
+        for s in [&t.content, &t.reasoning_content, &t.refusal].into_iter().flatten() {
+            self.text.push_str(s);
+        }
+        for call in t.tool_calls.iter().flatten() {
+            if let Some(f) = &call.function {
+                for s in [&f.name, &f.arguments].into_iter().flatten() {
+                    self.text.push_str(s);
+                }
+            }
+        }
+    }
+
+    /// Reads a whole JSON completion (or one chunk's JSON); returns whether it carried choices.
+    fn observe_json(&mut self, json: &[u8]) -> Option<bool> {
+        let view: CompletionView = serde_json::from_slice(json).ok()?;
+        if view.error.is_some() {
+            self.saw_error = true;
+        }
+        if let Some(u) = &view.usage {
+            self.usage = Some(u.to_usage());
+        }
+        let choices = view.choices.unwrap_or_default();
+        for c in &choices {
+            if let Some(d) = &c.delta {
+                self.take_text(d);
+            }
+            if let Some(m) = &c.message {
+                self.take_text(m);
+            }
+            if let Some(t) = &c.text {
+                self.text.push_str(t);
+            }
+        }
+        Some(!choices.is_empty() || view.usage.is_none())
+    }
+
+    /// Reads a complete non-streaming response body.
+    pub fn observe_body(&mut self, body: &[u8]) {
+        let _ = self.observe_json(body);
+    }
+
+    /// Reads one event; `strip_usage` drops a usage-only chunk.
+    pub fn observe_event(&mut self, event: &[u8], strip_usage: bool) -> Verdict {
+        let Some(data) = event_data(event) else { return Verdict::Forward };
+        let trimmed = data.trim_ascii();
+        if trimmed == b"[DONE]" {
+            self.saw_done = true;
+            return Verdict::Forward;
+        }
+        match self.observe_json(trimmed) {
+            Some(false) if strip_usage => Verdict::Drop,
+            _ => Verdict::Forward,
+        }
+    }
+}
+
+/// Rewrites `"model": "<from>"` to `"model": "<to>"` in a JSON text, keeping everything else;
+/// `None` when there is nothing to rewrite.
+pub fn rewrite_model(json: &[u8], from: &str, to: &str) -> Option<Vec<u8>> {
+    let key = b"\"model\"";
+    let from_quoted = serde_json::to_vec(from).ok()?;
+    let to_quoted = serde_json::to_vec(to).ok()?;
+    let mut out: Option<Vec<u8>> = None;
+    let mut copied = 0;
+    let mut i = 0;
+    while let Some(pos) = find(&json[i..], key) {
+        let key_end = i + pos + key.len();
+        let mut j = key_end;
+        while j < json.len() && json[j].is_ascii_whitespace() {
+            j += 1;
+        }
+        if j < json.len() && json[j] == b':' {
+            j += 1;
+            while j < json.len() && json[j].is_ascii_whitespace() {
+                j += 1;
+            }
+            if json[j..].starts_with(&from_quoted) {
+                let buf = out.get_or_insert_with(|| Vec::with_capacity(json.len() + to.len()));
+                buf.extend_from_slice(&json[copied..j]);
+                buf.extend_from_slice(&to_quoted);
+                copied = j + from_quoted.len();
+                i = copied;
+                continue;
+            }
+        }
+        i = key_end;
+    }
+    let mut buf = out?;
+    buf.extend_from_slice(&json[copied..]);
+    Some(buf)
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|w| w == needle)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn splits_events_across_chunk_boundaries() {
+        let mut s = EventSplitter::default();
+        assert!(s.push(b"data: {\"a\":1}\n").is_empty());
+        let ev = s.push(b"\ndata: {\"b\"");
+        assert_eq!(ev, vec![Bytes::from_static(b"data: {\"a\":1}\n\n")]);
+        let ev = s.push(b":2}\r\n\r\ndata: [DONE]\n\n");
+        assert_eq!(ev.len(), 2);
+        assert_eq!(&ev[0][..], b"data: {\"b\":2}\r\n\r\n");
+        assert_eq!(s.finish(), None);
+        s.push(b"data: tail");
+        assert_eq!(s.finish(), Some(Bytes::from_static(b"data: tail")));
+    }
+
+    #[test]
+    fn meter_reads_usage_and_text_and_drops_usage_only_chunk() {
+        let mut m = Meter::default();
+        let v = m.observe_event(b"data: {\"choices\":[{\"delta\":{\"content\":\"Hel\"}}]}\n\n", true);
+        assert_eq!(v, Verdict::Forward);
+        m.observe_event(b"data: {\"choices\":[{\"delta\":{\"tool_calls\":[{\"function\":{\"arguments\":\"{}\"}}]}}]}\n\n", true);
+        let v = m.observe_event(
+            b"data: {\"choices\":[],\"usage\":{\"prompt_tokens\":9,\"completion_tokens\":3,\"prompt_tokens_details\":{\"cached_tokens\":4},\"completion_tokens_details\":{\"reasoning_tokens\":1}}}\n\n",
+            true,
+        );
+        assert_eq!(v, Verdict::Drop);
+        assert_eq!(m.observe_event(b"data: [DONE]\n\n", true), Verdict::Forward);
+        assert!(m.saw_done);
+        assert_eq!(m.text, "Hel{}");
+        assert_eq!(
+            m.usage,
+            Some(TokenUsage { prompt_tokens: 9, completion_tokens: 3, cached_tokens: 4, reasoning_tokens: 1 })
+        );
+    }
+
+    #[test]
+    fn model_is_rewritten_in_place() {
+        let json = br#"{"id":"x","model": "gpt-4o-2024","choices":[]}"#;
+        let out = rewrite_model(json, "gpt-4o-2024", "m1").expect("rewritten");
+        assert_eq!(out, br#"{"id":"x","model": "m1","choices":[]}"#.to_vec());
+        assert_eq!(rewrite_model(json, "other", "m1"), None);
+    }
+}

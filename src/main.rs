@@ -1,0 +1,74 @@
+//! The `tollgate` binary: parse the CLI, load config, init tracing, run.
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+use tollgate::config::Config;
+use tracing_subscriber::EnvFilter;
+
+#[derive(Parser)]
+#[command(name = "tollgate", version, about = "OpenAI-compatible AI proxy and metering gateway")]
+struct Cli {
+    /// A TOML file layered over the built-in defaults (config/default.toml).
+    #[arg(long, global = true)]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the gateway (the default).
+    Serve {
+        /// Address to listen on; overrides server.listen and TOLLGATE__SERVER__LISTEN.
+        #[arg(long)]
+        listen: Option<String>,
+    },
+    /// Apply database migrations and exit.
+    Migrate,
+}
+
+fn init_tracing(config: &Config) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&config.log.filter));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    if config.log.format == "json" {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let mut config = Config::load(cli.config.as_deref())?;
+    init_tracing(&config);
+    match cli.command.unwrap_or(Command::Serve { listen: None }) {
+        Command::Serve { listen } => {
+            if let Some(listen) = listen {
+                config.server.listen = listen;
+                config.validate()?;
+            }
+            if config.admin_key.is_none() {
+                tracing::warn!("TOLLGATE_ADMIN_KEY is not set: the admin API accepts only keys of admin users");
+            }
+            let app = tollgate::startup::Application::build(config).await?;
+            tracing::info!(addr = %app.local_addr(), "tollgate listening");
+            app.run().await
+        }
+        Command::Migrate => {
+            let db = tollgate::db::Db::connect(&config.database.url, 1).await?;
+            db.migrate().await.context("migrating")?;
+            tracing::info!(url = %redact(&config.database.url), "migrations applied");
+            Ok(())
+        }
+    }
+}
+
+/// A database URL without its password, for logs.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => format!("{}://…@{}", &url[..scheme], &url[at + 1..]),
+        _ => url.to_owned(),
+    }
+}

@@ -1,0 +1,87 @@
+//! Every metric Tollgate exports, as documented constants, and the Prometheus recorder.
+//! Labels are bounded: route template, method, status class, model, outcome. Never a key,
+//! user id or raw path.
+
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use std::sync::OnceLock;
+
+/// Counter: HTTP requests, by `route` (template), `method` and `status` (class, e.g. `2xx`).
+pub const HTTP_REQUESTS: &str = "tollgate_http_requests_total";
+/// Histogram (seconds): time to response headers, by `route` and `status`.
+pub const HTTP_DURATION: &str = "tollgate_http_request_duration_seconds";
+/// Histogram (seconds): time until the upstream's response headers, by `model` and `outcome`.
+pub const UPSTREAM_DURATION: &str = "tollgate_upstream_duration_seconds";
+/// Histogram (seconds): time to the first streamed event forwarded to the client, by `model`.
+pub const TTFT: &str = "tollgate_time_to_first_token_seconds";
+/// Histogram (seconds): time Tollgate added before the upstream call (auth, routing, reservation).
+pub const GATEWAY_OVERHEAD: &str = "tollgate_gateway_overhead_seconds";
+/// Counter: tokens, by `model` and `kind` (`input`, `output`, `cached_input`, `reasoning`).
+pub const TOKENS: &str = "tollgate_tokens_total";
+/// Counter: micro-credits charged, by `model`.
+pub const CREDITS_CHARGED: &str = "tollgate_credits_charged_micros_total";
+/// Counter: settlements, by `status` and `usage_source`.
+pub const SETTLEMENTS: &str = "tollgate_settlements_total";
+/// Counter: settlements that failed to write (must stay at zero).
+pub const SETTLEMENT_FAILURES: &str = "tollgate_settlement_failures_total";
+/// Gauge: streams currently being forwarded.
+pub const ACTIVE_STREAMS: &str = "tollgate_active_streams";
+/// Gauge: reservations currently held by this instance.
+pub const RESERVATIONS_HELD: &str = "tollgate_reservations_held";
+/// Counter: reservations refused for insufficient balance.
+pub const RESERVATIONS_REFUSED: &str = "tollgate_reservations_refused_total";
+/// Counter: expired reservations released by the reconciler.
+pub const RECONCILER_RELEASES: &str = "tollgate_reconciler_releases_total";
+
+const LATENCY_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0,
+];
+
+/// Installs the process-wide recorder once and returns its handle (several apps in one process,
+/// as in tests, share it).
+pub fn install() -> PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let builder = PrometheusBuilder::new()
+                .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), LATENCY_BUCKETS)
+                .unwrap_or_else(|_| PrometheusBuilder::new());
+            let recorder = builder.build_recorder();
+            let handle = recorder.handle();
+            let _ = metrics::set_global_recorder(recorder);
+            describe();
+            handle
+        })
+        .clone()
+}
+
+fn describe() {
+    use metrics::{describe_counter, describe_gauge, describe_histogram};
+    describe_counter!(HTTP_REQUESTS, "HTTP requests by route template, method and status class");
+    describe_histogram!(HTTP_DURATION, "Time to response headers, by route and status class");
+    describe_histogram!(UPSTREAM_DURATION, "Time until the upstream's response headers");
+    describe_histogram!(TTFT, "Time to the first streamed event forwarded to the client");
+    describe_histogram!(GATEWAY_OVERHEAD, "Time spent in Tollgate before the upstream call");
+    describe_counter!(TOKENS, "Tokens metered, by model and kind");
+    describe_counter!(CREDITS_CHARGED, "Micro-credits charged, by model");
+    describe_counter!(SETTLEMENTS, "Settlements by status and usage source");
+    describe_counter!(SETTLEMENT_FAILURES, "Settlements that could not be written");
+    describe_gauge!(ACTIVE_STREAMS, "Streams being forwarded now");
+    describe_gauge!(RESERVATIONS_HELD, "Balance reservations held by this instance");
+    describe_counter!(RESERVATIONS_REFUSED, "Reservations refused for insufficient balance");
+    describe_counter!(RECONCILER_RELEASES, "Expired reservations released by the reconciler");
+    // Register the counters that must be visible (at zero) from the start.
+    metrics::counter!(SETTLEMENT_FAILURES).absolute(0);
+    metrics::gauge!(ACTIVE_STREAMS).set(0.0);
+    metrics::gauge!(RESERVATIONS_HELD).set(0.0);
+}
+
+/// `200` → `"2xx"`.
+pub fn status_class(status: u16) -> &'static str {
+    match status {
+        100..=199 => "1xx",
+        200..=299 => "2xx",
+        300..=399 => "3xx",
+        400..=499 => "4xx",
+        _ => "5xx",
+    }
+}

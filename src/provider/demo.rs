@@ -1,0 +1,85 @@
+//! The `demo` provider: answers chat completions locally and deterministically, in OpenAI's
+//! JSON and SSE shapes with a usage block, so the quick start works offline. A documented
+//! feature for trying Tollgate, never a stand-in for an upstream in tests of the proxy path.
+
+use super::{UpstreamError, UpstreamResponse};
+use crate::gateway::tokens::count_text;
+use bytes::Bytes;
+use futures_util::StreamExt;
+use serde_json::{Value, json};
+
+/// The text of the last user message (string content or text parts).
+fn last_user_text(body: &Value) -> String {
+    let Some(messages) = body.get("messages").and_then(Value::as_array) else {
+        return String::new();
+    };
+    let Some(last) = messages.iter().rev().find(|m| m["role"] == "user") else {
+        return String::new();
+    };
+    match &last["content"] {
+        Value::String(s) => s.clone(),
+        Value::Array(parts) => parts
+            .iter()
+            .filter_map(|p| p.get("text").and_then(Value::as_str))
+            .collect::<Vec<_>>()
+            .join(" "),
+        _ => String::new(),
+    }
+}
+
+/// Answers a chat completion request body (already prepared for upstream).
+pub fn chat(body: &[u8], created: i64) -> Result<UpstreamResponse, UpstreamError> {
+    let request: Value = serde_json::from_slice(body).map_err(|e| UpstreamError::Other(e.to_string()))?;
+    let model = request["model"].as_str().unwrap_or("demo").to_owned();
+    let said = last_user_text(&request);
+    let reply = format!("Hello from Tollgate's demo model. You said: {said}");
+    let prompt_tokens = request
+        .get("messages")
+        .map_or(0, |m| crate::gateway::tokens::estimate_chat_prompt(m, None));
+    let completion_tokens = count_text(&reply);
+    let usage = json!({
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt_tokens + completion_tokens,
+    });
+    let id = "chatcmpl-demo";
+    if request["stream"] == true {
+        let include_usage = request["stream_options"]["include_usage"] == true;
+        let chunk = |delta: Value, finish: Value| {
+            json!({"id": id, "object": "chat.completion.chunk", "created": created, "model": model,
+                   "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]})
+        };
+        let mut events = vec![chunk(json!({"role": "assistant", "content": ""}), Value::Null)];
+        for word in reply.split_inclusive(' ') {
+            events.push(chunk(json!({"content": word}), Value::Null));
+        }
+        events.push(chunk(json!({}), json!("stop")));
+        if include_usage {
+            events.push(json!({"id": id, "object": "chat.completion.chunk", "created": created,
+                               "model": model, "choices": [], "usage": usage}));
+        }
+        let mut frames: Vec<Result<Bytes, UpstreamError>> = events
+            .iter()
+            .map(|e| Ok(Bytes::from(format!("data: {e}\n\n"))))
+            .collect();
+        frames.push(Ok(Bytes::from_static(b"data: [DONE]\n\n")));
+        return Ok(UpstreamResponse {
+            status: 200,
+            content_type: Some("text/event-stream".into()),
+            body: futures_util::stream::iter(frames).boxed(),
+        });
+    }
+    let response = json!({
+        "id": id,
+        "object": "chat.completion",
+        "created": created,
+        "model": model,
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": reply}, "finish_reason": "stop"}],
+        "usage": usage,
+    });
+    Ok(UpstreamResponse {
+        status: 200,
+        content_type: Some("application/json".into()),
+        body: futures_util::stream::iter([Ok(Bytes::from(response.to_string()))]).boxed(),
+    })
+}

@@ -1,0 +1,217 @@
+//! Upstream channels: `POST/GET /channels`, `GET/PATCH/DELETE /channels/{id}`. The upstream
+//! credential is write-only: answers show a masked form.
+
+use super::{iso, ok, parse_status, path_id};
+use crate::db::{self, catalog::ChannelFields, catalog::ChannelRow};
+use crate::error::ApiError;
+use crate::provider::Provider;
+use crate::routes::extract::{AdminCaller, ApiJson};
+use crate::state::AppState;
+use axum::extract::{Path, State};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use std::collections::BTreeMap;
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/channels", post(create_channel).get(list_channels))
+        .route("/channels/{id}", get(get_channel).patch(update_channel).delete(delete_channel))
+}
+
+fn mask(secret: &str) -> String {
+    let chars: Vec<char> = secret.chars().collect();
+    if chars.len() <= 8 {
+        "****".into()
+    } else {
+        let head: String = chars[..4].iter().collect();
+        let tail: String = chars[chars.len() - 4..].iter().collect();
+        format!("{head}…{tail}")
+    }
+}
+
+fn channel_json(c: &ChannelRow) -> Value {
+    let models: Value = serde_json::from_str(&c.models).unwrap_or(Value::Null);
+    let model_map: Value = serde_json::from_str(&c.model_map).unwrap_or(Value::Null);
+    json!({
+        "id": c.id,
+        "name": c.name,
+        "provider": c.provider,
+        "base_url": c.base_url,
+        "api_key": mask(&c.api_key),
+        "models": models,
+        "model_map": model_map,
+        "priority": c.priority,
+        "weight": c.weight,
+        "status": c.status,
+        "created_at": iso(c.created_at_ms),
+        "updated_at": iso(c.updated_at_ms),
+    })
+}
+
+/// A channel body; every field optional so PATCH can reuse it (create checks what is required).
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct ChannelBody {
+    name: Option<String>,
+    provider: Option<String>,
+    base_url: Option<String>,
+    api_key: Option<String>,
+    models: Option<Vec<String>>,
+    model_map: Option<BTreeMap<String, String>>,
+    priority: Option<i64>,
+    weight: Option<i64>,
+    status: Option<String>,
+}
+
+/// A complete, validated channel.
+struct Valid {
+    name: String,
+    provider: Provider,
+    base_url: String,
+    api_key: String,
+    models: String,
+    model_map: String,
+    priority: i64,
+    weight: i64,
+    status: &'static str,
+}
+
+fn validate(body: ChannelBody, base: Option<&ChannelRow>) -> Result<Valid, ApiError> {
+    let bad = |m: String| ApiError::InvalidInput(m);
+    let name = body.name.or_else(|| base.map(|b| b.name.clone())).ok_or_else(|| bad("name: required".into()))?;
+    if name.trim().is_empty() || name.len() > 200 {
+        return Err(bad("name: must be 1 to 200 characters".into()));
+    }
+    let provider_name = body
+        .provider
+        .or_else(|| base.map(|b| b.provider.clone()))
+        .ok_or_else(|| bad(format!("provider: required (one of {})", Provider::NAMES)))?;
+    let provider = Provider::parse(&provider_name)
+        .ok_or_else(|| bad(format!("provider: unknown provider {provider_name:?} (one of {})", Provider::NAMES)))?;
+    let base_url = body.base_url.or_else(|| base.map(|b| b.base_url.clone())).unwrap_or_default();
+    let base_url = base_url.trim().trim_end_matches('/').to_owned();
+    if provider != Provider::Demo {
+        let parsed = reqwest::Url::parse(&base_url)
+            .map_err(|_| bad(format!("base_url: {base_url:?} is not a URL (expected e.g. https://api.openai.com/v1)")))?;
+        if !matches!(parsed.scheme(), "http" | "https") {
+            return Err(bad("base_url: must be an http:// or https:// URL".into()));
+        }
+    }
+    let api_key = body.api_key.or_else(|| base.map(|b| b.api_key.clone())).unwrap_or_default();
+    let models = match body.models {
+        Some(m) => m,
+        None => base.and_then(|b| serde_json::from_str(&b.models).ok()).unwrap_or_default(),
+    };
+    if models.is_empty() || models.iter().any(|m| m.trim().is_empty()) {
+        return Err(bad("models: must list at least one non-empty model name".into()));
+    }
+    let model_map = match body.model_map {
+        Some(m) => m,
+        None => base.and_then(|b| serde_json::from_str(&b.model_map).ok()).unwrap_or_default(),
+    };
+    if let Some((k, _)) = model_map.iter().find(|(_, v)| v.trim().is_empty()) {
+        return Err(bad(format!("model_map: the upstream name for {k:?} is empty")));
+    }
+    let priority = body.priority.or(base.map(|b| b.priority)).unwrap_or(0);
+    let weight = body.weight.or(base.map(|b| b.weight)).unwrap_or(1);
+    if !(1..=1_000_000).contains(&weight) {
+        return Err(bad("weight: must be an integer from 1 to 1000000".into()));
+    }
+    let status = match body.status {
+        Some(s) => parse_status("status", &s)?,
+        None => match base.map(|b| b.status.as_str()) {
+            Some("disabled") => "disabled",
+            _ => "active",
+        },
+    };
+    Ok(Valid {
+        name: name.trim().to_owned(),
+        provider,
+        base_url,
+        api_key,
+        models: to_json(&models),
+        model_map: to_json(&model_map),
+        priority,
+        weight,
+        status,
+    })
+}
+
+/// JSON text of a plain collection (cannot fail for strings and maps of strings).
+fn to_json<T: serde::Serialize>(v: &T) -> String {
+    serde_json::to_string(v).unwrap_or_default()
+}
+
+impl Valid {
+    fn fields(&self) -> ChannelFields<'_> {
+        ChannelFields {
+            name: &self.name,
+            provider: self.provider.as_str(),
+            base_url: &self.base_url,
+            api_key: &self.api_key,
+            models: &self.models,
+            model_map: &self.model_map,
+            priority: self.priority,
+            weight: self.weight,
+            status: self.status,
+        }
+    }
+}
+
+/// Reloads the routing catalog so the change applies to the next request.
+async fn reload(state: &AppState) -> Result<(), ApiError> {
+    state.catalog.reload(&state.db).await.map_err(ApiError::from)
+}
+
+async fn create_channel(
+    State(state): State<AppState>,
+    _admin: AdminCaller,
+    ApiJson(body): ApiJson<ChannelBody>,
+) -> Result<Json<Value>, ApiError> {
+    let valid = validate(body, None)?;
+    let row = db::catalog::insert_channel(&state.db, &valid.fields()).await?;
+    reload(&state).await?;
+    Ok(ok(channel_json(&row)))
+}
+
+async fn list_channels(State(state): State<AppState>, _admin: AdminCaller) -> Result<Json<Value>, ApiError> {
+    let rows = db::catalog::list_channels(&state.db).await?;
+    Ok(ok(rows.iter().map(channel_json).collect::<Vec<_>>()))
+}
+
+async fn get_channel(State(state): State<AppState>, _admin: AdminCaller, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
+    let id = path_id(&id)?;
+    let row = db::catalog::get_channel(&state.db, id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("channel {id} not found")))?;
+    Ok(ok(channel_json(&row)))
+}
+
+async fn update_channel(
+    State(state): State<AppState>,
+    _admin: AdminCaller,
+    Path(id): Path<String>,
+    ApiJson(body): ApiJson<ChannelBody>,
+) -> Result<Json<Value>, ApiError> {
+    let id = path_id(&id)?;
+    let existing = db::catalog::get_channel(&state.db, id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("channel {id} not found")))?;
+    let valid = validate(body, Some(&existing))?;
+    let row = db::catalog::update_channel(&state.db, id, &valid.fields())
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("channel {id} not found")))?;
+    reload(&state).await?;
+    Ok(ok(channel_json(&row)))
+}
+
+async fn delete_channel(State(state): State<AppState>, _admin: AdminCaller, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
+    let id = path_id(&id)?;
+    if !db::catalog::delete_channel(&state.db, id).await? {
+        return Err(ApiError::NotFound(format!("channel {id} not found")));
+    }
+    reload(&state).await?;
+    Ok(ok(json!({"id": id, "deleted": true})))
+}

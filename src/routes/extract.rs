@@ -1,0 +1,87 @@
+//! Extractors shared by the routes: the request id, the authenticated caller (per surface, with
+//! that surface's error shape), and a JSON body whose errors name the offending field.
+
+use crate::error::{ApiError, OpenAiError};
+use crate::gateway::auth::{Caller, presented_key};
+use crate::state::AppState;
+use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::http::request::Parts;
+use serde::de::DeserializeOwned;
+use std::sync::Arc;
+
+/// This request's id (also sent back as `x-request-id`).
+#[derive(Clone, Debug)]
+pub struct RequestId(pub Arc<str>);
+
+impl RequestId {
+    /// A fresh id: `req_` + 24 hex digits.
+    pub fn new() -> RequestId {
+        let n: u128 = rand::random();
+        RequestId(Arc::from(format!("req_{:024x}", n >> 32)))
+    }
+}
+
+impl Default for RequestId {
+    fn default() -> Self {
+        RequestId::new()
+    }
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for RequestId {
+    type Rejection = std::convert::Infallible;
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        Ok(parts.extensions.get::<RequestId>().cloned().unwrap_or_default())
+    }
+}
+
+/// A caller on the OpenAI surface (401/403 in OpenAI's shape).
+pub struct OpenAiCaller(pub Caller);
+
+impl FromRequestParts<AppState> for OpenAiCaller {
+    type Rejection = OpenAiError;
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        let caller = state.keys.authenticate(&state.db, presented_key(&parts.headers)).await?;
+        Ok(OpenAiCaller(caller))
+    }
+}
+
+/// An admin caller (the bootstrap key or a key of a user with the admin role).
+pub struct AdminCaller(pub Caller);
+
+impl FromRequestParts<AppState> for AdminCaller {
+    type Rejection = ApiError;
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        let caller = state.keys.authenticate(&state.db, presented_key(&parts.headers)).await?;
+        if !caller.is_admin {
+            return Err(ApiError::Forbidden("admin role required".into()));
+        }
+        Ok(AdminCaller(caller))
+    }
+}
+
+/// A JSON body for the platform surface; errors say which field is wrong.
+pub struct ApiJson<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
+    type Rejection = ApiError;
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let bytes = axum::body::Bytes::from_request(req, state)
+            .await
+            .map_err(|e| ApiError::InvalidInput(format!("could not read the request body: {e}")))?;
+        parse_json(&bytes).map(ApiJson)
+    }
+}
+
+/// Parses JSON, naming the path of the field that failed.
+pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    let de = &mut serde_json::Deserializer::from_slice(bytes);
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        if path.is_empty() || path == "." {
+            ApiError::InvalidInput(format!("invalid JSON body: {inner}"))
+        } else {
+            ApiError::InvalidInput(format!("{path}: {inner}"))
+        }
+    })
+}

@@ -1,0 +1,85 @@
+//! The HTTP surface. Where a request goes:
+//!
+//! - `/v1/*` and `/api/v1/*` OpenAI-compatible: [`openai`] (chat completions, models)
+//! - `/api/v1/admin/*` admin API in the platform envelope: [`admin`]
+//! - `/metrics`, `/healthz`, `/readyz`: [`ops`]
+//!
+//! Every response carries `x-request-id`; every request is counted by route template.
+
+pub mod admin;
+pub mod extract;
+pub mod openai;
+pub mod ops;
+
+use crate::metrics as m;
+use crate::state::AppState;
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request};
+use axum::http::{HeaderValue, StatusCode, Uri};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use extract::RequestId;
+use std::time::Instant;
+
+/// The route template a request matched, handed from the inner layer to the outer one.
+#[derive(Clone)]
+struct RouteLabel(String);
+
+/// Builds the whole application router.
+pub fn router(state: AppState) -> Router {
+    let max_body = state.config.server.max_body_bytes;
+    let openai = openai::router();
+    Router::new()
+        .nest("/v1", openai.clone())
+        .nest("/api/v1", openai)
+        .nest("/api/v1/admin", admin::router())
+        .merge(ops::router())
+        .route_layer(middleware::from_fn(label_route))
+        .fallback(not_found)
+        .layer(DefaultBodyLimit::max(max_body))
+        .layer(middleware::from_fn(track))
+        .with_state(state)
+}
+
+/// Inner layer (matched routes only): remember the route template for metrics.
+async fn label_route(path: Option<MatchedPath>, req: Request, next: Next) -> Response {
+    let label = path.map(|p| p.as_str().to_owned());
+    let mut response = next.run(req).await;
+    if let Some(label) = label {
+        response.extensions_mut().insert(RouteLabel(label));
+    }
+    response
+}
+
+/// Outer layer: request id in, `x-request-id` out, request count and latency by route.
+async fn track(mut req: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let id = RequestId::new();
+    let method = req.method().as_str().to_owned();
+    req.extensions_mut().insert(id.clone());
+    let mut response = next.run(req).await;
+    if let Ok(v) = HeaderValue::from_str(&id.0) {
+        response.headers_mut().insert("x-request-id", v);
+    }
+    let route = response
+        .extensions()
+        .get::<RouteLabel>()
+        .map_or_else(|| "unmatched".to_owned(), |r| r.0.clone());
+    let status = m::status_class(response.status().as_u16());
+    metrics::counter!(m::HTTP_REQUESTS, "route" => route.clone(), "method" => method, "status" => status).increment(1);
+    metrics::histogram!(m::HTTP_DURATION, "route" => route, "status" => status).record(started.elapsed().as_secs_f64());
+    response
+}
+
+/// Unknown paths: OpenAI's error shape under `/v1`, the envelope elsewhere.
+async fn not_found(uri: Uri) -> Response {
+    let path = uri.path();
+    if path.starts_with("/v1/") || (path.starts_with("/api/v1/") && !path.starts_with("/api/v1/admin")) {
+        let body = serde_json::json!({"error": {
+            "message": format!("unknown path {path}"),
+            "type": "invalid_request_error", "code": "unknown_url", "param": null}});
+        (StatusCode::NOT_FOUND, axum::Json(body)).into_response()
+    } else {
+        crate::error::ApiError::NotFound(format!("unknown path {path}")).into_response()
+    }
+}

@@ -1,0 +1,51 @@
+//! `POST /v1/chat/completions` (JSON and SSE).
+
+use crate::error::OpenAiError;
+use crate::gateway::{self, Reply};
+use crate::routes::extract::{OpenAiCaller, RequestId};
+use crate::state::AppState;
+use axum::body::{Body, Bytes};
+use axum::extract::State;
+use axum::extract::rejection::BytesRejection;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+
+pub async fn create_chat_completion(
+    State(state): State<AppState>,
+    OpenAiCaller(caller): OpenAiCaller,
+    RequestId(request_id): RequestId,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, OpenAiError> {
+    let body = body.map_err(|e| match e {
+        BytesRejection::FailedToBufferBody(_) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+            OpenAiError::BodyTooLarge { limit: state.config.server.max_body_bytes }
+        }
+        other => OpenAiError::InvalidRequest { message: other.body_text(), param: None },
+    })?;
+    let reply = gateway::chat::chat_completions(&state, &caller, request_id, body).await?;
+    Ok(into_response(reply))
+}
+
+/// Turns a pipeline reply into HTTP: a full body, or an unbuffered event stream.
+pub fn into_response(reply: Reply) -> Response {
+    match reply {
+        Reply::Full { status, content_type, body } => {
+            let status = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY);
+            let content_type = content_type
+                .and_then(|c| HeaderValue::from_str(&c).ok())
+                .unwrap_or(HeaderValue::from_static("application/json"));
+            (status, [(header::CONTENT_TYPE, content_type)], body).into_response()
+        }
+        Reply::Stream { mut events } => {
+            let stream = futures_util::stream::poll_fn(move |cx| {
+                events.poll_recv(cx).map(|o| o.map(Ok::<Bytes, std::convert::Infallible>))
+            });
+            Response::builder()
+                .header(header::CONTENT_TYPE, "text/event-stream; charset=utf-8")
+                .header(header::CACHE_CONTROL, "no-cache")
+                .header("x-accel-buffering", "no")
+                .body(Body::from_stream(stream))
+                .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
+        }
+    }
+}

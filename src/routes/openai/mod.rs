@@ -1,0 +1,16 @@
+//! The OpenAI-compatible endpoints, mounted under both `/v1` and `/api/v1`. One file per
+//! endpoint; paths mirror OpenAI's API.
+
+mod chat;
+mod models;
+
+use crate::state::AppState;
+use axum::Router;
+use axum::routing::{get, post};
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/chat/completions", post(chat::create_chat_completion))
+        .route("/models", get(models::list_models))
+        .route("/models/{*id}", get(models::retrieve_model))
+}

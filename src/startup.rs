@@ -1,0 +1,158 @@
+//! Building and running the application: connect and migrate the database, load the catalog,
+//! bind (port 0 works), serve until a shutdown signal, then drain: stop accepting, let open
+//! streams finish within the grace period, cut the rest, and wait for every settlement.
+
+use crate::config::Config;
+use crate::db::Db;
+use crate::gateway::auth::KeyCache;
+use crate::gateway::catalog::Catalog;
+use crate::state::{AppState, Inner};
+use anyhow::Context;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// A built, bound application, ready to run.
+pub struct Application {
+    listener: TcpListener,
+    state: AppState,
+}
+
+impl Application {
+    /// Connects, migrates, loads the catalog and binds the listener.
+    pub async fn build(config: Config) -> anyhow::Result<Application> {
+        let metrics = crate::metrics::install();
+        let db = Db::connect(&config.database.url, config.database.max_connections).await?;
+        db.migrate().await?;
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_millis(config.upstream.connect_timeout_ms))
+            .pool_max_idle_per_host(config.upstream.pool_max_idle_per_host)
+            .tcp_nodelay(true)
+            .no_proxy()
+            .build()
+            .context("building the HTTP client")?;
+        let addr = config.listen_addr()?;
+        let listener = TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("binding {addr}"))?;
+        let state = AppState::new(Inner {
+            keys: KeyCache::new(
+                Duration::from_millis(config.auth.key_cache_ttl_ms),
+                config.admin_key.as_deref(),
+            ),
+            catalog: Catalog::default(),
+            tasks: TaskTracker::new(),
+            cut_streams: CancellationToken::new(),
+            config,
+            db,
+            http,
+            metrics,
+        });
+        state.catalog.reload(&state.db).await.context("loading models and channels")?;
+        Ok(Application { listener, state })
+    }
+
+    /// The address actually bound.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener
+            .local_addr()
+            .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 0)))
+    }
+
+    /// The shared state (for tests and tools that run beside the server).
+    pub fn state(&self) -> AppState {
+        self.state.clone()
+    }
+
+    /// Serves until SIGINT or SIGTERM, then shuts down gracefully.
+    pub async fn run(self) -> anyhow::Result<()> {
+        self.run_until(shutdown_signal()).await
+    }
+
+    /// Serves until `shutdown` completes, then shuts down gracefully.
+    pub async fn run_until(self, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+        let Application { listener, state } = self;
+        let config = &state.config;
+        let stop_workers = CancellationToken::new();
+        state.tasks.spawn(crate::billing::reconcile::run(
+            state.db.clone(),
+            Duration::from_millis(config.billing.reconcile_interval_ms),
+            stop_workers.clone(),
+        ));
+        state.tasks.spawn(refresh_catalog(
+            state.clone(),
+            Duration::from_millis(config.catalog.refresh_interval_ms),
+            stop_workers.clone(),
+        ));
+
+        let draining = CancellationToken::new();
+        let trigger = draining.clone();
+        let app = crate::routes::router(state.clone());
+        let server = axum::serve(listener, app).with_graceful_shutdown(async move {
+            shutdown.await;
+            trigger.cancel();
+        });
+        let mut server = tokio::spawn(async move { server.await });
+        tokio::select! {
+            result = &mut server => {
+                stop_workers.cancel();
+                return result.context("server task")?.context("server failed");
+            }
+            _ = draining.cancelled() => {}
+        }
+        let grace = Duration::from_millis(config.server.shutdown_grace_ms);
+        tracing::info!(grace_ms = grace.as_millis() as u64, "shutting down: no new connections, draining open requests");
+        if tokio::time::timeout(grace, &mut server).await.is_err() {
+            tracing::warn!("grace period over: cutting open streams");
+            state.cut_streams.cancel();
+            if tokio::time::timeout(Duration::from_secs(10), &mut server).await.is_err() {
+                server.abort();
+            }
+        }
+        state.cut_streams.cancel();
+        stop_workers.cancel();
+        state.tasks.close();
+        state.tasks.wait().await;
+        state.db.close().await;
+        tracing::info!("shutdown complete: every settlement written");
+        Ok(())
+    }
+}
+
+/// Reloads the catalog periodically, so changes made on other instances arrive.
+async fn refresh_catalog(state: AppState, interval: Duration, stop: CancellationToken) {
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(interval) => {}
+        }
+        if let Err(e) = state.catalog.reload(&state.db).await {
+            tracing::warn!(error = %e, "catalog refresh failed");
+        }
+    }
+}
+
+/// Completes on SIGINT (Ctrl-C) or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+}

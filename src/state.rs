@@ -1,0 +1,42 @@
+//! [`AppState`]: everything a request needs, cheap to clone (one `Arc`).
+
+use crate::config::Config;
+use crate::db::Db;
+use crate::gateway::auth::KeyCache;
+use crate::gateway::catalog::Catalog;
+use metrics_exporter_prometheus::PrometheusHandle;
+use std::ops::Deref;
+use std::sync::Arc;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// Shared application state.
+#[derive(Clone)]
+pub struct AppState(Arc<Inner>);
+
+pub struct Inner {
+    pub config: Config,
+    pub db: Db,
+    /// The one pooled HTTP client for every upstream.
+    pub http: reqwest::Client,
+    pub keys: KeyCache,
+    pub catalog: Catalog,
+    /// Settlement and stream tasks; shutdown waits for all of them.
+    pub tasks: TaskTracker,
+    /// Cancelled when the shutdown grace period is over: open streams end and settle.
+    pub cut_streams: CancellationToken,
+    pub metrics: PrometheusHandle,
+}
+
+impl AppState {
+    pub fn new(inner: Inner) -> AppState {
+        AppState(Arc::new(inner))
+    }
+}
+
+impl Deref for AppState {
+    type Target = Inner;
+    fn deref(&self) -> &Inner {
+        &self.0
+    }
+}
