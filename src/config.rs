@@ -177,12 +177,24 @@ impl Config {
             bail!("billing.default_max_output_tokens must be positive");
         }
         for (name, v) in [
-            ("upstream.connect_timeout_ms", self.upstream.connect_timeout_ms),
-            ("upstream.first_byte_timeout_ms", self.upstream.first_byte_timeout_ms),
+            (
+                "upstream.connect_timeout_ms",
+                self.upstream.connect_timeout_ms,
+            ),
+            (
+                "upstream.first_byte_timeout_ms",
+                self.upstream.first_byte_timeout_ms,
+            ),
             ("upstream.chunk_timeout_ms", self.upstream.chunk_timeout_ms),
             ("upstream.max_request_ms", self.upstream.max_request_ms),
-            ("billing.reconcile_interval_ms", self.billing.reconcile_interval_ms),
-            ("catalog.refresh_interval_ms", self.catalog.refresh_interval_ms),
+            (
+                "billing.reconcile_interval_ms",
+                self.billing.reconcile_interval_ms,
+            ),
+            (
+                "catalog.refresh_interval_ms",
+                self.catalog.refresh_interval_ms,
+            ),
         ] {
             if v == 0 {
                 bail!("{name} must be greater than zero");
@@ -201,10 +213,12 @@ impl Config {
 
     /// The parsed listen address.
     pub fn listen_addr(&self) -> anyhow::Result<SocketAddr> {
-        self.server
-            .listen
-            .parse()
-            .with_context(|| format!("server.listen {:?} is not an address like 127.0.0.1:8000", self.server.listen))
+        self.server.listen.parse().with_context(|| {
+            format!(
+                "server.listen {:?} is not an address like 127.0.0.1:8000",
+                self.server.listen
+            )
+        })
     }
 
     /// How long a reservation may live before the reconciler releases it.
@@ -218,7 +232,10 @@ mod tests {
     use super::*;
 
     fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-        pairs.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect()
+        pairs
+            .iter()
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+            .collect()
     }
 
     #[test]

@@ -13,22 +13,31 @@ use serde_json::json;
 #[derive(Debug, thiserror::Error)]
 pub enum OpenAiError {
     #[error("{message}")]
-    InvalidRequest { message: String, param: Option<&'static str> },
+    InvalidRequest {
+        message: String,
+        param: Option<&'static str>,
+    },
     #[error("request body is larger than {limit} bytes")]
     BodyTooLarge { limit: usize },
     #[error(transparent)]
     Auth(#[from] AuthError),
     #[error("this API key may not use model '{model}'")]
     ModelNotAllowed { model: String },
-    #[error("the admin credential has no balance; create a user and call models with that user's key")]
+    #[error(
+        "the admin credential has no balance; create a user and call models with that user's key"
+    )]
     NoAccount,
     #[error("the model '{model}' does not exist or you do not have access to it")]
     ModelNotFound { model: String },
-    #[error("the model '{model}' has no price configured, so it cannot be called; an admin must set one")]
+    #[error(
+        "the model '{model}' has no price configured, so it cannot be called; an admin must set one"
+    )]
     ModelNotPriced { model: String },
     #[error("the model '{model}' is priced but no active channel serves it")]
     NoChannel { model: String },
-    #[error("insufficient balance: this request needs up to {needed} credits to be reserved, {available} available")]
+    #[error(
+        "insufficient balance: this request needs up to {needed} credits to be reserved, {available} available"
+    )]
     InsufficientBalance { needed: Micros, available: Micros },
     #[error("upstream error: {message}")]
     Upstream { message: String },
@@ -45,7 +54,10 @@ impl OpenAiError {
     pub fn internal(request_id: &str, cause: impl std::fmt::Display) -> OpenAiError {
         let cause = cause.to_string();
         tracing::error!(request_id, %cause, "internal error");
-        OpenAiError::Internal { request_id: request_id.to_owned(), cause }
+        OpenAiError::Internal {
+            request_id: request_id.to_owned(),
+            cause,
+        }
     }
 
     /// HTTP status, OpenAI error type and code.
@@ -53,22 +65,86 @@ impl OpenAiError {
         use OpenAiError::*;
         match self {
             InvalidRequest { .. } => (StatusCode::BAD_REQUEST, "invalid_request_error", None),
-            BodyTooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "invalid_request_error", Some("request_too_large")),
-            Auth(AuthError::UserDisabled) => (StatusCode::FORBIDDEN, "permission_error", Some("account_disabled")),
-            Auth(AuthError::Missing) => (StatusCode::UNAUTHORIZED, "invalid_request_error", Some("missing_api_key")),
-            Auth(AuthError::Db(_)) => (StatusCode::INTERNAL_SERVER_ERROR, "api_error", Some("internal_error")),
-            Auth(AuthError::Expired) => (StatusCode::UNAUTHORIZED, "invalid_request_error", Some("expired_api_key")),
-            Auth(_) => (StatusCode::UNAUTHORIZED, "invalid_request_error", Some("invalid_api_key")),
-            ModelNotAllowed { .. } => (StatusCode::FORBIDDEN, "permission_error", Some("model_not_allowed")),
-            NoAccount => (StatusCode::FORBIDDEN, "permission_error", Some("no_account")),
-            ModelNotFound { .. } => (StatusCode::NOT_FOUND, "invalid_request_error", Some("model_not_found")),
-            ModelNotPriced { .. } => (StatusCode::BAD_REQUEST, "invalid_request_error", Some("model_not_priced")),
-            NoChannel { .. } => (StatusCode::NOT_FOUND, "invalid_request_error", Some("model_not_available")),
-            InsufficientBalance { .. } => (StatusCode::PAYMENT_REQUIRED, "insufficient_quota", Some("insufficient_balance")),
-            Upstream { .. } => (StatusCode::BAD_GATEWAY, "upstream_error", Some("upstream_error")),
-            UpstreamTimeout { .. } => (StatusCode::GATEWAY_TIMEOUT, "upstream_error", Some("upstream_timeout")),
-            ShuttingDown => (StatusCode::SERVICE_UNAVAILABLE, "api_error", Some("shutting_down")),
-            Internal { .. } => (StatusCode::INTERNAL_SERVER_ERROR, "api_error", Some("internal_error")),
+            BodyTooLarge { .. } => (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "invalid_request_error",
+                Some("request_too_large"),
+            ),
+            Auth(AuthError::UserDisabled) => (
+                StatusCode::FORBIDDEN,
+                "permission_error",
+                Some("account_disabled"),
+            ),
+            Auth(AuthError::Missing) => (
+                StatusCode::UNAUTHORIZED,
+                "invalid_request_error",
+                Some("missing_api_key"),
+            ),
+            Auth(AuthError::Db(_)) => (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "api_error",
+                Some("internal_error"),
+            ),
+            Auth(AuthError::Expired) => (
+                StatusCode::UNAUTHORIZED,
+                "invalid_request_error",
+                Some("expired_api_key"),
+            ),
+            Auth(_) => (
+                StatusCode::UNAUTHORIZED,
+                "invalid_request_error",
+                Some("invalid_api_key"),
+            ),
+            ModelNotAllowed { .. } => (
+                StatusCode::FORBIDDEN,
+                "permission_error",
+                Some("model_not_allowed"),
+            ),
+            NoAccount => (
+                StatusCode::FORBIDDEN,
+                "permission_error",
+                Some("no_account"),
+            ),
+            ModelNotFound { .. } => (
+                StatusCode::NOT_FOUND,
+                "invalid_request_error",
+                Some("model_not_found"),
+            ),
+            ModelNotPriced { .. } => (
+                StatusCode::BAD_REQUEST,
+                "invalid_request_error",
+                Some("model_not_priced"),
+            ),
+            NoChannel { .. } => (
+                StatusCode::NOT_FOUND,
+                "invalid_request_error",
+                Some("model_not_available"),
+            ),
+            InsufficientBalance { .. } => (
+                StatusCode::PAYMENT_REQUIRED,
+                "insufficient_quota",
+                Some("insufficient_balance"),
+            ),
+            Upstream { .. } => (
+                StatusCode::BAD_GATEWAY,
+                "upstream_error",
+                Some("upstream_error"),
+            ),
+            UpstreamTimeout { .. } => (
+                StatusCode::GATEWAY_TIMEOUT,
+                "upstream_error",
+                Some("upstream_timeout"),
+            ),
+            ShuttingDown => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "api_error",
+                Some("shutting_down"),
+            ),
+            Internal { .. } => (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "api_error",
+                Some("internal_error"),
+            ),
         }
     }
 
@@ -103,7 +179,9 @@ impl IntoResponse for OpenAiError {
         let (status, _, _) = self.parts();
         let mut response = (status, axum::Json(self.body())).into_response();
         if status == StatusCode::SERVICE_UNAVAILABLE {
-            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         }
         response
     }

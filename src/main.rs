@@ -7,7 +7,11 @@ use tollgate::config::Config;
 use tracing_subscriber::EnvFilter;
 
 #[derive(Parser)]
-#[command(name = "tollgate", version, about = "OpenAI-compatible AI proxy and metering gateway")]
+#[command(
+    name = "tollgate",
+    version,
+    about = "OpenAI-compatible AI proxy and metering gateway"
+)]
 struct Cli {
     /// A TOML file layered over the built-in defaults (config/default.toml).
     #[arg(long, global = true)]
@@ -29,7 +33,8 @@ enum Command {
 }
 
 fn init_tracing(config: &Config) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&config.log.filter));
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&config.log.filter));
     let builder = tracing_subscriber::fmt().with_env_filter(filter);
     if config.log.format == "json" {
         builder.json().init();
@@ -50,7 +55,9 @@ async fn main() -> anyhow::Result<()> {
                 config.validate()?;
             }
             if config.admin_key.is_none() {
-                tracing::warn!("TOLLGATE_ADMIN_KEY is not set: the admin API accepts only keys of admin users");
+                tracing::warn!(
+                    "TOLLGATE_ADMIN_KEY is not set: the admin API accepts only keys of admin users"
+                );
             }
             let app = tollgate::startup::Application::build(config).await?;
             tracing::info!(addr = %app.local_addr(), "tollgate listening");
@@ -68,7 +75,9 @@ async fn main() -> anyhow::Result<()> {
 /// A database URL without its password, for logs.
 fn redact(url: &str) -> String {
     match (url.find("://"), url.rfind('@')) {
-        (Some(scheme), Some(at)) if at > scheme => format!("{}://…@{}", &url[..scheme], &url[at + 1..]),
+        (Some(scheme), Some(at)) if at > scheme => {
+            format!("{}://…@{}", &url[..scheme], &url[at + 1..])
+        }
         _ => url.to_owned(),
     }
 }

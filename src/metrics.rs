@@ -33,7 +33,8 @@ pub const RESERVATIONS_REFUSED: &str = "tollgate_reservations_refused_total";
 pub const RECONCILER_RELEASES: &str = "tollgate_reconciler_releases_total";
 
 const LATENCY_BUCKETS: &[f64] = &[
-    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0,
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+    60.0, 120.0,
 ];
 
 /// Installs the process-wide recorder once and returns its handle (several apps in one process,
@@ -56,19 +57,43 @@ pub fn install() -> PrometheusHandle {
 
 fn describe() {
     use metrics::{describe_counter, describe_gauge, describe_histogram};
-    describe_counter!(HTTP_REQUESTS, "HTTP requests by route template, method and status class");
-    describe_histogram!(HTTP_DURATION, "Time to response headers, by route and status class");
-    describe_histogram!(UPSTREAM_DURATION, "Time until the upstream's response headers");
-    describe_histogram!(TTFT, "Time to the first streamed event forwarded to the client");
-    describe_histogram!(GATEWAY_OVERHEAD, "Time spent in Tollgate before the upstream call");
+    describe_counter!(
+        HTTP_REQUESTS,
+        "HTTP requests by route template, method and status class"
+    );
+    describe_histogram!(
+        HTTP_DURATION,
+        "Time to response headers, by route and status class"
+    );
+    describe_histogram!(
+        UPSTREAM_DURATION,
+        "Time until the upstream's response headers"
+    );
+    describe_histogram!(
+        TTFT,
+        "Time to the first streamed event forwarded to the client"
+    );
+    describe_histogram!(
+        GATEWAY_OVERHEAD,
+        "Time spent in Tollgate before the upstream call"
+    );
     describe_counter!(TOKENS, "Tokens metered, by model and kind");
     describe_counter!(CREDITS_CHARGED, "Micro-credits charged, by model");
     describe_counter!(SETTLEMENTS, "Settlements by status and usage source");
     describe_counter!(SETTLEMENT_FAILURES, "Settlements that could not be written");
     describe_gauge!(ACTIVE_STREAMS, "Streams being forwarded now");
-    describe_gauge!(RESERVATIONS_HELD, "Balance reservations held by this instance");
-    describe_counter!(RESERVATIONS_REFUSED, "Reservations refused for insufficient balance");
-    describe_counter!(RECONCILER_RELEASES, "Expired reservations released by the reconciler");
+    describe_gauge!(
+        RESERVATIONS_HELD,
+        "Balance reservations held by this instance"
+    );
+    describe_counter!(
+        RESERVATIONS_REFUSED,
+        "Reservations refused for insufficient balance"
+    );
+    describe_counter!(
+        RECONCILER_RELEASES,
+        "Expired reservations released by the reconciler"
+    );
     // Register the counters that must be visible (at zero) from the start.
     metrics::counter!(SETTLEMENT_FAILURES).absolute(0);
     metrics::gauge!(ACTIVE_STREAMS).set(0.0);

@@ -51,7 +51,11 @@ impl Application {
             http,
             metrics,
         });
-        state.catalog.reload(&state.db).await.context("loading models and channels")?;
+        state
+            .catalog
+            .reload(&state.db)
+            .await
+            .context("loading models and channels")?;
         Ok(Application { listener, state })
     }
 
@@ -73,7 +77,10 @@ impl Application {
     }
 
     /// Serves until `shutdown` completes, then shuts down gracefully.
-    pub async fn run_until(self, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+    pub async fn run_until(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
         let Application { listener, state } = self;
         let config = &state.config;
         let stop_workers = CancellationToken::new();
@@ -104,11 +111,17 @@ impl Application {
             _ = draining.cancelled() => {}
         }
         let grace = Duration::from_millis(config.server.shutdown_grace_ms);
-        tracing::info!(grace_ms = grace.as_millis() as u64, "shutting down: no new connections, draining open requests");
+        tracing::info!(
+            grace_ms = grace.as_millis() as u64,
+            "shutting down: no new connections, draining open requests"
+        );
         if tokio::time::timeout(grace, &mut server).await.is_err() {
             tracing::warn!("grace period over: cutting open streams");
             state.cut_streams.cancel();
-            if tokio::time::timeout(Duration::from_secs(10), &mut server).await.is_err() {
+            if tokio::time::timeout(Duration::from_secs(10), &mut server)
+                .await
+                .is_err()
+            {
                 server.abort();
             }
         }

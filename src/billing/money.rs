@@ -82,10 +82,10 @@ impl Micros {
             .strip_prefix('"')
             .and_then(|r| r.strip_suffix('"'))
             .unwrap_or(raw);
-        if inner.contains(['e', 'E']) {
-            return Err(AmountError::NotANumber);
+        match inner.find(['e', 'E']) {
+            Some(at) => Micros::parse_decimal(&expand_exponent(&inner[..at], &inner[at + 1..])?),
+            None => Micros::parse_decimal(inner),
         }
-        Micros::parse_decimal(inner)
     }
 
     /// The amount as a decimal string with no trailing zeros (`2500000` → `"2.5"`).
@@ -101,6 +101,47 @@ impl Micros {
             format!("{sign}{whole}.{}", frac.trim_end_matches('0'))
         }
     }
+}
+
+/// Rewrites `mantissa × 10^exponent` (as JSON writes `1e-6`) as a plain decimal string, exactly.
+fn expand_exponent(mantissa: &str, exponent: &str) -> Result<String, AmountError> {
+    let exponent: i64 = exponent.parse().map_err(|_| AmountError::NotANumber)?;
+    if exponent.abs() > 40 {
+        return Err(if exponent > 0 {
+            AmountError::TooLarge
+        } else {
+            AmountError::TooPrecise
+        });
+    }
+    let (sign, mantissa) = match mantissa.strip_prefix('-') {
+        Some(m) => ("-", m),
+        None => ("", mantissa.strip_prefix('+').unwrap_or(mantissa)),
+    };
+    let (whole, frac) = mantissa.split_once('.').unwrap_or((mantissa, ""));
+    if (whole.is_empty() && frac.is_empty())
+        || !(whole.bytes().chain(frac.bytes())).all(|b| b.is_ascii_digit())
+    {
+        return Err(AmountError::NotANumber);
+    }
+    let digits = format!("{whole}{frac}");
+    let point = whole.len() as i64 + exponent;
+    Ok(if point <= 0 {
+        format!(
+            "{sign}0.{}{digits}",
+            "0".repeat(point.unsigned_abs() as usize)
+        )
+    } else if point as usize >= digits.len() {
+        format!(
+            "{sign}{digits}{}",
+            "0".repeat(point as usize - digits.len())
+        )
+    } else {
+        format!(
+            "{sign}{}.{}",
+            &digits[..point as usize],
+            &digits[point as usize..]
+        )
+    })
 }
 
 impl fmt::Display for Micros {
@@ -122,7 +163,8 @@ impl Serialize for Micros {
 impl<'de> Deserialize<'de> for Micros {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         let raw = Box::<serde_json::value::RawValue>::deserialize(deserializer)?;
-        Micros::from_json_text(raw.get()).map_err(|e| serde::de::Error::custom(format!("{e} (got {})", raw.get())))
+        Micros::from_json_text(raw.get())
+            .map_err(|e| serde::de::Error::custom(format!("{e} (got {})", raw.get())))
     }
 }
 
@@ -154,12 +196,24 @@ mod tests {
         assert_eq!(Micros::parse_decimal("0"), Ok(Micros(0)));
         assert_eq!(Micros::parse_decimal(".5"), Ok(Micros(500_000)));
         assert_eq!(Micros::parse_decimal("1.2300000"), Ok(Micros(1_230_000)));
-        assert_eq!(Micros::parse_decimal("0.1234567"), Err(AmountError::TooPrecise));
+        assert_eq!(
+            Micros::parse_decimal("0.1234567"),
+            Err(AmountError::TooPrecise)
+        );
         assert_eq!(Micros::parse_decimal("abc"), Err(AmountError::NotANumber));
         assert_eq!(Micros::parse_decimal(""), Err(AmountError::NotANumber));
         assert_eq!(Micros::parse_decimal("."), Err(AmountError::NotANumber));
-        assert_eq!(Micros::parse_decimal("99999999999999999"), Err(AmountError::TooLarge));
-        assert_eq!(Micros::from_json_text("1e3"), Err(AmountError::NotANumber));
+        assert_eq!(
+            Micros::parse_decimal("99999999999999999"),
+            Err(AmountError::TooLarge)
+        );
+        assert_eq!(Micros::from_json_text("1e3"), Ok(Micros(1_000_000_000)));
+        assert_eq!(Micros::from_json_text("1e-6"), Ok(Micros(1)));
+        assert_eq!(Micros::from_json_text("1e-06"), Ok(Micros(1)));
+        assert_eq!(Micros::from_json_text("2.5E-1"), Ok(Micros(250_000)));
+        assert_eq!(Micros::from_json_text("-1.5e2"), Ok(Micros(-150_000_000)));
+        assert_eq!(Micros::from_json_text("1e-7"), Err(AmountError::TooPrecise));
+        assert_eq!(Micros::from_json_text("1e"), Err(AmountError::NotANumber));
         assert_eq!(Micros::from_json_text("\"0.1\""), Ok(Micros(100_000)));
     }
 
@@ -169,6 +223,9 @@ mod tests {
         assert_eq!(Micros(1).to_decimal_string(), "0.000001");
         assert_eq!(Micros(-1_230_000).to_decimal_string(), "-1.23");
         assert_eq!(Micros(0).to_decimal_string(), "0");
-        assert_eq!(serde_json::to_string(&Micros(112_500_000)).ok().as_deref(), Some("112.5"));
+        assert_eq!(
+            serde_json::to_string(&Micros(112_500_000)).ok().as_deref(),
+            Some("112.5")
+        );
     }
 }

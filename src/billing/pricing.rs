@@ -68,7 +68,11 @@ mod tests {
     #[test]
     fn cost_rounds_up_once_at_the_end() {
         // 1 input token at 2.5 credits/M = 2.5 micros, 1 output token = 10 micros → 12.5 → 13.
-        let usage = TokenUsage { prompt_tokens: 1, completion_tokens: 1, ..Default::default() };
+        let usage = TokenUsage {
+            prompt_tokens: 1,
+            completion_tokens: 1,
+            ..Default::default()
+        };
         assert_eq!(PRICE.cost(&usage), Micros(13));
     }
 

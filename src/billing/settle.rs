@@ -17,7 +17,11 @@ pub struct Held {
 const ATTEMPTS: u32 = 5;
 
 /// Settles `record` against `held`; returns the micro-credits charged.
-pub async fn settle(db: &Db, held: Option<Held>, record: &UsageRecord) -> Option<db::billing::Settled> {
+pub async fn settle(
+    db: &Db,
+    held: Option<Held>,
+    record: &UsageRecord,
+) -> Option<db::billing::Settled> {
     let mut delay = Duration::from_millis(20);
     let mut attempt = 1;
     let result = loop {
@@ -46,7 +50,8 @@ pub async fn settle(db: &Db, held: Option<Held>, record: &UsageRecord) -> Option
             .increment(1);
         let model = record.model.clone();
         if s.charged.0 > 0 {
-            metrics::counter!(m::CREDITS_CHARGED, "model" => model.clone()).increment(s.charged.0 as u64);
+            metrics::counter!(m::CREDITS_CHARGED, "model" => model.clone())
+                .increment(s.charged.0 as u64);
         }
         let u = &record.usage;
         for (kind, n) in [
@@ -56,7 +61,8 @@ pub async fn settle(db: &Db, held: Option<Held>, record: &UsageRecord) -> Option
             ("reasoning", u.reasoning_tokens),
         ] {
             if n > 0 {
-                metrics::counter!(m::TOKENS, "model" => model.clone(), "kind" => kind).increment(n as u64);
+                metrics::counter!(m::TOKENS, "model" => model.clone(), "kind" => kind)
+                    .increment(n as u64);
             }
         }
     }

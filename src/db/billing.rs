@@ -113,7 +113,11 @@ pub struct Settled {
 
 /// Drops the reservation (if any), debits the cost, appends the ledger row and the usage record,
 /// all in one transaction. Idempotent on `request_id`.
-pub async fn settle(db: &Db, reservation_id: Option<i64>, rec: &UsageRecord) -> Result<Settled, sqlx::Error> {
+pub async fn settle(
+    db: &Db,
+    reservation_id: Option<i64>,
+    rec: &UsageRecord,
+) -> Result<Settled, sqlx::Error> {
     let now = now_ms();
     let result: Result<Settled, sqlx::Error> = write_pool!(db, p => {
         let mut tx = p.begin().await?;

@@ -76,7 +76,11 @@ pub async fn insert_channel(db: &Db, c: &ChannelFields<'_>) -> Result<ChannelRow
     .await)
 }
 
-pub async fn update_channel(db: &Db, id: i64, c: &ChannelFields<'_>) -> Result<Option<ChannelRow>, sqlx::Error> {
+pub async fn update_channel(
+    db: &Db,
+    id: i64,
+    c: &ChannelFields<'_>,
+) -> Result<Option<ChannelRow>, sqlx::Error> {
     write_pool!(db, p => sqlx::query_as::<_, ChannelRow>(
         "UPDATE channels SET name = $2, provider = $3, base_url = $4, api_key = $5, models = $6, model_map = $7,
                 priority = $8, weight = $9, status = $10, updated_at_ms = $11
@@ -237,7 +241,11 @@ pub async fn upsert_model(
 }
 
 /// Sets a model's status (`active`/`disabled`); `None` when it does not exist.
-pub async fn set_model_status(db: &Db, id: i64, status: &str) -> Result<Option<ModelRow>, sqlx::Error> {
+pub async fn set_model_status(
+    db: &Db,
+    id: i64,
+    status: &str,
+) -> Result<Option<ModelRow>, sqlx::Error> {
     write_pool!(db, p => sqlx::query_as::<_, ModelRow>(
         "UPDATE models SET status = $2, updated_at_ms = $3 WHERE id = $1
          RETURNING id, model, input_micros_per_mtok, output_micros_per_mtok, cached_input_micros_per_mtok,

@@ -49,7 +49,6 @@ pub struct KeyPatch {
     pub expires_at_ms: Option<Option<i64>>,
 }
 
-
 pub async fn create(db: &Db, key: NewKey<'_>) -> Result<ApiKeyRow, sqlx::Error> {
     let now = now_ms();
     write_pool!(db, p => sqlx::query_as::<_, ApiKeyRow>(

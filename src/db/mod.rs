@@ -20,7 +20,10 @@ use std::time::Duration;
 /// The system of record: embedded SQLite or PostgreSQL.
 #[derive(Clone, Debug)]
 pub enum Db {
-    Sqlite { writer: SqlitePool, reader: SqlitePool },
+    Sqlite {
+        writer: SqlitePool,
+        reader: SqlitePool,
+    },
     Postgres(PgPool),
 }
 

@@ -50,7 +50,12 @@ pub enum AdjustError {
 }
 
 /// Creates a user; a non-zero starting balance is written as a `grant` ledger row.
-pub async fn create(db: &Db, email: &str, role: &str, balance: Micros) -> Result<User, CreateUserError> {
+pub async fn create(
+    db: &Db,
+    email: &str,
+    role: &str,
+    balance: Micros,
+) -> Result<User, CreateUserError> {
     let now = now_ms();
     write_pool!(db, p => {
         let mut tx = p.begin().await?;
@@ -135,7 +140,12 @@ pub async fn update(
 
 /// Adds `delta` (positive or negative) to a balance and appends the ledger row. A debit may not
 /// take the balance below what is reserved for requests in flight.
-pub async fn adjust_balance(db: &Db, id: i64, delta: Micros, reason: &str) -> Result<LedgerEntry, AdjustError> {
+pub async fn adjust_balance(
+    db: &Db,
+    id: i64,
+    delta: Micros,
+    reason: &str,
+) -> Result<LedgerEntry, AdjustError> {
     let now = now_ms();
     let kind = if delta.0 >= 0 { "credit" } else { "debit" };
     write_pool!(db, p => {
@@ -180,7 +190,12 @@ pub async fn adjust_balance(db: &Db, id: i64, delta: Micros, reason: &str) -> Re
 }
 
 /// A page of a user's ledger, newest first, and the total count.
-pub async fn ledger(db: &Db, user_id: i64, limit: i64, offset: i64) -> Result<(i64, Vec<LedgerEntry>), sqlx::Error> {
+pub async fn ledger(
+    db: &Db,
+    user_id: i64,
+    limit: i64,
+    offset: i64,
+) -> Result<(i64, Vec<LedgerEntry>), sqlx::Error> {
     read_pool!(db, p => {
         let total: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM ledger_entries WHERE user_id = $1")
             .bind(user_id)

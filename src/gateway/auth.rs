@@ -46,7 +46,10 @@ pub fn key_prefix(key: &str) -> String {
 
 /// The key a request presents: `Authorization: Bearer`, `X-API-Key` or `xai-key`.
 pub fn presented_key(headers: &HeaderMap) -> Option<&str> {
-    if let Some(v) = headers.get(axum::http::header::AUTHORIZATION).and_then(|v| v.to_str().ok()) {
+    if let Some(v) = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+    {
         let v = v.trim();
         let token = v
             .strip_prefix("Bearer ")
@@ -144,11 +147,20 @@ impl KeyCache {
     }
 
     /// Checks a presented key: bootstrap admin, then the cache, then the database.
-    pub async fn authenticate(&self, db: &Db, presented: Option<&str>) -> Result<Caller, AuthError> {
+    pub async fn authenticate(
+        &self,
+        db: &Db,
+        presented: Option<&str>,
+    ) -> Result<Caller, AuthError> {
         let key = presented.ok_or(AuthError::Missing)?;
         let hash = hash_key(key);
         if self.admin_hash.as_deref() == Some(hash.as_str()) {
-            return Ok(Caller { key_id: None, user_id: None, is_admin: true, models: None });
+            return Ok(Caller {
+                key_id: None,
+                user_id: None,
+                is_admin: true,
+                models: None,
+            });
         }
         let entry = match self.cached(&hash) {
             Some(e) => e,
@@ -159,7 +171,11 @@ impl KeyCache {
                     .and_then(|r| r.models.as_deref())
                     .and_then(|m| serde_json::from_str::<Vec<String>>(m).ok())
                     .map(Arc::from);
-                let entry = CachedKey { row: row.map(Arc::new), models, fetched: Instant::now() };
+                let entry = CachedKey {
+                    row: row.map(Arc::new),
+                    models,
+                    fetched: Instant::now(),
+                };
                 if let Ok(mut entries) = self.entries.write() {
                     if entries.len() > 100_000 {
                         entries.clear();
@@ -198,7 +214,10 @@ mod tests {
         let b = generate_key();
         assert!(a.starts_with("sk-") && a.len() == 3 + KEY_RANDOM_LEN);
         assert_ne!(a, b);
-        assert_eq!(hash_key("abc"), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+        assert_eq!(
+            hash_key("abc"),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
     }
 
     #[test]

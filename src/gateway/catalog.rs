@@ -98,9 +98,12 @@ impl Catalog {
         let channels = db::catalog::list_channels(db).await?;
         let mut by_model: HashMap<String, Vec<Arc<Channel>>> = HashMap::new();
         for row in channels.into_iter().filter(|c| c.status == "active") {
-            let Some(provider) = Provider::parse(&row.provider) else { continue };
+            let Some(provider) = Provider::parse(&row.provider) else {
+                continue;
+            };
             let names: Vec<String> = serde_json::from_str(&row.models).unwrap_or_default();
-            let model_map: HashMap<String, String> = serde_json::from_str(&row.model_map).unwrap_or_default();
+            let model_map: HashMap<String, String> =
+                serde_json::from_str(&row.model_map).unwrap_or_default();
             let channel = Arc::new(Channel {
                 id: row.id,
                 name: row.name,
@@ -153,7 +156,10 @@ impl Catalog {
     }
 
     fn current(&self) -> Arc<Snapshot> {
-        self.snapshot.read().map(|s| Arc::clone(&s)).unwrap_or_default()
+        self.snapshot
+            .read()
+            .map(|s| Arc::clone(&s))
+            .unwrap_or_default()
     }
 
     /// The routable model called `name`.

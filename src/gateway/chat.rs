@@ -59,8 +59,20 @@ struct Ending {
 }
 
 impl Ending {
-    fn failed(status: &'static str, http_status: u16, channel: Option<Arc<Channel>>, error: String) -> Ending {
-        Ending { status, http_status, channel, usage: None, ttft_ms: None, error: Some(error) }
+    fn failed(
+        status: &'static str,
+        http_status: u16,
+        channel: Option<Arc<Channel>>,
+        error: String,
+    ) -> Ending {
+        Ending {
+            status,
+            http_status,
+            channel,
+            usage: None,
+            ttft_ms: None,
+            error: Some(error),
+        }
     }
 }
 
@@ -82,13 +94,18 @@ pub async fn chat_completions(
     body: Bytes,
 ) -> Result<Reply, OpenAiError> {
     let started = Instant::now();
-    let req = ChatRequest::parse(&body)
-        .map_err(|e| OpenAiError::InvalidRequest { message: e.message, param: e.param })?;
+    let req = ChatRequest::parse(&body).map_err(|e| OpenAiError::InvalidRequest {
+        message: e.message,
+        param: e.param,
+    })?;
     let user_id = caller.user_id.ok_or(OpenAiError::NoAccount)?;
     if !caller.may_use(&req.model) {
         return Err(OpenAiError::ModelNotAllowed { model: req.model });
     }
-    let model = state.catalog.model(&req.model).map_err(|e| route_error(e, &req.model))?;
+    let model = state
+        .catalog
+        .model(&req.model)
+        .map_err(|e| route_error(e, &req.model))?;
     let per_choice = req
         .max_output_tokens
         .or(model.max_output_tokens)
@@ -131,7 +148,9 @@ pub async fn chat_completions(
                 error: None,
             };
             let db = state.db.clone();
-            state.tasks.spawn(async move { settle(&db, None, &record).await });
+            state
+                .tasks
+                .spawn(async move { settle(&db, None, &record).await });
             return Err(OpenAiError::InsufficientBalance { needed, available });
         }
         Err(ReserveError::UserInactive) => {
@@ -154,18 +173,27 @@ pub async fn chat_completions(
     };
     let (reply_tx, reply_rx) = oneshot::channel();
     state.tasks.spawn(run(ctx, reply_tx));
-    reply_rx
-        .await
-        .unwrap_or_else(|_| Err(OpenAiError::internal(&request_id, "request task ended without a reply")))
+    reply_rx.await.unwrap_or_else(|_| {
+        Err(OpenAiError::internal(
+            &request_id,
+            "request task ended without a reply",
+        ))
+    })
 }
 
 type ReplyTx = oneshot::Sender<Result<Reply, OpenAiError>>;
 
 /// Sends the request to one channel.
-async fn call_channel(state: &AppState, channel: &Channel, body: Vec<u8>) -> Result<UpstreamResponse, UpstreamError> {
+async fn call_channel(
+    state: &AppState,
+    channel: &Channel,
+    body: Vec<u8>,
+) -> Result<UpstreamResponse, UpstreamError> {
     let first_byte = Duration::from_millis(state.config.upstream.first_byte_timeout_ms);
     match channel.provider {
-        Provider::OpenAi => openai::post(&state.http, channel, "chat/completions", body, first_byte).await,
+        Provider::OpenAi => {
+            openai::post(&state.http, channel, "chat/completions", body, first_byte).await
+        }
         Provider::Demo => demo::chat(&body, crate::db::now_ms() / 1000),
     }
 }
@@ -214,7 +242,11 @@ async fn read_body(
             }
         }
     }
-    Ok(if rest.is_empty() { first.unwrap_or_default() } else { Bytes::from(rest) })
+    Ok(if rest.is_empty() {
+        first.unwrap_or_default()
+    } else {
+        Bytes::from(rest)
+    })
 }
 
 /// The request's task: try channels, answer, settle.
@@ -250,7 +282,12 @@ async fn run(ctx: Ctx, mut reply_tx: ReplyTx) {
         let mut response = match result {
             Err(UpstreamError::Connect(msg)) => {
                 tracing::warn!(channel = %channel.name, error = %msg, "upstream connect failed");
-                let ending = Ending::failed("upstream_error", 502, Some(Arc::clone(&channel)), msg.clone());
+                let ending = Ending::failed(
+                    "upstream_error",
+                    502,
+                    Some(Arc::clone(&channel)),
+                    msg.clone(),
+                );
                 last = Some((Err(OpenAiError::Upstream { message: msg }), ending));
                 continue;
             }
@@ -270,18 +307,41 @@ async fn run(ctx: Ctx, mut reply_tx: ReplyTx) {
         };
         if !(200..300).contains(&response.status) {
             let status = response.status;
-            let text = read_body(&mut response.body, &state, &mut reply_tx).await.unwrap_or_default();
+            let text = read_body(&mut response.body, &state, &mut reply_tx)
+                .await
+                .unwrap_or_default();
             let snippet: String = String::from_utf8_lossy(&text).chars().take(500).collect();
             tracing::warn!(channel = %channel.name, status, body = %snippet, "upstream returned an error");
             let error = Some(format!("upstream status {status}: {snippet}"));
             let (answer, ending) = if status >= 500 {
                 let message = format!("upstream returned status {status}");
-                let ending = Ending { http_status: 502, error, ..Ending::failed("upstream_error", 502, Some(Arc::clone(&channel)), String::new()) };
+                let ending = Ending {
+                    http_status: 502,
+                    error,
+                    ..Ending::failed(
+                        "upstream_error",
+                        502,
+                        Some(Arc::clone(&channel)),
+                        String::new(),
+                    )
+                };
                 (Err(OpenAiError::Upstream { message }), ending)
             } else {
                 // The upstream's own 4xx (bad request, rate limit, …) reaches the client as it is.
-                let reply = Reply::Full { status, content_type: response.content_type.take(), body: text };
-                let ending = Ending { error, ..Ending::failed("upstream_rejected", status, Some(Arc::clone(&channel)), String::new()) };
+                let reply = Reply::Full {
+                    status,
+                    content_type: response.content_type.take(),
+                    body: text,
+                };
+                let ending = Ending {
+                    error,
+                    ..Ending::failed(
+                        "upstream_rejected",
+                        status,
+                        Some(Arc::clone(&channel)),
+                        String::new(),
+                    )
+                };
                 (Ok(reply), ending)
             };
             last = Some((answer, ending));
@@ -299,9 +359,18 @@ async fn run(ctx: Ctx, mut reply_tx: ReplyTx) {
     }
     let (answer, ending) = last.unwrap_or_else(|| {
         let msg = "no channel could be tried".to_owned();
-        (Err(OpenAiError::Upstream { message: msg.clone() }), Ending::failed("upstream_error", 502, None, msg))
+        (
+            Err(OpenAiError::Upstream {
+                message: msg.clone(),
+            }),
+            Ending::failed("upstream_error", 502, None, msg),
+        )
     });
-    let upstream_model = ending.channel.as_ref().map(|c| c.upstream_model(&ctx.model.name).to_owned()).unwrap_or_default();
+    let upstream_model = ending
+        .channel
+        .as_ref()
+        .map(|c| c.upstream_model(&ctx.model.name).to_owned())
+        .unwrap_or_default();
     finish(&ctx, &upstream_model, ending).await;
     let _ = reply_tx.send(answer);
 }
@@ -318,24 +387,50 @@ fn estimated(ctx: &Ctx, meter: &Meter) -> (TokenUsage, &'static str) {
 }
 
 /// A non-streaming answer: read it whole, settle, then reply.
-async fn whole(ctx: Ctx, channel: Arc<Channel>, upstream_model: String, mut response: UpstreamResponse, mut reply_tx: ReplyTx) {
+async fn whole(
+    ctx: Ctx,
+    channel: Arc<Channel>,
+    upstream_model: String,
+    mut response: UpstreamResponse,
+    mut reply_tx: ReplyTx,
+) {
     let body = match read_body(&mut response.body, &ctx.state, &mut reply_tx).await {
         Ok(b) => b,
         Err(e) => {
             let (error, ending) = match e {
                 BodyError::ClientGone => {
-                    let end = Ending::failed("client_disconnected", 499, Some(channel), "client closed the connection".into());
+                    let end = Ending::failed(
+                        "client_disconnected",
+                        499,
+                        Some(channel),
+                        "client closed the connection".into(),
+                    );
                     (None, end)
                 }
                 BodyError::Timeout(ms) => {
                     let msg = format!("upstream body stalled for {ms} ms");
-                    (Some(OpenAiError::UpstreamTimeout { message: msg.clone() }), Ending::failed("upstream_timeout", 504, Some(channel), msg))
+                    (
+                        Some(OpenAiError::UpstreamTimeout {
+                            message: msg.clone(),
+                        }),
+                        Ending::failed("upstream_timeout", 504, Some(channel), msg),
+                    )
                 }
                 BodyError::TooLarge(limit) => {
                     let msg = format!("upstream response is larger than {limit} bytes");
-                    (Some(OpenAiError::Upstream { message: msg.clone() }), Ending::failed("upstream_error", 502, Some(channel), msg))
+                    (
+                        Some(OpenAiError::Upstream {
+                            message: msg.clone(),
+                        }),
+                        Ending::failed("upstream_error", 502, Some(channel), msg),
+                    )
                 }
-                BodyError::Broken(msg) => (Some(OpenAiError::Upstream { message: msg.clone() }), Ending::failed("upstream_error", 502, Some(channel), msg)),
+                BodyError::Broken(msg) => (
+                    Some(OpenAiError::Upstream {
+                        message: msg.clone(),
+                    }),
+                    Ending::failed("upstream_error", 502, Some(channel), msg),
+                ),
             };
             finish(&ctx, &upstream_model, ending).await;
             if let Some(error) = error {
@@ -363,7 +458,11 @@ async fn whole(ctx: Ctx, channel: Arc<Channel>, upstream_model: String, mut resp
         error: None,
     };
     finish(&ctx, &upstream_model, ending).await;
-    let _ = reply_tx.send(Ok(Reply::Full { status: response.status, content_type: response.content_type, body }));
+    let _ = reply_tx.send(Ok(Reply::Full {
+        status: response.status,
+        content_type: response.content_type,
+        body,
+    }));
 }
 
 /// How a forwarded stream stopped.
@@ -385,17 +484,29 @@ fn error_event(message: &str, code: &str) -> Bytes {
 }
 
 /// A streaming answer: forward events as they arrive, hold back `[DONE]` until settled.
-async fn stream(ctx: Ctx, channel: Arc<Channel>, upstream_model: String, mut response: UpstreamResponse, reply_tx: ReplyTx) {
+async fn stream(
+    ctx: Ctx,
+    channel: Arc<Channel>,
+    upstream_model: String,
+    mut response: UpstreamResponse,
+    reply_tx: ReplyTx,
+) {
     let (tx, rx) = mpsc::channel::<Bytes>(STREAM_BUFFER);
     if reply_tx.send(Ok(Reply::Stream { events: rx })).is_err() {
-        let ending = Ending::failed("client_disconnected", 499, Some(channel), "client closed the connection".into());
+        let ending = Ending::failed(
+            "client_disconnected",
+            499,
+            Some(channel),
+            "client closed the connection".into(),
+        );
         finish(&ctx, &upstream_model, ending).await;
         return;
     }
     metrics::gauge!(m::ACTIVE_STREAMS).increment(1.0);
     let state = &ctx.state;
     let chunk_timeout = Duration::from_millis(state.config.upstream.chunk_timeout_ms);
-    let deadline = tokio::time::Instant::from_std(ctx.started) + Duration::from_millis(state.config.upstream.max_request_ms);
+    let deadline = tokio::time::Instant::from_std(ctx.started)
+        + Duration::from_millis(state.config.upstream.max_request_ms);
     let strip_usage = !ctx.req.client_wants_usage;
     let rename = upstream_model != ctx.model.name;
     let mut splitter = EventSplitter::default();
@@ -428,13 +539,17 @@ async fn stream(ctx: Ctx, channel: Arc<Channel>, upstream_model: String, mut res
                 done_event = Some(event);
                 break 'read StreamEnd::Done;
             }
-            let event = match rename.then(|| rewrite_model(&event, &upstream_model, &ctx.model.name)).flatten() {
+            let event = match rename
+                .then(|| rewrite_model(&event, &upstream_model, &ctx.model.name))
+                .flatten()
+            {
                 Some(b) => Bytes::from(b),
                 None => event,
             };
             if ttft_ms.is_none() {
                 let elapsed = ctx.started.elapsed();
-                metrics::histogram!(m::TTFT, "model" => ctx.model.name.clone()).record(elapsed.as_secs_f64());
+                metrics::histogram!(m::TTFT, "model" => ctx.model.name.clone())
+                    .record(elapsed.as_secs_f64());
                 ttft_ms = Some(elapsed.as_millis() as i64);
             }
             if tx.send(event).await.is_err() {
@@ -456,29 +571,68 @@ async fn stream(ctx: Ctx, channel: Arc<Channel>, upstream_model: String, mut res
     };
     let chunk_ms = chunk_timeout.as_millis();
     let (status, error, tail) = match end {
-        StreamEnd::Done if meter.saw_error => ("upstream_error", Some("upstream sent an error event".to_owned()), None),
+        StreamEnd::Done if meter.saw_error => (
+            "upstream_error",
+            Some("upstream sent an error event".to_owned()),
+            None,
+        ),
         StreamEnd::Done => ("ok", None, None),
-        StreamEnd::UpstreamClosed if meter.saw_error => ("upstream_error", Some("upstream sent an error event".to_owned()), None),
-        StreamEnd::UpstreamClosed => ("incomplete", Some("upstream closed the stream without [DONE]".to_owned()), None),
-        StreamEnd::ClientGone => ("client_disconnected", Some("client closed the connection mid-stream".to_owned()), None),
+        StreamEnd::UpstreamClosed if meter.saw_error => (
+            "upstream_error",
+            Some("upstream sent an error event".to_owned()),
+            None,
+        ),
+        StreamEnd::UpstreamClosed => (
+            "incomplete",
+            Some("upstream closed the stream without [DONE]".to_owned()),
+            None,
+        ),
+        StreamEnd::ClientGone => (
+            "client_disconnected",
+            Some("client closed the connection mid-stream".to_owned()),
+            None,
+        ),
         StreamEnd::Stalled => {
             let msg = format!("upstream sent nothing for {chunk_ms} ms");
-            ("upstream_timeout", Some(msg.clone()), Some(error_event(&msg, "upstream_timeout")))
+            (
+                "upstream_timeout",
+                Some(msg.clone()),
+                Some(error_event(&msg, "upstream_timeout")),
+            )
         }
         StreamEnd::Deadline => {
             let msg = "request exceeded the gateway's maximum duration".to_owned();
-            ("upstream_timeout", Some(msg.clone()), Some(error_event(&msg, "upstream_timeout")))
+            (
+                "upstream_timeout",
+                Some(msg.clone()),
+                Some(error_event(&msg, "upstream_timeout")),
+            )
         }
         StreamEnd::Broken => {
             let msg = format!("upstream stream broke: {}", detail.unwrap_or_default());
-            ("upstream_error", Some(msg.clone()), Some(error_event(&msg, "upstream_error")))
+            (
+                "upstream_error",
+                Some(msg.clone()),
+                Some(error_event(&msg, "upstream_error")),
+            )
         }
         StreamEnd::Shutdown => {
             let msg = "the gateway is shutting down".to_owned();
-            ("shutdown", Some(msg.clone()), Some(error_event(&msg, "shutting_down")))
+            (
+                "shutdown",
+                Some(msg.clone()),
+                Some(error_event(&msg, "shutting_down")),
+            )
         }
     };
-    let ending = Ending { status, http_status: 200, channel: Some(channel), usage: Some(usage), ttft_ms, error };
+    let ending = Ending {
+        status,
+        http_status: 200,
+        channel: Some(channel),
+        usage: Some(usage),
+        ttft_ms,
+        error,
+    };
     finish(&ctx, &upstream_model, ending).await;
     if let Some(last) = tail.or(done_event) {
         let _ = tx.send(last).await;
@@ -489,7 +643,11 @@ async fn stream(ctx: Ctx, channel: Arc<Channel>, upstream_model: String, mut res
 /// Writes the usage record and settles the reservation.
 async fn finish(ctx: &Ctx, upstream_model: &str, ending: Ending) {
     let (usage, source) = ending.usage.unwrap_or((TokenUsage::default(), "none"));
-    let cost = if ending.usage.is_some() { ctx.model.price.cost(&usage) } else { Micros::ZERO };
+    let cost = if ending.usage.is_some() {
+        ctx.model.price.cost(&usage)
+    } else {
+        Micros::ZERO
+    };
     let record = UsageRecord {
         request_id: ctx.request_id.to_string(),
         user_id: ctx.user_id,

@@ -14,7 +14,11 @@ use tokio::sync::mpsc;
 /// What the pipeline answers a client with.
 pub enum Reply {
     /// A complete body with the upstream's status and content type.
-    Full { status: u16, content_type: Option<String>, body: Bytes },
+    Full {
+        status: u16,
+        content_type: Option<String>,
+        body: Bytes,
+    },
     /// A server-sent event stream, fed by the request's task.
     Stream { events: mpsc::Receiver<Bytes> },
 }

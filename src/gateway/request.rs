@@ -16,7 +16,10 @@ pub struct InvalidRequest {
 }
 
 fn invalid(param: &'static str, message: impl Into<String>) -> InvalidRequest {
-    InvalidRequest { message: message.into(), param: Some(param) }
+    InvalidRequest {
+        message: message.into(),
+        param: Some(param),
+    }
 }
 
 #[derive(Deserialize)]
@@ -39,6 +42,8 @@ struct TopLevel<'a> {
     tools: Option<&'a RawValue>,
 }
 
+type JsonObject = serde_json::Map<String, serde_json::Value>;
+
 /// What metering needs from a chat completion request, plus where to edit the raw body.
 #[derive(Debug)]
 pub struct ChatRequest {
@@ -53,7 +58,7 @@ pub struct ChatRequest {
     /// Estimated prompt tokens.
     pub prompt_tokens_estimate: i64,
     model_span: Range<usize>,
-    stream_options: Option<(Range<usize>, Option<serde_json::Map<String, serde_json::Value>>)>,
+    stream_options: Option<(Range<usize>, Option<JsonObject>)>,
 }
 
 fn span(body: &[u8], raw: &RawValue) -> Range<usize> {
@@ -65,14 +70,20 @@ fn is_null(raw: Option<&RawValue>) -> bool {
     raw.is_none_or(|r| r.get() == "null")
 }
 
-fn positive_int(raw: Option<&RawValue>, param: &'static str) -> Result<Option<i64>, InvalidRequest> {
+fn positive_int(
+    raw: Option<&RawValue>,
+    param: &'static str,
+) -> Result<Option<i64>, InvalidRequest> {
     if is_null(raw) {
         return Ok(None);
     }
     let text = raw.map_or("", RawValue::get);
     match text.parse::<i64>() {
         Ok(v) if v >= 1 => Ok(Some(v)),
-        _ => Err(invalid(param, format!("'{param}' must be a positive integer, got {text}"))),
+        _ => Err(invalid(
+            param,
+            format!("'{param}' must be a positive integer, got {text}"),
+        )),
     }
 }
 
@@ -83,7 +94,9 @@ impl ChatRequest {
             message: format!("request body is not a valid JSON object: {e}"),
             param: None,
         })?;
-        let model_raw = top.model.ok_or_else(|| invalid("model", "you must provide a model parameter"))?;
+        let model_raw = top
+            .model
+            .ok_or_else(|| invalid("model", "you must provide a model parameter"))?;
         let model: String = serde_json::from_str(model_raw.get())
             .map_err(|_| invalid("model", "'model' must be a string"))?;
         if model.is_empty() {
@@ -97,18 +110,29 @@ impl ChatRequest {
         match &messages {
             serde_json::Value::Array(items) if !items.is_empty() => {
                 if items.iter().any(|m| !m.is_object()) {
-                    return Err(invalid("messages", "every item of 'messages' must be an object"));
+                    return Err(invalid(
+                        "messages",
+                        "every item of 'messages' must be an object",
+                    ));
                 }
             }
             serde_json::Value::Array(_) => {
-                return Err(invalid("messages", "'messages' must contain at least one message"));
+                return Err(invalid(
+                    "messages",
+                    "'messages' must contain at least one message",
+                ));
             }
             _ => return Err(invalid("messages", "'messages' must be an array")),
         }
         let stream = match top.stream.map(RawValue::get) {
             None | Some("null") | Some("false") => false,
             Some("true") => true,
-            Some(other) => return Err(invalid("stream", format!("'stream' must be a boolean, got {other}"))),
+            Some(other) => {
+                return Err(invalid(
+                    "stream",
+                    format!("'stream' must be a boolean, got {other}"),
+                ));
+            }
         };
         let max_completion = positive_int(top.max_completion_tokens, "max_completion_tokens")?;
         let max_tokens = positive_int(top.max_tokens, "max_tokens")?;
@@ -118,7 +142,8 @@ impl ChatRequest {
         }
         let tools: Option<serde_json::Value> = match top.tools {
             Some(t) if t.get() != "null" => Some(
-                serde_json::from_str(t.get()).map_err(|e| invalid("tools", format!("'tools' is not valid JSON: {e}")))?,
+                serde_json::from_str(t.get())
+                    .map_err(|e| invalid("tools", format!("'tools' is not valid JSON: {e}")))?,
             ),
             _ => None,
         };
@@ -127,9 +152,12 @@ impl ChatRequest {
             None => None,
             Some(raw) if raw.get() == "null" => Some((span(body, raw), None)),
             Some(raw) => {
-                let map: serde_json::Map<String, serde_json::Value> = serde_json::from_str(raw.get())
-                    .map_err(|_| invalid("stream_options", "'stream_options' must be an object"))?;
-                client_wants_usage = map.get("include_usage") == Some(&serde_json::Value::Bool(true));
+                let map: serde_json::Map<String, serde_json::Value> =
+                    serde_json::from_str(raw.get()).map_err(|_| {
+                        invalid("stream_options", "'stream_options' must be an object")
+                    })?;
+                client_wants_usage =
+                    map.get("include_usage") == Some(&serde_json::Value::Bool(true));
                 Some((span(body, raw), Some(map)))
             }
         };
@@ -163,7 +191,10 @@ impl ChatRequest {
                 }
                 None => {
                     let open = body.iter().position(|&b| b == b'{').unwrap_or(0);
-                    edits.push((open + 1..open + 1, b"\"stream_options\":{\"include_usage\":true},".to_vec()));
+                    edits.push((
+                        open + 1..open + 1,
+                        b"\"stream_options\":{\"include_usage\":true},".to_vec(),
+                    ));
                 }
             }
         }
@@ -190,7 +221,8 @@ mod tests {
 
     #[test]
     fn model_is_replaced_and_everything_else_kept() {
-        let body = br#"{"model": "m1", "messages":[{"role":"user","content":"hi"}], "temperature": 0.70}"#;
+        let body =
+            br#"{"model": "m1", "messages":[{"role":"user","content":"hi"}], "temperature": 0.70}"#;
         let req = ChatRequest::parse(body).expect("valid");
         let out = req.upstream_body(body, "gpt-4o-2024");
         assert_eq!(
@@ -204,13 +236,18 @@ mod tests {
         let body = br#"{"model":"m1","messages":[{"role":"user","content":"hi"}],"stream":true}"#;
         let req = ChatRequest::parse(body).expect("valid");
         assert!(!req.client_wants_usage);
-        let out: serde_json::Value = serde_json::from_slice(&req.upstream_body(body, "m1")).expect("json");
+        let out: serde_json::Value =
+            serde_json::from_slice(&req.upstream_body(body, "m1")).expect("json");
         assert_eq!(out["stream_options"]["include_usage"], true);
 
         let body = br#"{"model":"m1","messages":[{"role":"user","content":"hi"}],"stream":true,"stream_options":{"x":1}}"#;
         let req = ChatRequest::parse(body).expect("valid");
-        let out: serde_json::Value = serde_json::from_slice(&req.upstream_body(body, "m1")).expect("json");
-        assert_eq!(out["stream_options"], serde_json::json!({"x": 1, "include_usage": true}));
+        let out: serde_json::Value =
+            serde_json::from_slice(&req.upstream_body(body, "m1")).expect("json");
+        assert_eq!(
+            out["stream_options"],
+            serde_json::json!({"x": 1, "include_usage": true})
+        );
 
         let body = br#"{"model":"m1","messages":[{"role":"user","content":"hi"}],"stream":true,"stream_options":{"include_usage":true}}"#;
         let req = ChatRequest::parse(body).expect("valid");
@@ -222,11 +259,20 @@ mod tests {
     fn bad_fields_are_named() {
         for (body, param) in [
             (&br#"{"messages":[]}"#[..], "model"),
-            (br#"{"model":1,"messages":[{"role":"user","content":"x"}]}"#, "model"),
+            (
+                br#"{"model":1,"messages":[{"role":"user","content":"x"}]}"#,
+                "model",
+            ),
             (br#"{"model":"m"}"#, "messages"),
             (br#"{"model":"m","messages":"hi"}"#, "messages"),
-            (br#"{"model":"m","messages":[{"role":"user","content":"x"}],"max_tokens":-1}"#, "max_tokens"),
-            (br#"{"model":"m","messages":[{"role":"user","content":"x"}],"stream":"yes"}"#, "stream"),
+            (
+                br#"{"model":"m","messages":[{"role":"user","content":"x"}],"max_tokens":-1}"#,
+                "max_tokens",
+            ),
+            (
+                br#"{"model":"m","messages":[{"role":"user","content":"x"}],"stream":"yes"}"#,
+                "stream",
+            ),
         ] {
             let err = ChatRequest::parse(body).expect_err("invalid");
             assert_eq!(err.param, Some(param), "{}", String::from_utf8_lossy(body));

@@ -61,7 +61,9 @@ pub fn event_data(event: &[u8]) -> Option<Cow<'_, [u8]>> {
     let mut data: Option<Cow<'_, [u8]>> = None;
     for line in event.split(|&b| b == b'\n') {
         let line = line.strip_suffix(b"\r").unwrap_or(line);
-        let Some(value) = line.strip_prefix(b"data:") else { continue };
+        let Some(value) = line.strip_prefix(b"data:") else {
+            continue;
+        };
         let value = value.strip_prefix(b" ").unwrap_or(value);
         data = Some(match data {
             None => Cow::Borrowed(value),
@@ -182,7 +184,10 @@ pub enum Verdict {
 
 impl Meter {
     fn take_text(&mut self, t: &TextView<'_>) {
-        for s in [&t.content, &t.reasoning_content, &t.refusal].into_iter().flatten() {
+        for s in [&t.content, &t.reasoning_content, &t.refusal]
+            .into_iter()
+            .flatten()
+        {
             self.text.push_str(s);
         }
         for call in t.tool_calls.iter().flatten() {
@@ -225,7 +230,9 @@ impl Meter {
 
     /// Reads one event; `strip_usage` drops a usage-only chunk.
     pub fn observe_event(&mut self, event: &[u8], strip_usage: bool) -> Verdict {
-        let Some(data) = event_data(event) else { return Verdict::Forward };
+        let Some(data) = event_data(event) else {
+            return Verdict::Forward;
+        };
         let trimmed = data.trim_ascii();
         if trimmed == b"[DONE]" {
             self.saw_done = true;
@@ -299,7 +306,10 @@ mod tests {
     #[test]
     fn meter_reads_usage_and_text_and_drops_usage_only_chunk() {
         let mut m = Meter::default();
-        let v = m.observe_event(b"data: {\"choices\":[{\"delta\":{\"content\":\"Hel\"}}]}\n\n", true);
+        let v = m.observe_event(
+            b"data: {\"choices\":[{\"delta\":{\"content\":\"Hel\"}}]}\n\n",
+            true,
+        );
         assert_eq!(v, Verdict::Forward);
         m.observe_event(b"data: {\"choices\":[{\"delta\":{\"tool_calls\":[{\"function\":{\"arguments\":\"{}\"}}]}}]}\n\n", true);
         let v = m.observe_event(
@@ -312,7 +322,12 @@ mod tests {
         assert_eq!(m.text, "Hel{}");
         assert_eq!(
             m.usage,
-            Some(TokenUsage { prompt_tokens: 9, completion_tokens: 3, cached_tokens: 4, reasoning_tokens: 1 })
+            Some(TokenUsage {
+                prompt_tokens: 9,
+                completion_tokens: 3,
+                cached_tokens: 4,
+                reasoning_tokens: 1
+            })
         );
     }
 

@@ -29,7 +29,8 @@ fn last_user_text(body: &Value) -> String {
 
 /// Answers a chat completion request body (already prepared for upstream).
 pub fn chat(body: &[u8], created: i64) -> Result<UpstreamResponse, UpstreamError> {
-    let request: Value = serde_json::from_slice(body).map_err(|e| UpstreamError::Other(e.to_string()))?;
+    let request: Value =
+        serde_json::from_slice(body).map_err(|e| UpstreamError::Other(e.to_string()))?;
     let model = request["model"].as_str().unwrap_or("demo").to_owned();
     let said = last_user_text(&request);
     let reply = format!("Hello from Tollgate's demo model. You said: {said}");
@@ -49,14 +50,19 @@ pub fn chat(body: &[u8], created: i64) -> Result<UpstreamResponse, UpstreamError
             json!({"id": id, "object": "chat.completion.chunk", "created": created, "model": model,
                    "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]})
         };
-        let mut events = vec![chunk(json!({"role": "assistant", "content": ""}), Value::Null)];
+        let mut events = vec![chunk(
+            json!({"role": "assistant", "content": ""}),
+            Value::Null,
+        )];
         for word in reply.split_inclusive(' ') {
             events.push(chunk(json!({"content": word}), Value::Null));
         }
         events.push(chunk(json!({}), json!("stop")));
         if include_usage {
-            events.push(json!({"id": id, "object": "chat.completion.chunk", "created": created,
-                               "model": model, "choices": [], "usage": usage}));
+            events.push(
+                json!({"id": id, "object": "chat.completion.chunk", "created": created,
+                               "model": model, "choices": [], "usage": usage}),
+            );
         }
         let mut frames: Vec<Result<Bytes, UpstreamError>> = events
             .iter()

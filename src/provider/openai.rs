@@ -26,7 +26,9 @@ pub async fn post(
     let response = match tokio::time::timeout(first_byte_timeout, request.send()).await {
         Err(_) => return Err(UpstreamError::Timeout(first_byte_timeout.as_millis() as u64)),
         Ok(Err(e)) if e.is_connect() => return Err(UpstreamError::Connect(e.to_string())),
-        Ok(Err(e)) if e.is_timeout() => return Err(UpstreamError::Timeout(first_byte_timeout.as_millis() as u64)),
+        Ok(Err(e)) if e.is_timeout() => {
+            return Err(UpstreamError::Timeout(first_byte_timeout.as_millis() as u64));
+        }
         Ok(Err(e)) => return Err(UpstreamError::Other(e.to_string())),
         Ok(Ok(r)) => r,
     };
@@ -40,5 +42,9 @@ pub async fn post(
         .bytes_stream()
         .map(|r| r.map_err(|e| UpstreamError::Other(e.to_string())))
         .boxed();
-    Ok(UpstreamResponse { status, content_type, body })
+    Ok(UpstreamResponse {
+        status,
+        content_type,
+        body,
+    })
 }

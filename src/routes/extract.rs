@@ -30,7 +30,11 @@ impl Default for RequestId {
 impl<S: Send + Sync> FromRequestParts<S> for RequestId {
     type Rejection = std::convert::Infallible;
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
-        Ok(parts.extensions.get::<RequestId>().cloned().unwrap_or_default())
+        Ok(parts
+            .extensions
+            .get::<RequestId>()
+            .cloned()
+            .unwrap_or_default())
     }
 }
 
@@ -39,8 +43,14 @@ pub struct OpenAiCaller(pub Caller);
 
 impl FromRequestParts<AppState> for OpenAiCaller {
     type Rejection = OpenAiError;
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
-        let caller = state.keys.authenticate(&state.db, presented_key(&parts.headers)).await?;
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        let caller = state
+            .keys
+            .authenticate(&state.db, presented_key(&parts.headers))
+            .await?;
         Ok(OpenAiCaller(caller))
     }
 }
@@ -50,8 +60,14 @@ pub struct AdminCaller(pub Caller);
 
 impl FromRequestParts<AppState> for AdminCaller {
     type Rejection = ApiError;
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
-        let caller = state.keys.authenticate(&state.db, presented_key(&parts.headers)).await?;
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        let caller = state
+            .keys
+            .authenticate(&state.db, presented_key(&parts.headers))
+            .await?;
         if !caller.is_admin {
             return Err(ApiError::Forbidden("admin role required".into()));
         }

@@ -67,14 +67,17 @@ async fn track(mut req: Request, next: Next) -> Response {
         .map_or_else(|| "unmatched".to_owned(), |r| r.0.clone());
     let status = m::status_class(response.status().as_u16());
     metrics::counter!(m::HTTP_REQUESTS, "route" => route.clone(), "method" => method, "status" => status).increment(1);
-    metrics::histogram!(m::HTTP_DURATION, "route" => route, "status" => status).record(started.elapsed().as_secs_f64());
+    metrics::histogram!(m::HTTP_DURATION, "route" => route, "status" => status)
+        .record(started.elapsed().as_secs_f64());
     response
 }
 
 /// Unknown paths: OpenAI's error shape under `/v1`, the envelope elsewhere.
 async fn not_found(uri: Uri) -> Response {
     let path = uri.path();
-    if path.starts_with("/v1/") || (path.starts_with("/api/v1/") && !path.starts_with("/api/v1/admin")) {
+    if path.starts_with("/v1/")
+        || (path.starts_with("/api/v1/") && !path.starts_with("/api/v1/admin"))
+    {
         let body = serde_json::json!({"error": {
             "message": format!("unknown path {path}"),
             "type": "invalid_request_error", "code": "unknown_url", "param": null}});

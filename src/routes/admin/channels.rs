@@ -17,7 +17,12 @@ use std::collections::BTreeMap;
 pub fn router() -> Router<AppState> {
     Router::new()
         .route("/channels", post(create_channel).get(list_channels))
-        .route("/channels/{id}", get(get_channel).patch(update_channel).delete(delete_channel))
+        .route(
+            "/channels/{id}",
+            get(get_channel)
+                .patch(update_channel)
+                .delete(delete_channel),
+        )
 }
 
 fn mask(secret: &str) -> String {
@@ -80,7 +85,10 @@ struct Valid {
 
 fn validate(body: ChannelBody, base: Option<&ChannelRow>) -> Result<Valid, ApiError> {
     let bad = |m: String| ApiError::InvalidInput(m);
-    let name = body.name.or_else(|| base.map(|b| b.name.clone())).ok_or_else(|| bad("name: required".into()))?;
+    let name = body
+        .name
+        .or_else(|| base.map(|b| b.name.clone()))
+        .ok_or_else(|| bad("name: required".into()))?;
     if name.trim().is_empty() || name.len() > 200 {
         return Err(bad("name: must be 1 to 200 characters".into()));
     }
@@ -88,31 +96,52 @@ fn validate(body: ChannelBody, base: Option<&ChannelRow>) -> Result<Valid, ApiEr
         .provider
         .or_else(|| base.map(|b| b.provider.clone()))
         .ok_or_else(|| bad(format!("provider: required (one of {})", Provider::NAMES)))?;
-    let provider = Provider::parse(&provider_name)
-        .ok_or_else(|| bad(format!("provider: unknown provider {provider_name:?} (one of {})", Provider::NAMES)))?;
-    let base_url = body.base_url.or_else(|| base.map(|b| b.base_url.clone())).unwrap_or_default();
+    let provider = Provider::parse(&provider_name).ok_or_else(|| {
+        bad(format!(
+            "provider: unknown provider {provider_name:?} (one of {})",
+            Provider::NAMES
+        ))
+    })?;
+    let base_url = body
+        .base_url
+        .or_else(|| base.map(|b| b.base_url.clone()))
+        .unwrap_or_default();
     let base_url = base_url.trim().trim_end_matches('/').to_owned();
     if provider != Provider::Demo {
-        let parsed = reqwest::Url::parse(&base_url)
-            .map_err(|_| bad(format!("base_url: {base_url:?} is not a URL (expected e.g. https://api.openai.com/v1)")))?;
+        let parsed = reqwest::Url::parse(&base_url).map_err(|_| {
+            bad(format!(
+                "base_url: {base_url:?} is not a URL (expected e.g. https://api.openai.com/v1)"
+            ))
+        })?;
         if !matches!(parsed.scheme(), "http" | "https") {
             return Err(bad("base_url: must be an http:// or https:// URL".into()));
         }
     }
-    let api_key = body.api_key.or_else(|| base.map(|b| b.api_key.clone())).unwrap_or_default();
+    let api_key = body
+        .api_key
+        .or_else(|| base.map(|b| b.api_key.clone()))
+        .unwrap_or_default();
     let models = match body.models {
         Some(m) => m,
-        None => base.and_then(|b| serde_json::from_str(&b.models).ok()).unwrap_or_default(),
+        None => base
+            .and_then(|b| serde_json::from_str(&b.models).ok())
+            .unwrap_or_default(),
     };
     if models.is_empty() || models.iter().any(|m| m.trim().is_empty()) {
-        return Err(bad("models: must list at least one non-empty model name".into()));
+        return Err(bad(
+            "models: must list at least one non-empty model name".into()
+        ));
     }
     let model_map = match body.model_map {
         Some(m) => m,
-        None => base.and_then(|b| serde_json::from_str(&b.model_map).ok()).unwrap_or_default(),
+        None => base
+            .and_then(|b| serde_json::from_str(&b.model_map).ok())
+            .unwrap_or_default(),
     };
     if let Some((k, _)) = model_map.iter().find(|(_, v)| v.trim().is_empty()) {
-        return Err(bad(format!("model_map: the upstream name for {k:?} is empty")));
+        return Err(bad(format!(
+            "model_map: the upstream name for {k:?} is empty"
+        )));
     }
     let priority = body.priority.or(base.map(|b| b.priority)).unwrap_or(0);
     let weight = body.weight.or(base.map(|b| b.weight)).unwrap_or(1);
@@ -162,7 +191,11 @@ impl Valid {
 
 /// Reloads the routing catalog so the change applies to the next request.
 async fn reload(state: &AppState) -> Result<(), ApiError> {
-    state.catalog.reload(&state.db).await.map_err(ApiError::from)
+    state
+        .catalog
+        .reload(&state.db)
+        .await
+        .map_err(ApiError::from)
 }
 
 async fn create_channel(
@@ -176,12 +209,19 @@ async fn create_channel(
     Ok(ok(channel_json(&row)))
 }
 
-async fn list_channels(State(state): State<AppState>, _admin: AdminCaller) -> Result<Json<Value>, ApiError> {
+async fn list_channels(
+    State(state): State<AppState>,
+    _admin: AdminCaller,
+) -> Result<Json<Value>, ApiError> {
     let rows = db::catalog::list_channels(&state.db).await?;
     Ok(ok(rows.iter().map(channel_json).collect::<Vec<_>>()))
 }
 
-async fn get_channel(State(state): State<AppState>, _admin: AdminCaller, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
+async fn get_channel(
+    State(state): State<AppState>,
+    _admin: AdminCaller,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
     let id = path_id(&id)?;
     let row = db::catalog::get_channel(&state.db, id)
         .await?
@@ -207,7 +247,11 @@ async fn update_channel(
     Ok(ok(channel_json(&row)))
 }
 
-async fn delete_channel(State(state): State<AppState>, _admin: AdminCaller, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
+async fn delete_channel(
+    State(state): State<AppState>,
+    _admin: AdminCaller,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
     let id = path_id(&id)?;
     if !db::catalog::delete_channel(&state.db, id).await? {
         return Err(ApiError::NotFound(format!("channel {id} not found")));

@@ -16,11 +16,17 @@ use serde_json::{Value, json};
 pub fn router() -> Router<AppState> {
     Router::new()
         .route("/users/{id}/keys", post(create_key).get(list_keys))
-        .route("/keys/{id}", get(get_key).patch(update_key).delete(disable_key))
+        .route(
+            "/keys/{id}",
+            get(get_key).patch(update_key).delete(disable_key),
+        )
 }
 
 fn key_json(k: &ApiKeyRow) -> Value {
-    let models: Option<Vec<String>> = k.models.as_deref().and_then(|m| serde_json::from_str(m).ok());
+    let models: Option<Vec<String>> = k
+        .models
+        .as_deref()
+        .and_then(|m| serde_json::from_str(m).ok());
     json!({
         "id": k.id,
         "user_id": k.user_id,
@@ -35,7 +41,9 @@ fn key_json(k: &ApiKeyRow) -> Value {
 }
 
 /// `Some(None)` for an explicit `null`, `None` when the field is absent.
-fn present<'de, D: Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Option<Option<T>>, D::Error> {
+fn present<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
+    d: D,
+) -> Result<Option<Option<T>>, D::Error> {
     Option::<T>::deserialize(d).map(Some)
 }
 
@@ -46,13 +54,18 @@ fn models_text(models: Option<Vec<String>>) -> Result<Option<String>, ApiError> 
         Some(list) => {
             if list.is_empty() {
                 return Err(ApiError::InvalidInput(
-                    "models: must name at least one model (omit it or send null for every model)".into(),
+                    "models: must name at least one model (omit it or send null for every model)"
+                        .into(),
                 ));
             }
             if list.iter().any(|m| m.trim().is_empty()) {
-                return Err(ApiError::InvalidInput("models: model names must not be empty".into()));
+                return Err(ApiError::InvalidInput(
+                    "models: model names must not be empty".into(),
+                ));
             }
-            Ok(Some(serde_json::to_string(&list).map_err(|e| ApiError::Internal(e.to_string()))?))
+            Ok(Some(
+                serde_json::to_string(&list).map_err(|e| ApiError::Internal(e.to_string()))?,
+            ))
         }
     }
 }
@@ -74,10 +87,16 @@ async fn create_key(
     let user_id = path_id(&user_id)?;
     let name = body.name.trim();
     if name.is_empty() || name.len() > 200 {
-        return Err(ApiError::InvalidInput("name: must be 1 to 200 characters".into()));
+        return Err(ApiError::InvalidInput(
+            "name: must be 1 to 200 characters".into(),
+        ));
     }
     let models = models_text(body.models)?;
-    let expires_at_ms = body.expires_at.as_deref().map(|t| parse_time("expires_at", t)).transpose()?;
+    let expires_at_ms = body
+        .expires_at
+        .as_deref()
+        .map(|t| parse_time("expires_at", t))
+        .transpose()?;
     if db::users::get(&state.db, user_id).await?.is_none() {
         return Err(ApiError::NotFound(format!("user {user_id} not found")));
     }
@@ -86,7 +105,14 @@ async fn create_key(
     let prefix = key_prefix(&key);
     let row = db::keys::create(
         &state.db,
-        NewKey { user_id, name, key_hash: &hash, key_prefix: &prefix, models, expires_at_ms },
+        NewKey {
+            user_id,
+            name,
+            key_hash: &hash,
+            key_prefix: &prefix,
+            models,
+            expires_at_ms,
+        },
     )
     .await?;
     let mut data = key_json(&row);
@@ -94,15 +120,25 @@ async fn create_key(
     Ok(ok(data))
 }
 
-async fn list_keys(State(state): State<AppState>, _admin: AdminCaller, Path(user_id): Path<String>) -> Result<Json<Value>, ApiError> {
+async fn list_keys(
+    State(state): State<AppState>,
+    _admin: AdminCaller,
+    Path(user_id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
     let user_id = path_id(&user_id)?;
     let keys = db::keys::list_for_user(&state.db, user_id).await?;
     Ok(ok(keys.iter().map(key_json).collect::<Vec<_>>()))
 }
 
-async fn get_key(State(state): State<AppState>, _admin: AdminCaller, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
+async fn get_key(
+    State(state): State<AppState>,
+    _admin: AdminCaller,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
     let id = path_id(&id)?;
-    let key = db::keys::get(&state.db, id).await?.ok_or_else(|| ApiError::NotFound(format!("key {id} not found")))?;
+    let key = db::keys::get(&state.db, id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("key {id} not found")))?;
     Ok(ok(key_json(&key)))
 }
 
@@ -132,11 +168,17 @@ async fn update_key(
     ApiJson(body): ApiJson<KeyPatchBody>,
 ) -> Result<Json<Value>, ApiError> {
     let id = path_id(&id)?;
-    let status = body.status.as_deref().map(|s| parse_status("status", s)).transpose()?;
+    let status = body
+        .status
+        .as_deref()
+        .map(|s| parse_status("status", s))
+        .transpose()?;
     if let Some(name) = &body.name
         && (name.trim().is_empty() || name.len() > 200)
     {
-        return Err(ApiError::InvalidInput("name: must be 1 to 200 characters".into()));
+        return Err(ApiError::InvalidInput(
+            "name: must be 1 to 200 characters".into(),
+        ));
     }
     let models = body.models.map(models_text).transpose()?;
     let expires_at_ms = match body.expires_at {
@@ -153,7 +195,19 @@ async fn update_key(
     apply_patch(&state, id, patch).await
 }
 
-async fn disable_key(State(state): State<AppState>, _admin: AdminCaller, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
+async fn disable_key(
+    State(state): State<AppState>,
+    _admin: AdminCaller,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
     let id = path_id(&id)?;
-    apply_patch(&state, id, KeyPatch { status: Some("disabled".into()), ..Default::default() }).await
+    apply_patch(
+        &state,
+        id,
+        KeyPatch {
+            status: Some("disabled".into()),
+            ..Default::default()
+        },
+    )
+    .await
 }

@@ -39,15 +39,18 @@ pub struct Page {
 impl Page {
     /// `(page, page_size, offset)`, or a 400 naming the bad parameter.
     pub fn resolve(&self) -> Result<(i64, i64, i64), ApiError> {
-        let parse = |v: &Option<String>, name: &str, default: i64, max: i64| -> Result<i64, ApiError> {
-            match v {
-                None => Ok(default),
-                Some(s) => match s.parse::<i64>() {
-                    Ok(n) if (1..=max).contains(&n) => Ok(n),
-                    _ => Err(ApiError::InvalidInput(format!("{name} must be an integer from 1 to {max}"))),
-                },
-            }
-        };
+        let parse =
+            |v: &Option<String>, name: &str, default: i64, max: i64| -> Result<i64, ApiError> {
+                match v {
+                    None => Ok(default),
+                    Some(s) => match s.parse::<i64>() {
+                        Ok(n) if (1..=max).contains(&n) => Ok(n),
+                        _ => Err(ApiError::InvalidInput(format!(
+                            "{name} must be an integer from 1 to {max}"
+                        ))),
+                    },
+                }
+            };
         let page = parse(&self.page, "page", 1, 1_000_000)?;
         let size = parse(&self.page_size, "page_size", 20, 100)?;
         Ok((page, size, (page - 1) * size))
@@ -64,7 +67,10 @@ pub fn iso(ms: i64) -> Value {
     let nanos = i128::from(ms) * 1_000_000;
     time::OffsetDateTime::from_unix_timestamp_nanos(nanos)
         .ok()
-        .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
         .map_or(Value::Null, Value::String)
 }
 
@@ -85,10 +91,9 @@ pub fn parse_time(field: &str, text: &str) -> Result<i64, ApiError> {
 
 /// Parses a path id.
 pub fn path_id(raw: &str) -> Result<i64, ApiError> {
-    raw.parse::<i64>()
-        .ok()
-        .filter(|&n| n > 0)
-        .ok_or_else(|| ApiError::InvalidInput(format!("id must be a positive integer, got {raw:?}")))
+    raw.parse::<i64>().ok().filter(|&n| n > 0).ok_or_else(|| {
+        ApiError::InvalidInput(format!("id must be a positive integer, got {raw:?}"))
+    })
 }
 
 /// Accepts only `active` or `disabled`.
@@ -96,6 +101,8 @@ pub fn parse_status(field: &str, s: &str) -> Result<&'static str, ApiError> {
     match s {
         "active" => Ok("active"),
         "disabled" => Ok("disabled"),
-        other => Err(ApiError::InvalidInput(format!("{field}: must be \"active\" or \"disabled\", got {other:?}"))),
+        other => Err(ApiError::InvalidInput(format!(
+            "{field}: must be \"active\" or \"disabled\", got {other:?}"
+        ))),
     }
 }

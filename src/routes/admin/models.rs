@@ -18,7 +18,10 @@ use serde_json::{Value, json};
 pub fn router() -> Router<AppState> {
     Router::new()
         .route("/models", post(upsert_model).get(list_models))
-        .route("/models/{id}", get(get_model).patch(update_model).delete(disable_model))
+        .route(
+            "/models/{id}",
+            get(get_model).patch(update_model).delete(disable_model),
+        )
 }
 
 fn model_json(m: &ModelRow) -> Value {
@@ -52,13 +55,19 @@ struct ModelBody {
 
 fn check_output_cap(cap: Option<i64>) -> Result<(), ApiError> {
     match cap {
-        Some(n) if n < 1 => Err(ApiError::InvalidInput("max_output_tokens: must be a positive integer".into())),
+        Some(n) if n < 1 => Err(ApiError::InvalidInput(
+            "max_output_tokens: must be a positive integer".into(),
+        )),
         _ => Ok(()),
     }
 }
 
 async fn reload(state: &AppState) -> Result<(), ApiError> {
-    state.catalog.reload(&state.db).await.map_err(ApiError::from)
+    state
+        .catalog
+        .reload(&state.db)
+        .await
+        .map_err(ApiError::from)
 }
 
 async fn upsert_model(
@@ -68,7 +77,9 @@ async fn upsert_model(
 ) -> Result<Json<Value>, ApiError> {
     let name = body.model.trim();
     if name.is_empty() || name.len() > 200 {
-        return Err(ApiError::InvalidInput("model: must be 1 to 200 characters".into()));
+        return Err(ApiError::InvalidInput(
+            "model: must be 1 to 200 characters".into(),
+        ));
     }
     check_output_cap(body.max_output_tokens)?;
     let prices = Prices {
@@ -81,12 +92,19 @@ async fn upsert_model(
     Ok(ok(model_json(&row)))
 }
 
-async fn list_models(State(state): State<AppState>, _admin: AdminCaller) -> Result<Json<Value>, ApiError> {
+async fn list_models(
+    State(state): State<AppState>,
+    _admin: AdminCaller,
+) -> Result<Json<Value>, ApiError> {
     let rows = db::catalog::list_models(&state.db).await?;
     Ok(ok(rows.iter().map(model_json).collect::<Vec<_>>()))
 }
 
-async fn get_model(State(state): State<AppState>, _admin: AdminCaller, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
+async fn get_model(
+    State(state): State<AppState>,
+    _admin: AdminCaller,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
     let id = path_id(&id)?;
     let row = db::catalog::get_model(&state.db, id)
         .await?
@@ -112,24 +130,42 @@ async fn update_model(
 ) -> Result<Json<Value>, ApiError> {
     let id = path_id(&id)?;
     check_output_cap(patch.max_output_tokens)?;
-    let status = patch.status.as_deref().map(|s| parse_status("status", s)).transpose()?;
+    let status = patch
+        .status
+        .as_deref()
+        .map(|s| parse_status("status", s))
+        .transpose()?;
     let current = db::catalog::get_model(&state.db, id)
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("model {id} not found")))?;
     let prices = Prices {
-        input: patch.input_price.map_or(current.input_micros_per_mtok, |p| p.0.0),
-        output: patch.output_price.map_or(current.output_micros_per_mtok, |p| p.0.0),
-        cached_input: patch.cached_input_price.map_or(current.cached_input_micros_per_mtok, |p| p.0.0),
+        input: patch
+            .input_price
+            .map_or(current.input_micros_per_mtok, |p| p.0.0),
+        output: patch
+            .output_price
+            .map_or(current.output_micros_per_mtok, |p| p.0.0),
+        cached_input: patch
+            .cached_input_price
+            .map_or(current.cached_input_micros_per_mtok, |p| p.0.0),
     };
-    let mut row = db::catalog::upsert_model(&state.db, &current.model, prices, patch.max_output_tokens).await?;
+    let mut row =
+        db::catalog::upsert_model(&state.db, &current.model, prices, patch.max_output_tokens)
+            .await?;
     if let Some(status) = status {
-        row = db::catalog::set_model_status(&state.db, id, status).await?.unwrap_or(row);
+        row = db::catalog::set_model_status(&state.db, id, status)
+            .await?
+            .unwrap_or(row);
     }
     reload(&state).await?;
     Ok(ok(model_json(&row)))
 }
 
-async fn disable_model(State(state): State<AppState>, _admin: AdminCaller, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
+async fn disable_model(
+    State(state): State<AppState>,
+    _admin: AdminCaller,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
     let id = path_id(&id)?;
     let row = db::catalog::set_model_status(&state.db, id, "disabled")
         .await?

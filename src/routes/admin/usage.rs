@@ -56,11 +56,20 @@ struct UsageQuery {
     page: Page,
 }
 
-async fn list_usage(State(state): State<AppState>, _admin: AdminCaller, Query(q): Query<UsageQuery>) -> Result<Json<Value>, ApiError> {
+async fn list_usage(
+    State(state): State<AppState>,
+    _admin: AdminCaller,
+    Query(q): Query<UsageQuery>,
+) -> Result<Json<Value>, ApiError> {
     let user_id = q.user_id.as_deref().map(path_id).transpose()?;
     let (page, size, offset) = q.page.resolve()?;
     let (total, rows) = db::billing::list_usage(&state.db, user_id, size, offset).await?;
-    Ok(paged(total, page, size, rows.iter().map(usage_json).collect()))
+    Ok(paged(
+        total,
+        page,
+        size,
+        rows.iter().map(usage_json).collect(),
+    ))
 }
 
 async fn list_user_usage(
@@ -72,5 +81,10 @@ async fn list_user_usage(
     let id = path_id(&id)?;
     let (page, size, offset) = page.resolve()?;
     let (total, rows) = db::billing::list_usage(&state.db, Some(id), size, offset).await?;
-    Ok(paged(total, page, size, rows.iter().map(usage_json).collect()))
+    Ok(paged(
+        total,
+        page,
+        size,
+        rows.iter().map(usage_json).collect(),
+    ))
 }

@@ -67,11 +67,15 @@ struct NewUser {
 fn check_email(email: &str) -> Result<String, ApiError> {
     let email = email.trim();
     let valid = email.len() <= 254
-        && email.split_once('@').is_some_and(|(local, domain)| !local.is_empty() && !domain.is_empty());
+        && email
+            .split_once('@')
+            .is_some_and(|(local, domain)| !local.is_empty() && !domain.is_empty());
     if valid {
         Ok(email.to_owned())
     } else {
-        Err(ApiError::InvalidInput(format!("email: {email:?} is not an email address")))
+        Err(ApiError::InvalidInput(format!(
+            "email: {email:?} is not an email address"
+        )))
     }
 }
 
@@ -84,13 +88,21 @@ async fn create_user(
     let role = match body.role.as_deref() {
         None | Some("user") => "user",
         Some("admin") => "admin",
-        Some(other) => return Err(ApiError::InvalidInput(format!("role: must be \"user\" or \"admin\", got {other:?}"))),
+        Some(other) => {
+            return Err(ApiError::InvalidInput(format!(
+                "role: must be \"user\" or \"admin\", got {other:?}"
+            )));
+        }
     };
     let balance = body.balance.map_or(Micros::ZERO, |b| b.0);
-    let user = db::users::create(&state.db, &email, role, balance).await.map_err(|e| match e {
-        CreateUserError::EmailTaken => ApiError::Conflict(format!("a user with email {email} exists")),
-        CreateUserError::Db(e) => e.into(),
-    })?;
+    let user = db::users::create(&state.db, &email, role, balance)
+        .await
+        .map_err(|e| match e {
+            CreateUserError::EmailTaken => {
+                ApiError::Conflict(format!("a user with email {email} exists"))
+            }
+            CreateUserError::Db(e) => e.into(),
+        })?;
     Ok(ok(user_json(&user)))
 }
 
@@ -101,12 +113,23 @@ async fn list_users(
 ) -> Result<Json<Value>, ApiError> {
     let (page, size, offset) = page.resolve()?;
     let (total, users) = db::users::list(&state.db, size, offset).await?;
-    Ok(paged(total, page, size, users.iter().map(user_json).collect()))
+    Ok(paged(
+        total,
+        page,
+        size,
+        users.iter().map(user_json).collect(),
+    ))
 }
 
-async fn get_user(State(state): State<AppState>, _admin: AdminCaller, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
+async fn get_user(
+    State(state): State<AppState>,
+    _admin: AdminCaller,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
     let id = path_id(&id)?;
-    let user = db::users::get(&state.db, id).await?.ok_or_else(|| ApiError::NotFound(format!("user {id} not found")))?;
+    let user = db::users::get(&state.db, id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("user {id} not found")))?;
     Ok(ok(user_json(&user)))
 }
 
@@ -124,12 +147,18 @@ async fn update_user(
     ApiJson(patch): ApiJson<UserPatch>,
 ) -> Result<Json<Value>, ApiError> {
     let id = path_id(&id)?;
-    let status = patch.status.as_deref().map(|s| parse_status("status", s)).transpose()?;
+    let status = patch
+        .status
+        .as_deref()
+        .map(|s| parse_status("status", s))
+        .transpose()?;
     let email = patch.email.as_deref().map(check_email).transpose()?;
     let user = db::users::update(&state.db, id, status, email.as_deref())
         .await
         .map_err(|e| match e {
-            CreateUserError::EmailTaken => ApiError::Conflict("a user with this email exists".into()),
+            CreateUserError::EmailTaken => {
+                ApiError::Conflict("a user with this email exists".into())
+            }
             CreateUserError::Db(e) => e.into(),
         })?
         .ok_or_else(|| ApiError::NotFound(format!("user {id} not found")))?;
@@ -174,5 +203,10 @@ async fn list_ledger(
     let id = path_id(&id)?;
     let (page, size, offset) = page.resolve()?;
     let (total, rows) = db::users::ledger(&state.db, id, size, offset).await?;
-    Ok(paged(total, page, size, rows.iter().map(ledger_json).collect()))
+    Ok(paged(
+        total,
+        page,
+        size,
+        rows.iter().map(ledger_json).collect(),
+    ))
 }

@@ -18,9 +18,14 @@ pub async fn create_chat_completion(
 ) -> Result<Response, OpenAiError> {
     let body = body.map_err(|e| match e {
         BytesRejection::FailedToBufferBody(_) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => {
-            OpenAiError::BodyTooLarge { limit: state.config.server.max_body_bytes }
+            OpenAiError::BodyTooLarge {
+                limit: state.config.server.max_body_bytes,
+            }
         }
-        other => OpenAiError::InvalidRequest { message: other.body_text(), param: None },
+        other => OpenAiError::InvalidRequest {
+            message: other.body_text(),
+            param: None,
+        },
     })?;
     let reply = gateway::chat::chat_completions(&state, &caller, request_id, body).await?;
     Ok(into_response(reply))
@@ -29,7 +34,11 @@ pub async fn create_chat_completion(
 /// Turns a pipeline reply into HTTP: a full body, or an unbuffered event stream.
 pub fn into_response(reply: Reply) -> Response {
     match reply {
-        Reply::Full { status, content_type, body } => {
+        Reply::Full {
+            status,
+            content_type,
+            body,
+        } => {
             let status = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY);
             let content_type = content_type
                 .and_then(|c| HeaderValue::from_str(&c).ok())
@@ -38,7 +47,9 @@ pub fn into_response(reply: Reply) -> Response {
         }
         Reply::Stream { mut events } => {
             let stream = futures_util::stream::poll_fn(move |cx| {
-                events.poll_recv(cx).map(|o| o.map(Ok::<Bytes, std::convert::Infallible>))
+                events
+                    .poll_recv(cx)
+                    .map(|o| o.map(Ok::<Bytes, std::convert::Infallible>))
             });
             Response::builder()
                 .header(header::CONTENT_TYPE, "text/event-stream; charset=utf-8")

@@ -26,7 +26,10 @@ fn model_object(m: &Model) -> Value {
     })
 }
 
-pub async fn list_models(State(state): State<AppState>, OpenAiCaller(caller): OpenAiCaller) -> Json<Value> {
+pub async fn list_models(
+    State(state): State<AppState>,
+    OpenAiCaller(caller): OpenAiCaller,
+) -> Json<Value> {
     let data: Vec<Value> = state
         .catalog
         .models()

@@ -1,0 +1,11 @@
+//! Integration tests: the real server on port 0, real HTTP to a fake upstream that speaks
+//! OpenAI's protocol, SQLite always and PostgreSQL when `TEST_DATABASE_URL` is set.
+
+mod helpers;
+
+mod admin;
+mod auth;
+mod billing;
+mod chat;
+mod ops;
+mod streaming;
