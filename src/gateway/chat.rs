@@ -206,20 +206,30 @@ enum BodyError {
     ClientGone,
 }
 
-/// Reads a whole (non-streaming) upstream body, bounded in size and in silence between chunks.
+/// The moment a request started at `started` must be over (`upstream.max_request_ms`).
+fn deadline(state: &AppState, started: Instant) -> tokio::time::Instant {
+    tokio::time::Instant::from_std(started)
+        + Duration::from_millis(state.config.upstream.max_request_ms)
+}
+
+/// Reads a whole (non-streaming) upstream body, bounded in size, in silence between chunks and
+/// by the request's deadline.
 async fn read_body(
     body: &mut BoxStream<'static, Result<Bytes, UpstreamError>>,
     state: &AppState,
+    started: Instant,
     reply_tx: &mut ReplyTx,
 ) -> Result<Bytes, BodyError> {
     let chunk_timeout = state.config.upstream.chunk_timeout_ms;
     let limit = state.config.upstream.max_response_bytes;
+    let deadline = deadline(state, started);
     let mut first: Option<Bytes> = None;
     let mut rest: Vec<u8> = Vec::new();
     loop {
         let next = tokio::select! {
             next = tokio::time::timeout(Duration::from_millis(chunk_timeout), body.next()) => next,
             _ = reply_tx.closed() => return Err(BodyError::ClientGone),
+            _ = tokio::time::sleep_until(deadline) => return Err(BodyError::Timeout(state.config.upstream.max_request_ms)),
         };
         match next {
             Err(_) => return Err(BodyError::Timeout(chunk_timeout)),
@@ -307,7 +317,7 @@ async fn run(ctx: Ctx, mut reply_tx: ReplyTx) {
         };
         if !(200..300).contains(&response.status) {
             let status = response.status;
-            let text = read_body(&mut response.body, &state, &mut reply_tx)
+            let text = read_body(&mut response.body, &state, ctx.started, &mut reply_tx)
                 .await
                 .unwrap_or_default();
             let snippet: String = String::from_utf8_lossy(&text).chars().take(500).collect();
@@ -394,7 +404,7 @@ async fn whole(
     mut response: UpstreamResponse,
     mut reply_tx: ReplyTx,
 ) {
-    let body = match read_body(&mut response.body, &ctx.state, &mut reply_tx).await {
+    let body = match read_body(&mut response.body, &ctx.state, ctx.started, &mut reply_tx).await {
         Ok(b) => b,
         Err(e) => {
             let (error, ending) = match e {
