@@ -246,6 +246,35 @@ async fn main() {
         "charged in total: {} credits",
         1_000_000.0 - balance["data"]["balance"].as_f64().unwrap_or(0.0)
     );
+    // Where the time went, from the gateway's own histograms (mean over the whole run).
+    let metrics = client
+        .get(format!("{gw}/metrics"))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    for name in [
+        "tollgate_gateway_overhead_seconds",
+        "tollgate_upstream_duration_seconds",
+        "tollgate_http_request_duration_seconds",
+    ] {
+        let total = |suffix: &str| -> f64 {
+            metrics
+                .lines()
+                .filter(|l| l.starts_with(&format!("{name}{suffix}")))
+                .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+                .sum()
+        };
+        let (sum, count) = (total("_sum"), total("_count"));
+        if count > 0.0 {
+            println!(
+                "mean {name}: {:.0} µs over {count} observations",
+                sum / count * 1e6
+            );
+        }
+    }
     let _ = stop_tx.send(());
     server.await.expect("server").expect("shutdown");
 }

@@ -8,6 +8,7 @@ use crate::gateway::auth::KeyCache;
 use crate::gateway::catalog::Catalog;
 use crate::state::{AppState, Inner};
 use anyhow::Context;
+use axum::serve::ListenerExt;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -27,6 +28,9 @@ impl Application {
         let metrics = crate::metrics::install();
         let db = Db::connect(&config.database.url, config.database.max_connections).await?;
         db.migrate().await?;
+        let book = crate::billing::book::Book::open(&db)
+            .await
+            .context("loading balances")?;
         let http = reqwest::Client::builder()
             .connect_timeout(Duration::from_millis(config.upstream.connect_timeout_ms))
             .pool_max_idle_per_host(config.upstream.pool_max_idle_per_host)
@@ -44,6 +48,7 @@ impl Application {
                 config.admin_key.as_deref(),
             ),
             catalog: Catalog::default(),
+            book,
             tasks: TaskTracker::new(),
             cut_streams: CancellationToken::new(),
             config,
@@ -98,6 +103,10 @@ impl Application {
         let draining = CancellationToken::new();
         let trigger = draining.clone();
         let app = crate::routes::router(state.clone());
+        // Small SSE events must leave at once, not wait for Nagle's algorithm.
+        let listener = listener.tap_io(|tcp| {
+            let _ = tcp.set_nodelay(true);
+        });
         let server = axum::serve(listener, app).with_graceful_shutdown(async move {
             shutdown.await;
             trigger.cancel();

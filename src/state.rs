@@ -1,5 +1,6 @@
 //! [`AppState`]: everything a request needs, cheap to clone (one `Arc`).
 
+use crate::billing::book::Book;
 use crate::config::Config;
 use crate::db::Db;
 use crate::gateway::auth::KeyCache;
@@ -20,6 +21,8 @@ pub struct Inner {
     /// The one pooled HTTP client for every upstream.
     pub http: reqwest::Client,
     pub keys: KeyCache,
+    /// Where balance reservations are held (memory on SQLite, rows on PostgreSQL).
+    pub book: Book,
     pub catalog: Catalog,
     /// Settlement and stream tasks; shutdown waits for all of them.
     pub tasks: TaskTracker,

@@ -1,6 +1,7 @@
 //! Money and metering rules: the [`money::Micros`] newtype, token pricing, and the
 //! reservation → settlement life cycle of a request ([`settle`]). SQL lives in `db/`.
 
+pub mod book;
 pub mod money;
 pub mod pricing;
 pub mod reconcile;

@@ -2,15 +2,10 @@
 //! retries, and keep the metrics in step. Called from the request's tracked task, never from a
 //! response body, so a client hanging up cannot skip it.
 
+use super::book::{Book, Held};
 use crate::db::{self, Db, billing::UsageRecord};
 use crate::metrics as m;
 use std::time::Duration;
-
-/// A reservation this instance holds for a request in flight.
-#[derive(Debug, Clone, Copy)]
-pub struct Held {
-    pub reservation_id: i64,
-}
 
 /// How often a settlement write is tried before it is counted as failed (the reservation then
 /// stays until the reconciler releases it, so the user is never charged twice).
@@ -18,6 +13,7 @@ const ATTEMPTS: u32 = 5;
 
 /// Settles `record` against `held`; returns the micro-credits charged.
 pub async fn settle(
+    book: &Book,
     db: &Db,
     held: Option<Held>,
     record: &UsageRecord,
@@ -25,9 +21,10 @@ pub async fn settle(
     let mut delay = Duration::from_millis(20);
     let mut attempt = 1;
     let result = loop {
-        match db::billing::settle(db, held.map(|h| h.reservation_id), record).await {
+        match book.settle(db, held, record).await {
             Ok(s) => break Some(s),
             Err(e) if attempt < ATTEMPTS => {
+                book.hold_again(held);
                 tracing::warn!(request_id = %record.request_id, error = %e, attempt, "settlement failed, retrying");
                 tokio::time::sleep(delay).await;
                 delay *= 2;

@@ -14,7 +14,8 @@ use super::catalog::{Channel, Model, RouteError};
 use super::request::ChatRequest;
 use super::sse::{EventSplitter, Meter, Verdict, rewrite_model};
 use super::tokens::count_text;
-use crate::billing::settle::{Held, settle};
+use crate::billing::book::Held;
+use crate::billing::settle::settle;
 use crate::billing::{Micros, TokenUsage};
 use crate::db::billing::{NewReservation, ReserveError, UsageRecord};
 use crate::error::OpenAiError;
@@ -123,8 +124,8 @@ pub async fn chat_completions(
         price_version: model.price.version,
         expires_at_ms,
     };
-    let reservation_id = match crate::db::billing::reserve(&state.db, &reservation).await {
-        Ok(id) => id,
+    let held = match state.book.reserve(&state.db, &reservation).await {
+        Ok(held) => held,
         Err(ReserveError::Insufficient { needed, available }) => {
             metrics::counter!(m::RESERVATIONS_REFUSED).increment(1);
             let record = UsageRecord {
@@ -147,10 +148,10 @@ pub async fn chat_completions(
                 ttft_ms: None,
                 error: None,
             };
-            let db = state.db.clone();
+            let state2 = state.clone();
             state
                 .tasks
-                .spawn(async move { settle(&db, None, &record).await });
+                .spawn(async move { settle(&state2.book, &state2.db, None, &record).await });
             return Err(OpenAiError::InsufficientBalance { needed, available });
         }
         Err(ReserveError::UserInactive) => {
@@ -167,7 +168,7 @@ pub async fn chat_completions(
         model,
         req,
         body,
-        held: Held { reservation_id },
+        held,
         reserved: amount,
         started,
     };
@@ -678,5 +679,5 @@ async fn finish(ctx: &Ctx, upstream_model: &str, ending: Ending) {
         ttft_ms: ending.ttft_ms,
         error: ending.error,
     };
-    settle(&ctx.state.db, Some(ctx.held), &record).await;
+    settle(&ctx.state.book, &ctx.state.db, Some(ctx.held), &record).await;
 }

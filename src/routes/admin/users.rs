@@ -22,7 +22,9 @@ pub fn router() -> Router<AppState> {
         .route("/users/{id}/ledger", get(list_ledger))
 }
 
-pub fn user_json(u: &User) -> Value {
+/// A user as the admin API shows it; `reserved` is what requests in flight hold right now.
+pub fn user_json(state: &AppState, u: &User) -> Value {
+    let reserved = state.book.reserved(u.id).unwrap_or(u.reserved_micros);
     json!({
         "id": u.id,
         "email": u.email,
@@ -30,10 +32,10 @@ pub fn user_json(u: &User) -> Value {
         "status": u.status,
         "balance": Micros(u.balance_micros),
         "balance_micros": u.balance_micros,
-        "reserved": Micros(u.reserved_micros),
-        "reserved_micros": u.reserved_micros,
-        "available": Micros(u.balance_micros - u.reserved_micros),
-        "available_micros": u.balance_micros - u.reserved_micros,
+        "reserved": Micros(reserved),
+        "reserved_micros": reserved,
+        "available": Micros(u.balance_micros - reserved),
+        "available_micros": u.balance_micros - reserved,
         "created_at": iso(u.created_at_ms),
         "updated_at": iso(u.updated_at_ms),
     })
@@ -103,7 +105,8 @@ async fn create_user(
             }
             CreateUserError::Db(e) => e.into(),
         })?;
-    Ok(ok(user_json(&user)))
+    state.book.open_account(user.id, balance);
+    Ok(ok(user_json(&state, &user)))
 }
 
 async fn list_users(
@@ -117,7 +120,7 @@ async fn list_users(
         total,
         page,
         size,
-        users.iter().map(user_json).collect(),
+        users.iter().map(|u| user_json(&state, u)).collect(),
     ))
 }
 
@@ -130,7 +133,7 @@ async fn get_user(
     let user = db::users::get(&state.db, id)
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("user {id} not found")))?;
-    Ok(ok(user_json(&user)))
+    Ok(ok(user_json(&state, &user)))
 }
 
 #[derive(Deserialize)]
@@ -163,7 +166,7 @@ async fn update_user(
         })?
         .ok_or_else(|| ApiError::NotFound(format!("user {id} not found")))?;
     state.keys.invalidate_all();
-    Ok(ok(user_json(&user)))
+    Ok(ok(user_json(&state, &user)))
 }
 
 #[derive(Deserialize)]
@@ -184,7 +187,7 @@ async fn adjust_balance(
         return Err(ApiError::InvalidInput("delta: must not be zero".into()));
     }
     let reason = body.reason.unwrap_or_else(|| "admin adjustment".into());
-    let entry = db::users::adjust_balance(&state.db, id, body.delta, &reason).await.map_err(|e| match e {
+    let entry = state.book.adjust(&state.db, id, body.delta, &reason).await.map_err(|e| match e {
         db::users::AdjustError::NotFound => ApiError::NotFound(format!("user {id} not found")),
         db::users::AdjustError::WouldGoNegative { available } => ApiError::Conflict(format!(
             "delta: the balance cannot go below zero or below what is reserved (available {available})"
