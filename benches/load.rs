@@ -34,11 +34,9 @@ async fn fake_chat(body: Bytes) -> Response {
             out.push_str(&format!("data: {chunk}\n\n"));
         }
         out.push_str("data: [DONE]\n\n");
-        // One frame per event, as a real upstream flushes them.
-        let frames: Vec<Result<Bytes, std::convert::Infallible>> = out
-            .split_inclusive("\n\n")
-            .map(|e| Ok(Bytes::from(e.to_owned())))
-            .collect();
+        // The whole event stream in one write: Tollgate still splits it and forwards it event by
+        // event, and the direct path is not slowed by per-frame TCP delays of the fake itself.
+        let frames: Vec<Result<Bytes, std::convert::Infallible>> = vec![Ok(Bytes::from(out))];
         return Response::builder()
             .header("content-type", "text/event-stream")
             .body(Body::from_stream(futures_util::stream::iter(frames)))

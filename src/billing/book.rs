@@ -7,13 +7,24 @@
 //! so a crash cannot leave one held. On PostgreSQL several instances share balances, so a
 //! reservation is an atomic row update plus a reservation row with an expiry (the reconciler
 //! releases what a crashed instance left).
+//!
+//! SQLite settlements are written by one writer task that commits whatever has queued up in one
+//! transaction (group commit), so concurrent requests share one round trip and one commit.
 
 use super::Micros;
-use crate::db::billing::{NewReservation, ReserveError, Settled, UsageRecord};
+use crate::db::billing::{Decided, NewReservation, ReserveError, Settled, UsageRecord};
 use crate::db::users::{AdjustError, LedgerEntry};
 use crate::db::{self, Db};
 use std::collections::HashMap;
 use std::sync::Mutex;
+use tokio::sync::{mpsc, oneshot};
+
+/// Settlements committed together at most.
+const MAX_BATCH: usize = 64;
+
+/// A decided settlement and where to say whether it was written (`true`), already written
+/// before (`false`), or failed.
+type Job = (Decided, oneshot::Sender<Result<bool, sqlx::Error>>);
 
 /// One user's balance and what is held of it, in micro-credits.
 #[derive(Debug, Clone, Copy, Default)]
@@ -24,8 +35,34 @@ pub struct Account {
 
 /// The reservation book.
 pub enum Book {
-    Memory(Mutex<HashMap<i64, Account>>),
+    Memory {
+        accounts: Mutex<HashMap<i64, Account>>,
+        writes: mpsc::Sender<Job>,
+    },
     Database,
+}
+
+/// The SQLite settlement writer: commits queued settlements in batches; if a batch fails, its
+/// members are written one by one so that only the faulty one fails.
+async fn write_settlements(db: Db, mut rx: mpsc::Receiver<Job>) {
+    let mut jobs: Vec<Job> = Vec::with_capacity(MAX_BATCH);
+    while rx.recv_many(&mut jobs, MAX_BATCH).await > 0 {
+        let (decided, replies): (Vec<Decided>, Vec<_>) = jobs.drain(..).unzip();
+        if decided.len() > 1 && db::billing::settle_decided(&db, &decided).await.is_ok() {
+            for reply in replies {
+                let _ = reply.send(Ok(true));
+            }
+            continue;
+        }
+        for (one, reply) in decided.iter().zip(replies) {
+            let result = match db::billing::settle_decided(&db, std::slice::from_ref(one)).await {
+                Ok(()) => Ok(true),
+                Err(e) if db::is_unique_violation(&e) => Ok(false),
+                Err(e) => Err(e),
+            };
+            let _ = reply.send(result);
+        }
+    }
 }
 
 /// A reservation held for one request.
@@ -56,7 +93,12 @@ impl Book {
                         )
                     })
                     .collect();
-                Ok(Book::Memory(Mutex::new(accounts)))
+                let (writes, rx) = mpsc::channel(4 * MAX_BATCH);
+                tokio::spawn(write_settlements(db.clone(), rx));
+                Ok(Book::Memory {
+                    accounts: Mutex::new(accounts),
+                    writes,
+                })
             }
         }
     }
@@ -73,7 +115,7 @@ impl Book {
 
     /// Records a new user's starting balance (call after the user row is committed).
     pub fn open_account(&self, user_id: i64, balance: Micros) {
-        if let Book::Memory(accounts) = self {
+        if let Book::Memory { accounts, .. } = self {
             Book::with_accounts(accounts, |a| {
                 a.insert(
                     user_id,
@@ -90,7 +132,7 @@ impl Book {
     /// database (`None`: read `users.reserved_micros`).
     pub fn reserved(&self, user_id: i64) -> Option<i64> {
         match self {
-            Book::Memory(accounts) => Some(Book::with_accounts(accounts, |a| {
+            Book::Memory { accounts, .. } => Some(Book::with_accounts(accounts, |a| {
                 a.get(&user_id).map_or(0, |x| x.reserved)
             })),
             Book::Database => None,
@@ -108,7 +150,7 @@ impl Book {
                     reservation_id: Some(id),
                 })
             }
-            Book::Memory(accounts) => Book::with_accounts(accounts, |a| {
+            Book::Memory { accounts, .. } => Book::with_accounts(accounts, |a| {
                 let account = a.get_mut(&r.user_id).ok_or(ReserveError::UserInactive)?;
                 let available = account.balance - account.reserved;
                 if available < r.amount.0 {
@@ -139,7 +181,7 @@ impl Book {
             Book::Database => {
                 db::billing::settle(db, held.and_then(|h| h.reservation_id), record).await
             }
-            Book::Memory(accounts) => {
+            Book::Memory { accounts, writes } => {
                 let charged = Book::with_accounts(accounts, |a| {
                     let account = a.entry(record.user_id).or_default();
                     if let Some(h) = held {
@@ -152,7 +194,24 @@ impl Book {
                     account.balance -= charged;
                     charged
                 });
-                let result = db::billing::settle_decided(db, Micros(charged), record).await;
+                let (reply, written) = oneshot::channel();
+                let decided = Decided {
+                    charged: Micros(charged),
+                    record: record.clone(),
+                };
+                let result = match writes.send((decided, reply)).await {
+                    Ok(()) => written.await.unwrap_or(Err(sqlx::Error::PoolClosed)),
+                    Err(_) => Err(sqlx::Error::PoolClosed),
+                };
+                let result = result.map(|first_time| Settled {
+                    charged: Micros(if first_time { charged } else { 0 }),
+                    unbilled: Micros(if first_time {
+                        record.cost.0 - charged
+                    } else {
+                        0
+                    }),
+                    first_time,
+                });
                 if !matches!(
                     result,
                     Ok(Settled {
@@ -172,7 +231,7 @@ impl Book {
 
     /// Gives a settlement attempt's hold back without charging, so it can be retried.
     pub fn hold_again(&self, held: Option<Held>) {
-        if let (Book::Memory(accounts), Some(h)) = (self, held) {
+        if let (Book::Memory { accounts, .. }, Some(h)) = (self, held) {
             Book::with_accounts(accounts, |a| {
                 a.entry(h.user_id).or_default().reserved += h.amount.0
             });
@@ -187,7 +246,7 @@ impl Book {
         delta: Micros,
         reason: &str,
     ) -> Result<LedgerEntry, AdjustError> {
-        let Book::Memory(accounts) = self else {
+        let Book::Memory { accounts, .. } = self else {
             return db::users::adjust_balance(db, user_id, delta, reason).await;
         };
         // Debits are taken from memory first, so no reservation can spend them meanwhile.

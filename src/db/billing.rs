@@ -320,74 +320,98 @@ pub async fn count_reservations(db: &Db) -> Result<i64, sqlx::Error> {
     read_pool!(db, p => sqlx::query_scalar("SELECT COUNT(*) FROM reservations").fetch_one(p).await)
 }
 
-/// SQLite only: writes a settlement whose charge was already decided (by the in-memory
-/// [`crate::billing::book::Book`]) as one transaction in one round trip: debit, ledger row with
-/// `balance_after`, usage record. A duplicate request id rolls the whole transaction back.
-pub async fn settle_decided(
-    db: &Db,
-    charged: Micros,
-    rec: &UsageRecord,
-) -> Result<Settled, sqlx::Error> {
-    const SQL: &str = "BEGIN IMMEDIATE;
-        UPDATE users SET balance_micros = balance_micros - $1, updated_at_ms = $2 WHERE id = $3;
-        INSERT INTO ledger_entries (user_id, kind, amount_micros, balance_after_micros, description, request_id, created_at_ms)
-            SELECT id, 'charge', -$1, balance_micros, $4, $5, $2 FROM users WHERE id = $3 AND $1 > 0;
-        INSERT INTO usage_records (request_id, user_id, key_id, model, upstream_model, channel_id, endpoint, stream,
-                 status, http_status, prompt_tokens, completion_tokens, cached_tokens, reasoning_tokens, usage_source,
-                 reserved_micros, cost_micros, unbilled_micros, price_version, latency_ms, ttft_ms, error, created_at_ms)
-            VALUES ($5, $3, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $1, $20, $21, $22, $23, $24, $2);
-        COMMIT;";
+/// One settlement whose charge was already decided (by the in-memory
+/// [`crate::billing::book::Book`]), waiting to be written.
+pub struct Decided {
+    pub charged: Micros,
+    pub record: UsageRecord,
+}
+
+/// The statements of one decided settlement; `{n}` placeholders are shifted per batch member.
+const DECIDED_SQL: &str = "
+    UPDATE users SET balance_micros = balance_micros - $1, updated_at_ms = $2 WHERE id = $3;
+    INSERT INTO ledger_entries (user_id, kind, amount_micros, balance_after_micros, description, request_id, created_at_ms)
+        SELECT id, 'charge', -$1, balance_micros, $4, $5, $2 FROM users WHERE id = $3 AND $1 > 0;
+    INSERT INTO usage_records (request_id, user_id, key_id, model, upstream_model, channel_id, endpoint, stream,
+             status, http_status, prompt_tokens, completion_tokens, cached_tokens, reasoning_tokens, usage_source,
+             reserved_micros, cost_micros, unbilled_micros, price_version, latency_ms, ttft_ms, error, created_at_ms)
+        VALUES ($5, $3, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $1, $20, $21, $22, $23, $24, $2);";
+const DECIDED_PARAMS: usize = 24;
+
+/// The SQL of a batch: one transaction holding each member's statements.
+fn decided_batch_sql(members: usize) -> String {
+    let mut sql = String::from("BEGIN IMMEDIATE;");
+    for i in 0..members {
+        let offset = i * DECIDED_PARAMS;
+        let mut part = String::with_capacity(DECIDED_SQL.len() + 64);
+        let mut rest = DECIDED_SQL;
+        while let Some(at) = rest.find('$') {
+            part.push_str(&rest[..at]);
+            let digits = rest[at + 1..]
+                .bytes()
+                .take_while(u8::is_ascii_digit)
+                .count();
+            let n: usize = rest[at + 1..at + 1 + digits].parse().unwrap_or(0);
+            part.push_str(&format!("${}", n + offset));
+            rest = &rest[at + 1 + digits..];
+        }
+        part.push_str(rest);
+        sql.push_str(&part);
+    }
+    sql.push_str("COMMIT;");
+    sql
+}
+
+/// SQLite only: writes decided settlements as one transaction in one round trip (debit,
+/// ledger row with `balance_after`, usage record, for each). Any failure rolls back all of them;
+/// a duplicate request id fails with a unique violation.
+pub async fn settle_decided(db: &Db, batch: &[Decided]) -> Result<(), sqlx::Error> {
     let Db::Sqlite { writer, .. } = db else {
         return Err(sqlx::Error::Configuration(
             "settle_decided is for SQLite".into(),
         ));
     };
+    let sql = decided_batch_sql(batch.len());
+    let now = now_ms();
+    let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+    for Decided {
+        charged,
+        record: rec,
+    } in batch
+    {
+        query = query
+            .bind(charged.0)
+            .bind(now)
+            .bind(rec.user_id)
+            .bind(format!("{} {}", rec.endpoint, rec.model))
+            .bind(rec.request_id.clone())
+            .bind(rec.key_id)
+            .bind(rec.model.clone())
+            .bind(rec.upstream_model.clone())
+            .bind(rec.channel_id)
+            .bind(rec.endpoint)
+            .bind(i64::from(rec.stream))
+            .bind(rec.status)
+            .bind(i64::from(rec.http_status))
+            .bind(rec.usage.prompt_tokens)
+            .bind(rec.usage.completion_tokens)
+            .bind(rec.usage.cached_tokens)
+            .bind(rec.usage.reasoning_tokens)
+            .bind(rec.usage_source)
+            .bind(rec.reserved.0)
+            .bind(rec.cost.0 - charged.0)
+            .bind(rec.price_version)
+            .bind(rec.latency_ms)
+            .bind(rec.ttft_ms)
+            .bind(rec.error.clone());
+    }
     let mut conn = writer.acquire().await?;
-    let result = sqlx::query(SQL)
-        .bind(charged.0)
-        .bind(now_ms())
-        .bind(rec.user_id)
-        .bind(format!("{} {}", rec.endpoint, rec.model))
-        .bind(&rec.request_id)
-        .bind(rec.key_id)
-        .bind(&rec.model)
-        .bind(&rec.upstream_model)
-        .bind(rec.channel_id)
-        .bind(rec.endpoint)
-        .bind(i64::from(rec.stream))
-        .bind(rec.status)
-        .bind(i64::from(rec.http_status))
-        .bind(rec.usage.prompt_tokens)
-        .bind(rec.usage.completion_tokens)
-        .bind(rec.usage.cached_tokens)
-        .bind(rec.usage.reasoning_tokens)
-        .bind(rec.usage_source)
-        .bind(rec.reserved.0)
-        .bind(rec.cost.0 - charged.0)
-        .bind(rec.price_version)
-        .bind(rec.latency_ms)
-        .bind(rec.ttft_ms)
-        .bind(&rec.error)
-        .execute(&mut *conn)
-        .await;
-    match result {
-        Ok(_) => Ok(Settled {
-            charged,
-            unbilled: Micros(rec.cost.0 - charged.0),
-            first_time: true,
-        }),
+    match query.execute(&mut *conn).await {
+        Ok(_) => Ok(()),
         Err(e) => {
             // The statements stopped part-way inside BEGIN: undo them on this same connection.
             let _ = sqlx::query("ROLLBACK").execute(&mut *conn).await;
-            if super::is_unique_violation(&e) {
-                Ok(Settled {
-                    charged: Micros::ZERO,
-                    unbilled: Micros::ZERO,
-                    first_time: false,
-                })
-            } else {
-                Err(e)
-            }
+            Err(e)
         }
     }
 }
