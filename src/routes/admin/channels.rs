@@ -57,7 +57,6 @@ fn channel_json(c: &ChannelRow) -> Value {
 
 /// A channel body; every field optional so PATCH can reuse it (create checks what is required).
 #[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields)]
 struct ChannelBody {
     name: Option<String>,
     provider: Option<String>,

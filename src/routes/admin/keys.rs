@@ -47,16 +47,14 @@ fn present<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
     Option::<T>::deserialize(d).map(Some)
 }
 
-/// Validates an allowed-model list and stores it as JSON text.
+/// Validates an allowed-model list and stores it as JSON text; an empty list, like none at all,
+/// means every model.
 fn models_text(models: Option<Vec<String>>) -> Result<Option<String>, ApiError> {
     match models {
         None => Ok(None),
         Some(list) => {
             if list.is_empty() {
-                return Err(ApiError::InvalidInput(
-                    "models: must name at least one model (omit it or send null for every model)"
-                        .into(),
-                ));
+                return Ok(None);
             }
             if list.iter().any(|m| m.trim().is_empty()) {
                 return Err(ApiError::InvalidInput(
@@ -71,9 +69,8 @@ fn models_text(models: Option<Vec<String>>) -> Result<Option<String>, ApiError> 
 }
 
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
 struct NewKeyBody {
-    name: String,
+    name: Option<String>,
     models: Option<Vec<String>>,
     expires_at: Option<String>,
 }
@@ -85,7 +82,7 @@ async fn create_key(
     ApiJson(body): ApiJson<NewKeyBody>,
 ) -> Result<Json<Value>, ApiError> {
     let user_id = path_id(&user_id)?;
-    let name = body.name.trim();
+    let name = body.name.as_deref().unwrap_or("default").trim();
     if name.is_empty() || name.len() > 200 {
         return Err(ApiError::InvalidInput(
             "name: must be 1 to 200 characters".into(),

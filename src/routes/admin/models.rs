@@ -44,7 +44,6 @@ fn model_json(m: &ModelRow) -> Value {
 }
 
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
 struct ModelBody {
     model: String,
     input_price: NonNegativeMicros,

@@ -57,7 +57,6 @@ pub fn ledger_json(e: &LedgerEntry) -> Value {
 }
 
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
 struct NewUser {
     email: String,
     #[serde(default)]
@@ -170,7 +169,6 @@ async fn update_user(
 }
 
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
 struct BalanceChange {
     delta: Micros,
     reason: Option<String>,
