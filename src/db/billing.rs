@@ -8,6 +8,15 @@
 use super::{Db, now_ms, read_pool, write_pool};
 use crate::billing::{Micros, TokenUsage};
 
+/// The columns a settlement writes to `usage_records`, in the order the inserts bind them.
+macro_rules! usage_columns {
+    () => {
+        "request_id, user_id, key_id, model, upstream_model, channel_id, endpoint, stream, status, http_status, \
+         prompt_tokens, completion_tokens, cached_tokens, reasoning_tokens, usage_source, reserved_micros, \
+         cost_micros, unbilled_micros, price_version, latency_ms, ttft_ms, error, created_at_ms"
+    };
+}
+
 /// Why a reservation was refused.
 #[derive(Debug, thiserror::Error)]
 pub enum ReserveError {
@@ -163,10 +172,11 @@ pub async fn settle(
             }
         }
         sqlx::query(
-            "INSERT INTO usage_records (request_id, user_id, key_id, model, upstream_model, channel_id, endpoint, stream,
-                 status, http_status, prompt_tokens, completion_tokens, cached_tokens, reasoning_tokens, usage_source,
-                 reserved_micros, cost_micros, unbilled_micros, price_version, latency_ms, ttft_ms, error, created_at_ms)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23)",
+            concat!(
+                "INSERT INTO usage_records (",
+                usage_columns!(),
+                ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23)"
+            ),
         )
         .bind(&rec.request_id)
         .bind(rec.user_id)
@@ -287,11 +297,11 @@ pub async fn list_usage(
         .fetch_one(p)
         .await?;
         let rows = sqlx::query_as::<_, UsageRow>(
-            "SELECT id, request_id, user_id, key_id, model, upstream_model, channel_id, endpoint, stream, status,
-                    http_status, prompt_tokens, completion_tokens, cached_tokens, reasoning_tokens, usage_source,
-                    reserved_micros, cost_micros, unbilled_micros, price_version, latency_ms, ttft_ms, error, created_at_ms
-             FROM usage_records WHERE ($1 IS NULL OR user_id = $1)
-             ORDER BY id DESC LIMIT $2 OFFSET $3",
+            concat!(
+                "SELECT id, ",
+                usage_columns!(),
+                " FROM usage_records WHERE ($1 IS NULL OR user_id = $1) ORDER BY id DESC LIMIT $2 OFFSET $3"
+            ),
         )
         .bind(user_id)
         .bind(limit)
@@ -305,10 +315,11 @@ pub async fn list_usage(
 /// The usage record of one request, if settled.
 pub async fn usage_by_request(db: &Db, request_id: &str) -> Result<Option<UsageRow>, sqlx::Error> {
     read_pool!(db, p => sqlx::query_as::<_, UsageRow>(
-        "SELECT id, request_id, user_id, key_id, model, upstream_model, channel_id, endpoint, stream, status,
-                http_status, prompt_tokens, completion_tokens, cached_tokens, reasoning_tokens, usage_source,
-                reserved_micros, cost_micros, unbilled_micros, price_version, latency_ms, ttft_ms, error, created_at_ms
-         FROM usage_records WHERE request_id = $1",
+        concat!(
+                "SELECT id, ",
+                usage_columns!(),
+                " FROM usage_records WHERE request_id = $1"
+            ),
     )
     .bind(request_id)
     .fetch_optional(p)
@@ -327,15 +338,16 @@ pub struct Decided {
     pub record: UsageRecord,
 }
 
-/// The statements of one decided settlement; `{n}` placeholders are shifted per batch member.
-const DECIDED_SQL: &str = "
+/// The statements of one decided settlement; its `$n` placeholders are shifted per batch member.
+const DECIDED_SQL: &str = concat!(
+    "
     UPDATE users SET balance_micros = balance_micros - $1, updated_at_ms = $2 WHERE id = $3;
     INSERT INTO ledger_entries (user_id, kind, amount_micros, balance_after_micros, description, request_id, created_at_ms)
         SELECT id, 'charge', -$1, balance_micros, $4, $5, $2 FROM users WHERE id = $3 AND $1 > 0;
-    INSERT INTO usage_records (request_id, user_id, key_id, model, upstream_model, channel_id, endpoint, stream,
-             status, http_status, prompt_tokens, completion_tokens, cached_tokens, reasoning_tokens, usage_source,
-             reserved_micros, cost_micros, unbilled_micros, price_version, latency_ms, ttft_ms, error, created_at_ms)
-        VALUES ($5, $3, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $1, $20, $21, $22, $23, $24, $2);";
+    INSERT INTO usage_records (",
+    usage_columns!(),
+    ") VALUES ($5, $3, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $1, $20, $21, $22, $23, $24, $2);"
+);
 const DECIDED_PARAMS: usize = 24;
 
 /// The SQL of a batch: one transaction holding each member's statements.
@@ -419,4 +431,18 @@ pub async fn settle_decided(db: &Db, batch: &[Decided]) -> Result<(), sqlx::Erro
 /// Every user's balance, for the in-memory book.
 pub async fn all_balances(db: &Db) -> Result<Vec<(i64, i64)>, sqlx::Error> {
     write_pool!(db, p => sqlx::query_as("SELECT id, balance_micros FROM users").fetch_all(p).await)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batch_members_get_their_own_placeholders() {
+        let sql = decided_batch_sql(2);
+        assert!(sql.starts_with("BEGIN IMMEDIATE;") && sql.ends_with("COMMIT;"));
+        assert!(sql.contains("WHERE id = $3;") && sql.contains("WHERE id = $27;"));
+        assert!(sql.contains("$48") && !sql.contains("$49"));
+        assert_eq!(sql.matches("INSERT INTO usage_records").count(), 2);
+    }
 }

@@ -323,19 +323,11 @@ async fn run(ctx: Ctx, mut reply_tx: ReplyTx) {
                 .unwrap_or_default();
             let snippet: String = String::from_utf8_lossy(&text).chars().take(500).collect();
             tracing::warn!(channel = %channel.name, status, body = %snippet, "upstream returned an error");
-            let error = Some(format!("upstream status {status}: {snippet}"));
+            let error = format!("upstream status {status}: {snippet}");
+            let channel = Some(Arc::clone(&channel));
             let (answer, ending) = if status >= 500 {
                 let message = format!("upstream returned status {status}");
-                let ending = Ending {
-                    http_status: 502,
-                    error,
-                    ..Ending::failed(
-                        "upstream_error",
-                        502,
-                        Some(Arc::clone(&channel)),
-                        String::new(),
-                    )
-                };
+                let ending = Ending::failed("upstream_error", 502, channel, error);
                 (Err(OpenAiError::Upstream { message }), ending)
             } else {
                 // The upstream's own 4xx (bad request, rate limit, …) reaches the client as it is.
@@ -344,15 +336,7 @@ async fn run(ctx: Ctx, mut reply_tx: ReplyTx) {
                     content_type: response.content_type.take(),
                     body: text,
                 };
-                let ending = Ending {
-                    error,
-                    ..Ending::failed(
-                        "upstream_rejected",
-                        status,
-                        Some(Arc::clone(&channel)),
-                        String::new(),
-                    )
-                };
+                let ending = Ending::failed("upstream_rejected", status, channel, error);
                 (Ok(reply), ending)
             };
             last = Some((answer, ending));

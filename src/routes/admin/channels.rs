@@ -1,7 +1,7 @@
 //! Upstream channels: `POST/GET /channels`, `GET/PATCH/DELETE /channels/{id}`. The upstream
 //! credential is write-only: answers show a masked form.
 
-use super::{iso, ok, parse_status, path_id};
+use super::{iso, ok, parse_status, path_id, reload_catalog};
 use crate::db::{self, catalog::ChannelFields, catalog::ChannelRow};
 use crate::error::ApiError;
 use crate::provider::Provider;
@@ -188,15 +188,6 @@ impl Valid {
     }
 }
 
-/// Reloads the routing catalog so the change applies to the next request.
-async fn reload(state: &AppState) -> Result<(), ApiError> {
-    state
-        .catalog
-        .reload(&state.db)
-        .await
-        .map_err(ApiError::from)
-}
-
 async fn create_channel(
     State(state): State<AppState>,
     _admin: AdminCaller,
@@ -204,7 +195,7 @@ async fn create_channel(
 ) -> Result<Json<Value>, ApiError> {
     let valid = validate(body, None)?;
     let row = db::catalog::insert_channel(&state.db, &valid.fields()).await?;
-    reload(&state).await?;
+    reload_catalog(&state).await?;
     Ok(ok(channel_json(&row)))
 }
 
@@ -242,7 +233,7 @@ async fn update_channel(
     let row = db::catalog::update_channel(&state.db, id, &valid.fields())
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("channel {id} not found")))?;
-    reload(&state).await?;
+    reload_catalog(&state).await?;
     Ok(ok(channel_json(&row)))
 }
 
@@ -255,6 +246,6 @@ async fn delete_channel(
     if !db::catalog::delete_channel(&state.db, id).await? {
         return Err(ApiError::NotFound(format!("channel {id} not found")));
     }
-    reload(&state).await?;
+    reload_catalog(&state).await?;
     Ok(ok(json!({"id": id, "deleted": true})))
 }

@@ -24,6 +24,15 @@ pub fn router() -> Router<AppState> {
         .merge(usage::router())
 }
 
+/// Reloads the routing catalog so an admin change applies to the next request on this instance.
+pub async fn reload_catalog(state: &AppState) -> Result<(), ApiError> {
+    state
+        .catalog
+        .reload(&state.db)
+        .await
+        .map_err(ApiError::from)
+}
+
 /// The success envelope.
 pub fn ok(data: impl serde::Serialize) -> Json<Value> {
     Json(json!({"success": true, "code": 200, "message": "success", "data": data}))

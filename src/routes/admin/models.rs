@@ -2,7 +2,7 @@
 //! per one million tokens, decimals up to 6 places, parsed exactly. POSTing an existing model
 //! name sets new prices; any price change creates a new price version.
 
-use super::{iso, ok, parse_status, path_id};
+use super::{iso, ok, parse_status, path_id, reload_catalog};
 use crate::billing::Micros;
 use crate::billing::money::NonNegativeMicros;
 use crate::db::{self, catalog::ModelRow, catalog::Prices};
@@ -61,14 +61,6 @@ fn check_output_cap(cap: Option<i64>) -> Result<(), ApiError> {
     }
 }
 
-async fn reload(state: &AppState) -> Result<(), ApiError> {
-    state
-        .catalog
-        .reload(&state.db)
-        .await
-        .map_err(ApiError::from)
-}
-
 async fn upsert_model(
     State(state): State<AppState>,
     _admin: AdminCaller,
@@ -87,7 +79,7 @@ async fn upsert_model(
         cached_input: body.cached_input_price.unwrap_or(body.input_price).0.0,
     };
     let row = db::catalog::upsert_model(&state.db, name, prices, body.max_output_tokens).await?;
-    reload(&state).await?;
+    reload_catalog(&state).await?;
     Ok(ok(model_json(&row)))
 }
 
@@ -156,7 +148,7 @@ async fn update_model(
             .await?
             .unwrap_or(row);
     }
-    reload(&state).await?;
+    reload_catalog(&state).await?;
     Ok(ok(model_json(&row)))
 }
 
@@ -169,6 +161,6 @@ async fn disable_model(
     let row = db::catalog::set_model_status(&state.db, id, "disabled")
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("model {id} not found")))?;
-    reload(&state).await?;
+    reload_catalog(&state).await?;
     Ok(ok(model_json(&row)))
 }
