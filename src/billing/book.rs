@@ -38,6 +38,8 @@ pub enum Book {
     Memory {
         accounts: Mutex<HashMap<i64, Account>>,
         writes: mpsc::Sender<Job>,
+        /// Held for the process's lifetime: no second process may keep balances of this file.
+        _lock: Option<std::fs::File>,
     },
     Database,
 }
@@ -75,11 +77,29 @@ pub struct Held {
 }
 
 impl Book {
-    /// The book for `db`: in memory (loaded from the database) on SQLite.
-    pub async fn open(db: &Db) -> Result<Book, sqlx::Error> {
+    /// The book for `db`: in memory (loaded from the database) on SQLite, where it also takes
+    /// an exclusive lock beside the database file.
+    pub async fn open(db: &Db) -> anyhow::Result<Book> {
         match db {
             Db::Postgres(_) => Ok(Book::Database),
-            Db::Sqlite { .. } => {
+            Db::Sqlite { writer, .. } => {
+                let file = writer.connect_options().get_filename().to_path_buf();
+                let lock = if file.as_os_str().is_empty()
+                    || file.to_string_lossy().contains(":memory:")
+                {
+                    None
+                } else {
+                    let path = file.with_extension("lock");
+                    let lock = std::fs::File::create(&path)?;
+                    lock.try_lock().map_err(|_| {
+                        anyhow::anyhow!(
+                            "another Tollgate process is serving {}; one SQLite database serves one process \
+                             (run several instances on PostgreSQL)",
+                            file.display()
+                        )
+                    })?;
+                    Some(lock)
+                };
                 let accounts = db::billing::all_balances(db)
                     .await?
                     .into_iter()
@@ -98,6 +118,7 @@ impl Book {
                 Ok(Book::Memory {
                     accounts: Mutex::new(accounts),
                     writes,
+                    _lock: lock,
                 })
             }
         }
@@ -181,7 +202,9 @@ impl Book {
             Book::Database => {
                 db::billing::settle(db, held.and_then(|h| h.reservation_id), record).await
             }
-            Book::Memory { accounts, writes } => {
+            Book::Memory {
+                accounts, writes, ..
+            } => {
                 let charged = Book::with_accounts(accounts, |a| {
                     let account = a.entry(record.user_id).or_default();
                     if let Some(h) = held {
