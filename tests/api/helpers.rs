@@ -154,15 +154,12 @@ impl TestApp {
         if let Some(server) = self.server.take() {
             server.await.expect("server task").expect("server result");
         }
-        if let Some((url, name)) = self.pg.take() {
-            if let Ok(admin) = sqlx::PgPool::connect(&url).await {
-                let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
-                    "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
-                )))
-                .execute(&admin)
-                .await;
-                admin.close().await;
-            }
+        if let Some((url, name)) = self.pg.take()
+            && let Ok(admin) = sqlx::PgPool::connect(&url).await
+        {
+            let drop = format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)");
+            let _ = sqlx::query(sqlx::AssertSqlSafe(drop)).execute(&admin).await;
+            admin.close().await;
         }
     }
 
