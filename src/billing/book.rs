@@ -228,11 +228,6 @@ impl Book {
                 };
                 let result = result.map(|first_time| Settled {
                     charged: Micros(if first_time { charged } else { 0 }),
-                    unbilled: Micros(if first_time {
-                        record.cost.0 - charged
-                    } else {
-                        0
-                    }),
                     first_time,
                 });
                 if !matches!(

@@ -17,6 +17,53 @@ macro_rules! usage_columns {
     };
 }
 
+/// The usage-record insert both settlement paths share. Parameters: $1 charged, $2 now,
+/// $3 user, $4 request id, then the record's fields in [`bind_usage!`]'s order.
+macro_rules! usage_insert {
+    () => {
+        concat!(
+            "INSERT INTO usage_records (",
+            usage_columns!(),
+            ") VALUES ($4, $3, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $1, $19, $20, $21, $22, $23, $2)"
+        )
+    };
+}
+
+/// Parameters of the settlement statements, in the order [`usage_insert!`] numbers them.
+const SETTLE_PARAMS: usize = 23;
+
+/// Binds a settlement's [`SETTLE_PARAMS`] parameters (`$1`..`$23`) to `$query`.
+macro_rules! bind_usage {
+    ($query:expr, $charged:expr, $now:expr, $rec:expr) => {{
+        let rec: &UsageRecord = $rec;
+        let charged: i64 = $charged;
+        $query
+            .bind(charged)
+            .bind($now)
+            .bind(rec.user_id)
+            .bind(rec.request_id.clone())
+            .bind(rec.key_id)
+            .bind(rec.model.clone())
+            .bind(rec.upstream_model.clone())
+            .bind(rec.channel_id)
+            .bind(rec.endpoint)
+            .bind(i64::from(rec.stream))
+            .bind(rec.status)
+            .bind(i64::from(rec.http_status))
+            .bind(rec.usage.prompt_tokens)
+            .bind(rec.usage.completion_tokens)
+            .bind(rec.usage.cached_tokens)
+            .bind(rec.usage.reasoning_tokens)
+            .bind(rec.usage_source)
+            .bind(rec.reserved.0)
+            .bind(rec.cost.0 - charged)
+            .bind(rec.price_version)
+            .bind(rec.latency_ms)
+            .bind(rec.ttft_ms)
+            .bind(rec.error.clone())
+    }};
+}
+
 /// Why a reservation was refused.
 #[derive(Debug, thiserror::Error)]
 pub enum ReserveError {
@@ -115,7 +162,6 @@ pub struct UsageRecord {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Settled {
     pub charged: Micros,
-    pub unbilled: Micros,
     /// False when this request id had been settled before (nothing was changed).
     pub first_time: bool,
 }
@@ -171,45 +217,15 @@ pub async fn settle(
                 .await?;
             }
         }
-        sqlx::query(
-            concat!(
-                "INSERT INTO usage_records (",
-                usage_columns!(),
-                ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23)"
-            ),
-        )
-        .bind(&rec.request_id)
-        .bind(rec.user_id)
-        .bind(rec.key_id)
-        .bind(&rec.model)
-        .bind(&rec.upstream_model)
-        .bind(rec.channel_id)
-        .bind(rec.endpoint)
-        .bind(i64::from(rec.stream))
-        .bind(rec.status)
-        .bind(i64::from(rec.http_status))
-        .bind(rec.usage.prompt_tokens)
-        .bind(rec.usage.completion_tokens)
-        .bind(rec.usage.cached_tokens)
-        .bind(rec.usage.reasoning_tokens)
-        .bind(rec.usage_source)
-        .bind(rec.reserved.0)
-        .bind(charged)
-        .bind(rec.cost.0 - charged)
-        .bind(rec.price_version)
-        .bind(rec.latency_ms)
-        .bind(rec.ttft_ms)
-        .bind(&rec.error)
-        .bind(now)
-        .execute(&mut *tx)
-        .await?;
+        bind_usage!(sqlx::query(usage_insert!()), charged, now, rec)
+            .execute(&mut *tx)
+            .await?;
         tx.commit().await?;
-        Ok(Settled { charged: Micros(charged), unbilled: Micros(rec.cost.0 - charged), first_time: true })
+        Ok(Settled { charged: Micros(charged), first_time: true })
     });
     match result {
         Err(e) if super::is_unique_violation(&e) => Ok(Settled {
             charged: Micros::ZERO,
-            unbilled: Micros::ZERO,
             first_time: false,
         }),
         other => other,
@@ -312,25 +328,6 @@ pub async fn list_usage(
     })
 }
 
-/// The usage record of one request, if settled.
-pub async fn usage_by_request(db: &Db, request_id: &str) -> Result<Option<UsageRow>, sqlx::Error> {
-    read_pool!(db, p => sqlx::query_as::<_, UsageRow>(
-        concat!(
-                "SELECT id, ",
-                usage_columns!(),
-                " FROM usage_records WHERE request_id = $1"
-            ),
-    )
-    .bind(request_id)
-    .fetch_optional(p)
-    .await)
-}
-
-/// Reservations currently held (all users).
-pub async fn count_reservations(db: &Db) -> Result<i64, sqlx::Error> {
-    read_pool!(db, p => sqlx::query_scalar("SELECT COUNT(*) FROM reservations").fetch_one(p).await)
-}
-
 /// One settlement whose charge was already decided (by the in-memory
 /// [`crate::billing::book::Book`]), waiting to be written.
 pub struct Decided {
@@ -343,18 +340,17 @@ const DECIDED_SQL: &str = concat!(
     "
     UPDATE users SET balance_micros = balance_micros - $1, updated_at_ms = $2 WHERE id = $3;
     INSERT INTO ledger_entries (user_id, kind, amount_micros, balance_after_micros, description, request_id, created_at_ms)
-        SELECT id, 'charge', -$1, balance_micros, $4, $5, $2 FROM users WHERE id = $3 AND $1 > 0;
-    INSERT INTO usage_records (",
-    usage_columns!(),
-    ") VALUES ($5, $3, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $1, $20, $21, $22, $23, $24, $2);"
+        SELECT id, 'charge', -$1, balance_micros, $9 || ' ' || $6, $4, $2 FROM users WHERE id = $3 AND $1 > 0;
+    ",
+    usage_insert!(),
+    ";"
 );
-const DECIDED_PARAMS: usize = 24;
 
 /// The SQL of a batch: one transaction holding each member's statements.
 fn decided_batch_sql(members: usize) -> String {
     let mut sql = String::from("BEGIN IMMEDIATE;");
     for i in 0..members {
-        let offset = i * DECIDED_PARAMS;
+        let offset = i * SETTLE_PARAMS;
         let mut part = String::with_capacity(DECIDED_SQL.len() + 64);
         let mut rest = DECIDED_SQL;
         while let Some(at) = rest.find('$') {
@@ -386,36 +382,8 @@ pub async fn settle_decided(db: &Db, batch: &[Decided]) -> Result<(), sqlx::Erro
     let sql = decided_batch_sql(batch.len());
     let now = now_ms();
     let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
-    for Decided {
-        charged,
-        record: rec,
-    } in batch
-    {
-        query = query
-            .bind(charged.0)
-            .bind(now)
-            .bind(rec.user_id)
-            .bind(format!("{} {}", rec.endpoint, rec.model))
-            .bind(rec.request_id.clone())
-            .bind(rec.key_id)
-            .bind(rec.model.clone())
-            .bind(rec.upstream_model.clone())
-            .bind(rec.channel_id)
-            .bind(rec.endpoint)
-            .bind(i64::from(rec.stream))
-            .bind(rec.status)
-            .bind(i64::from(rec.http_status))
-            .bind(rec.usage.prompt_tokens)
-            .bind(rec.usage.completion_tokens)
-            .bind(rec.usage.cached_tokens)
-            .bind(rec.usage.reasoning_tokens)
-            .bind(rec.usage_source)
-            .bind(rec.reserved.0)
-            .bind(rec.cost.0 - charged.0)
-            .bind(rec.price_version)
-            .bind(rec.latency_ms)
-            .bind(rec.ttft_ms)
-            .bind(rec.error.clone());
+    for Decided { charged, record } in batch {
+        query = bind_usage!(query, charged.0, now, record);
     }
     let mut conn = writer.acquire().await?;
     match query.execute(&mut *conn).await {
@@ -441,8 +409,8 @@ mod tests {
     fn batch_members_get_their_own_placeholders() {
         let sql = decided_batch_sql(2);
         assert!(sql.starts_with("BEGIN IMMEDIATE;") && sql.ends_with("COMMIT;"));
-        assert!(sql.contains("WHERE id = $3;") && sql.contains("WHERE id = $27;"));
-        assert!(sql.contains("$48") && !sql.contains("$49"));
+        assert!(sql.contains("WHERE id = $3;") && sql.contains("WHERE id = $26;"));
+        assert!(sql.contains("$46") && !sql.contains("$47"));
         assert_eq!(sql.matches("INSERT INTO usage_records").count(), 2);
     }
 }

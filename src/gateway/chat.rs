@@ -440,10 +440,10 @@ async fn whole(
         Some(u) => (u, "provider"),
         None => estimated(&ctx, &meter),
     };
-    let body = match rewrite_model(&body, &upstream_model, &ctx.model.name) {
-        Some(b) if upstream_model != ctx.model.name => Bytes::from(b),
-        _ => body,
-    };
+    let renamed = (upstream_model != ctx.model.name)
+        .then(|| rewrite_model(&body, &upstream_model, &ctx.model.name))
+        .flatten();
+    let body = renamed.map_or(body, Bytes::from);
     let ending = Ending {
         status: "ok",
         http_status: response.status,
