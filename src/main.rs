@@ -30,6 +30,18 @@ enum Command {
     },
     /// Apply database migrations and exit.
     Migrate,
+    /// Ledger tools.
+    Ledger {
+        #[command(subcommand)]
+        command: LedgerCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum LedgerCommand {
+    /// Check the money invariants (balances = ledger sums, one debit per charged request, no
+    /// expired reservation held); print what is wrong and exit 1 on any mismatch.
+    Verify,
 }
 
 fn init_tracing(config: &Config) {
@@ -68,6 +80,38 @@ async fn main() -> anyhow::Result<()> {
             db.migrate().await.context("migrating")?;
             tracing::info!(url = %redact(&config.database.url), "migrations applied");
             Ok(())
+        }
+        Command::Ledger {
+            command: LedgerCommand::Verify,
+        } => {
+            let url = &config.database.url;
+            if let Some(file) = tollgate::db::sqlite_file(url)
+                && !file.exists()
+            {
+                anyhow::bail!("no database at {}", file.display());
+            }
+            let db = tollgate::db::Db::connect(url, 2).await?;
+            let report = tollgate::billing::verify::verify(&db)
+                .await
+                .context("reading the ledger")?;
+            db.close().await;
+            let t = report.totals;
+            for problem in &report.problems {
+                println!("{problem}");
+            }
+            if report.is_ok() {
+                println!(
+                    "ledger ok: {} users, {} ledger entries, {} usage records, {} reservations held",
+                    t.users, t.ledger_entries, t.usage_records, t.reservations
+                );
+                Ok(())
+            } else {
+                println!(
+                    "ledger verification FAILED: {} problem(s)",
+                    report.problems.len()
+                );
+                std::process::exit(1);
+            }
         }
     }
 }

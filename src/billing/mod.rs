@@ -6,6 +6,7 @@ pub mod money;
 pub mod pricing;
 pub mod reconcile;
 pub mod settle;
+pub mod verify;
 
 pub use money::Micros;
 pub use pricing::{TokenPrice, TokenUsage};

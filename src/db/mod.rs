@@ -4,6 +4,7 @@
 //! On SQLite, writes go through a single-connection pool so that writers queue in the pool
 //! (async, FIFO) instead of spinning in SQLite's busy handler; reads use a separate pool.
 
+pub mod audit;
 pub mod billing;
 pub mod catalog;
 pub mod keys;
@@ -61,6 +62,19 @@ const MIGRATIONS: &[(i64, &str, &str, &str)] = &[(
 /// Whether a database error is a unique-constraint violation (portable across backends).
 pub fn is_unique_violation(e: &sqlx::Error) -> bool {
     matches!(e, sqlx::Error::Database(d) if d.is_unique_violation())
+}
+
+/// The file a `sqlite:` URL names (`None` for other URLs and in-memory databases).
+pub fn sqlite_file(url: &str) -> Option<std::path::PathBuf> {
+    if !url.starts_with("sqlite:") {
+        return None;
+    }
+    let file = SqliteConnectOptions::from_str(url)
+        .ok()?
+        .get_filename()
+        .to_path_buf();
+    let name = file.to_string_lossy();
+    (!name.is_empty() && !name.contains(":memory:")).then_some(file)
 }
 
 impl Db {

@@ -13,7 +13,6 @@ use super::auth::Caller;
 use super::catalog::{Channel, Model, RouteError};
 use super::request::ChatRequest;
 use super::sse::{EventSplitter, Meter, Verdict, rewrite_model};
-use super::tokens::count_text;
 use crate::billing::book::Held;
 use crate::billing::settle::settle;
 use crate::billing::{Micros, TokenUsage};
@@ -372,11 +371,12 @@ async fn run(ctx: Ctx, mut reply_tx: ReplyTx) {
 
 /// Usage for a response without a usage block: the prompt estimate and a count of the text.
 fn estimated(ctx: &Ctx, meter: &Meter) -> (TokenUsage, &'static str) {
+    let (completion_tokens, reasoning_tokens) = meter.count_generated();
     let usage = TokenUsage {
         prompt_tokens: ctx.req.prompt_tokens_estimate,
-        completion_tokens: count_text(&meter.text),
+        completion_tokens,
         cached_tokens: 0,
-        reasoning_tokens: 0,
+        reasoning_tokens,
     };
     (usage, "estimated")
 }
@@ -435,7 +435,14 @@ async fn whole(
         }
     };
     let mut meter = Meter::default();
-    meter.observe_body(&body);
+    if !meter.observe_body(&body) {
+        // Nothing a client could use was delivered: an upstream failure, charged nothing.
+        let msg = "upstream returned a response that is not JSON".to_owned();
+        let ending = Ending::failed("upstream_error", 502, Some(channel), msg.clone());
+        finish(&ctx, &upstream_model, ending).await;
+        let _ = reply_tx.send(Err(OpenAiError::Upstream { message: msg }));
+        return;
+    }
     let usage = match meter.usage {
         Some(u) => (u, "provider"),
         None => estimated(&ctx, &meter),
@@ -509,6 +516,7 @@ async fn stream(
     let mut ttft_ms = None;
     let mut done_event: Option<Bytes> = None;
     let mut detail = None;
+    let max_event = state.config.upstream.max_response_bytes;
     let end = 'read: loop {
         let next = tokio::select! {
             biased;
@@ -526,9 +534,21 @@ async fn stream(
             }
             Ok(Some(Ok(chunk))) => chunk,
         };
-        for event in splitter.push(&chunk) {
-            if meter.observe_event(&event, strip_usage) == Verdict::Drop {
-                continue;
+        let events = splitter.push(&chunk);
+        if splitter.pending() > max_event {
+            detail = Some(format!("an event is larger than {max_event} bytes"));
+            break StreamEnd::Broken;
+        }
+        for event in events {
+            match meter.observe_event(&event, strip_usage) {
+                Verdict::Forward => {}
+                Verdict::Drop => continue,
+                Verdict::Malformed => {
+                    if meter.malformed == 1 {
+                        tracing::warn!(request_id = %ctx.request_id, channel = %channel.name, "dropping upstream SSE data that is not JSON");
+                    }
+                    continue;
+                }
             }
             if meter.saw_done {
                 done_event = Some(event);
@@ -554,11 +574,22 @@ async fn stream(
     };
     // Stop reading: dropping the body closes the upstream connection (cancels the generation).
     drop(response.body);
+    let mut end = end;
     if end == StreamEnd::UpstreamClosed
         && let Some(rest) = splitter.finish()
     {
-        let _ = meter.observe_event(&rest, strip_usage);
-        let _ = tx.send(rest).await;
+        // An unterminated last event: terminate it, so the client sees what is billed.
+        let mut event = rest.to_vec();
+        event.extend_from_slice(b"\n\n");
+        let event = Bytes::from(event);
+        if meter.observe_event(&event, strip_usage) == Verdict::Forward {
+            if meter.saw_done {
+                done_event = Some(event);
+                end = StreamEnd::Done;
+            } else {
+                let _ = tx.send(event).await;
+            }
+        }
     }
     let usage = match meter.usage {
         Some(u) => (u, "provider"),
@@ -577,11 +608,18 @@ async fn stream(
             Some("upstream sent an error event".to_owned()),
             None,
         ),
-        StreamEnd::UpstreamClosed => (
-            "incomplete",
-            Some("upstream closed the stream without [DONE]".to_owned()),
-            None,
-        ),
+        // Every choice finished: only the terminator is missing, so the client gets one.
+        StreamEnd::UpstreamClosed if meter.all_finished() => {
+            ("ok", None, Some(Bytes::from_static(b"data: [DONE]\n\n")))
+        }
+        StreamEnd::UpstreamClosed => {
+            let msg = "upstream closed the stream before it finished".to_owned();
+            (
+                "incomplete",
+                Some(msg.clone()),
+                Some(error_event(&msg, "upstream_incomplete")),
+            )
+        }
         StreamEnd::ClientGone => (
             "client_disconnected",
             Some("client closed the connection mid-stream".to_owned()),

@@ -3,6 +3,7 @@
 //! on unchanged (only the usage-only chunk may be dropped, and the model name mapped back).
 //! Spec: <https://html.spec.whatwg.org/multipage/server-sent-events.html>.
 
+use super::tokens::count_text;
 use crate::billing::TokenUsage;
 use bytes::{Bytes, BytesMut};
 use serde::Deserialize;
@@ -47,6 +48,11 @@ impl EventSplitter {
         // A boundary may straddle chunks: re-check the last three bytes next time.
         self.scanned = self.buf.len().saturating_sub(3);
         events
+    }
+
+    /// Bytes held for an event not yet complete.
+    pub fn pending(&self) -> usize {
+        self.buf.len()
     }
 
     /// Whatever is left when the stream ends (an unterminated event), if anything.
@@ -147,12 +153,15 @@ struct TextView<'a> {
 
 #[derive(Deserialize)]
 struct ChoiceView<'a> {
+    index: Option<usize>,
     #[serde(borrow)]
     delta: Option<TextView<'a>>,
     #[serde(borrow)]
     message: Option<TextView<'a>>,
     #[serde(borrow)]
     text: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    finish_reason: Option<Cow<'a, str>>,
 }
 
 /// A chat completion or one chunk of one, as far as metering reads it.
@@ -164,14 +173,30 @@ struct CompletionView<'a> {
     error: Option<serde::de::IgnoredAny>,
 }
 
-/// What a response has shown so far: usage if reported, and the generated text for a local
-/// count otherwise.
+/// Choices metered separately at most (OpenAI allows `n` up to 128); higher indexes share the
+/// last slot.
+const MAX_CHOICES: usize = 128;
+
+/// What one choice has generated so far.
+#[derive(Default)]
+struct ChoiceText {
+    /// Answer text: content, refusal, tool-call names and arguments.
+    text: String,
+    /// Reasoning text (`reasoning_content`), billed as output like the rest.
+    reasoning: String,
+    finished: bool,
+}
+
+/// What a response has shown so far: usage if reported, and each choice's generated text for
+/// a local count otherwise.
 #[derive(Default)]
 pub struct Meter {
     pub usage: Option<TokenUsage>,
-    pub text: String,
+    choices: Vec<ChoiceText>,
     pub saw_done: bool,
     pub saw_error: bool,
+    /// `data` payloads that were not JSON (dropped, not forwarded).
+    pub malformed: u32,
 }
 
 /// What to do with one event.
@@ -180,26 +205,38 @@ pub enum Verdict {
     Forward,
     /// The usage-only chunk the client did not ask for.
     Drop,
+    /// A `data` payload that is neither JSON nor `[DONE]`: no client could parse it.
+    Malformed,
 }
 
 impl Meter {
-    fn take_text(&mut self, t: &TextView<'_>) {
-        for s in [&t.content, &t.reasoning_content, &t.refusal]
-            .into_iter()
-            .flatten()
-        {
-            self.text.push_str(s);
+    fn choice(&mut self, index: Option<usize>) -> &mut ChoiceText {
+        let i = index.unwrap_or(0).min(MAX_CHOICES - 1);
+        if self.choices.len() <= i {
+            self.choices.resize_with(i + 1, ChoiceText::default);
+        }
+        &mut self.choices[i]
+    }
+
+    fn take_text(&mut self, index: Option<usize>, t: &TextView<'_>) {
+        let choice = self.choice(index);
+        for s in [&t.content, &t.refusal].into_iter().flatten() {
+            choice.text.push_str(s);
+        }
+        if let Some(r) = &t.reasoning_content {
+            choice.reasoning.push_str(r);
         }
         for call in t.tool_calls.iter().flatten() {
             if let Some(f) = &call.function {
                 for s in [&f.name, &f.arguments].into_iter().flatten() {
-                    self.text.push_str(s);
+                    choice.text.push_str(s);
                 }
             }
         }
     }
 
-    /// Reads a whole JSON completion (or one chunk's JSON); returns whether it carried choices.
+    /// Reads a whole JSON completion (or one chunk's JSON); returns whether it carried choices,
+    /// or `None` when it is not a completion.
     fn observe_json(&mut self, json: &[u8]) -> Option<bool> {
         let view: CompletionView = serde_json::from_slice(json).ok()?;
         if view.error.is_some() {
@@ -211,21 +248,24 @@ impl Meter {
         let choices = view.choices.unwrap_or_default();
         for c in &choices {
             if let Some(d) = &c.delta {
-                self.take_text(d);
+                self.take_text(c.index, d);
             }
             if let Some(m) = &c.message {
-                self.take_text(m);
+                self.take_text(c.index, m);
             }
             if let Some(t) = &c.text {
-                self.text.push_str(t);
+                self.choice(c.index).text.push_str(t);
+            }
+            if c.finish_reason.is_some() {
+                self.choice(c.index).finished = true;
             }
         }
         Some(!choices.is_empty() || view.usage.is_none())
     }
 
-    /// Reads a complete non-streaming response body.
-    pub fn observe_body(&mut self, body: &[u8]) {
-        let _ = self.observe_json(body);
+    /// Reads a complete non-streaming response body; false when it is not JSON at all.
+    pub fn observe_body(&mut self, body: &[u8]) -> bool {
+        self.observe_json(body).is_some() || is_json(body)
     }
 
     /// Reads one event; `strip_usage` drops a usage-only chunk.
@@ -240,9 +280,32 @@ impl Meter {
         }
         match self.observe_json(trimmed) {
             Some(false) if strip_usage => Verdict::Drop,
-            _ => Verdict::Forward,
+            Some(_) => Verdict::Forward,
+            None if is_json(trimmed) => Verdict::Forward,
+            None => {
+                self.malformed += 1;
+                Verdict::Malformed
+            }
         }
     }
+
+    /// Whether every choice seen so far has a `finish_reason` (and there was at least one).
+    pub fn all_finished(&self) -> bool {
+        !self.choices.is_empty() && self.choices.iter().all(|c| c.finished)
+    }
+
+    /// A local count of the generated tokens: `(completion, reasoning)`, each choice counted on
+    /// its own; reasoning is a part of completion.
+    pub fn count_generated(&self) -> (i64, i64) {
+        self.choices.iter().fold((0, 0), |(all, reasoning), c| {
+            let r = count_text(&c.reasoning);
+            (all + count_text(&c.text) + r, reasoning + r)
+        })
+    }
+}
+
+fn is_json(bytes: &[u8]) -> bool {
+    serde_json::from_slice::<serde::de::IgnoredAny>(bytes).is_ok()
 }
 
 /// Rewrites `"model": "<from>"` to `"model": "<to>"` in a JSON text, keeping everything else;
@@ -319,7 +382,7 @@ mod tests {
         assert_eq!(v, Verdict::Drop);
         assert_eq!(m.observe_event(b"data: [DONE]\n\n", true), Verdict::Forward);
         assert!(m.saw_done);
-        assert_eq!(m.text, "Hel{}");
+        assert_eq!(m.count_generated(), (count_text("Hel{}"), 0));
         assert_eq!(
             m.usage,
             Some(TokenUsage {
@@ -329,6 +392,35 @@ mod tests {
                 reasoning_tokens: 1
             })
         );
+    }
+
+    #[test]
+    fn choices_are_counted_apart_and_malformed_data_is_flagged() {
+        let mut m = Meter::default();
+        for event in [
+            &b"data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"hello\"}}]}\n\n"[..],
+            b"data: {\"choices\":[{\"index\":1,\"delta\":{\"reasoning_content\":\"think\"}}]}\n\n",
+            b"data: {\"choices\":[{\"index\":1,\"delta\":{\"content\":\" world\"},\"finish_reason\":\"stop\"}]}\n\n",
+        ] {
+            assert_eq!(m.observe_event(event, true), Verdict::Forward);
+        }
+        assert!(!m.all_finished());
+        assert_eq!(
+            m.observe_event(b"data: {oops\n\n", true),
+            Verdict::Malformed
+        );
+        assert_eq!(m.observe_event(b": keep-alive\n\n", true), Verdict::Forward);
+        m.observe_event(
+            b"data: {\"choices\":[{\"index\":0,\"delta\":{},\"finish_reason\":\"stop\"}]}\n\n",
+            true,
+        );
+        assert!(m.all_finished());
+        let think = count_text("think");
+        assert_eq!(
+            m.count_generated(),
+            (count_text("hello") + count_text(" world") + think, think)
+        );
+        assert_eq!(m.malformed, 1);
     }
 
     #[test]

@@ -84,39 +84,88 @@ on_both_backends! {
         app.stop().await;
     }
 
-    async fn two_hundred_concurrent_requests_against_a_balance_for_fifty_admit_at_most_fifty(b: Backend) {
-        // Each request reserves and costs exactly 10 output tokens × 1 credit per 1M = 10 micros.
+    async fn a_thousand_concurrent_requests_against_a_balance_for_fifty_admit_at_most_fifty(b: Backend) {
+        // Each request reserves and costs exactly 10 output tokens × 1 credit per 1M = 10 micros
+        // (no input price), so a balance of 500 micros covers K = 50 of them.
         let s = setup(&b, chat_script(&["0123456789"], 5, 10, 0), ("0", "1", "0"), "0.0005").await;
         let start = s.app.balance_micros(s.user).await;
         assert_eq!(start, 500);
+        let gate = std::sync::Arc::new(tokio::sync::Barrier::new(1000));
         let mut handles = Vec::new();
-        for i in 0..200 {
+        for i in 0..1000 {
             let req = s.app.chat(&s.key, json!({"model": "m1", "max_tokens": 10, "stream": i % 2 == 0,
                                                  "messages": [{"role": "user", "content": "x"}]}));
+            let gate = std::sync::Arc::clone(&gate);
             handles.push(tokio::spawn(async move {
+                gate.wait().await;
                 let resp = req.send().await.expect("send");
                 let status = resp.status().as_u16();
-                let _ = resp.bytes().await;
-                status
+                let body = resp.bytes().await.expect("body");
+                (status, body)
             }));
         }
         let mut ok = 0;
         let mut refused = 0;
         for h in handles {
             match h.await.expect("task") {
-                200 => ok += 1,
-                402 => refused += 1,
-                other => panic!("unexpected status {other}"),
+                (200, body) => {
+                    assert!(body.starts_with(b"{") || body.ends_with(b"data: [DONE]\n\n"), "a complete answer");
+                    ok += 1;
+                }
+                (402, _) => refused += 1,
+                (other, body) => panic!("unexpected status {other}: {body:?}"),
             }
         }
         assert!(ok <= 50, "admitted {ok}");
-        assert_eq!(ok + refused, 200);
-        let usage = s.app.wait_for_usage(s.user, 200).await;
+        assert!(ok >= 1, "the balance covers some requests");
+        assert_eq!(ok + refused, 1000);
+        let usage = s.app.wait_for_usage(s.user, 1000).await;
         let charged: i64 = usage.iter().map(|u| u["cost_micros"].as_i64().expect("cost")).sum();
-        let balance = s.app.balance_micros(s.user).await;
-        assert_eq!(balance, start - charged);
         assert_eq!(charged, 10 * ok as i64);
+        assert_eq!(usage.iter().filter(|u| u["status"] == "insufficient_balance").count(), refused);
+        let balance = s.app.balance_micros(s.user).await;
+        assert_eq!(balance, start - 10 * ok as i64);
         assert!(balance >= 0);
+        s.app.assert_books_balance(s.user).await;
+        s.app.stop().await;
+    }
+
+    async fn a_price_change_never_touches_settled_records_and_in_flight_requests_keep_their_price(b: Backend) {
+        // Version 1: 1 and 2 micro-credits per input and output token.
+        let s = setup(&b, chat_script(&["ok"], 5, 10, 0), ("1", "2", "0"), "1").await;
+        let body = |stream: bool| json!({"model": "m1", "stream": stream, "max_tokens": 100, "messages": [{"role": "user", "content": "x"}]});
+        let resp = s.app.chat(&s.key, body(false)).send().await.expect("send");
+        assert_eq!(resp.status(), 200);
+        let first = s.app.usage(s.user).await[0].clone();
+        assert_eq!((first["cost_micros"].as_i64(), first["price_version"].as_i64()), (Some(25), Some(1)));
+
+        // A slow stream that is reserved (and reaches the upstream) at version 1…
+        let slow = ["data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"ok\"},\"finish_reason\":\"stop\"}]}\n\n",
+                    "data: {\"choices\":[],\"usage\":{\"prompt_tokens\":5,\"completion_tokens\":10}}\n\n",
+                    "data: [DONE]\n\n"];
+        s.fake.set_script(Script::Sse { events: slow.iter().map(|e| e.to_string()).collect(), event_delay_ms: 500, stall_after: None });
+        let in_flight = tokio::spawn(s.app.chat(&s.key, body(true)).send());
+        while s.fake.calls() < 2 {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        // …while the price goes up tenfold (version 2).
+        let model = s.app.admin_post("/api/v1/admin/models", json!({"model": "m1", "input_price": "10", "output_price": "20", "cached_input_price": "0"})).await;
+        assert_eq!(model["price_version"], 2);
+        let resp = in_flight.await.expect("task").expect("send");
+        assert!(resp.text().await.expect("body").ends_with("data: [DONE]\n\n"));
+
+        s.fake.set_script(chat_script(&["ok"], 5, 10, 0));
+        let resp = s.app.chat(&s.key, body(false)).send().await.expect("send");
+        assert_eq!(resp.status(), 200);
+
+        let usage = s.app.usage(s.user).await;
+        let costs: Vec<(i64, i64)> = usage.iter()
+            .map(|u| (u["cost_micros"].as_i64().expect("cost"), u["price_version"].as_i64().expect("version")))
+            .collect();
+        // Settled before: unchanged. In flight: the price it was reserved with. After: the new one.
+        assert_eq!(costs, vec![(25, 1), (25, 1), (5 * 10 + 10 * 20, 2)]);
+        assert_eq!(usage[0], first, "a settled record never changes");
+        assert_eq!(s.app.balance_micros(s.user).await, 1_000_000 - 25 - 25 - 250);
         s.app.assert_books_balance(s.user).await;
         s.app.stop().await;
     }

@@ -80,6 +80,8 @@ fn with_database(url: &str, db: &str) -> String {
 /// A running Tollgate.
 pub struct TestApp {
     pub base: String,
+    /// The database this app serves (for `tollgate ledger verify`).
+    pub db_url: String,
     pub client: reqwest::Client,
     pub state: AppState,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
@@ -125,6 +127,7 @@ impl TestApp {
             }
         }
         adjust(&mut config);
+        let db_url = config.database.url.clone();
         let app = Application::build(config).await.expect("build app");
         let addr = app.local_addr();
         let state = app.state();
@@ -134,6 +137,7 @@ impl TestApp {
         }));
         TestApp {
             base: format!("http://{addr}"),
+            db_url,
             client: reqwest::Client::builder()
                 .pool_max_idle_per_host(300)
                 .build()
@@ -328,6 +332,34 @@ impl TestApp {
                 .sum()
         };
         assert_eq!(charged, debits, "usage costs must equal ledger debits");
+        let report = tollgate::billing::verify::verify(&self.state.db)
+            .await
+            .expect("ledger verify");
+        assert!(report.is_ok(), "ledger verify: {:#?}", report.problems);
+        assert_eq!(
+            self.metric("tollgate_settlement_failures_total").await,
+            Some(0.0),
+            "no settlement may fail"
+        );
+    }
+
+    /// A metric's value from `/metrics` (the sum over its label sets), if it is exported.
+    pub async fn metric(&self, name: &str) -> Option<f64> {
+        let text = self
+            .client
+            .get(self.url("/metrics"))
+            .send()
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .expect("metrics text");
+        metric_value(&text, name)
+    }
+
+    /// Runs `tollgate ledger verify` on this app's database: (success, what it printed).
+    pub async fn ledger_verify_cli(&self) -> (bool, String) {
+        ledger_verify_cli(&self.db_url).await
     }
 
     pub fn chat(&self, key: &str, body: Value) -> reqwest::RequestBuilder {
@@ -336,6 +368,39 @@ impl TestApp {
             .bearer_auth(key)
             .json(&body)
     }
+}
+
+/// The sum of a metric's samples in a Prometheus text exposition.
+pub fn metric_value(text: &str, name: &str) -> Option<f64> {
+    let mut found = None;
+    for line in text.lines().filter(|l| !l.starts_with('#')) {
+        let Some(rest) = line.strip_prefix(name) else {
+            continue;
+        };
+        if !(rest.starts_with(' ') || rest.starts_with('{')) {
+            continue;
+        }
+        let value: f64 = rest.rsplit(' ').next()?.parse().ok()?;
+        *found.get_or_insert(0.0) += value;
+    }
+    found
+}
+
+/// Runs `tollgate ledger verify` against `db_url`: (success, stdout and stderr).
+pub async fn ledger_verify_cli(db_url: &str) -> (bool, String) {
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_tollgate"))
+        .args(["ledger", "verify"])
+        .env("TOLLGATE_DATABASE_URL", db_url)
+        .env("RUST_LOG", "warn")
+        .output()
+        .await
+        .expect("run tollgate ledger verify");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
 }
 
 pub fn rand_u64() -> u64 {
@@ -429,6 +494,10 @@ impl FakeUpstream {
         }
     }
 
+    pub fn set_script(&self, script: Script) {
+        *self.state.script.lock().expect("lock") = Some(script);
+    }
+
     pub fn set_headers_delay(&self, ms: usize) {
         self.state.headers_delay_ms.store(ms, Ordering::SeqCst);
     }
@@ -511,7 +580,13 @@ async fn fake_chat(
     state.bodies.lock().expect("lock").push(body.clone());
     let delay = state.headers_delay_ms.load(Ordering::SeqCst);
     if delay > 0 {
+        // Dropped (counted as cancelled) if the caller hangs up while we wait.
+        let mut guard = DropGuard {
+            state: Arc::clone(&state),
+            finished: false,
+        };
         tokio::time::sleep(Duration::from_millis(delay as u64)).await;
+        guard.finish();
     }
     let request: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
     let wants_usage = request["stream_options"]["include_usage"] == true;

@@ -7,5 +7,7 @@ mod admin;
 mod auth;
 mod billing;
 mod chat;
+mod endings;
+mod ledger;
 mod ops;
 mod streaming;
