@@ -75,6 +75,26 @@ impl FromRequestParts<AppState> for AdminCaller {
     }
 }
 
+/// A user on the platform surface (any of their API keys); the id of their account.
+pub struct UserCaller(pub i64);
+
+impl FromRequestParts<AppState> for UserCaller {
+    type Rejection = ApiError;
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        let caller = state
+            .keys
+            .authenticate(&state.db, presented_key(&parts.headers))
+            .await?;
+        let user_id = caller.user_id.ok_or_else(|| {
+            ApiError::Forbidden("the admin credential has no account; use a user's API key".into())
+        })?;
+        Ok(UserCaller(user_id))
+    }
+}
+
 /// A JSON body for the platform surface; errors say which field is wrong.
 pub struct ApiJson<T>(pub T);
 

@@ -1,11 +1,13 @@
 //! The HTTP surface. Where a request goes:
 //!
 //! - `/v1/*` and `/api/v1/*` OpenAI-compatible: [`openai`] (chat completions, models)
+//! - `/api/v1/credit/*`, `/api/v1/usage` a user's own balance, ledger and usage: [`account`]
 //! - `/api/v1/admin/*` admin API in the platform envelope: [`admin`]
 //! - `/metrics`, `/healthz`, `/readyz`: [`ops`]
 //!
 //! Every response carries `x-request-id`; every request is counted by route template.
 
+pub mod account;
 pub mod admin;
 pub mod extract;
 pub mod openai;
@@ -31,7 +33,7 @@ pub fn router(state: AppState) -> Router {
     let openai = openai::router();
     Router::new()
         .nest("/v1", openai.clone())
-        .nest("/api/v1", openai)
+        .nest("/api/v1", openai.merge(account::router()))
         .nest("/api/v1/admin", admin::router())
         .merge(ops::router())
         .route_layer(middleware::from_fn(label_route))
@@ -75,8 +77,9 @@ async fn track(mut req: Request, next: Next) -> Response {
 /// Unknown paths: OpenAI's error shape under `/v1`, the envelope elsewhere.
 async fn not_found(uri: Uri) -> Response {
     let path = uri.path();
+    let platform = ["/api/v1/admin", "/api/v1/credit", "/api/v1/usage"];
     if path.starts_with("/v1/")
-        || (path.starts_with("/api/v1/") && !path.starts_with("/api/v1/admin"))
+        || (path.starts_with("/api/v1/") && !platform.iter().any(|p| path.starts_with(p)))
     {
         let body = serde_json::json!({"error": {
             "message": format!("unknown path {path}"),

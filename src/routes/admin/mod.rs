@@ -6,7 +6,7 @@ mod channels;
 mod keys;
 mod models;
 mod usage;
-mod users;
+pub mod users;
 
 use crate::error::ApiError;
 use crate::state::AppState;

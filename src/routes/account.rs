@@ -1,0 +1,98 @@
+//! A user's own view of their money, in the platform envelope, for any of their API keys:
+//! `GET /api/v1/credit/balance`, `GET /api/v1/credit/transactions?page=&page_size=` (the
+//! ledger, newest first) and `GET /api/v1/usage?page=&page_size=` (their usage records).
+
+use super::admin::{Page, iso, ok, paged, users::ledger_json};
+use super::extract::UserCaller;
+use crate::billing::Micros;
+use crate::db::{self, billing::UsageRow};
+use crate::error::ApiError;
+use crate::state::AppState;
+use axum::extract::{Query, State};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde_json::{Value, json};
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/credit/balance", get(balance))
+        .route("/credit/transactions", get(transactions))
+        .route("/usage", get(usage))
+}
+
+async fn balance(
+    State(state): State<AppState>,
+    UserCaller(user_id): UserCaller,
+) -> Result<Json<Value>, ApiError> {
+    let user = db::users::get(&state.db, user_id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound("your account no longer exists".into()))?;
+    let reserved = state.book.reserved(user.id).unwrap_or(user.reserved_micros);
+    let available = user.balance_micros - reserved;
+    Ok(ok(json!({
+        "credit_balance": Micros(user.balance_micros),
+        "balance_micros": user.balance_micros,
+        "reserved": Micros(reserved),
+        "reserved_micros": reserved,
+        "available": Micros(available),
+        "available_micros": available,
+        "is_member": false,
+        "membership_type": null,
+        "membership_end_date": null,
+    })))
+}
+
+async fn transactions(
+    State(state): State<AppState>,
+    UserCaller(user_id): UserCaller,
+    Query(page): Query<Page>,
+) -> Result<Json<Value>, ApiError> {
+    let (page, size, offset) = page.resolve()?;
+    let (total, rows) = db::users::ledger(&state.db, user_id, size, offset).await?;
+    Ok(paged(
+        total,
+        page,
+        size,
+        rows.iter().map(ledger_json).collect(),
+    ))
+}
+
+/// A usage record as its owner sees it (no channel internals).
+fn own_usage_json(u: &UsageRow) -> Value {
+    json!({
+        "id": u.id,
+        "request_id": u.request_id,
+        "key_id": u.key_id,
+        "model": u.model,
+        "endpoint": u.endpoint,
+        "stream": u.stream != 0,
+        "status": u.status,
+        "http_status": u.http_status,
+        "prompt_tokens": u.prompt_tokens,
+        "completion_tokens": u.completion_tokens,
+        "cached_tokens": u.cached_tokens,
+        "reasoning_tokens": u.reasoning_tokens,
+        "usage_source": u.usage_source,
+        "cost": Micros(u.cost_micros),
+        "cost_micros": u.cost_micros,
+        "price_version": u.price_version,
+        "latency_ms": u.latency_ms,
+        "ttft_ms": u.ttft_ms,
+        "created_at": iso(u.created_at_ms),
+    })
+}
+
+async fn usage(
+    State(state): State<AppState>,
+    UserCaller(user_id): UserCaller,
+    Query(page): Query<Page>,
+) -> Result<Json<Value>, ApiError> {
+    let (page, size, offset) = page.resolve()?;
+    let (total, rows) = db::billing::list_usage(&state.db, Some(user_id), size, offset).await?;
+    Ok(paged(
+        total,
+        page,
+        size,
+        rows.iter().map(own_usage_json).collect(),
+    ))
+}
