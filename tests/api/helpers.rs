@@ -61,7 +61,7 @@ macro_rules! on_both_backends {
 }
 
 /// Replaces the database name in a Postgres URL.
-fn with_database(url: &str, db: &str) -> String {
+pub fn with_database(url: &str, db: &str) -> String {
     let (head, query) = match url.split_once('?') {
         Some((h, q)) => (h, Some(q)),
         None => (url, None),
@@ -74,6 +74,29 @@ fn with_database(url: &str, db: &str) -> String {
     match query {
         Some(q) => format!("{base}/{db}?{q}"),
         None => format!("{base}/{db}"),
+    }
+}
+
+/// Creates a fresh database on the server of `url`: (its URL, its name).
+pub async fn create_pg_database(url: &str) -> (String, String) {
+    let name = format!("tollgate_test_{:016x}", rand_u64());
+    let admin = sqlx::PgPool::connect(url)
+        .await
+        .expect("connect to TEST_DATABASE_URL");
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+        .execute(&admin)
+        .await
+        .expect("create test database");
+    admin.close().await;
+    (with_database(url, &name), name)
+}
+
+/// Drops a database made by [`create_pg_database`].
+pub async fn drop_pg_database(url: &str, name: &str) {
+    if let Ok(admin) = sqlx::PgPool::connect(url).await {
+        let drop = format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)");
+        let _ = sqlx::query(sqlx::AssertSqlSafe(drop)).execute(&admin).await;
+        admin.close().await;
     }
 }
 
@@ -113,16 +136,8 @@ impl TestApp {
                 dir = Some(d);
             }
             Backend::Postgres(url) => {
-                let name = format!("tollgate_test_{:016x}", rand_u64());
-                let admin = sqlx::PgPool::connect(url)
-                    .await
-                    .expect("connect to TEST_DATABASE_URL");
-                sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
-                    .execute(&admin)
-                    .await
-                    .expect("create test database");
-                admin.close().await;
-                config.database.url = with_database(url, &name);
+                let (db_url, name) = create_pg_database(url).await;
+                config.database.url = db_url;
                 pg = Some((url.clone(), name));
             }
         }
@@ -158,12 +173,8 @@ impl TestApp {
         if let Some(server) = self.server.take() {
             server.await.expect("server task").expect("server result");
         }
-        if let Some((url, name)) = self.pg.take()
-            && let Ok(admin) = sqlx::PgPool::connect(&url).await
-        {
-            let drop = format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)");
-            let _ = sqlx::query(sqlx::AssertSqlSafe(drop)).execute(&admin).await;
-            admin.close().await;
+        if let Some((url, name)) = self.pg.take() {
+            drop_pg_database(&url, &name).await;
         }
     }
 
