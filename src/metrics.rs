@@ -19,7 +19,8 @@ pub const GATEWAY_OVERHEAD: &str = "tollgate_gateway_overhead_seconds";
 pub const TOKENS: &str = "tollgate_tokens_total";
 /// Counter: micro-credits charged, by `model`.
 pub const CREDITS_CHARGED: &str = "tollgate_credits_charged_micros_total";
-/// Counter: settlements, by `status` and `usage_source`.
+/// Counter: settlements, by `outcome` (the usage record's status: `ok`, `client_disconnected`,
+/// `upstream_error`, …) and `usage_source` (`provider`, `estimated`, `none`).
 pub const SETTLEMENTS: &str = "tollgate_settlements_total";
 /// Counter: settlements that failed to write (must stay at zero).
 pub const SETTLEMENT_FAILURES: &str = "tollgate_settlement_failures_total";
@@ -79,7 +80,7 @@ fn describe() {
     );
     describe_counter!(TOKENS, "Tokens metered, by model and kind");
     describe_counter!(CREDITS_CHARGED, "Micro-credits charged, by model");
-    describe_counter!(SETTLEMENTS, "Settlements by status and usage source");
+    describe_counter!(SETTLEMENTS, "Settlements by outcome and usage source");
     describe_counter!(SETTLEMENT_FAILURES, "Settlements that could not be written");
     describe_gauge!(ACTIVE_STREAMS, "Streams being forwarded now");
     describe_gauge!(

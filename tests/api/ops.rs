@@ -61,3 +61,64 @@ on_both_backends! {
         tokio::time::timeout(Duration::from_secs(10), stopping).await.expect("stopped in time").expect("stop");
     }
 }
+
+/// Runs one statement on the app's database and returns a count it selects, or the rows changed.
+async fn sql_i64(db: &tollgate::db::Db, sql: &'static str) -> i64 {
+    use tollgate::db::Db;
+    let result = if sql.starts_with("SELECT") {
+        match db {
+            Db::Sqlite { writer, .. } => sqlx::query_scalar(sql).fetch_one(writer).await,
+            Db::Postgres(pool) => sqlx::query_scalar(sql).fetch_one(pool).await,
+        }
+    } else {
+        match db {
+            Db::Sqlite { writer, .. } => sqlx::query(sql)
+                .execute(writer)
+                .await
+                .map(|r| r.rows_affected() as i64),
+            Db::Postgres(pool) => sqlx::query(sql)
+                .execute(pool)
+                .await
+                .map(|r| r.rows_affected() as i64),
+        }
+    };
+    result.expect(sql)
+}
+
+on_both_backends! {
+    async fn settlements_are_counted_by_outcome_and_usage_source(b: Backend) {
+        let s = setup(&b, chat_script(&["ok"], 3, 2, 0), ("1", "1", "1"), "1").await;
+        let series = "tollgate_settlements_total{outcome=\"ok\",usage_source=\"provider\"}";
+        let before = s.app.metric(series).await.unwrap_or(0.0);
+        let resp = s.app.chat(&s.key, json!({"model": "m1", "messages": [{"role": "user", "content": "x"}]})).send().await.expect("send");
+        assert_eq!(resp.status(), 200);
+        assert!(s.app.metric(series).await.unwrap_or(0.0) >= before + 1.0);
+        s.fake.set_script(Script::Raw { status: 500, content_type: "application/json", body: b"{}".to_vec() });
+        let resp = s.app.chat(&s.key, json!({"model": "m1", "messages": [{"role": "user", "content": "x"}]})).send().await.expect("send");
+        assert_eq!(resp.status(), 502);
+        assert!(s.app.metric("tollgate_settlements_total{outcome=\"upstream_error\",usage_source=\"none\"}").await.unwrap_or(0.0) >= 1.0);
+        s.app.assert_books_balance(s.user).await;
+        s.app.stop().await;
+    }
+
+    async fn the_reconciler_releases_only_expired_reservations(b: Backend) {
+        let s = setup(&b, chat_script(&["ok"], 3, 2, 0), ("1", "1", "1"), "1").await;
+        let db = &s.app.state.db;
+        // What a crashed instance left: one reservation past its expiry, one still running.
+        sql_i64(db, "INSERT INTO reservations (request_id, user_id, key_id, model, amount_micros, price_version, created_at_ms, expires_at_ms)
+                     VALUES ('req_expired', 1, 1, 'm1', 700, 1, 0, 1000), ('req_running', 1, 1, 'm1', 300, 1, 0, 9999999999999)").await;
+        sql_i64(db, "UPDATE users SET reserved_micros = 1000 WHERE id = 1").await;
+        let (ok, out) = s.app.ledger_verify_cli().await;
+        assert!(!ok && out.contains("reservation for request req_expired"), "{out}");
+        let before = s.app.metric("tollgate_reconciler_releases_total").await.unwrap_or(0.0);
+        assert_eq!(tollgate::billing::reconcile::run_once(db).await.expect("reconcile"), 1);
+        assert_eq!(sql_i64(db, "SELECT reserved_micros FROM users WHERE id = 1").await, 300);
+        assert_eq!(sql_i64(db, "SELECT COUNT(*) FROM reservations").await, 1);
+        assert!(s.app.metric("tollgate_reconciler_releases_total").await.unwrap_or(0.0) >= before + 1.0);
+        // A second pass (another instance) finds nothing more to release.
+        assert_eq!(tollgate::billing::reconcile::run_once(db).await.expect("reconcile"), 0);
+        let (ok, out) = s.app.ledger_verify_cli().await;
+        assert!(ok, "{out}");
+        s.app.stop().await;
+    }
+}
