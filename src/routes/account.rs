@@ -2,7 +2,7 @@
 //! `GET /api/v1/credit/balance`, `GET /api/v1/credit/transactions?page=&page_size=` (the
 //! ledger, newest first) and `GET /api/v1/usage?page=&page_size=` (their usage records).
 
-use super::admin::{Page, iso, ok, paged, users::ledger_json};
+use super::admin::{Page, ok, paged, usage::usage_json, users::ledger_json};
 use super::extract::UserCaller;
 use crate::billing::Micros;
 use crate::db::{self, billing::UsageRow};
@@ -57,29 +57,22 @@ async fn transactions(
     ))
 }
 
-/// A usage record as its owner sees it (no channel internals).
+/// A usage record as its owner sees it: the admin view without the routing internals.
 fn own_usage_json(u: &UsageRow) -> Value {
-    json!({
-        "id": u.id,
-        "request_id": u.request_id,
-        "key_id": u.key_id,
-        "model": u.model,
-        "endpoint": u.endpoint,
-        "stream": u.stream != 0,
-        "status": u.status,
-        "http_status": u.http_status,
-        "prompt_tokens": u.prompt_tokens,
-        "completion_tokens": u.completion_tokens,
-        "cached_tokens": u.cached_tokens,
-        "reasoning_tokens": u.reasoning_tokens,
-        "usage_source": u.usage_source,
-        "cost": Micros(u.cost_micros),
-        "cost_micros": u.cost_micros,
-        "price_version": u.price_version,
-        "latency_ms": u.latency_ms,
-        "ttft_ms": u.ttft_ms,
-        "created_at": iso(u.created_at_ms),
-    })
+    let mut record = usage_json(u);
+    if let Some(fields) = record.as_object_mut() {
+        for internal in [
+            "user_id",
+            "upstream_model",
+            "channel_id",
+            "reserved",
+            "reserved_micros",
+            "unbilled_micros",
+        ] {
+            fields.remove(internal);
+        }
+    }
+    record
 }
 
 async fn usage(

@@ -2,7 +2,7 @@
 //! that surface's error shape), and a JSON body whose errors name the offending field.
 
 use crate::error::{ApiError, OpenAiError};
-use crate::gateway::auth::{Caller, presented_key};
+use crate::gateway::auth::{AuthError, Caller, presented_key};
 use crate::state::AppState;
 use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::request::Parts;
@@ -38,6 +38,14 @@ impl<S: Send + Sync> FromRequestParts<S> for RequestId {
     }
 }
 
+/// Whoever the request's credential belongs to.
+async fn authenticate(parts: &Parts, state: &AppState) -> Result<Caller, AuthError> {
+    state
+        .keys
+        .authenticate(&state.db, presented_key(&parts.headers))
+        .await
+}
+
 /// A caller on the OpenAI surface (401/403 in OpenAI's shape).
 pub struct OpenAiCaller(pub Caller);
 
@@ -47,11 +55,7 @@ impl FromRequestParts<AppState> for OpenAiCaller {
         parts: &mut Parts,
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
-        let caller = state
-            .keys
-            .authenticate(&state.db, presented_key(&parts.headers))
-            .await?;
-        Ok(OpenAiCaller(caller))
+        Ok(OpenAiCaller(authenticate(parts, state).await?))
     }
 }
 
@@ -64,10 +68,7 @@ impl FromRequestParts<AppState> for AdminCaller {
         parts: &mut Parts,
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
-        let caller = state
-            .keys
-            .authenticate(&state.db, presented_key(&parts.headers))
-            .await?;
+        let caller = authenticate(parts, state).await?;
         if !caller.is_admin {
             return Err(ApiError::Forbidden("admin role required".into()));
         }
@@ -84,10 +85,7 @@ impl FromRequestParts<AppState> for UserCaller {
         parts: &mut Parts,
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
-        let caller = state
-            .keys
-            .authenticate(&state.db, presented_key(&parts.headers))
-            .await?;
+        let caller = authenticate(parts, state).await?;
         let user_id = caller.user_id.ok_or_else(|| {
             ApiError::Forbidden("the admin credential has no account; use a user's API key".into())
         })?;

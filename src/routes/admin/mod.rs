@@ -5,7 +5,7 @@
 mod channels;
 mod keys;
 mod models;
-mod usage;
+pub mod usage;
 pub mod users;
 
 use crate::error::ApiError;
