@@ -240,9 +240,10 @@ async fn main() {
         .json()
         .await
         .expect("json");
+    // The user started with 1 000 000 credits = 10^12 micro-credits.
     println!(
-        "charged in total: {} credits",
-        1_000_000.0 - balance["data"]["balance"].as_f64().unwrap_or(0.0)
+        "charged in total: {} micro-credits",
+        1_000_000_000_000_i64 - balance["data"]["balance_micros"].as_i64().unwrap_or(0)
     );
     // Where the time went, from the gateway's own histograms (mean over the whole run).
     let metrics = client

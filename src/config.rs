@@ -23,6 +23,9 @@ pub struct Config {
     /// The bootstrap admin credential (from `TOLLGATE_ADMIN_KEY`, never from a file).
     #[serde(skip)]
     pub admin_key: Option<String>,
+    /// The secret login tokens are signed with (from `TOLLGATE_JWT_SECRET`, never from a file).
+    #[serde(skip)]
+    pub jwt_secret: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -55,6 +58,8 @@ pub struct UpstreamConfig {
 #[serde(deny_unknown_fields)]
 pub struct AuthConfig {
     pub key_cache_ttl_ms: u64,
+    pub access_token_ttl_ms: u64,
+    pub refresh_token_ttl_ms: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -137,6 +142,7 @@ impl Config {
             merge(&mut table, overlay);
         }
         let mut admin_key = None;
+        let mut jwt_secret = None;
         let mut database_url = None;
         for (name, value) in env {
             if let Some(rest) = name.strip_prefix("TOLLGATE__") {
@@ -148,6 +154,8 @@ impl Config {
                     .with_context(|| format!("applying {name}"))?;
             } else if name == "TOLLGATE_ADMIN_KEY" && !value.is_empty() {
                 admin_key = Some(value);
+            } else if name == "TOLLGATE_JWT_SECRET" && !value.is_empty() {
+                jwt_secret = Some(value);
             } else if name == "TOLLGATE_DATABASE_URL" && !value.is_empty() {
                 database_url = Some(value);
             }
@@ -163,6 +171,7 @@ impl Config {
             .try_into()
             .context("invalid configuration")?;
         config.admin_key = admin_key;
+        config.jwt_secret = jwt_secret;
         config.validate()?;
         Ok(config)
     }
@@ -207,6 +216,14 @@ impl Config {
             && k.len() < 16
         {
             bail!("TOLLGATE_ADMIN_KEY must be at least 16 characters");
+        }
+        if let Some(k) = &self.jwt_secret
+            && k.len() < 32
+        {
+            bail!("TOLLGATE_JWT_SECRET must be at least 32 characters");
+        }
+        if self.auth.access_token_ttl_ms < 1000 || self.auth.refresh_token_ttl_ms < 1000 {
+            bail!("auth.access_token_ttl_ms and auth.refresh_token_ttl_ms must be at least 1000");
         }
         Ok(())
     }

@@ -6,6 +6,7 @@ use crate::config::Config;
 use crate::db::Db;
 use crate::gateway::auth::KeyCache;
 use crate::gateway::catalog::Catalog;
+use crate::gateway::session::Sessions;
 use crate::state::{AppState, Inner};
 use anyhow::Context;
 use axum::serve::ListenerExt;
@@ -47,6 +48,22 @@ impl Application {
                 Duration::from_millis(config.auth.key_cache_ttl_ms),
                 config.admin_key.as_deref(),
             ),
+            sessions: {
+                let secret = match &config.jwt_secret {
+                    Some(s) => s.as_bytes().to_vec(),
+                    None => {
+                        tracing::warn!(
+                            "TOLLGATE_JWT_SECRET is not set: login tokens are signed with a random secret and end with this process"
+                        );
+                        rand::random::<[u8; 32]>().to_vec()
+                    }
+                };
+                Sessions::new(
+                    &secret,
+                    Duration::from_millis(config.auth.access_token_ttl_ms),
+                    Duration::from_millis(config.auth.refresh_token_ttl_ms),
+                )
+            },
             catalog: Catalog::default(),
             book,
             tasks: TaskTracker::new(),

@@ -5,6 +5,7 @@ use crate::config::Config;
 use crate::db::Db;
 use crate::gateway::auth::KeyCache;
 use crate::gateway::catalog::Catalog;
+use crate::gateway::session::Sessions;
 use metrics_exporter_prometheus::PrometheusHandle;
 use std::ops::Deref;
 use std::sync::Arc;
@@ -21,6 +22,8 @@ pub struct Inner {
     /// The one pooled HTTP client for every upstream.
     pub http: reqwest::Client,
     pub keys: KeyCache,
+    /// Login tokens and password hashing (platform accounts).
+    pub sessions: Sessions,
     /// Where balance reservations are held (memory on SQLite, rows on PostgreSQL).
     pub book: Book,
     pub catalog: Catalog,

@@ -52,12 +52,20 @@ pub(crate) use read_pool;
 pub(crate) use write_pool;
 
 /// Which migration set a backend uses; the file names are the same in both folders.
-const MIGRATIONS: &[(i64, &str, &str, &str)] = &[(
-    1,
-    "init",
-    include_str!("../../migrations/sqlite/0001_init.sql"),
-    include_str!("../../migrations/postgres/0001_init.sql"),
-)];
+const MIGRATIONS: &[(i64, &str, &str, &str)] = &[
+    (
+        1,
+        "init",
+        include_str!("../../migrations/sqlite/0001_init.sql"),
+        include_str!("../../migrations/postgres/0001_init.sql"),
+    ),
+    (
+        2,
+        "accounts",
+        include_str!("../../migrations/sqlite/0002_accounts.sql"),
+        include_str!("../../migrations/postgres/0002_accounts.sql"),
+    ),
+];
 
 /// Whether a database error is a unique-constraint violation (portable across backends).
 pub fn is_unique_violation(e: &sqlx::Error) -> bool {

@@ -8,6 +8,8 @@ use crate::billing::Micros;
 pub struct User {
     pub id: i64,
     pub email: String,
+    /// Set for accounts that registered with a password.
+    pub username: Option<String>,
     pub role: String,
     pub status: String,
     pub balance_micros: i64,
@@ -62,7 +64,7 @@ pub async fn create(
         let inserted = sqlx::query_as::<_, User>(
             "INSERT INTO users (email, role, status, balance_micros, reserved_micros, created_at_ms, updated_at_ms)
              VALUES ($1, $2, 'active', $3, 0, $4, $4)
-             RETURNING id, email, role, status, balance_micros, reserved_micros, created_at_ms, updated_at_ms",
+             RETURNING id, email, username, role, status, balance_micros, reserved_micros, created_at_ms, updated_at_ms",
         )
         .bind(email)
         .bind(role)
@@ -91,9 +93,82 @@ pub async fn create(
     })
 }
 
+/// Why a registration was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum RegisterError {
+    #[error("this username is taken")]
+    UsernameTaken,
+    #[error("an account with this email exists")]
+    EmailTaken,
+    #[error(transparent)]
+    Db(#[from] sqlx::Error),
+}
+
+/// Creates a password account with no balance.
+pub async fn register(
+    db: &Db,
+    username: &str,
+    email: &str,
+    password_hash: &str,
+) -> Result<User, RegisterError> {
+    let now = now_ms();
+    write_pool!(db, p => {
+        let mut tx = p.begin().await?;
+        let (by_name, by_email): (i64, i64) = sqlx::query_as(
+            "SELECT (SELECT COUNT(*) FROM users WHERE username = $1), (SELECT COUNT(*) FROM users WHERE email = $2)",
+        )
+        .bind(username)
+        .bind(email)
+        .fetch_one(&mut *tx)
+        .await?;
+        if by_name > 0 {
+            return Err(RegisterError::UsernameTaken);
+        }
+        if by_email > 0 {
+            return Err(RegisterError::EmailTaken);
+        }
+        let inserted = sqlx::query_as::<_, User>(
+            "INSERT INTO users (email, username, password_hash, role, status, balance_micros, reserved_micros, created_at_ms, updated_at_ms)
+             VALUES ($1, $2, $3, 'user', 'active', 0, 0, $4, $4)
+             RETURNING id, email, username, role, status, balance_micros, reserved_micros, created_at_ms, updated_at_ms",
+        )
+        .bind(email)
+        .bind(username)
+        .bind(password_hash)
+        .bind(now)
+        .fetch_one(&mut *tx)
+        .await;
+        let user = match inserted {
+            Ok(u) => u,
+            // A concurrent registration won the race.
+            Err(e) if super::is_unique_violation(&e) => return Err(RegisterError::UsernameTaken),
+            Err(e) => return Err(e.into()),
+        };
+        tx.commit().await?;
+        Ok(user)
+    })
+}
+
+/// The user a login name (username or email) belongs to, with their password hash.
+pub async fn find_login(
+    db: &Db,
+    login: &str,
+) -> Result<Option<(User, Option<String>)>, sqlx::Error> {
+    read_pool!(db, p => {
+        let row: Option<(i64, Option<String>)> = sqlx::query_as(
+            "SELECT id, password_hash FROM users WHERE username = $1 OR email = $1 ORDER BY id LIMIT 1",
+        )
+        .bind(login)
+        .fetch_optional(p)
+        .await?;
+        let Some((id, hash)) = row else { return Ok(None) };
+        Ok(get(db, id).await?.map(|u| (u, hash)))
+    })
+}
+
 /// One user by id.
 pub async fn get(db: &Db, id: i64) -> Result<Option<User>, sqlx::Error> {
-    let sql = "SELECT id, email, role, status, balance_micros, reserved_micros, created_at_ms, updated_at_ms FROM users WHERE id = $1";
+    let sql = "SELECT id, email, username, role, status, balance_micros, reserved_micros, created_at_ms, updated_at_ms FROM users WHERE id = $1";
     read_pool!(db, p => sqlx::query_as::<_, User>(sql).bind(id).fetch_optional(p).await)
 }
 
@@ -102,7 +177,7 @@ pub async fn list(db: &Db, limit: i64, offset: i64) -> Result<(i64, Vec<User>), 
     read_pool!(db, p => {
         let total: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM users").fetch_one(p).await?;
         let users = sqlx::query_as::<_, User>(
-            "SELECT id, email, role, status, balance_micros, reserved_micros, created_at_ms, updated_at_ms
+            "SELECT id, email, username, role, status, balance_micros, reserved_micros, created_at_ms, updated_at_ms
              FROM users ORDER BY id DESC LIMIT $1 OFFSET $2",
         )
         .bind(limit)
@@ -123,7 +198,7 @@ pub async fn update(
     let result = write_pool!(db, p => sqlx::query_as::<_, User>(
         "UPDATE users SET status = COALESCE($2, status), email = COALESCE($3, email), updated_at_ms = $4
          WHERE id = $1
-         RETURNING id, email, role, status, balance_micros, reserved_micros, created_at_ms, updated_at_ms",
+         RETURNING id, email, username, role, status, balance_micros, reserved_micros, created_at_ms, updated_at_ms",
     )
     .bind(id)
     .bind(status)

@@ -105,6 +105,8 @@ pub enum AuthError {
     Expired,
     #[error("this account has been disabled")]
     UserDisabled,
+    #[error("the login token is invalid or has expired; log in again")]
+    InvalidToken,
     #[error(transparent)]
     Db(#[from] sqlx::Error),
 }

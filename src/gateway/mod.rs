@@ -5,6 +5,7 @@ pub mod auth;
 pub mod catalog;
 pub mod chat;
 pub mod request;
+pub mod session;
 pub mod sse;
 pub mod tokens;
 

@@ -1,8 +1,10 @@
 //! Extractors shared by the routes: the request id, the authenticated caller (per surface, with
 //! that surface's error shape), and a JSON body whose errors name the offending field.
 
+use crate::db;
 use crate::error::{ApiError, OpenAiError};
 use crate::gateway::auth::{AuthError, Caller, presented_key};
+use crate::gateway::session::{TokenKind, looks_like_jwt};
 use crate::state::AppState;
 use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::request::Parts;
@@ -38,12 +40,30 @@ impl<S: Send + Sync> FromRequestParts<S> for RequestId {
     }
 }
 
-/// Whoever the request's credential belongs to.
+/// Whoever the request's credential (an API key, or a login token) belongs to.
 async fn authenticate(parts: &Parts, state: &AppState) -> Result<Caller, AuthError> {
-    state
-        .keys
-        .authenticate(&state.db, presented_key(&parts.headers))
-        .await
+    let presented = presented_key(&parts.headers);
+    match presented {
+        Some(token) if looks_like_jwt(token) => {
+            let user_id = state
+                .sessions
+                .verify(token, TokenKind::Access)
+                .ok_or(AuthError::InvalidToken)?;
+            let user = db::users::get(&state.db, user_id)
+                .await?
+                .ok_or(AuthError::InvalidToken)?;
+            if user.status != "active" {
+                return Err(AuthError::UserDisabled);
+            }
+            Ok(Caller {
+                key_id: None,
+                user_id: Some(user.id),
+                is_admin: user.role == "admin",
+                models: None,
+            })
+        }
+        _ => state.keys.authenticate(&state.db, presented).await,
+    }
 }
 
 /// A caller on the OpenAI surface (401/403 in OpenAI's shape).

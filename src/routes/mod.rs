@@ -1,6 +1,7 @@
 //! The HTTP surface. Where a request goes:
 //!
 //! - `/v1/*` and `/api/v1/*` OpenAI-compatible: [`openai`] (chat completions, models)
+//! - `/api/v1/auth/*` password accounts and login tokens: [`auth`]
 //! - `/api/v1/credit/*`, `/api/v1/usage` a user's own balance, ledger and usage: [`account`]
 //! - `/api/v1/admin/*` admin API in the platform envelope: [`admin`]
 //! - `/metrics`, `/healthz`, `/readyz`: [`ops`]
@@ -9,6 +10,7 @@
 
 pub mod account;
 pub mod admin;
+pub mod auth;
 pub mod extract;
 pub mod openai;
 pub mod ops;
@@ -33,7 +35,10 @@ pub fn router(state: AppState) -> Router {
     let openai = openai::router();
     Router::new()
         .nest("/v1", openai.clone())
-        .nest("/api/v1", openai.merge(account::router()))
+        .nest(
+            "/api/v1",
+            openai.merge(account::router()).merge(auth::router()),
+        )
         .nest("/api/v1/admin", admin::router())
         .merge(ops::router())
         .route_layer(middleware::from_fn(label_route))
@@ -77,7 +82,12 @@ async fn track(mut req: Request, next: Next) -> Response {
 /// Unknown paths: OpenAI's error shape under `/v1`, the envelope elsewhere.
 async fn not_found(uri: Uri) -> Response {
     let path = uri.path();
-    let platform = ["/api/v1/admin", "/api/v1/credit", "/api/v1/usage"];
+    let platform = [
+        "/api/v1/admin",
+        "/api/v1/auth",
+        "/api/v1/credit",
+        "/api/v1/usage",
+    ];
     if path.starts_with("/v1/")
         || (path.starts_with("/api/v1/") && !platform.iter().any(|p| path.starts_with(p)))
     {

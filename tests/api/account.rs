@@ -92,3 +92,78 @@ on_both_backends! {
         app.stop().await;
     }
 }
+
+async fn post(app: &TestApp, bearer: Option<&str>, path: &str, body: Value) -> (u16, Value) {
+    let mut req = app.client.post(app.url(path)).json(&body);
+    if let Some(b) = bearer {
+        req = req.bearer_auth(b);
+    }
+    let resp = req.send().await.expect("send");
+    (resp.status().as_u16(), resp.json().await.expect("json"))
+}
+
+on_both_backends! {
+    async fn a_registered_user_logs_in_and_uses_the_token_like_a_key(b: Backend) {
+        let s = setup(&b, chat_script(&["ok"], 20, 5, 0), ("1", "2", "0"), "1").await;
+        let app = &s.app;
+        let account = json!({"username": "ada", "email": "ada@example.com", "password": "correct horse"});
+        let (status, body) = post(app, None, "/api/v1/auth/register", account.clone()).await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["data"]["username"], "ada");
+        assert_eq!(body["data"]["credit_balance"], 0);
+        let user = body["data"]["id"].as_i64().expect("id");
+        let (status, body) = post(app, None, "/api/v1/auth/register", account.clone()).await;
+        assert_eq!(status, 409, "{body}");
+        let (status, body) = post(app, None, "/api/v1/auth/register", json!({"username": "bob", "email": "bob@example.com", "password": "short"})).await;
+        assert_eq!(status, 400);
+        assert!(body["message"].as_str().is_some_and(|m| m.starts_with("password")), "{body}");
+
+        let (status, _) = post(app, None, "/api/v1/auth/login", json!({"username": "ada", "password": "wrong horse"})).await;
+        assert_eq!(status, 401);
+        let (status, body) = post(app, None, "/api/v1/auth/login", json!({"username": "ada@example.com", "password": "correct horse"})).await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["data"]["token_type"], "bearer");
+        let access = body["data"]["access_token"].as_str().expect("access").to_owned();
+        let refresh = body["data"]["refresh_token"].as_str().expect("refresh").to_owned();
+
+        app.admin_post(&format!("/api/v1/admin/users/{user}/balance"), json!({"delta": 2, "reason": "welcome"})).await;
+        let resp = app.client.get(app.url("/api/v1/credit/balance")).bearer_auth(&access).send().await.expect("send");
+        let body: Value = resp.json().await.expect("json");
+        assert_eq!(body["data"]["balance_micros"], 2_000_000, "{body}");
+
+        // The access token calls models like a key; the charge lands on this account.
+        let resp = app.chat(&access, json!({"model": "m1", "messages": [{"role": "user", "content": "x"}]})).send().await.expect("send");
+        assert_eq!(resp.status(), 200);
+        let resp = app.client.get(app.url("/api/v1/usage")).bearer_auth(&access).send().await.expect("send");
+        let body: Value = resp.json().await.expect("json");
+        assert_eq!(body["data"]["items"][0]["cost_micros"], 30, "{body}");
+        assert_eq!(body["data"]["items"][0]["key_id"], Value::Null);
+        let resp = app.client.get(app.url("/api/v1/credit/transactions")).bearer_auth(&access).send().await.expect("send");
+        let body: Value = resp.json().await.expect("json");
+        assert_eq!(body["data"]["total"], 2);
+        assert_eq!(body["data"]["items"][0]["balance_after"], json!(1.99997));
+        app.assert_books_balance(user).await;
+
+        // Refresh: only a refresh token buys new tokens.
+        let (status, _) = post(app, Some(&access), "/api/v1/auth/refresh", json!({})).await;
+        assert_eq!(status, 401);
+        let (status, body) = post(app, Some(&refresh), "/api/v1/auth/refresh", json!({})).await;
+        assert_eq!(status, 200, "{body}");
+        let renewed = body["data"]["access_token"].as_str().expect("access").to_owned();
+        let resp = app.client.get(app.url("/api/v1/auth/me")).bearer_auth(&renewed).send().await.expect("send");
+        let body: Value = resp.json().await.expect("json");
+        assert_eq!(body["data"]["username"], "ada", "{body}");
+
+        // A forged token and a disabled account are refused.
+        let at = access.len() - 5;
+        let swapped = if &access[at..=at] == "A" { "B" } else { "A" };
+        let forged = format!("{}{swapped}{}", &access[..at], &access[at + 1..]);
+        let resp = app.client.get(app.url("/api/v1/auth/me")).bearer_auth(&forged).send().await.expect("send");
+        assert_eq!(resp.status(), 401);
+        let (status, _) = app.admin(reqwest::Method::PATCH, &format!("/api/v1/admin/users/{user}"), Some(json!({"status": "disabled"}))).await;
+        assert_eq!(status, 200);
+        let resp = app.client.get(app.url("/api/v1/credit/balance")).bearer_auth(&access).send().await.expect("send");
+        assert_eq!(resp.status(), 403);
+        s.app.stop().await;
+    }
+}

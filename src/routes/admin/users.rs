@@ -28,6 +28,7 @@ pub fn user_json(state: &AppState, u: &User) -> Value {
     json!({
         "id": u.id,
         "email": u.email,
+        "username": u.username,
         "role": u.role,
         "status": u.status,
         "balance": Micros(u.balance_micros),
@@ -65,7 +66,7 @@ struct NewUser {
     role: Option<String>,
 }
 
-fn check_email(email: &str) -> Result<String, ApiError> {
+pub fn check_email(email: &str) -> Result<String, ApiError> {
     let email = email.trim();
     let valid = email.len() <= 254
         && email
