@@ -485,6 +485,17 @@ fn error_event(message: &str, code: &str) -> Bytes {
     Bytes::from(format!("data: {body}\n\n"))
 }
 
+/// `event` with the upstream model name mapped back to the public one (when they differ).
+fn public_model(event: Bytes, rename: bool, upstream: &str, public: &str) -> Bytes {
+    match rename
+        .then(|| rewrite_model(&event, upstream, public))
+        .flatten()
+    {
+        Some(b) => Bytes::from(b),
+        None => event,
+    }
+}
+
 /// A streaming answer: forward events as they arrive, hold back `[DONE]` until settled.
 async fn stream(
     ctx: Ctx,
@@ -554,13 +565,7 @@ async fn stream(
                 done_event = Some(event);
                 break 'read StreamEnd::Done;
             }
-            let event = match rename
-                .then(|| rewrite_model(&event, &upstream_model, &ctx.model.name))
-                .flatten()
-            {
-                Some(b) => Bytes::from(b),
-                None => event,
-            };
+            let event = public_model(event, rename, &upstream_model, &ctx.model.name);
             if ttft_ms.is_none() {
                 let elapsed = ctx.started.elapsed();
                 metrics::histogram!(m::TTFT, "model" => ctx.model.name.clone())
@@ -587,6 +592,7 @@ async fn stream(
                 done_event = Some(event);
                 end = StreamEnd::Done;
             } else {
+                let event = public_model(event, rename, &upstream_model, &ctx.model.name);
                 let _ = tx.send(event).await;
             }
         }
