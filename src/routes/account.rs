@@ -5,7 +5,7 @@
 use super::admin::{Page, ok, paged, usage::usage_json, users::ledger_json};
 use super::extract::UserCaller;
 use crate::billing::Micros;
-use crate::db::{self, billing::UsageRow};
+use crate::db::{self, billing::UsageRow, users::User};
 use crate::error::ApiError;
 use crate::state::AppState;
 use axum::extract::{Query, State};
@@ -20,13 +20,18 @@ pub fn router() -> Router<AppState> {
         .route("/usage", get(usage))
 }
 
+/// The caller's own user row.
+pub async fn own_account(state: &AppState, user_id: i64) -> Result<User, ApiError> {
+    db::users::get(&state.db, user_id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound("your account no longer exists".into()))
+}
+
 async fn balance(
     State(state): State<AppState>,
     UserCaller(user_id): UserCaller,
 ) -> Result<Json<Value>, ApiError> {
-    let user = db::users::get(&state.db, user_id)
-        .await?
-        .ok_or_else(|| ApiError::NotFound("your account no longer exists".into()))?;
+    let user = own_account(&state, user_id).await?;
     let reserved = state.book.reserved(user.id).unwrap_or(user.reserved_micros);
     let available = user.balance_micros - reserved;
     Ok(ok(json!({

@@ -2,6 +2,7 @@
 //! (a JWT access token and a refresh token), `POST /api/v1/auth/refresh` (the refresh token as
 //! Bearer) and `GET /api/v1/auth/me`. The access token works wherever an API key does.
 
+use super::account::own_account;
 use super::admin::{ok, users::check_email};
 use super::extract::{ApiJson, UserCaller};
 use crate::billing::Micros;
@@ -174,8 +175,5 @@ async fn me(
     State(state): State<AppState>,
     UserCaller(user_id): UserCaller,
 ) -> Result<Json<Value>, ApiError> {
-    let user = db::users::get(&state.db, user_id)
-        .await?
-        .ok_or_else(|| ApiError::NotFound("your account no longer exists".into()))?;
-    Ok(ok(profile(&user)))
+    Ok(ok(profile(&own_account(&state, user_id).await?)))
 }
