@@ -154,16 +154,17 @@ pub async fn find_login(
     db: &Db,
     login: &str,
 ) -> Result<Option<(User, Option<String>)>, sqlx::Error> {
-    read_pool!(db, p => {
-        let row: Option<(i64, Option<String>)> = sqlx::query_as(
-            "SELECT id, password_hash FROM users WHERE username = $1 OR email = $1 ORDER BY id LIMIT 1",
-        )
-        .bind(login)
-        .fetch_optional(p)
-        .await?;
-        let Some((id, hash)) = row else { return Ok(None) };
-        Ok(get(db, id).await?.map(|u| (u, hash)))
-    })
+    #[derive(sqlx::FromRow)]
+    struct Login {
+        #[sqlx(flatten)]
+        user: User,
+        password_hash: Option<String>,
+    }
+    let sql = "SELECT id, email, username, role, status, balance_micros, reserved_micros, created_at_ms, updated_at_ms, password_hash
+               FROM users WHERE username = $1 OR email = $1 ORDER BY id LIMIT 1";
+    let row: Option<Login> =
+        read_pool!(db, p => sqlx::query_as(sql).bind(login).fetch_optional(p).await)?;
+    Ok(row.map(|r| (r.user, r.password_hash)))
 }
 
 /// One user by id.

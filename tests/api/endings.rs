@@ -67,18 +67,7 @@ async fn gateway_with(
     adjust: impl FnOnce(&mut tollgate::config::Config),
 ) -> Setup {
     let app = TestApp::spawn_with(b, adjust).await;
-    let fake = FakeUpstream::start(script).await;
-    app.add_channel(&fake.base_url, &["m1"], json!({})).await;
-    app.add_model("m1", json!("1"), json!("2"), json!("0.5"))
-        .await;
-    let user = app.add_user(json!("10")).await;
-    let key = app.add_key(user, json!({})).await;
-    Setup {
-        app,
-        fake,
-        user,
-        key,
-    }
+    Setup::provision(app, script, json!({}), ("1", "2", "0.5"), "10").await
 }
 
 async fn gateway(b: &Backend, script: Script) -> Setup {

@@ -700,18 +700,31 @@ pub async fn setup(
     balance: &str,
 ) -> Setup {
     let app = TestApp::spawn(backend).await;
-    let fake = FakeUpstream::start(script).await;
-    app.add_channel(&fake.base_url, &["m1"], json!({"m1": "upstream-m1"}))
-        .await;
-    let price = |p: &str| Value::String(p.into());
-    app.add_model("m1", price(prices.0), price(prices.1), price(prices.2))
-        .await;
-    let user = app.add_user(Value::String(balance.into())).await;
-    let key = app.add_key(user, json!({})).await;
-    Setup {
-        app,
-        fake,
-        user,
-        key,
+    Setup::provision(app, script, json!({"m1": "upstream-m1"}), prices, balance).await
+}
+
+impl Setup {
+    /// On a running `app`: a fake upstream playing `script` as a channel serving `m1` (with
+    /// `model_map`), `m1` priced per 1M tokens, and a user with `balance` credits and a key.
+    pub async fn provision(
+        app: TestApp,
+        script: Script,
+        model_map: Value,
+        prices: (&str, &str, &str),
+        balance: &str,
+    ) -> Setup {
+        let fake = FakeUpstream::start(script).await;
+        app.add_channel(&fake.base_url, &["m1"], model_map).await;
+        let price = |p: &str| Value::String(p.into());
+        app.add_model("m1", price(prices.0), price(prices.1), price(prices.2))
+            .await;
+        let user = app.add_user(Value::String(balance.into())).await;
+        let key = app.add_key(user, json!({})).await;
+        Setup {
+            app,
+            fake,
+            user,
+            key,
+        }
     }
 }
