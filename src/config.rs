@@ -19,6 +19,8 @@ pub struct Config {
     pub auth: AuthConfig,
     pub billing: BillingConfig,
     pub catalog: CatalogConfig,
+    pub redis: RedisConfig,
+    pub limits: LimitsConfig,
     pub log: LogConfig,
     /// The bootstrap admin credential (from `TOLLGATE_ADMIN_KEY`, never from a file).
     #[serde(skip)]
@@ -74,6 +76,45 @@ pub struct BillingConfig {
 #[serde(deny_unknown_fields)]
 pub struct CatalogConfig {
     pub refresh_interval_ms: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedisConfig {
+    pub url: String,
+    pub prefix: String,
+    pub timeout_ms: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsConfig {
+    pub window_ms: u64,
+    pub key_rpm: u64,
+    pub key_tpm: u64,
+    pub key_max_concurrency: u64,
+    pub user_rpm: u64,
+    pub user_tpm: u64,
+    pub user_max_concurrency: u64,
+    pub on_redis_error: FailMode,
+    pub concurrency_lease_ms: u64,
+    pub auth_per_minute: u64,
+    pub generation_per_hour: u64,
+    pub query_per_minute: u64,
+    pub other_per_minute: u64,
+    pub plan_free_per_hour: u64,
+    pub plan_pro_per_hour: u64,
+    pub trust_forwarded_for: bool,
+}
+
+/// What the limiter does while Redis is unreachable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FailMode {
+    /// This instance's own counters decide.
+    Open,
+    /// Requests are refused (503).
+    Closed,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -144,6 +185,7 @@ impl Config {
         let mut admin_key = None;
         let mut jwt_secret = None;
         let mut database_url = None;
+        let mut redis_url = None;
         for (name, value) in env {
             if let Some(rest) = name.strip_prefix("TOLLGATE__") {
                 let path: Vec<String> = rest.split("__").map(|s| s.to_ascii_lowercase()).collect();
@@ -158,12 +200,21 @@ impl Config {
                 jwt_secret = Some(value);
             } else if name == "TOLLGATE_DATABASE_URL" && !value.is_empty() {
                 database_url = Some(value);
+            } else if name == "TOLLGATE_REDIS_URL" && !value.is_empty() {
+                redis_url = Some(value);
             }
         }
         if let Some(url) = database_url {
             set_path(
                 &mut table,
                 &["database".into(), "url".into()],
+                toml::Value::String(url),
+            )?;
+        }
+        if let Some(url) = redis_url {
+            set_path(
+                &mut table,
+                &["redis".into(), "url".into()],
                 toml::Value::String(url),
             )?;
         }
@@ -204,10 +255,25 @@ impl Config {
                 "catalog.refresh_interval_ms",
                 self.catalog.refresh_interval_ms,
             ),
+            ("redis.timeout_ms", self.redis.timeout_ms),
+            ("limits.window_ms", self.limits.window_ms),
+            (
+                "limits.concurrency_lease_ms",
+                self.limits.concurrency_lease_ms,
+            ),
         ] {
             if v == 0 {
                 bail!("{name} must be greater than zero");
             }
+        }
+        let redis_scheme = ["redis://", "rediss://"]
+            .iter()
+            .any(|p| self.redis.url.starts_with(p));
+        if !self.redis.url.is_empty() && !redis_scheme {
+            bail!("redis.url must start with redis:// or rediss://");
+        }
+        if self.redis.prefix.is_empty() || self.redis.prefix.contains(char::is_whitespace) {
+            bail!("redis.prefix must be a non-empty word");
         }
         if !matches!(self.log.format.as_str(), "text" | "json") {
             bail!("log.format must be \"text\" or \"json\"");

@@ -43,6 +43,16 @@ pub enum OpenAiError {
     Upstream { message: String },
     #[error("upstream timed out: {message}")]
     UpstreamTimeout { message: String },
+    #[error("{message}")]
+    RateLimited {
+        message: String,
+        /// OpenAI's error type: `requests` or `tokens`.
+        kind: &'static str,
+        /// When to retry; `None` when retrying cannot help (the request is too large).
+        retry_after_ms: Option<u64>,
+    },
+    #[error("{message}")]
+    LimiterUnavailable { message: String },
     #[error("the gateway is shutting down")]
     ShuttingDown,
     #[error("internal error (request id {request_id})")]
@@ -135,6 +145,16 @@ impl OpenAiError {
                 "upstream_error",
                 Some("upstream_timeout"),
             ),
+            RateLimited { kind, .. } => (
+                StatusCode::TOO_MANY_REQUESTS,
+                kind,
+                Some("rate_limit_exceeded"),
+            ),
+            LimiterUnavailable { .. } => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "api_error",
+                Some("rate_limiter_unavailable"),
+            ),
             ShuttingDown => (
                 StatusCode::SERVICE_UNAVAILABLE,
                 "api_error",
@@ -178,12 +198,34 @@ impl IntoResponse for OpenAiError {
     fn into_response(self) -> Response {
         let (status, _, _) = self.parts();
         let mut response = (status, axum::Json(self.body())).into_response();
-        if status == StatusCode::SERVICE_UNAVAILABLE {
-            response
-                .headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        let headers = response.headers_mut();
+        match &self {
+            OpenAiError::RateLimited {
+                retry_after_ms: Some(ms),
+                ..
+            } => retry_after(headers, *ms),
+            // Waiting cannot make it fit: tell SDKs not to retry.
+            OpenAiError::RateLimited { .. } => {
+                headers.insert("x-should-retry", HeaderValue::from_static("false"));
+            }
+            _ if status == StatusCode::SERVICE_UNAVAILABLE => {
+                headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            }
+            _ => {}
         }
         response
+    }
+}
+
+/// `Retry-After` in whole seconds (rounded up) and `retry-after-ms`, which OpenAI's SDKs read
+/// first.
+pub fn retry_after(headers: &mut axum::http::HeaderMap, ms: u64) {
+    let secs = ms.div_ceil(1000).max(1);
+    if let Ok(v) = HeaderValue::try_from(secs.to_string()) {
+        headers.insert(header::RETRY_AFTER, v);
+    }
+    if let Ok(v) = HeaderValue::try_from(ms.max(1).to_string()) {
+        headers.insert("retry-after-ms", v);
     }
 }
 
@@ -200,6 +242,10 @@ pub enum ApiError {
     NotFound(String),
     #[error("{0}")]
     Conflict(String),
+    #[error("{0}")]
+    RateLimited(String),
+    #[error("{0}")]
+    Unavailable(String),
     #[error("internal error")]
     Internal(String),
 }
@@ -212,6 +258,8 @@ impl ApiError {
             ApiError::Forbidden(_) => (StatusCode::FORBIDDEN, "FORBIDDEN"),
             ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "NOT_FOUND"),
             ApiError::Conflict(_) => (StatusCode::CONFLICT, "CONFLICT"),
+            ApiError::RateLimited(_) => (StatusCode::TOO_MANY_REQUESTS, "RATE_LIMITED"),
+            ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "SERVICE_UNAVAILABLE"),
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL_ERROR"),
         }
     }

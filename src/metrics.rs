@@ -32,6 +32,12 @@ pub const RESERVATIONS_HELD: &str = "tollgate_reservations_held";
 pub const RESERVATIONS_REFUSED: &str = "tollgate_reservations_refused_total";
 /// Counter: expired reservations released by the reconciler.
 pub const RECONCILER_RELEASES: &str = "tollgate_reconciler_releases_total";
+/// Counter: rate-limit checks, by `outcome` (`admitted`, `refused`).
+pub const LIMIT_DECISIONS: &str = "tollgate_rate_limit_decisions_total";
+/// Counter: rate-limit checks Redis did not answer (the fail-open or fail-closed path ran).
+pub const LIMITER_ERRORS: &str = "tollgate_rate_limiter_redis_errors_total";
+/// Counter: invalidation messages received from other instances, by `change`.
+pub const INVALIDATIONS: &str = "tollgate_invalidations_received_total";
 
 const LATENCY_BUCKETS: &[f64] = &[
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
@@ -95,8 +101,21 @@ fn describe() {
         RECONCILER_RELEASES,
         "Expired reservations released by the reconciler"
     );
+    describe_counter!(
+        LIMIT_DECISIONS,
+        "Rate-limit checks by outcome (admitted, refused)"
+    );
+    describe_counter!(
+        LIMITER_ERRORS,
+        "Rate-limit checks Redis did not answer (fail-open or fail-closed applied)"
+    );
+    describe_counter!(
+        INVALIDATIONS,
+        "Invalidation messages received from other instances, by change"
+    );
     // Register the counters that must be visible (at zero) from the start.
     metrics::counter!(SETTLEMENT_FAILURES).absolute(0);
+    metrics::counter!(LIMITER_ERRORS).absolute(0);
     metrics::gauge!(ACTIVE_STREAMS).set(0.0);
     metrics::gauge!(RESERVATIONS_HELD).set(0.0);
 }

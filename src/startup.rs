@@ -2,16 +2,20 @@
 //! bind (port 0 works), serve until a shutdown signal, then drain: stop accepting, let open
 //! streams finish within the grace period, cut the rest, and wait for every settlement.
 
+use crate::cluster::Bus;
 use crate::config::Config;
 use crate::db::Db;
 use crate::gateway::auth::KeyCache;
 use crate::gateway::catalog::Catalog;
 use crate::gateway::session::Sessions;
+use crate::limits::Limiter;
+use crate::limits::shared::Shared;
 use crate::state::{AppState, Inner};
 use anyhow::Context;
 use axum::serve::ListenerExt;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -21,6 +25,8 @@ use tokio_util::task::TaskTracker;
 pub struct Application {
     listener: TcpListener,
     state: AppState,
+    /// For the change-notice subscription (when Redis is configured).
+    redis: Option<redis::Client>,
 }
 
 impl Application {
@@ -39,6 +45,24 @@ impl Application {
             .no_proxy()
             .build()
             .context("building the HTTP client")?;
+        let redis_timeout = Duration::from_millis(config.redis.timeout_ms);
+        let (redis, limiter, bus) = if config.redis.url.is_empty() {
+            let limiter = Limiter::new(None, config.limits.on_redis_error, redis_timeout);
+            (None, limiter, Bus::new(None, &config.redis.prefix))
+        } else {
+            let (client, conn) = crate::cluster::connect(&config.redis.url, redis_timeout).await?;
+            let shared = Shared::new(
+                conn.clone(),
+                &config.redis.prefix,
+                config.limits.concurrency_lease_ms,
+            );
+            let limiter = Limiter::new(Some(shared), config.limits.on_redis_error, redis_timeout);
+            (
+                Some(client),
+                limiter,
+                Bus::new(Some(conn), &config.redis.prefix),
+            )
+        };
         let addr = config.listen_addr()?;
         let listener = TcpListener::bind(addr)
             .await
@@ -65,6 +89,8 @@ impl Application {
                 )
             },
             catalog: Catalog::default(),
+            limits: Arc::new(limiter),
+            bus,
             book,
             tasks: TaskTracker::new(),
             cut_streams: CancellationToken::new(),
@@ -78,7 +104,11 @@ impl Application {
             .reload(&state.db)
             .await
             .context("loading models and channels")?;
-        Ok(Application { listener, state })
+        Ok(Application {
+            listener,
+            state,
+            redis,
+        })
     }
 
     /// The address actually bound.
@@ -103,7 +133,11 @@ impl Application {
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
-        let Application { listener, state } = self;
+        let Application {
+            listener,
+            state,
+            redis,
+        } = self;
         let config = &state.config;
         let stop_workers = CancellationToken::new();
         // Load the tokenizer now, not on the first request that needs a local count.
@@ -118,6 +152,18 @@ impl Application {
             Duration::from_millis(config.catalog.refresh_interval_ms),
             stop_workers.clone(),
         ));
+        state.tasks.spawn(maintain_limits(
+            state.clone(),
+            Duration::from_millis((config.limits.concurrency_lease_ms / 3).max(100)),
+            stop_workers.clone(),
+        ));
+        if let Some(client) = redis {
+            state.tasks.spawn(crate::cluster::listen(
+                state.clone(),
+                client,
+                stop_workers.clone(),
+            ));
+        }
 
         let draining = CancellationToken::new();
         let trigger = draining.clone();
@@ -126,6 +172,7 @@ impl Application {
         let listener = listener.tap_io(|tcp| {
             let _ = tcp.set_nodelay(true);
         });
+        let app = app.into_make_service_with_connect_info::<SocketAddr>();
         let server = axum::serve(listener, app).with_graceful_shutdown(async move {
             shutdown.await;
             trigger.cancel();
@@ -173,6 +220,17 @@ async fn refresh_catalog(state: AppState, interval: Duration, stop: Cancellation
         if let Err(e) = state.catalog.reload(&state.db).await {
             tracing::warn!(error = %e, "catalog refresh failed");
         }
+    }
+}
+
+/// Renews this instance's shared concurrency leases and drops idle local counters.
+async fn maintain_limits(state: AppState, interval: Duration, stop: CancellationToken) {
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(interval) => {}
+        }
+        state.limits.maintain().await;
     }
 }
 

@@ -1,11 +1,13 @@
 //! [`AppState`]: everything a request needs, cheap to clone (one `Arc`).
 
 use crate::billing::book::Book;
+use crate::cluster::Bus;
 use crate::config::Config;
 use crate::db::Db;
 use crate::gateway::auth::KeyCache;
 use crate::gateway::catalog::Catalog;
 use crate::gateway::session::Sessions;
+use crate::limits::Limiter;
 use metrics_exporter_prometheus::PrometheusHandle;
 use std::ops::Deref;
 use std::sync::Arc;
@@ -27,6 +29,10 @@ pub struct Inner {
     /// Where balance reservations are held (memory on SQLite, rows on PostgreSQL).
     pub book: Book,
     pub catalog: Catalog,
+    /// Rate-limit counters (in this process, or shared through Redis).
+    pub limits: Arc<Limiter>,
+    /// Change notices to the other instances (through Redis, when configured).
+    pub bus: Bus,
     /// Settlement and stream tasks; shutdown waits for all of them.
     pub tasks: TaskTracker,
     /// Cancelled when the shutdown grace period is over: open streams end and settle.

@@ -43,6 +43,10 @@ pub struct ModelRow {
     pub max_output_tokens: Option<i64>,
     pub price_version: i64,
     pub status: String,
+    /// Requests and tokens per window each key (or login) gets on this model; `None`: no
+    /// model-level limit.
+    pub rpm: Option<i64>,
+    pub tpm: Option<i64>,
     pub created_at_ms: i64,
     pub updated_at_ms: i64,
 }
@@ -133,7 +137,7 @@ pub async fn list_channels(db: &Db) -> Result<Vec<ChannelRow>, sqlx::Error> {
 pub async fn list_models(db: &Db) -> Result<Vec<ModelRow>, sqlx::Error> {
     read_pool!(db, p => sqlx::query_as::<_, ModelRow>(
         "SELECT id, model, input_micros_per_mtok, output_micros_per_mtok, cached_input_micros_per_mtok,
-                max_output_tokens, price_version, status, created_at_ms, updated_at_ms
+                max_output_tokens, price_version, status, rpm, tpm, created_at_ms, updated_at_ms
          FROM models ORDER BY id",
     )
     .fetch_all(p)
@@ -143,7 +147,7 @@ pub async fn list_models(db: &Db) -> Result<Vec<ModelRow>, sqlx::Error> {
 pub async fn get_model(db: &Db, id: i64) -> Result<Option<ModelRow>, sqlx::Error> {
     read_pool!(db, p => sqlx::query_as::<_, ModelRow>(
         "SELECT id, model, input_micros_per_mtok, output_micros_per_mtok, cached_input_micros_per_mtok,
-                max_output_tokens, price_version, status, created_at_ms, updated_at_ms
+                max_output_tokens, price_version, status, rpm, tpm, created_at_ms, updated_at_ms
          FROM models WHERE id = $1",
     )
     .bind(id)
@@ -229,7 +233,7 @@ pub async fn upsert_model(
         }
         let row = sqlx::query_as::<_, ModelRow>(
             "SELECT id, model, input_micros_per_mtok, output_micros_per_mtok, cached_input_micros_per_mtok,
-                    max_output_tokens, price_version, status, created_at_ms, updated_at_ms
+                    max_output_tokens, price_version, status, rpm, tpm, created_at_ms, updated_at_ms
              FROM models WHERE id = $1",
         )
         .bind(id)
@@ -249,10 +253,36 @@ pub async fn set_model_status(
     write_pool!(db, p => sqlx::query_as::<_, ModelRow>(
         "UPDATE models SET status = $2, updated_at_ms = $3 WHERE id = $1
          RETURNING id, model, input_micros_per_mtok, output_micros_per_mtok, cached_input_micros_per_mtok,
-                   max_output_tokens, price_version, status, created_at_ms, updated_at_ms",
+                   max_output_tokens, price_version, status, rpm, tpm, created_at_ms, updated_at_ms",
     )
     .bind(id)
     .bind(status)
+    .bind(now_ms())
+    .fetch_optional(p)
+    .await)
+}
+
+/// Sets or clears (inner `None`) a model's per-key rpm and tpm; an outer `None` keeps one.
+pub async fn set_model_limits(
+    db: &Db,
+    id: i64,
+    rpm: Option<Option<i64>>,
+    tpm: Option<Option<i64>>,
+) -> Result<Option<ModelRow>, sqlx::Error> {
+    let (set_rpm, rpm) = rpm.map_or((0_i64, None), |v| (1, v));
+    let (set_tpm, tpm) = tpm.map_or((0_i64, None), |v| (1, v));
+    write_pool!(db, p => sqlx::query_as::<_, ModelRow>(
+        "UPDATE models SET rpm = CASE WHEN $2 = 1 THEN $3 ELSE rpm END,
+                tpm = CASE WHEN $4 = 1 THEN $5 ELSE tpm END, updated_at_ms = $6
+         WHERE id = $1
+         RETURNING id, model, input_micros_per_mtok, output_micros_per_mtok, cached_input_micros_per_mtok,
+                   max_output_tokens, price_version, status, rpm, tpm, created_at_ms, updated_at_ms",
+    )
+    .bind(id)
+    .bind(set_rpm)
+    .bind(rpm)
+    .bind(set_tpm)
+    .bind(tpm)
     .bind(now_ms())
     .fetch_optional(p)
     .await)

@@ -65,6 +65,12 @@ const MIGRATIONS: &[(i64, &str, &str, &str)] = &[
         include_str!("../../migrations/sqlite/0002_accounts.sql"),
         include_str!("../../migrations/postgres/0002_accounts.sql"),
     ),
+    (
+        3,
+        "limits",
+        include_str!("../../migrations/sqlite/0003_limits.sql"),
+        include_str!("../../migrations/postgres/0003_limits.sql"),
+    ),
 ];
 
 /// Whether a database error is a unique-constraint violation (portable across backends).

@@ -14,8 +14,27 @@ pub struct User {
     pub status: String,
     pub balance_micros: i64,
     pub reserved_micros: i64,
+    /// `monthly`, `quarterly`, `yearly`, … (set by an admin; lifts the AI generation limit).
+    pub membership_type: Option<String>,
+    pub membership_expires_at_ms: Option<i64>,
     pub created_at_ms: i64,
     pub updated_at_ms: i64,
+}
+
+impl User {
+    /// Whether a membership is in force at `now_ms`.
+    pub fn is_member(&self, now_ms: i64) -> bool {
+        self.membership_expires_at_ms.is_some_and(|e| e > now_ms)
+    }
+}
+
+/// An admin's change to a user; `None` keeps a field.
+#[derive(Default)]
+pub struct UserPatch<'a> {
+    pub status: Option<&'a str>,
+    pub email: Option<&'a str>,
+    /// The membership type and its end, set together (`(None, None)` ends it).
+    pub membership: Option<(Option<String>, Option<i64>)>,
 }
 
 /// One ledger row.
@@ -64,7 +83,7 @@ pub async fn create(
         let inserted = sqlx::query_as::<_, User>(
             "INSERT INTO users (email, role, status, balance_micros, reserved_micros, created_at_ms, updated_at_ms)
              VALUES ($1, $2, 'active', $3, 0, $4, $4)
-             RETURNING id, email, username, role, status, balance_micros, reserved_micros, created_at_ms, updated_at_ms",
+             RETURNING id, email, username, role, status, balance_micros, reserved_micros, membership_type, membership_expires_at_ms, created_at_ms, updated_at_ms",
         )
         .bind(email)
         .bind(role)
@@ -130,7 +149,7 @@ pub async fn register(
         let inserted = sqlx::query_as::<_, User>(
             "INSERT INTO users (email, username, password_hash, role, status, balance_micros, reserved_micros, created_at_ms, updated_at_ms)
              VALUES ($1, $2, $3, 'user', 'active', 0, 0, $4, $4)
-             RETURNING id, email, username, role, status, balance_micros, reserved_micros, created_at_ms, updated_at_ms",
+             RETURNING id, email, username, role, status, balance_micros, reserved_micros, membership_type, membership_expires_at_ms, created_at_ms, updated_at_ms",
         )
         .bind(email)
         .bind(username)
@@ -160,7 +179,7 @@ pub async fn find_login(
         user: User,
         password_hash: Option<String>,
     }
-    let sql = "SELECT id, email, username, role, status, balance_micros, reserved_micros, created_at_ms, updated_at_ms, password_hash
+    let sql = "SELECT id, email, username, role, status, balance_micros, reserved_micros, membership_type, membership_expires_at_ms, created_at_ms, updated_at_ms, password_hash
                FROM users WHERE username = $1 OR email = $1 ORDER BY id LIMIT 1";
     let row: Option<Login> =
         read_pool!(db, p => sqlx::query_as(sql).bind(login).fetch_optional(p).await)?;
@@ -169,7 +188,7 @@ pub async fn find_login(
 
 /// One user by id.
 pub async fn get(db: &Db, id: i64) -> Result<Option<User>, sqlx::Error> {
-    let sql = "SELECT id, email, username, role, status, balance_micros, reserved_micros, created_at_ms, updated_at_ms FROM users WHERE id = $1";
+    let sql = "SELECT id, email, username, role, status, balance_micros, reserved_micros, membership_type, membership_expires_at_ms, created_at_ms, updated_at_ms FROM users WHERE id = $1";
     read_pool!(db, p => sqlx::query_as::<_, User>(sql).bind(id).fetch_optional(p).await)
 }
 
@@ -178,7 +197,7 @@ pub async fn list(db: &Db, limit: i64, offset: i64) -> Result<(i64, Vec<User>), 
     read_pool!(db, p => {
         let total: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM users").fetch_one(p).await?;
         let users = sqlx::query_as::<_, User>(
-            "SELECT id, email, username, role, status, balance_micros, reserved_micros, created_at_ms, updated_at_ms
+            "SELECT id, email, username, role, status, balance_micros, reserved_micros, membership_type, membership_expires_at_ms, created_at_ms, updated_at_ms
              FROM users ORDER BY id DESC LIMIT $1 OFFSET $2",
         )
         .bind(limit)
@@ -193,18 +212,26 @@ pub async fn list(db: &Db, limit: i64, offset: i64) -> Result<(i64, Vec<User>), 
 pub async fn update(
     db: &Db,
     id: i64,
-    status: Option<&str>,
-    email: Option<&str>,
+    patch: UserPatch<'_>,
 ) -> Result<Option<User>, CreateUserError> {
+    let (set_membership, (membership_type, membership_end)) = match patch.membership {
+        Some(m) => (1_i64, m),
+        None => (0, (None, None)),
+    };
     let result = write_pool!(db, p => sqlx::query_as::<_, User>(
-        "UPDATE users SET status = COALESCE($2, status), email = COALESCE($3, email), updated_at_ms = $4
+        "UPDATE users SET status = COALESCE($2, status), email = COALESCE($3, email), updated_at_ms = $4,
+            membership_type = CASE WHEN $5 = 1 THEN $6 ELSE membership_type END,
+            membership_expires_at_ms = CASE WHEN $5 = 1 THEN $7 ELSE membership_expires_at_ms END
          WHERE id = $1
-         RETURNING id, email, username, role, status, balance_micros, reserved_micros, created_at_ms, updated_at_ms",
+         RETURNING id, email, username, role, status, balance_micros, reserved_micros, membership_type, membership_expires_at_ms, created_at_ms, updated_at_ms",
     )
     .bind(id)
-    .bind(status)
-    .bind(email)
+    .bind(patch.status)
+    .bind(patch.email)
     .bind(now_ms())
+    .bind(set_membership)
+    .bind(membership_type)
+    .bind(membership_end)
     .fetch_optional(p)
     .await);
     match result {

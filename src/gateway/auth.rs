@@ -81,6 +81,10 @@ pub struct Caller {
     pub is_admin: bool,
     /// Models this key may call; `None` means all.
     pub models: Option<Arc<[String]>>,
+    /// The key's own limits (`None` for login tokens and the bootstrap admin).
+    pub limits: Option<Arc<db::keys::KeyLimits>>,
+    /// Whether the owner's membership is in force.
+    pub is_member: bool,
 }
 
 impl Caller {
@@ -115,6 +119,7 @@ pub enum AuthError {
 struct CachedKey {
     row: Option<Arc<db::keys::KeyAuthRow>>,
     models: Option<Arc<[String]>>,
+    limits: Arc<db::keys::KeyLimits>,
     fetched: Instant,
 }
 
@@ -162,6 +167,8 @@ impl KeyCache {
                 user_id: None,
                 is_admin: true,
                 models: None,
+                limits: None,
+                is_member: false,
             });
         }
         let entry = match self.cached(&hash) {
@@ -173,9 +180,11 @@ impl KeyCache {
                     .and_then(|r| r.models.as_deref())
                     .and_then(|m| serde_json::from_str::<Vec<String>>(m).ok())
                     .map(Arc::from);
+                let limits = Arc::new(row.as_ref().map(|r| r.limits.clone()).unwrap_or_default());
                 let entry = CachedKey {
                     row: row.map(Arc::new),
                     models,
+                    limits,
                     fetched: Instant::now(),
                 };
                 if let Ok(mut entries) = self.entries.write() {
@@ -194,7 +203,8 @@ impl KeyCache {
         if row.user_status != "active" {
             return Err(AuthError::UserDisabled);
         }
-        if row.expires_at_ms.is_some_and(|e| e <= db::now_ms()) {
+        let now = db::now_ms();
+        if row.expires_at_ms.is_some_and(|e| e <= now) {
             return Err(AuthError::Expired);
         }
         Ok(Caller {
@@ -202,6 +212,8 @@ impl KeyCache {
             user_id: Some(row.user_id),
             is_admin: row.role == "admin",
             models: entry.models,
+            limits: Some(Arc::clone(&entry.limits)),
+            is_member: row.membership_expires_at_ms.is_some_and(|e| e > now),
         })
     }
 }

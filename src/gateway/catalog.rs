@@ -37,6 +37,9 @@ pub struct Model {
     pub name: String,
     pub price: TokenPrice,
     pub max_output_tokens: Option<i64>,
+    /// Requests and tokens per window each key gets on this model (`None`: no model limit).
+    pub rpm: Option<i64>,
+    pub tpm: Option<i64>,
     pub created_at_ms: i64,
     /// Sorted by priority, highest first.
     pub channels: Vec<Arc<Channel>>,
@@ -142,6 +145,8 @@ impl Catalog {
                     version: m.price_version,
                 },
                 max_output_tokens: m.max_output_tokens,
+                rpm: m.rpm,
+                tpm: m.tpm,
                 created_at_ms: m.created_at_ms,
                 channels,
                 name: m.model.clone(),

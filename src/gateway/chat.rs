@@ -13,11 +13,13 @@ use super::auth::Caller;
 use super::catalog::{Channel, Model, RouteError};
 use super::request::ChatRequest;
 use super::sse::{EventSplitter, Meter, Verdict, rewrite_model};
+use super::throttle::{self, RateHeaders};
 use crate::billing::book::Held;
 use crate::billing::settle::settle;
 use crate::billing::{Micros, TokenUsage};
 use crate::db::billing::{NewReservation, ReserveError, UsageRecord};
 use crate::error::OpenAiError;
+use crate::limits::Permit;
 use crate::metrics as m;
 use crate::provider::{Provider, UpstreamError, UpstreamResponse, demo, openai};
 use crate::state::AppState;
@@ -45,6 +47,8 @@ struct Ctx {
     held: Held,
     reserved: Micros,
     started: Instant,
+    /// Concurrency slots and the token estimate; dropped (slots returned) when the task ends.
+    permit: Option<Permit>,
 }
 
 /// How a request ended, for its usage record.
@@ -86,19 +90,21 @@ fn route_error(e: RouteError, model: &str) -> OpenAiError {
     }
 }
 
-/// Runs one chat completion request for `caller`.
-pub async fn chat_completions(
-    state: &AppState,
-    caller: &Caller,
-    request_id: Arc<str>,
-    body: Bytes,
-) -> Result<Reply, OpenAiError> {
-    let started = Instant::now();
-    let req = ChatRequest::parse(&body).map_err(|e| OpenAiError::InvalidRequest {
+/// A request that parsed and routed: what it is, where it goes, the most it can cost.
+struct Prepared {
+    req: ChatRequest,
+    model: Arc<Model>,
+    amount: Micros,
+    /// Tokens it may use (prompt estimate + the most the answer may take), for token limits.
+    tokens: u64,
+}
+
+fn prepare(state: &AppState, caller: &Caller, body: &[u8]) -> Result<Prepared, OpenAiError> {
+    let req = ChatRequest::parse(body).map_err(|e| OpenAiError::InvalidRequest {
         message: e.message,
         param: e.param,
     })?;
-    let user_id = caller.user_id.ok_or(OpenAiError::NoAccount)?;
+    caller.user_id.ok_or(OpenAiError::NoAccount)?;
     if !caller.may_use(&req.model) {
         return Err(OpenAiError::ModelNotAllowed { model: req.model });
     }
@@ -110,9 +116,58 @@ pub async fn chat_completions(
         .max_output_tokens
         .or(model.max_output_tokens)
         .unwrap_or(state.config.billing.default_max_output_tokens);
-    let amount = model
-        .price
-        .max_cost(req.prompt_tokens_estimate, per_choice.saturating_mul(req.n));
+    let output = per_choice.saturating_mul(req.n);
+    let amount = model.price.max_cost(req.prompt_tokens_estimate, output);
+    let tokens = req.prompt_tokens_estimate.saturating_add(output).max(0) as u64;
+    Ok(Prepared {
+        req,
+        model,
+        amount,
+        tokens,
+    })
+}
+
+/// Runs one chat completion request for `caller`: the answer, and the rate-limit headers it
+/// carries (also on errors).
+pub async fn chat_completions(
+    state: &AppState,
+    caller: &Caller,
+    request_id: Arc<str>,
+    body: Bytes,
+) -> (Result<Reply, OpenAiError>, RateHeaders) {
+    let started = Instant::now();
+    let prepared = prepare(state, caller, &body);
+    // A request that cannot run still counts as a request (not as tokens, and takes no slot).
+    let (model, tokens, slot) = match &prepared {
+        Ok(p) => (Some(&*p.model), p.tokens, true),
+        Err(_) => (None, 0, false),
+    };
+    let admitted = match throttle::admit(state, caller, &request_id, model, tokens, slot).await {
+        Ok(a) => a,
+        Err(refused) => return (Err(refused.error), refused.headers),
+    };
+    let headers = admitted.headers;
+    let result = match prepared {
+        Ok(p) => run_prepared(state, caller, request_id, body, p, admitted.permit, started).await,
+        Err(e) => Err(e),
+    };
+    (result, headers)
+}
+
+/// Reserves the most `p` can cost and starts its task; waits for the first reply.
+async fn run_prepared(
+    state: &AppState,
+    caller: &Caller,
+    request_id: Arc<str>,
+    body: Bytes,
+    p: Prepared,
+    permit: Option<Permit>,
+    started: Instant,
+) -> Result<Reply, OpenAiError> {
+    let Prepared {
+        req, model, amount, ..
+    } = p;
+    let user_id = caller.user_id.ok_or(OpenAiError::NoAccount)?;
     let expires_at_ms = crate::db::now_ms() + state.config.reservation_ttl().as_millis() as i64;
     let reservation = NewReservation {
         request_id: &request_id,
@@ -125,10 +180,64 @@ pub async fn chat_completions(
     };
     let held = match state.book.reserve(&state.db, &reservation).await {
         Ok(held) => held,
-        Err(ReserveError::Insufficient { needed, available }) => {
+        Err(e) => {
+            // Nothing will be generated: give the token estimate back.
+            if let Some(p) = &permit {
+                p.settle_tokens(0).await;
+            }
+            return Err(refused_reservation(
+                state,
+                caller,
+                &request_id,
+                &req,
+                &model,
+                user_id,
+                started,
+                e,
+            ));
+        }
+    };
+    metrics::gauge!(m::RESERVATIONS_HELD).increment(1.0);
+    let ctx = Ctx {
+        state: state.clone(),
+        request_id: Arc::clone(&request_id),
+        user_id,
+        key_id: caller.key_id,
+        model,
+        req,
+        body,
+        held,
+        reserved: amount,
+        started,
+        permit,
+    };
+    let (reply_tx, reply_rx) = oneshot::channel();
+    state.tasks.spawn(run(ctx, reply_tx));
+    reply_rx.await.unwrap_or_else(|_| {
+        Err(OpenAiError::internal(
+            &request_id,
+            "request task ended without a reply",
+        ))
+    })
+}
+
+/// The client error for a reservation that was refused (402 is also recorded as usage).
+#[allow(clippy::too_many_arguments)]
+fn refused_reservation(
+    state: &AppState,
+    caller: &Caller,
+    request_id: &str,
+    req: &ChatRequest,
+    model: &Model,
+    user_id: i64,
+    started: Instant,
+    e: ReserveError,
+) -> OpenAiError {
+    match e {
+        ReserveError::Insufficient { needed, available } => {
             metrics::counter!(m::RESERVATIONS_REFUSED).increment(1);
             let record = UsageRecord {
-                request_id: request_id.to_string(),
+                request_id: request_id.to_owned(),
                 user_id,
                 key_id: caller.key_id,
                 model: model.name.clone(),
@@ -151,34 +260,11 @@ pub async fn chat_completions(
             state
                 .tasks
                 .spawn(async move { settle(&state2.book, &state2.db, None, &record).await });
-            return Err(OpenAiError::InsufficientBalance { needed, available });
+            OpenAiError::InsufficientBalance { needed, available }
         }
-        Err(ReserveError::UserInactive) => {
-            return Err(OpenAiError::Auth(super::auth::AuthError::UserDisabled));
-        }
-        Err(ReserveError::Db(e)) => return Err(OpenAiError::internal(&request_id, e)),
-    };
-    metrics::gauge!(m::RESERVATIONS_HELD).increment(1.0);
-    let ctx = Ctx {
-        state: state.clone(),
-        request_id: Arc::clone(&request_id),
-        user_id,
-        key_id: caller.key_id,
-        model,
-        req,
-        body,
-        held,
-        reserved: amount,
-        started,
-    };
-    let (reply_tx, reply_rx) = oneshot::channel();
-    state.tasks.spawn(run(ctx, reply_tx));
-    reply_rx.await.unwrap_or_else(|_| {
-        Err(OpenAiError::internal(
-            &request_id,
-            "request task ended without a reply",
-        ))
-    })
+        ReserveError::UserInactive => OpenAiError::Auth(super::auth::AuthError::UserDisabled),
+        ReserveError::Db(e) => OpenAiError::internal(request_id, e),
+    }
 }
 
 type ReplyTx = oneshot::Sender<Result<Reply, OpenAiError>>;
@@ -687,6 +773,10 @@ async fn finish(ctx: &Ctx, upstream_model: &str, ending: Ending) {
     } else {
         Micros::ZERO
     };
+    if let Some(permit) = &ctx.permit {
+        let used = usage.prompt_tokens.saturating_add(usage.completion_tokens);
+        permit.settle_tokens(used.max(0) as u64).await;
+    }
     let record = UsageRecord {
         request_id: ctx.request_id.to_string(),
         user_id: ctx.user_id,

@@ -7,6 +7,7 @@ pub mod chat;
 pub mod request;
 pub mod session;
 pub mod sse;
+pub mod throttle;
 pub mod tokens;
 
 use bytes::Bytes;

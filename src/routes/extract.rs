@@ -41,7 +41,7 @@ impl<S: Send + Sync> FromRequestParts<S> for RequestId {
 }
 
 /// Whoever the request's credential (an API key, or a login token) belongs to.
-async fn authenticate(parts: &Parts, state: &AppState) -> Result<Caller, AuthError> {
+pub async fn authenticate(parts: &Parts, state: &AppState) -> Result<Caller, AuthError> {
     let presented = presented_key(&parts.headers);
     match presented {
         Some(token) if looks_like_jwt(token) => {
@@ -60,6 +60,8 @@ async fn authenticate(parts: &Parts, state: &AppState) -> Result<Caller, AuthErr
                 user_id: Some(user.id),
                 is_admin: user.role == "admin",
                 models: None,
+                limits: None,
+                is_member: user.is_member(db::now_ms()),
             })
         }
         _ => state.keys.authenticate(&state.db, presented).await,

@@ -3,6 +3,7 @@
 //! - `/v1/*` and `/api/v1/*` OpenAI-compatible: [`openai`] (chat completions, models)
 //! - `/api/v1/auth/*` password accounts and login tokens: [`auth`]
 //! - `/api/v1/credit/*`, `/api/v1/usage` a user's own balance, ledger and usage: [`account`]
+//!   (these and the auth routes are the platform API, limited by [`platform_limits`])
 //! - `/api/v1/admin/*` admin API in the platform envelope: [`admin`]
 //! - `/metrics`, `/healthz`, `/readyz`: [`ops`]
 //!
@@ -14,6 +15,7 @@ pub mod auth;
 pub mod extract;
 pub mod openai;
 pub mod ops;
+pub mod platform_limits;
 
 use crate::metrics as m;
 use crate::state::AppState;
@@ -37,7 +39,9 @@ pub fn router(state: AppState) -> Router {
         .nest("/v1", openai.clone())
         .nest(
             "/api/v1",
-            openai.merge(account::router()).merge(auth::router()),
+            openai.merge(account::router().merge(auth::router()).route_layer(
+                middleware::from_fn_with_state(state.clone(), platform_limits::limit),
+            )),
         )
         .nest("/api/v1/admin", admin::router())
         .merge(ops::router())

@@ -102,8 +102,14 @@ async fn stream_once(client: reqwest::Client, url: String, key: String) -> Seen 
         .get("x-request-id")
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
+    let status = resp.status();
     let completed = match resp.bytes().await {
-        Ok(b) => b.ends_with(b"data: [DONE]\n\n"),
+        Ok(b) => {
+            if !b.ends_with(b"data: [DONE]\n\n") {
+                eprintln!("DEBUG {status} {}", String::from_utf8_lossy(&b));
+            }
+            b.ends_with(b"data: [DONE]\n\n")
+        }
         Err(_) => false,
     };
     Seen {

@@ -60,6 +60,13 @@ macro_rules! on_both_backends {
     };
 }
 
+/// `TEST_REDIS_URL`, when set.
+pub fn redis_url() -> Option<String> {
+    std::env::var("TEST_REDIS_URL")
+        .ok()
+        .filter(|u| !u.is_empty())
+}
+
 /// Replaces the database name in a Postgres URL.
 pub fn with_database(url: &str, db: &str) -> String {
     let (head, query) = match url.split_once('?') {
@@ -138,6 +145,12 @@ impl TestApp {
             Backend::Postgres(url) => {
                 let (db_url, name) = create_pg_database(url).await;
                 config.database.url = db_url;
+                // The Postgres variant is the multi-instance setup: counters and change notices
+                // in Redis too, under a prefix of this test's own.
+                if let Some(redis) = redis_url() {
+                    config.redis.url = redis;
+                    config.redis.prefix = format!("test-{name}");
+                }
                 pg = Some((url.clone(), name));
             }
         }
@@ -458,6 +471,9 @@ pub struct FakeState {
     pub auth: Mutex<Vec<String>>,
     script: Mutex<Option<Script>>,
     headers_delay_ms: AtomicUsize,
+    /// Requests waiting out the headers delay now, and the most there ever were at once.
+    in_delay: AtomicUsize,
+    pub max_in_delay: AtomicUsize,
 }
 
 /// A local server speaking OpenAI's chat completions API.
@@ -596,7 +612,10 @@ async fn fake_chat(
             state: Arc::clone(&state),
             finished: false,
         };
+        let now = state.in_delay.fetch_add(1, Ordering::SeqCst) + 1;
+        state.max_in_delay.fetch_max(now, Ordering::SeqCst);
         tokio::time::sleep(Duration::from_millis(delay as u64)).await;
+        state.in_delay.fetch_sub(1, Ordering::SeqCst);
         guard.finish();
     }
     let request: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);

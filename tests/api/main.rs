@@ -11,5 +11,6 @@ mod chat;
 mod crash;
 mod endings;
 mod ledger;
+mod limits;
 mod ops;
 mod streaming;

@@ -1,6 +1,7 @@
 //! The admin API under `/api/v1/admin`, in the platform envelope. One file per resource. Every
 //! handler requires an admin caller; changes to keys, users, models and channels take effect on
-//! this instance at once (caches are cleared or the catalog reloaded before the reply).
+//! this instance at once (caches are cleared or the catalog reloaded before the reply) and reach
+//! the other instances through [`crate::cluster`].
 
 mod channels;
 mod keys;
@@ -26,11 +27,16 @@ pub fn router() -> Router<AppState> {
 
 /// Reloads the routing catalog so an admin change applies to the next request on this instance.
 pub async fn reload_catalog(state: &AppState) -> Result<(), ApiError> {
-    state
-        .catalog
-        .reload(&state.db)
+    crate::cluster::announce(state, crate::cluster::Change::Catalog)
         .await
         .map_err(ApiError::from)
+}
+
+/// `Some(None)` for an explicit `null`, `None` when the field is absent.
+pub fn present<'de, D: serde::Deserializer<'de>, T: Deserialize<'de>>(
+    d: D,
+) -> Result<Option<Option<T>>, D::Error> {
+    Option::<T>::deserialize(d).map(Some)
 }
 
 /// The success envelope.
@@ -88,7 +94,11 @@ pub fn parse_time(field: &str, text: &str) -> Result<i64, ApiError> {
     use time::format_description::well_known::Rfc3339;
     let parsed = time::OffsetDateTime::parse(text, &Rfc3339).or_else(|_| {
         let date_format = time::macros::format_description!("[year]-[month]-[day]");
-        time::Date::parse(text, &date_format).map(|d| d.midnight().assume_utc())
+        let naive =
+            time::macros::format_description!("[year]-[month]-[day]T[hour]:[minute]:[second]");
+        time::PrimitiveDateTime::parse(text, &naive)
+            .map(|t| t.assume_utc())
+            .or_else(|_| time::Date::parse(text, &date_format).map(|d| d.midnight().assume_utc()))
     });
     match parsed {
         Ok(t) => Ok(i64::try_from(t.unix_timestamp_nanos() / 1_000_000).unwrap_or(i64::MAX)),

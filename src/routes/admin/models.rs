@@ -2,7 +2,7 @@
 //! per one million tokens, decimals up to 6 places, parsed exactly. POSTing an existing model
 //! name sets new prices; any price change creates a new price version.
 
-use super::{iso, ok, parse_status, path_id, reload_catalog};
+use super::{iso, ok, parse_status, path_id, present, reload_catalog};
 use crate::billing::Micros;
 use crate::billing::money::NonNegativeMicros;
 use crate::db::{self, catalog::ModelRow, catalog::Prices};
@@ -38,6 +38,8 @@ fn model_json(m: &ModelRow) -> Value {
         "max_output_tokens": m.max_output_tokens,
         "price_version": m.price_version,
         "status": m.status,
+        "rpm": m.rpm,
+        "tpm": m.tpm,
         "created_at": iso(m.created_at_ms),
         "updated_at": iso(m.updated_at_ms),
     })
@@ -50,6 +52,20 @@ struct ModelBody {
     output_price: NonNegativeMicros,
     cached_input_price: Option<NonNegativeMicros>,
     max_output_tokens: Option<i64>,
+    #[serde(default, deserialize_with = "present")]
+    rpm: Option<Option<i64>>,
+    #[serde(default, deserialize_with = "present")]
+    tpm: Option<Option<i64>>,
+}
+
+/// A per-model limit: a whole number ≥ 1, or `null` for none.
+fn check_limit(field: &str, v: Option<Option<i64>>) -> Result<(), ApiError> {
+    match v {
+        Some(Some(n)) if n < 1 => Err(ApiError::InvalidInput(format!(
+            "{field}: must be a whole number of at least 1, or null for no model limit"
+        ))),
+        _ => Ok(()),
+    }
 }
 
 fn check_output_cap(cap: Option<i64>) -> Result<(), ApiError> {
@@ -73,12 +89,20 @@ async fn upsert_model(
         ));
     }
     check_output_cap(body.max_output_tokens)?;
+    check_limit("rpm", body.rpm)?;
+    check_limit("tpm", body.tpm)?;
     let prices = Prices {
         input: body.input_price.0.0,
         output: body.output_price.0.0,
         cached_input: body.cached_input_price.unwrap_or(body.input_price).0.0,
     };
-    let row = db::catalog::upsert_model(&state.db, name, prices, body.max_output_tokens).await?;
+    let mut row =
+        db::catalog::upsert_model(&state.db, name, prices, body.max_output_tokens).await?;
+    if body.rpm.is_some() || body.tpm.is_some() {
+        row = db::catalog::set_model_limits(&state.db, row.id, body.rpm, body.tpm)
+            .await?
+            .unwrap_or(row);
+    }
     reload_catalog(&state).await?;
     Ok(ok(model_json(&row)))
 }
@@ -111,6 +135,10 @@ struct ModelPatch {
     cached_input_price: Option<NonNegativeMicros>,
     max_output_tokens: Option<i64>,
     status: Option<String>,
+    #[serde(default, deserialize_with = "present")]
+    rpm: Option<Option<i64>>,
+    #[serde(default, deserialize_with = "present")]
+    tpm: Option<Option<i64>>,
 }
 
 async fn update_model(
@@ -121,6 +149,8 @@ async fn update_model(
 ) -> Result<Json<Value>, ApiError> {
     let id = path_id(&id)?;
     check_output_cap(patch.max_output_tokens)?;
+    check_limit("rpm", patch.rpm)?;
+    check_limit("tpm", patch.tpm)?;
     let status = patch
         .status
         .as_deref()
@@ -145,6 +175,11 @@ async fn update_model(
             .await?;
     if let Some(status) = status {
         row = db::catalog::set_model_status(&state.db, id, status)
+            .await?
+            .unwrap_or(row);
+    }
+    if patch.rpm.is_some() || patch.tpm.is_some() {
+        row = db::catalog::set_model_limits(&state.db, id, patch.rpm, patch.tpm)
             .await?
             .unwrap_or(row);
     }

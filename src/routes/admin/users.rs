@@ -1,9 +1,10 @@
 //! Users, their balances and ledgers: `POST/GET /users`, `GET/PATCH /users/{id}`,
 //! `POST /users/{id}/balance`, `GET /users/{id}/ledger`.
 
-use super::{Page, iso, ok, paged, parse_status, path_id};
+use super::{Page, iso, ok, paged, parse_status, parse_time, path_id};
 use crate::billing::Micros;
 use crate::billing::money::NonNegativeMicros;
+use crate::cluster::{self, Change};
 use crate::db::{self, users::CreateUserError, users::LedgerEntry, users::User};
 use crate::error::ApiError;
 use crate::routes::extract::{AdminCaller, ApiJson};
@@ -37,6 +38,9 @@ pub fn user_json(state: &AppState, u: &User) -> Value {
         "reserved_micros": reserved,
         "available": Micros(u.balance_micros - reserved),
         "available_micros": u.balance_micros - reserved,
+        "is_member": u.is_member(db::now_ms()),
+        "membership_type": u.membership_type,
+        "membership_end_date": u.membership_expires_at_ms.map_or(Value::Null, iso),
         "created_at": iso(u.created_at_ms),
         "updated_at": iso(u.updated_at_ms),
     })
@@ -141,6 +145,10 @@ async fn get_user(
 struct UserPatch {
     status: Option<String>,
     email: Option<String>,
+    /// `null` ends a membership; a type needs `membership_end_date`.
+    #[serde(default, deserialize_with = "super::present")]
+    membership_type: Option<Option<String>>,
+    membership_end_date: Option<String>,
 }
 
 async fn update_user(
@@ -156,7 +164,35 @@ async fn update_user(
         .map(|s| parse_status("status", s))
         .transpose()?;
     let email = patch.email.as_deref().map(check_email).transpose()?;
-    let user = db::users::update(&state.db, id, status, email.as_deref())
+    let membership = match (patch.membership_type, patch.membership_end_date) {
+        (None, None) => None,
+        (None, Some(_)) | (Some(None), Some(_)) => {
+            return Err(ApiError::InvalidInput(
+                "membership_end_date: set it together with a membership_type".into(),
+            ));
+        }
+        (Some(None), None) => Some((None, None)),
+        (Some(Some(kind)), end) => {
+            let kind = kind.trim().to_owned();
+            if kind.is_empty() || kind.len() > 32 {
+                return Err(ApiError::InvalidInput(
+                    "membership_type: must be 1 to 32 characters (e.g. monthly)".into(),
+                ));
+            }
+            let end = end.ok_or_else(|| {
+                ApiError::InvalidInput(
+                    "membership_end_date: required with a membership_type".into(),
+                )
+            })?;
+            Some((Some(kind), Some(parse_time("membership_end_date", &end)?)))
+        }
+    };
+    let changes = db::users::UserPatch {
+        status,
+        email: email.as_deref(),
+        membership,
+    };
+    let user = db::users::update(&state.db, id, changes)
         .await
         .map_err(|e| match e {
             CreateUserError::EmailTaken => {
@@ -165,7 +201,7 @@ async fn update_user(
             CreateUserError::Db(e) => e.into(),
         })?
         .ok_or_else(|| ApiError::NotFound(format!("user {id} not found")))?;
-    state.keys.invalidate_all();
+    cluster::announce(&state, Change::Keys).await?;
     Ok(ok(user_json(&state, &user)))
 }
 

@@ -27,8 +27,14 @@ pub async fn create_chat_completion(
             param: None,
         },
     })?;
-    let reply = gateway::chat::chat_completions(&state, &caller, request_id, body).await?;
-    Ok(into_response(reply))
+    let (result, headers) =
+        gateway::chat::chat_completions(&state, &caller, request_id, body).await;
+    let mut response = match result {
+        Ok(reply) => into_response(reply),
+        Err(e) => e.into_response(),
+    };
+    headers.apply(response.headers_mut());
+    Ok(response)
 }
 
 /// Turns a pipeline reply into HTTP: a full body, or an unbuffered event stream.

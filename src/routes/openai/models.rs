@@ -1,13 +1,17 @@
 //! `GET /v1/models` and `GET /v1/models/{id}` in OpenAI's list shape, with Tollgate's prices
-//! added to each item. A key with an allowed-model list sees only those models.
+//! added to each item. A key with an allowed-model list sees only those models. Each call counts
+//! as one request against the caller's request limits.
 
 use crate::billing::Micros;
 use crate::error::OpenAiError;
+use crate::gateway::auth::Caller;
 use crate::gateway::catalog::Model;
-use crate::routes::extract::OpenAiCaller;
+use crate::gateway::throttle;
+use crate::routes::extract::{OpenAiCaller, RequestId};
 use crate::state::AppState;
 use axum::Json;
 use axum::extract::{Path, State};
+use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
 fn model_object(m: &Model) -> Value {
@@ -26,29 +30,56 @@ fn model_object(m: &Model) -> Value {
     })
 }
 
+/// Counts the call as a request and answers with `body` and the rate-limit headers.
+async fn limited(
+    state: &AppState,
+    caller: &Caller,
+    request_id: &str,
+    body: impl FnOnce() -> Result<Value, OpenAiError>,
+) -> Response {
+    let (result, headers) = match throttle::admit(state, caller, request_id, None, 0, false).await {
+        Ok(a) => (body(), a.headers),
+        Err(refused) => (Err(refused.error), refused.headers),
+    };
+    let mut response = match result {
+        Ok(v) => Json(v).into_response(),
+        Err(e) => e.into_response(),
+    };
+    headers.apply(response.headers_mut());
+    response
+}
+
 pub async fn list_models(
     State(state): State<AppState>,
     OpenAiCaller(caller): OpenAiCaller,
-) -> Json<Value> {
-    let data: Vec<Value> = state
-        .catalog
-        .models()
-        .iter()
-        .filter(|m| caller.may_use(&m.name))
-        .map(|m| model_object(m))
-        .collect();
-    Json(json!({"object": "list", "data": data}))
+    RequestId(request_id): RequestId,
+) -> Response {
+    limited(&state, &caller, &request_id, || {
+        let data: Vec<Value> = state
+            .catalog
+            .models()
+            .iter()
+            .filter(|m| caller.may_use(&m.name))
+            .map(|m| model_object(m))
+            .collect();
+        Ok(json!({"object": "list", "data": data}))
+    })
+    .await
 }
 
 pub async fn retrieve_model(
     State(state): State<AppState>,
     OpenAiCaller(caller): OpenAiCaller,
+    RequestId(request_id): RequestId,
     Path(id): Path<String>,
-) -> Result<Json<Value>, OpenAiError> {
-    let not_found = || OpenAiError::ModelNotFound { model: id.clone() };
-    if !caller.may_use(&id) {
-        return Err(not_found());
-    }
-    let model = state.catalog.model(&id).map_err(|_| not_found())?;
-    Ok(Json(model_object(&model)))
+) -> Response {
+    limited(&state, &caller, &request_id, || {
+        let not_found = || OpenAiError::ModelNotFound { model: id.clone() };
+        if !caller.may_use(&id) {
+            return Err(not_found());
+        }
+        let model = state.catalog.model(&id).map_err(|_| not_found())?;
+        Ok(model_object(&model))
+    })
+    .await
 }

@@ -1,0 +1,12 @@
+-- Rate limits. Per key: overrides of the configured rpm / tpm / concurrency defaults (NULL = the
+-- default) and a platform plan (free, pro or custom with its own hourly limit). Per model: an rpm
+-- and tpm each key gets on that model. Per user: a membership (lifts the AI generation class).
+ALTER TABLE api_keys ADD COLUMN rpm BIGINT;
+ALTER TABLE api_keys ADD COLUMN tpm BIGINT;
+ALTER TABLE api_keys ADD COLUMN max_concurrency BIGINT;
+ALTER TABLE api_keys ADD COLUMN plan TEXT;
+ALTER TABLE api_keys ADD COLUMN plan_per_hour BIGINT;
+ALTER TABLE models ADD COLUMN rpm BIGINT;
+ALTER TABLE models ADD COLUMN tpm BIGINT;
+ALTER TABLE users ADD COLUMN membership_type TEXT;
+ALTER TABLE users ADD COLUMN membership_expires_at_ms BIGINT;
