@@ -5,83 +5,21 @@
 
 use crate::helpers::*;
 use crate::on_both_backends;
-use serde_json::{Value, json};
+use serde_json::json;
 use std::collections::HashSet;
-use std::process::Stdio;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, Command};
 
 /// Longest request the crashed gateway allowed, and the grace a reservation outlives it by:
 /// a reservation expires 3 s after its request started.
 const MAX_REQUEST_MS: &str = "2000";
 const GRACE_MS: &str = "1000";
-
-/// A `tollgate serve` process.
-struct Server {
-    child: Child,
-    base: String,
-}
-
-impl Server {
-    async fn start(db_url: &str) -> Server {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_tollgate"))
-            .args(["serve", "--listen", "127.0.0.1:0"])
-            .env("TOLLGATE_DATABASE_URL", db_url)
-            .env("TOLLGATE_ADMIN_KEY", ADMIN_KEY)
-            .env("TOLLGATE__LOG__FORMAT", "json")
-            .env("TOLLGATE__UPSTREAM__MAX_REQUEST_MS", MAX_REQUEST_MS)
-            .env("TOLLGATE__BILLING__RESERVATION_GRACE_MS", GRACE_MS)
-            .env("TOLLGATE__BILLING__RECONCILE_INTERVAL_MS", "200")
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("start tollgate");
-        let stdout = child.stdout.take().expect("stdout");
-        let mut lines = BufReader::new(stdout).lines();
-        let addr = tokio::time::timeout(Duration::from_secs(30), async {
-            while let Some(line) = lines.next_line().await.expect("log line") {
-                let Ok(entry) = serde_json::from_str::<Value>(&line) else {
-                    continue;
-                };
-                if entry["fields"]["message"] == "tollgate listening" {
-                    return entry["fields"]["addr"].as_str().expect("addr").to_owned();
-                }
-            }
-            panic!("tollgate exited before listening");
-        })
-        .await
-        .expect("tollgate listening in time");
-        // Keep reading the log so the process never blocks on a full pipe.
-        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-        Server {
-            child,
-            base: format!("http://{addr}"),
-        }
-    }
-
-    /// SIGKILL: no shutdown, no settlement of what is in flight.
-    async fn kill(mut self) {
-        self.child.start_kill().expect("kill");
-        let _ = self.child.wait().await;
-    }
-
-    async fn admin(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Value {
-        let mut req = reqwest::Client::new()
-            .request(method, format!("{}{path}", self.base))
-            .bearer_auth(ADMIN_KEY);
-        if let Some(b) = body {
-            req = req.json(&b);
-        }
-        let resp = req.send().await.expect("admin request");
-        assert_eq!(resp.status(), 200, "{path}");
-        resp.json::<Value>().await.expect("json")["data"].clone()
-    }
-}
+const CRASH_ENV: &[(&str, &str)] = &[
+    ("TOLLGATE__UPSTREAM__MAX_REQUEST_MS", MAX_REQUEST_MS),
+    ("TOLLGATE__BILLING__RESERVATION_GRACE_MS", GRACE_MS),
+    ("TOLLGATE__BILLING__RECONCILE_INTERVAL_MS", "200"),
+];
 
 /// What one client saw: the request id (once headers arrived) and whether the answer completed.
 struct Seen {
@@ -102,14 +40,8 @@ async fn stream_once(client: reqwest::Client, url: String, key: String) -> Seen 
         .get("x-request-id")
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
-    let status = resp.status();
     let completed = match resp.bytes().await {
-        Ok(b) => {
-            if !b.ends_with(b"data: [DONE]\n\n") {
-                eprintln!("DEBUG {status} {}", String::from_utf8_lossy(&b));
-            }
-            b.ends_with(b"data: [DONE]\n\n")
-        }
+        Ok(b) => b.ends_with(b"data: [DONE]\n\n"),
         Err(_) => false,
     };
     Seen {
@@ -137,7 +69,7 @@ on_both_backends! {
         events.push("data: [DONE]\n\n".into());
         let fake = FakeUpstream::start(Script::Sse { events, event_delay_ms: 100, stall_after: None }).await;
 
-        let server = Server::start(&db_url).await;
+        let server = Server::start(&db_url, CRASH_ENV).await;
         server.admin(reqwest::Method::POST, "/api/v1/admin/channels", Some(json!({
             "name": "fake", "provider": "openai", "base_url": fake.base_url, "api_key": "k", "models": ["m1"], "model_map": {}}))).await;
         server.admin(reqwest::Method::POST, "/api/v1/admin/models", Some(json!({
@@ -173,7 +105,7 @@ on_both_backends! {
         assert!(!completed.is_empty(), "some streams completed before the kill ({} started, {cut} cut)", seen.len());
         assert!(cut > 0, "some streams were in flight at the kill");
 
-        let server = Server::start(&db_url).await;
+        let server = Server::start(&db_url, CRASH_ENV).await;
         if let Some((url, name)) = &pg {
             // What was in flight is still held: its reservations have not expired yet.
             let pool = sqlx::PgPool::connect(&with_database(url, name)).await.expect("connect");

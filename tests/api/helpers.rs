@@ -9,9 +9,12 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use serde_json::{Value, json};
+use std::process::Stdio;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
 use tollgate::config::Config;
 use tollgate::startup::Application;
 use tollgate::state::AppState;
@@ -745,5 +748,72 @@ impl Setup {
             user,
             key,
         }
+    }
+}
+
+/// A `tollgate serve` process.
+pub struct Server {
+    child: Child,
+    pub base: String,
+}
+
+impl Server {
+    /// Starts the binary on `db_url` with extra environment variables, once it listens.
+    pub async fn start(db_url: &str, env: &[(&str, &str)]) -> Server {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_tollgate"));
+        child
+            .args(["serve", "--listen", "127.0.0.1:0"])
+            .env("TOLLGATE_DATABASE_URL", db_url)
+            .env("TOLLGATE_ADMIN_KEY", ADMIN_KEY)
+            .env("TOLLGATE__LOG__FORMAT", "json")
+            .env("RUST_LOG", "info");
+        for (k, v) in env {
+            child.env(k, v);
+        }
+        let mut child = child
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("start tollgate");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut lines = BufReader::new(stdout).lines();
+        let addr = tokio::time::timeout(Duration::from_secs(30), async {
+            while let Some(line) = lines.next_line().await.expect("log line") {
+                let Ok(entry) = serde_json::from_str::<Value>(&line) else {
+                    continue;
+                };
+                if entry["fields"]["message"] == "tollgate listening" {
+                    return entry["fields"]["addr"].as_str().expect("addr").to_owned();
+                }
+            }
+            panic!("tollgate exited before listening");
+        })
+        .await
+        .expect("tollgate listening in time");
+        // Keep reading the log so the process never blocks on a full pipe.
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        Server {
+            child,
+            base: format!("http://{addr}"),
+        }
+    }
+
+    /// SIGKILL: no shutdown, no settlement of what is in flight.
+    pub async fn kill(mut self) {
+        self.child.start_kill().expect("kill");
+        let _ = self.child.wait().await;
+    }
+
+    pub async fn admin(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Value {
+        let mut req = reqwest::Client::new()
+            .request(method, format!("{}{path}", self.base))
+            .bearer_auth(ADMIN_KEY);
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req.send().await.expect("admin request");
+        assert_eq!(resp.status(), 200, "{path}");
+        resp.json::<Value>().await.expect("json")["data"].clone()
     }
 }

@@ -8,6 +8,7 @@ mod admin;
 mod auth;
 mod billing;
 mod chat;
+mod cluster;
 mod crash;
 mod endings;
 mod ledger;
