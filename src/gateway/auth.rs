@@ -11,6 +11,7 @@ use rand::RngExt;
 use rand::distr::Alphanumeric;
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
@@ -129,6 +130,9 @@ pub struct KeyCache {
     ttl: Duration,
     admin_hash: Option<String>,
     entries: RwLock<HashMap<String, CachedKey>>,
+    /// Bumped by every invalidation: a lookup that read the database before one does not cache
+    /// what it read.
+    generation: AtomicU64,
 }
 
 impl KeyCache {
@@ -137,12 +141,14 @@ impl KeyCache {
             ttl,
             admin_hash: admin_key.map(hash_key),
             entries: RwLock::new(HashMap::new()),
+            generation: AtomicU64::new(0),
         }
     }
 
     /// Forgets every cached lookup (after any admin change to keys or users).
     pub fn invalidate_all(&self) {
         if let Ok(mut e) = self.entries.write() {
+            self.generation.fetch_add(1, Ordering::SeqCst);
             e.clear();
         }
     }
@@ -174,6 +180,7 @@ impl KeyCache {
         let entry = match self.cached(&hash) {
             Some(e) => e,
             None => {
+                let generation = self.generation.load(Ordering::SeqCst);
                 let row = db::keys::find_for_auth(db, &hash).await?;
                 let models = row
                     .as_ref()
@@ -187,7 +194,9 @@ impl KeyCache {
                     limits,
                     fetched: Instant::now(),
                 };
-                if let Ok(mut entries) = self.entries.write() {
+                if let Ok(mut entries) = self.entries.write()
+                    && self.generation.load(Ordering::SeqCst) == generation
+                {
                     if entries.len() > 100_000 {
                         entries.clear();
                     }

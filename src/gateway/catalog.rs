@@ -92,11 +92,15 @@ struct Snapshot {
 #[derive(Default)]
 pub struct Catalog {
     snapshot: RwLock<Arc<Snapshot>>,
+    /// One reload at a time: a reload that read the database earlier can never replace the
+    /// snapshot of one that read it later.
+    reloading: tokio::sync::Mutex<()>,
 }
 
 impl Catalog {
     /// Rebuilds the snapshot from the database.
     pub async fn reload(&self, db: &Db) -> Result<(), sqlx::Error> {
+        let _one_at_a_time = self.reloading.lock().await;
         let models = db::catalog::list_models(db).await?;
         let channels = db::catalog::list_channels(db).await?;
         let mut by_model: HashMap<String, Vec<Arc<Channel>>> = HashMap::new();

@@ -39,7 +39,9 @@ on_both_backends! {
         assert_eq!(err["error"]["code"], "expired_api_key");
 
         let future = s.app.add_key(s.user, json!({"expires_at": "2999-01-01T00:00:00Z"})).await;
-        assert_eq!(s.app.chat(&future, body.clone()).send().await.expect("send").status(), 200);
+        let r = s.app.chat(&future, body.clone()).send().await.expect("send");
+        let status = r.status();
+        assert_eq!(status, 200, "{}", r.text().await.unwrap_or_default());
         assert_eq!(s.fake.calls(), 2);
         s.app.stop().await;
     }

@@ -153,6 +153,8 @@ impl TestApp {
                 if let Some(redis) = redis_url() {
                     config.redis.url = redis;
                     config.redis.prefix = format!("test-{name}");
+                    // A loaded test machine must not trip the outage path by accident.
+                    config.redis.timeout_ms = 2000;
                 }
                 pg = Some((url.clone(), name));
             }

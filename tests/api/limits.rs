@@ -14,6 +14,11 @@ fn header<'a>(r: &'a reqwest::Response, name: &str) -> Option<&'a str> {
     r.headers().get(name).and_then(|v| v.to_str().ok())
 }
 
+/// Sends a request; its status.
+async fn status_of(req: reqwest::RequestBuilder) -> u16 {
+    req.send().await.expect("send").status().as_u16()
+}
+
 fn body(max_tokens: i64) -> Value {
     json!({"model": "m1", "max_tokens": max_tokens, "messages": [{"role": "user", "content": "hi"}]})
 }
@@ -100,14 +105,14 @@ on_both_backends! {
         let key_id = only_key_id(&s.app, s.user).await;
         set_key_limits(&s.app, key_id, json!({"rpm": 3})).await;
         for _ in 0..3 {
-            assert_eq!(s.app.chat(&s.key, body(10)).send().await.expect("send").status(), 200);
+            assert_eq!(status_of(s.app.chat(&s.key, body(10))).await, 200);
         }
         let r = s.app.chat(&s.key, body(10)).send().await.expect("send");
         assert_eq!(r.status(), 429);
         let wait: u64 = header(&r, "retry-after-ms").expect("retry-after-ms").parse().expect("ms");
         assert!(wait <= 1500, "{wait}");
         tokio::time::sleep(Duration::from_millis(wait + 50)).await;
-        assert_eq!(s.app.chat(&s.key, body(10)).send().await.expect("send").status(), 200);
+        assert_eq!(status_of(s.app.chat(&s.key, body(10))).await, 200);
         s.app.stop().await;
     }
 
@@ -135,7 +140,7 @@ on_both_backends! {
         let err: Value = r.json().await.expect("json");
         assert_eq!(err["error"]["type"], "tokens");
         assert_eq!(err["error"]["code"], "rate_limit_exceeded");
-        assert_eq!(s.app.chat(&s.key, body(900)).send().await.expect("send").status(), 200);
+        assert_eq!(status_of(s.app.chat(&s.key, body(900))).await, 200);
         // Larger than the whole limit: waiting cannot help, and SDKs are told not to retry.
         let r = s.app.chat(&s.key, body(5000)).send().await.expect("send");
         assert_eq!(r.status(), 429);
@@ -181,7 +186,7 @@ on_both_backends! {
         let s = limited_setup(&b, |c| c.limits.user_rpm = 4).await;
         let second = s.app.add_key(s.user, json!({"rpm": 100})).await;
         for key in [&s.key, &second, &s.key, &second] {
-            assert_eq!(s.app.chat(key, body(10)).send().await.expect("send").status(), 200);
+            assert_eq!(status_of(s.app.chat(key, body(10))).await, 200);
         }
         let r = s.app.chat(&second, body(10)).send().await.expect("send");
         assert_eq!(r.status(), 429, "the user's limit covers all their keys");
@@ -196,7 +201,7 @@ on_both_backends! {
         assert_eq!(status, 200, "{m}");
         assert_eq!(m["data"]["rpm"], 2);
         for _ in 0..2 {
-            assert_eq!(s.app.chat(&key, body(10)).send().await.expect("send").status(), 200);
+            assert_eq!(status_of(s.app.chat(&key, body(10))).await, 200);
         }
         let r = s.app.chat(&key, body(10)).send().await.expect("send");
         assert_eq!(r.status(), 429);
@@ -391,15 +396,7 @@ async fn redis_outage(mode: &str) {
     let key_id = only_key_id(&s.app, s.user).await;
     set_key_limits(&s.app, key_id, json!({"rpm": 3})).await;
     for _ in 0..2 {
-        assert_eq!(
-            s.app
-                .chat(&s.key, body(10))
-                .send()
-                .await
-                .expect("send")
-                .status(),
-            200
-        );
+        assert_eq!(status_of(s.app.chat(&s.key, body(10))).await, 200);
     }
     relay.cut();
     let errors_before = s
@@ -445,15 +442,7 @@ async fn redis_outage(mode: &str) {
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    assert_eq!(
-        s.app
-            .chat(&s.key, body(10))
-            .send()
-            .await
-            .expect("send")
-            .status(),
-        429
-    );
+    assert_eq!(status_of(s.app.chat(&s.key, body(10))).await, 429);
     s.app.assert_books_balance(s.user).await;
     s.app.stop().await;
 }
