@@ -92,6 +92,7 @@ fn route_error(e: RouteError, model: &str) -> OpenAiError {
 
 /// A request that parsed and routed: what it is, where it goes, the most it can cost.
 struct Prepared {
+    user_id: i64,
     req: ChatRequest,
     model: Arc<Model>,
     amount: Micros,
@@ -104,7 +105,7 @@ fn prepare(state: &AppState, caller: &Caller, body: &[u8]) -> Result<Prepared, O
         message: e.message,
         param: e.param,
     })?;
-    caller.user_id.ok_or(OpenAiError::NoAccount)?;
+    let user_id = caller.user_id.ok_or(OpenAiError::NoAccount)?;
     if !caller.may_use(&req.model) {
         return Err(OpenAiError::ModelNotAllowed { model: req.model });
     }
@@ -120,6 +121,7 @@ fn prepare(state: &AppState, caller: &Caller, body: &[u8]) -> Result<Prepared, O
     let amount = model.price.max_cost(req.prompt_tokens_estimate, output);
     let tokens = req.prompt_tokens_estimate.saturating_add(output).max(0) as u64;
     Ok(Prepared {
+        user_id,
         req,
         model,
         amount,
@@ -165,9 +167,12 @@ async fn run_prepared(
     started: Instant,
 ) -> Result<Reply, OpenAiError> {
     let Prepared {
-        req, model, amount, ..
+        user_id,
+        req,
+        model,
+        amount,
+        ..
     } = p;
-    let user_id = caller.user_id.ok_or(OpenAiError::NoAccount)?;
     let expires_at_ms = crate::db::now_ms() + state.config.reservation_ttl().as_millis() as i64;
     let reservation = NewReservation {
         request_id: &request_id,
