@@ -179,7 +179,7 @@ impl Limiter {
     /// Returns concurrency slots (called when a permit drops).
     fn release(&self, id: &str, rules: &[Rule], backend: Backend) {
         match (backend, &self.shared) {
-            (Backend::Shared, Some(shared)) => shared.release(id, rules),
+            (Backend::Shared, Some(shared)) => shared.release(id),
             _ => self.local.release(id, rules),
         }
     }

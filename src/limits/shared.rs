@@ -200,14 +200,14 @@ impl Shared {
     }
 
     /// Frees the request's concurrency slots (in the background).
-    pub fn release(&self, id: &str, rules: &[Rule]) {
+    pub fn release(&self, id: &str) {
         let keys = self
             .held
             .lock()
             .ok()
             .and_then(|mut h| h.remove(id))
             .unwrap_or_default();
-        if keys.is_empty() || rules.iter().all(|r| r.kind != Kind::Concurrency) {
+        if keys.is_empty() {
             return;
         }
         let mut conn = self.conn.clone();

@@ -40,8 +40,12 @@ impl<S: Send + Sync> FromRequestParts<S> for RequestId {
     }
 }
 
-/// Whoever the request's credential (an API key, or a login token) belongs to.
+/// Whoever the request's credential (an API key, or a login token) belongs to (already known
+/// when a middleware authenticated the request).
 pub async fn authenticate(parts: &Parts, state: &AppState) -> Result<Caller, AuthError> {
+    if let Some(caller) = parts.extensions.get::<Caller>() {
+        return Ok(caller.clone());
+    }
     let presented = presented_key(&parts.headers);
     match presented {
         Some(token) if looks_like_jwt(token) => {

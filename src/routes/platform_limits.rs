@@ -149,11 +149,15 @@ pub async fn limit(State(state): State<AppState>, req: Request, next: Next) -> R
         .get::<OriginalUri>()
         .map_or_else(|| req.uri().path().to_owned(), |u| u.0.path().to_owned());
     let class = classify(req.method(), &path);
-    let (parts, body) = req.into_parts();
+    let (mut parts, body) = req.into_parts();
     let caller = match class {
         Class::Auth => None,
         _ => authenticate(&parts, &state).await.ok(),
     };
+    // The handler's extractor takes the caller from here instead of authenticating again.
+    if let Some(c) = &caller {
+        parts.extensions.insert(c.clone());
+    }
     if caller.as_ref().is_some_and(|c| c.is_admin) {
         return next.run(Request::from_parts(parts, body)).await;
     }
