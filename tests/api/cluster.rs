@@ -235,7 +235,9 @@ async fn concurrency_caps_and_the_balance_hold_across_three_instances() {
     // Concurrency: three in flight across all instances, however the requests are spread.
     let user = c.add_user("1000").await;
     let (_, key) = c.add_key(user, json!({"max_concurrency": 3})).await;
-    c.fake.set_headers_delay(800);
+    // Held long enough that all fifteen arrive while the first three are in flight, even on a
+    // loaded machine.
+    c.fake.set_headers_delay(3000);
     let statuses = burst(&c, &key, 15).await;
     assert_eq!(
         statuses.iter().filter(|s| **s == 200).count(),
