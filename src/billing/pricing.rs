@@ -9,18 +9,23 @@ pub struct TokenPrice {
     pub input_micros_per_mtok: i64,
     pub output_micros_per_mtok: i64,
     pub cached_input_micros_per_mtok: i64,
+    /// Prompt tokens written to the provider's cache (Anthropic's cache creation).
+    pub cache_write_micros_per_mtok: i64,
+    /// A flat price per request that produced an answer (the registry's `credits_cost`).
+    pub request_micros: i64,
     pub version: i64,
 }
 
 /// Token counts of one request as a provider (or our local count) reports them.
-/// `cached_tokens` is a part of `prompt_tokens`; `reasoning_tokens` is a part of
-/// `completion_tokens` (both as in OpenAI's usage block).
+/// `cached_tokens` (cache reads) and `cache_write_tokens` are parts of `prompt_tokens`;
+/// `reasoning_tokens` is a part of `completion_tokens` (as in OpenAI's usage block).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct TokenUsage {
     pub prompt_tokens: i64,
     pub completion_tokens: i64,
     pub cached_tokens: i64,
     pub reasoning_tokens: i64,
+    pub cache_write_tokens: i64,
 }
 
 /// Integer ceiling of `numerator / 1_000_000` for non-negative numerators.
@@ -31,25 +36,36 @@ fn ceil_div_million(numerator: i128) -> i64 {
 }
 
 impl TokenPrice {
-    /// The exact cost of `usage`: uncached input at the input price, cached input at the
-    /// cached price, all completion tokens (reasoning included) at the output price.
+    /// The exact cost of `usage`: the flat request price, plus uncached input at the input
+    /// price, cache reads at the cached price, cache writes at the cache-write price, and all
+    /// completion tokens (reasoning included) at the output price.
     pub fn cost(&self, usage: &TokenUsage) -> Micros {
         let prompt = i128::from(usage.prompt_tokens.max(0));
         let cached = i128::from(usage.cached_tokens.max(0)).min(prompt);
+        let written = i128::from(usage.cache_write_tokens.max(0)).min(prompt - cached);
         let completion = i128::from(usage.completion_tokens.max(0));
-        let total = (prompt - cached) * i128::from(self.input_micros_per_mtok)
+        let total = (prompt - cached - written) * i128::from(self.input_micros_per_mtok)
             + cached * i128::from(self.cached_input_micros_per_mtok)
+            + written * i128::from(self.cache_write_micros_per_mtok)
             + completion * i128::from(self.output_micros_per_mtok);
-        Micros(ceil_div_million(total))
+        Micros(ceil_div_million(total).saturating_add(self.request_micros.max(0)))
     }
 
-    /// The most a request may cost: every prompt token uncached, the full output allowance.
-    pub fn max_cost(&self, prompt_tokens: i64, max_output_tokens: i64) -> Micros {
+    /// The most a request may cost: every prompt token uncached (at the dearer of plain input
+    /// and cache write when the provider may write to its cache), the full output allowance.
+    pub fn max_cost(
+        &self,
+        prompt_tokens: i64,
+        max_output_tokens: i64,
+        cache_writes: bool,
+    ) -> Micros {
+        let writes_dearer =
+            cache_writes && self.cache_write_micros_per_mtok > self.input_micros_per_mtok;
         self.cost(&TokenUsage {
             prompt_tokens,
             completion_tokens: max_output_tokens,
-            cached_tokens: 0,
-            reasoning_tokens: 0,
+            cache_write_tokens: if writes_dearer { prompt_tokens } else { 0 },
+            ..TokenUsage::default()
         })
     }
 }
@@ -62,6 +78,8 @@ mod tests {
         input_micros_per_mtok: 2_500_000,
         output_micros_per_mtok: 10_000_000,
         cached_input_micros_per_mtok: 1_250_000,
+        cache_write_micros_per_mtok: 3_125_000,
+        request_micros: 0,
         version: 1,
     };
 
@@ -83,9 +101,27 @@ mod tests {
             completion_tokens: 500,
             cached_tokens: 200,
             reasoning_tokens: 100,
+            cache_write_tokens: 0,
         };
         // 800 × 2.5 + 200 × 1.25 + 500 × 10 = 2000 + 250 + 5000 = 7250 micros.
         assert_eq!(PRICE.cost(&usage), Micros(7250));
+    }
+
+    #[test]
+    fn cache_writes_and_the_request_price_are_added() {
+        let usage = TokenUsage {
+            prompt_tokens: 1000,
+            completion_tokens: 0,
+            cached_tokens: 600,
+            cache_write_tokens: 300,
+            reasoning_tokens: 0,
+        };
+        let price = TokenPrice {
+            request_micros: 7,
+            ..PRICE
+        };
+        // 100 × 2.5 + 600 × 1.25 + 300 × 3.125 = 250 + 750 + 937.5 = 1937.5 → 1938, + 7.
+        assert_eq!(price.cost(&usage), Micros(1945));
     }
 
     #[test]

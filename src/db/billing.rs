@@ -13,7 +13,8 @@ macro_rules! usage_columns {
     () => {
         "request_id, user_id, key_id, model, upstream_model, channel_id, endpoint, stream, status, http_status, \
          prompt_tokens, completion_tokens, cached_tokens, reasoning_tokens, usage_source, reserved_micros, \
-         cost_micros, unbilled_micros, price_version, latency_ms, ttft_ms, error, created_at_ms"
+         cost_micros, unbilled_micros, price_version, latency_ms, ttft_ms, error, created_at_ms, \
+         cache_write_tokens, units"
     };
 }
 
@@ -24,15 +25,15 @@ macro_rules! usage_insert {
         concat!(
             "INSERT INTO usage_records (",
             usage_columns!(),
-            ") VALUES ($4, $3, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $1, $19, $20, $21, $22, $23, $2)"
+            ") VALUES ($4, $3, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $1, $19, $20, $21, $22, $23, $2, $24, $25)"
         )
     };
 }
 
 /// Parameters of the settlement statements, in the order [`usage_insert!`] numbers them.
-const SETTLE_PARAMS: usize = 23;
+const SETTLE_PARAMS: usize = 25;
 
-/// Binds a settlement's [`SETTLE_PARAMS`] parameters (`$1`..`$23`) to `$query`.
+/// Binds a settlement's [`SETTLE_PARAMS`] parameters (`$1`..`$25`) to `$query`.
 macro_rules! bind_usage {
     ($query:expr, $charged:expr, $now:expr, $rec:expr) => {{
         let rec: &UsageRecord = $rec;
@@ -61,6 +62,8 @@ macro_rules! bind_usage {
             .bind(rec.latency_ms)
             .bind(rec.ttft_ms)
             .bind(rec.error.clone())
+            .bind(rec.usage.cache_write_tokens)
+            .bind(rec.units)
     }};
 }
 
@@ -156,6 +159,8 @@ pub struct UsageRecord {
     pub latency_ms: i64,
     pub ttft_ms: Option<i64>,
     pub error: Option<String>,
+    /// Images returned or video seconds billed (0 for token-metered endpoints).
+    pub units: i64,
 }
 
 /// What settlement did.
@@ -296,6 +301,8 @@ pub struct UsageRow {
     pub ttft_ms: Option<i64>,
     pub error: Option<String>,
     pub created_at_ms: i64,
+    pub cache_write_tokens: i64,
+    pub units: i64,
 }
 
 /// A page of usage records (all users, or one), newest first, and the total count.
@@ -409,8 +416,8 @@ mod tests {
     fn batch_members_get_their_own_placeholders() {
         let sql = decided_batch_sql(2);
         assert!(sql.starts_with("BEGIN IMMEDIATE;") && sql.ends_with("COMMIT;"));
-        assert!(sql.contains("WHERE id = $3;") && sql.contains("WHERE id = $26;"));
-        assert!(sql.contains("$46") && !sql.contains("$47"));
+        assert!(sql.contains("WHERE id = $3;") && sql.contains("WHERE id = $28;"));
+        assert!(sql.contains("$50") && !sql.contains("$51"));
         assert_eq!(sql.matches("INSERT INTO usage_records").count(), 2);
     }
 }

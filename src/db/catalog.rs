@@ -2,6 +2,24 @@
 
 use super::{Db, now_ms, read_pool, write_pool};
 
+/// The columns of a [`ModelRow`].
+macro_rules! model_columns {
+    () => {
+        "id, model, input_micros_per_mtok, output_micros_per_mtok, cached_input_micros_per_mtok, \
+         max_output_tokens, price_version, status, rpm, tpm, created_at_ms, updated_at_ms, \
+         cache_write_micros_per_mtok, request_micros, image_micros, image_prices, video_second_micros, \
+         display_name, vendor, config"
+    };
+}
+
+/// The columns of a [`ChannelRow`].
+macro_rules! channel_columns {
+    () => {
+        "id, name, provider, base_url, api_key, models, model_map, priority, weight, status, \
+         created_at_ms, updated_at_ms, disabled_reason, last_error, last_error_at_ms"
+    };
+}
+
 /// An upstream channel as stored. `models` and `model_map` are JSON text.
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct ChannelRow {
@@ -17,6 +35,10 @@ pub struct ChannelRow {
     pub status: String,
     pub created_at_ms: i64,
     pub updated_at_ms: i64,
+    /// Why the gateway disabled it (an upstream 401/403), if it did.
+    pub disabled_reason: Option<String>,
+    pub last_error: Option<String>,
+    pub last_error_at_ms: Option<i64>,
 }
 
 /// Fields of a channel, for create and full update.
@@ -49,22 +71,57 @@ pub struct ModelRow {
     pub tpm: Option<i64>,
     pub created_at_ms: i64,
     pub updated_at_ms: i64,
+    /// `None`: 1.25 × the input price (Anthropic's five-minute cache write).
+    pub cache_write_micros_per_mtok: Option<i64>,
+    pub request_micros: i64,
+    /// Default price per image, and JSON `{"<size>" or "<size>/<quality>": micros}`.
+    pub image_micros: Option<i64>,
+    pub image_prices: Option<String>,
+    pub video_second_micros: Option<i64>,
+    /// The registry's display name, vendor label and JSON config.
+    pub display_name: Option<String>,
+    pub vendor: Option<String>,
+    pub config: Option<String>,
 }
 
-/// A model's prices in micro-credits per million tokens.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// A model's prices: tokens in micro-credits per million, the rest in micro-credits each.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Prices {
     pub input: i64,
     pub output: i64,
     pub cached_input: i64,
+    /// `None`: 1.25 × input.
+    pub cache_write: Option<i64>,
+    /// Per request that produced an answer.
+    pub request: i64,
+    pub image: Option<i64>,
+    /// JSON `{"<size>[/<quality>]": micros}`.
+    pub image_prices: Option<String>,
+    pub video_second: Option<i64>,
+}
+
+impl Prices {
+    /// The prices a stored model has now.
+    pub fn of(m: &ModelRow) -> Prices {
+        Prices {
+            input: m.input_micros_per_mtok,
+            output: m.output_micros_per_mtok,
+            cached_input: m.cached_input_micros_per_mtok,
+            cache_write: m.cache_write_micros_per_mtok,
+            request: m.request_micros,
+            image: m.image_micros,
+            image_prices: m.image_prices.clone(),
+            video_second: m.video_second_micros,
+        }
+    }
 }
 
 pub async fn insert_channel(db: &Db, c: &ChannelFields<'_>) -> Result<ChannelRow, sqlx::Error> {
     let now = now_ms();
-    write_pool!(db, p => sqlx::query_as::<_, ChannelRow>(
+    write_pool!(db, p => sqlx::query_as::<_, ChannelRow>(concat!(
         "INSERT INTO channels (name, provider, base_url, api_key, models, model_map, priority, weight, status, created_at_ms, updated_at_ms)
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $10)
-         RETURNING id, name, provider, base_url, api_key, models, model_map, priority, weight, status, created_at_ms, updated_at_ms",
+         RETURNING ", channel_columns!()),
     )
     .bind(c.name)
     .bind(c.provider)
@@ -85,11 +142,12 @@ pub async fn update_channel(
     id: i64,
     c: &ChannelFields<'_>,
 ) -> Result<Option<ChannelRow>, sqlx::Error> {
-    write_pool!(db, p => sqlx::query_as::<_, ChannelRow>(
+    write_pool!(db, p => sqlx::query_as::<_, ChannelRow>(concat!(
         "UPDATE channels SET name = $2, provider = $3, base_url = $4, api_key = $5, models = $6, model_map = $7,
-                priority = $8, weight = $9, status = $10, updated_at_ms = $11
+                priority = $8, weight = $9, status = $10, updated_at_ms = $11,
+                disabled_reason = CASE WHEN $10 = 'active' THEN NULL ELSE disabled_reason END
          WHERE id = $1
-         RETURNING id, name, provider, base_url, api_key, models, model_map, priority, weight, status, created_at_ms, updated_at_ms",
+         RETURNING ", channel_columns!()),
     )
     .bind(id)
     .bind(c.name)
@@ -117,8 +175,7 @@ pub async fn delete_channel(db: &Db, id: i64) -> Result<bool, sqlx::Error> {
 
 pub async fn get_channel(db: &Db, id: i64) -> Result<Option<ChannelRow>, sqlx::Error> {
     read_pool!(db, p => sqlx::query_as::<_, ChannelRow>(
-        "SELECT id, name, provider, base_url, api_key, models, model_map, priority, weight, status, created_at_ms, updated_at_ms
-         FROM channels WHERE id = $1",
+        concat!("SELECT ", channel_columns!(), " FROM channels WHERE id = $1"),
     )
     .bind(id)
     .fetch_optional(p)
@@ -127,8 +184,7 @@ pub async fn get_channel(db: &Db, id: i64) -> Result<Option<ChannelRow>, sqlx::E
 
 pub async fn list_channels(db: &Db) -> Result<Vec<ChannelRow>, sqlx::Error> {
     read_pool!(db, p => sqlx::query_as::<_, ChannelRow>(
-        "SELECT id, name, provider, base_url, api_key, models, model_map, priority, weight, status, created_at_ms, updated_at_ms
-         FROM channels ORDER BY id",
+        concat!("SELECT ", channel_columns!(), " FROM channels ORDER BY id"),
     )
     .fetch_all(p)
     .await)
@@ -136,9 +192,7 @@ pub async fn list_channels(db: &Db) -> Result<Vec<ChannelRow>, sqlx::Error> {
 
 pub async fn list_models(db: &Db) -> Result<Vec<ModelRow>, sqlx::Error> {
     read_pool!(db, p => sqlx::query_as::<_, ModelRow>(
-        "SELECT id, model, input_micros_per_mtok, output_micros_per_mtok, cached_input_micros_per_mtok,
-                max_output_tokens, price_version, status, rpm, tpm, created_at_ms, updated_at_ms
-         FROM models ORDER BY id",
+        concat!("SELECT ", model_columns!(), " FROM models ORDER BY id"),
     )
     .fetch_all(p)
     .await)
@@ -146,9 +200,7 @@ pub async fn list_models(db: &Db) -> Result<Vec<ModelRow>, sqlx::Error> {
 
 pub async fn get_model(db: &Db, id: i64) -> Result<Option<ModelRow>, sqlx::Error> {
     read_pool!(db, p => sqlx::query_as::<_, ModelRow>(
-        "SELECT id, model, input_micros_per_mtok, output_micros_per_mtok, cached_input_micros_per_mtok,
-                max_output_tokens, price_version, status, rpm, tpm, created_at_ms, updated_at_ms
-         FROM models WHERE id = $1",
+        concat!("SELECT ", model_columns!(), " FROM models WHERE id = $1"),
     )
     .bind(id)
     .fetch_optional(p)
@@ -160,7 +212,7 @@ pub async fn get_model(db: &Db, id: i64) -> Result<Option<ModelRow>, sqlx::Error
 pub async fn upsert_model(
     db: &Db,
     model: &str,
-    prices: Prices,
+    prices: &Prices,
     max_output_tokens: Option<i64>,
 ) -> Result<ModelRow, sqlx::Error> {
     let now = now_ms();
@@ -171,13 +223,10 @@ pub async fn upsert_model(
             .bind(model)
             .execute(&mut *tx)
             .await?;
-        let existing: Option<(i64, i64, i64, i64, i64)> = sqlx::query_as(
-            "SELECT id, input_micros_per_mtok, output_micros_per_mtok, cached_input_micros_per_mtok, price_version
-             FROM models WHERE model = $1",
-        )
-        .bind(model)
-        .fetch_optional(&mut *tx)
-        .await?;
+        let existing = sqlx::query_as::<_, ModelRow>(concat!("SELECT ", model_columns!(), " FROM models WHERE model = $1"))
+            .bind(model)
+            .fetch_optional(&mut *tx)
+            .await?;
         let (id, version) = match existing {
             None => {
                 let id: i64 = sqlx::query_scalar(
@@ -195,27 +244,40 @@ pub async fn upsert_model(
                 .await?;
                 (id, Some(1))
             }
-            Some((id, i, o, c, v)) => {
-                let changed = (i, o, c) != (prices.input, prices.output, prices.cached_input);
-                let version = if changed { v + 1 } else { v };
+            Some(row) => {
+                let changed = &Prices::of(&row) != prices;
+                let version = if changed { row.price_version + 1 } else { row.price_version };
                 sqlx::query(
-                    "UPDATE models SET input_micros_per_mtok = $2, output_micros_per_mtok = $3,
-                            cached_input_micros_per_mtok = $4, max_output_tokens = COALESCE($5, max_output_tokens),
-                            price_version = $6, updated_at_ms = $7
+                    "UPDATE models SET max_output_tokens = COALESCE($2, max_output_tokens),
+                            price_version = $3, updated_at_ms = $4
                      WHERE id = $1",
                 )
-                .bind(id)
-                .bind(prices.input)
-                .bind(prices.output)
-                .bind(prices.cached_input)
+                .bind(row.id)
                 .bind(max_output_tokens)
                 .bind(version)
                 .bind(now)
                 .execute(&mut *tx)
                 .await?;
-                (id, changed.then_some(version))
+                (row.id, changed.then_some(version))
             }
         };
+        sqlx::query(
+            "UPDATE models SET input_micros_per_mtok = $2, output_micros_per_mtok = $3,
+                    cached_input_micros_per_mtok = $4, cache_write_micros_per_mtok = $5, request_micros = $6,
+                    image_micros = $7, image_prices = $8, video_second_micros = $9
+             WHERE id = $1",
+        )
+        .bind(id)
+        .bind(prices.input)
+        .bind(prices.output)
+        .bind(prices.cached_input)
+        .bind(prices.cache_write)
+        .bind(prices.request)
+        .bind(prices.image)
+        .bind(prices.image_prices.as_deref())
+        .bind(prices.video_second)
+        .execute(&mut *tx)
+        .await?;
         if let Some(version) = version {
             sqlx::query(
                 "INSERT INTO model_prices (model_id, version, input_micros_per_mtok, output_micros_per_mtok,
@@ -232,9 +294,7 @@ pub async fn upsert_model(
             .await?;
         }
         let row = sqlx::query_as::<_, ModelRow>(
-            "SELECT id, model, input_micros_per_mtok, output_micros_per_mtok, cached_input_micros_per_mtok,
-                    max_output_tokens, price_version, status, rpm, tpm, created_at_ms, updated_at_ms
-             FROM models WHERE id = $1",
+            concat!("SELECT ", model_columns!(), " FROM models WHERE id = $1"),
         )
         .bind(id)
         .fetch_one(&mut *tx)
@@ -250,10 +310,9 @@ pub async fn set_model_status(
     id: i64,
     status: &str,
 ) -> Result<Option<ModelRow>, sqlx::Error> {
-    write_pool!(db, p => sqlx::query_as::<_, ModelRow>(
+    write_pool!(db, p => sqlx::query_as::<_, ModelRow>(concat!(
         "UPDATE models SET status = $2, updated_at_ms = $3 WHERE id = $1
-         RETURNING id, model, input_micros_per_mtok, output_micros_per_mtok, cached_input_micros_per_mtok,
-                   max_output_tokens, price_version, status, rpm, tpm, created_at_ms, updated_at_ms",
+         RETURNING ", model_columns!()),
     )
     .bind(id)
     .bind(status)
@@ -271,12 +330,11 @@ pub async fn set_model_limits(
 ) -> Result<Option<ModelRow>, sqlx::Error> {
     let (set_rpm, rpm) = rpm.map_or((0_i64, None), |v| (1, v));
     let (set_tpm, tpm) = tpm.map_or((0_i64, None), |v| (1, v));
-    write_pool!(db, p => sqlx::query_as::<_, ModelRow>(
+    write_pool!(db, p => sqlx::query_as::<_, ModelRow>(concat!(
         "UPDATE models SET rpm = CASE WHEN $2 = 1 THEN $3 ELSE rpm END,
                 tpm = CASE WHEN $4 = 1 THEN $5 ELSE tpm END, updated_at_ms = $6
          WHERE id = $1
-         RETURNING id, model, input_micros_per_mtok, output_micros_per_mtok, cached_input_micros_per_mtok,
-                   max_output_tokens, price_version, status, rpm, tpm, created_at_ms, updated_at_ms",
+         RETURNING ", model_columns!()),
     )
     .bind(id)
     .bind(set_rpm)

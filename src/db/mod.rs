@@ -71,6 +71,12 @@ const MIGRATIONS: &[(i64, &str, &str, &str)] = &[
         include_str!("../../migrations/sqlite/0003_limits.sql"),
         include_str!("../../migrations/postgres/0003_limits.sql"),
     ),
+    (
+        4,
+        "media",
+        include_str!("../../migrations/sqlite/0004_media.sql"),
+        include_str!("../../migrations/postgres/0004_media.sql"),
+    ),
 ];
 
 /// Whether a database error is a unique-constraint violation (portable across backends).

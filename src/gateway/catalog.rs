@@ -30,12 +30,36 @@ impl Channel {
     }
 }
 
+/// What a model's images and video seconds cost, in micro-credits.
+#[derive(Debug, Default)]
+pub struct MediaPrices {
+    /// Per image when no entry of `images` matches.
+    pub image: Option<i64>,
+    /// Per image by `"<size>/<quality>"` or `"<size>"`.
+    pub images: HashMap<String, i64>,
+    /// Per second of video.
+    pub video_second: Option<i64>,
+}
+
+impl MediaPrices {
+    /// The price of one image of `size` and `quality`: the most specific entry that matches.
+    pub fn image(&self, size: &str, quality: &str) -> Option<i64> {
+        self.images
+            .get(&format!("{size}/{quality}"))
+            .or_else(|| self.images.get(size))
+            .or_else(|| self.images.get(quality))
+            .copied()
+            .or(self.image)
+    }
+}
+
 /// A priced model and the channels serving it.
 #[derive(Debug)]
 pub struct Model {
     pub id: i64,
     pub name: String,
     pub price: TokenPrice,
+    pub media: MediaPrices,
     pub max_output_tokens: Option<i64>,
     /// Requests and tokens per window each key gets on this model (`None`: no model limit).
     pub rpm: Option<i64>,
@@ -79,6 +103,17 @@ pub enum RouteError {
     NotPriced,
     /// A price exists but no active channel serves it.
     NoChannel,
+}
+
+/// Anthropic's five-minute cache write: 1.25 × the input price, rounded up.
+pub fn default_cache_write(input_micros_per_mtok: i64) -> i64 {
+    input_micros_per_mtok.saturating_mul(5).saturating_add(3) / 4
+}
+
+/// `max_tokens` of a registry model's `config`, the output cap when none is set otherwise.
+fn config_max_tokens(config: &Option<String>) -> Option<i64> {
+    let config: serde_json::Value = serde_json::from_str(config.as_deref()?).ok()?;
+    config["max_tokens"].as_i64().filter(|&n| n > 0)
 }
 
 #[derive(Default)]
@@ -146,9 +181,22 @@ impl Catalog {
                     input_micros_per_mtok: m.input_micros_per_mtok,
                     output_micros_per_mtok: m.output_micros_per_mtok,
                     cached_input_micros_per_mtok: m.cached_input_micros_per_mtok,
+                    cache_write_micros_per_mtok: m
+                        .cache_write_micros_per_mtok
+                        .unwrap_or_else(|| default_cache_write(m.input_micros_per_mtok)),
+                    request_micros: m.request_micros,
                     version: m.price_version,
                 },
-                max_output_tokens: m.max_output_tokens,
+                media: MediaPrices {
+                    image: m.image_micros,
+                    images: m
+                        .image_prices
+                        .as_deref()
+                        .and_then(|t| serde_json::from_str(t).ok())
+                        .unwrap_or_default(),
+                    video_second: m.video_second_micros,
+                },
+                max_output_tokens: m.max_output_tokens.or_else(|| config_max_tokens(&m.config)),
                 rpm: m.rpm,
                 tpm: m.tpm,
                 created_at_ms: m.created_at_ms,

@@ -1,6 +1,7 @@
-//! `POST chat/completions` through the gateway: validate, route, reserve the most the request
-//! can cost, call upstream channels in order, forward the answer (SSE events as they arrive),
-//! and settle from the provider's usage or a local count.
+//! The token-metered endpoints through the gateway (`POST chat/completions`, legacy
+//! `completions`, `embeddings`): validate, route, reserve the most the request can cost, call
+//! upstream channels in order, forward the answer (SSE events as they arrive), and settle from
+//! the provider's usage or a local count.
 //!
 //! Everything after the reservation runs in one task on the [`TaskTracker`](tokio_util::task::TaskTracker):
 //! the handler only waits for the first reply. A client that hangs up drops its receiver; the
@@ -11,7 +12,7 @@
 use super::Reply;
 use super::auth::Caller;
 use super::catalog::{Channel, Model, RouteError};
-use super::request::ChatRequest;
+use super::request::{ChatRequest, Endpoint};
 use super::sse::{EventSplitter, Meter, Verdict, rewrite_model};
 use super::throttle::{self, RateHeaders};
 use crate::billing::book::Held;
@@ -21,7 +22,7 @@ use crate::db::billing::{NewReservation, ReserveError, UsageRecord};
 use crate::error::OpenAiError;
 use crate::limits::Permit;
 use crate::metrics as m;
-use crate::provider::{Provider, UpstreamError, UpstreamResponse, demo, openai};
+use crate::provider::{Provider, UpstreamError, UpstreamResponse, anthropic, demo, openai};
 use crate::state::AppState;
 use bytes::Bytes;
 use futures_util::StreamExt;
@@ -100,8 +101,13 @@ struct Prepared {
     tokens: u64,
 }
 
-fn prepare(state: &AppState, caller: &Caller, body: &[u8]) -> Result<Prepared, OpenAiError> {
-    let req = ChatRequest::parse(body).map_err(|e| OpenAiError::InvalidRequest {
+fn prepare(
+    state: &AppState,
+    caller: &Caller,
+    endpoint: Endpoint,
+    body: &[u8],
+) -> Result<Prepared, OpenAiError> {
+    let req = ChatRequest::parse_for(endpoint, body).map_err(|e| OpenAiError::InvalidRequest {
         message: e.message,
         param: e.param,
     })?;
@@ -118,7 +124,13 @@ fn prepare(state: &AppState, caller: &Caller, body: &[u8]) -> Result<Prepared, O
         .or(model.max_output_tokens)
         .unwrap_or(state.config.billing.default_max_output_tokens);
     let output = per_choice.saturating_mul(req.n);
-    let amount = model.price.max_cost(req.prompt_tokens_estimate, output);
+    let cache_writes = model
+        .channels
+        .iter()
+        .any(|c| c.provider == Provider::Anthropic);
+    let amount = model
+        .price
+        .max_cost(req.prompt_tokens_estimate, output, cache_writes);
     let tokens = req.prompt_tokens_estimate.saturating_add(output).max(0) as u64;
     Ok(Prepared {
         user_id,
@@ -129,16 +141,17 @@ fn prepare(state: &AppState, caller: &Caller, body: &[u8]) -> Result<Prepared, O
     })
 }
 
-/// Runs one chat completion request for `caller`: the answer, and the rate-limit headers it
-/// carries (also on errors).
-pub async fn chat_completions(
+/// Runs one request to a token-metered `endpoint` for `caller`: the answer, and the rate-limit
+/// headers it carries (also on errors).
+pub async fn complete(
     state: &AppState,
     caller: &Caller,
     request_id: Arc<str>,
+    endpoint: Endpoint,
     body: Bytes,
 ) -> (Result<Reply, OpenAiError>, RateHeaders) {
     let started = Instant::now();
-    let prepared = prepare(state, caller, &body);
+    let prepared = prepare(state, caller, endpoint, &body);
     // A request that cannot run still counts as a request (not as tokens, and takes no slot).
     let (model, tokens, slot) = match &prepared {
         Ok(p) => (Some(&*p.model), p.tokens, true),
@@ -248,7 +261,7 @@ fn refused_reservation(
                 model: model.name.clone(),
                 upstream_model: None,
                 channel_id: None,
-                endpoint: "chat/completions",
+                endpoint: req.endpoint.path(),
                 stream: req.stream,
                 status: "insufficient_balance",
                 http_status: 402,
@@ -260,6 +273,7 @@ fn refused_reservation(
                 latency_ms: started.elapsed().as_millis() as i64,
                 ttft_ms: None,
                 error: None,
+                units: 0,
             };
             let state2 = state.clone();
             state
@@ -274,18 +288,27 @@ fn refused_reservation(
 
 type ReplyTx = oneshot::Sender<Result<Reply, OpenAiError>>;
 
-/// Sends the request to one channel.
-async fn call_channel(
+/// Sends a request to one channel; `max_tokens` is the output cap for providers that need one.
+pub async fn call_channel(
     state: &AppState,
     channel: &Channel,
+    endpoint: Endpoint,
     body: Vec<u8>,
+    max_tokens: i64,
 ) -> Result<UpstreamResponse, UpstreamError> {
     let first_byte = Duration::from_millis(state.config.upstream.first_byte_timeout_ms);
     match channel.provider {
         Provider::OpenAi => {
-            openai::post(&state.http, channel, "chat/completions", body, first_byte).await
+            openai::post(&state.http, channel, endpoint.path(), body, first_byte).await
         }
-        Provider::Demo => demo::chat(&body, crate::db::now_ms() / 1000),
+        Provider::Anthropic if endpoint == Endpoint::Chat => {
+            anthropic::chat(&state.http, channel, body, max_tokens, first_byte).await
+        }
+        Provider::Anthropic | Provider::Video => Ok(UpstreamResponse::unsupported(
+            channel.provider,
+            endpoint.path(),
+        )),
+        Provider::Demo => demo::answer(endpoint, &body, crate::db::now_ms() / 1000),
     }
 }
 
@@ -357,6 +380,11 @@ async fn run(ctx: Ctx, mut reply_tx: ReplyTx) {
     let mut last: Option<(Result<Reply, OpenAiError>, Ending)> = None;
     let channels = ctx.model.channel_order();
     let mut overhead_recorded = false;
+    let max_tokens = ctx
+        .req
+        .max_output_tokens
+        .or(ctx.model.max_output_tokens)
+        .unwrap_or(state.config.billing.default_max_output_tokens);
     for channel in channels.into_iter().take(MAX_ATTEMPTS) {
         let upstream_model = channel.upstream_model(&ctx.model.name).to_owned();
         let body = ctx.req.upstream_body(&ctx.body, &upstream_model);
@@ -366,7 +394,7 @@ async fn run(ctx: Ctx, mut reply_tx: ReplyTx) {
         }
         let sent = Instant::now();
         let result = tokio::select! {
-            r = call_channel(&state, &channel, body) => r,
+            r = call_channel(&state, &channel, ctx.req.endpoint, body, max_tokens) => r,
             _ = reply_tx.closed() => {
                 let ending = Ending::failed("client_disconnected", 499, Some(channel), "client closed the connection before the upstream answered".into());
                 finish(&ctx, &upstream_model, ending).await;
@@ -466,8 +494,8 @@ fn estimated(ctx: &Ctx, meter: &Meter) -> (TokenUsage, &'static str) {
     let usage = TokenUsage {
         prompt_tokens: ctx.req.prompt_tokens_estimate,
         completion_tokens,
-        cached_tokens: 0,
         reasoning_tokens,
+        ..TokenUsage::default()
     };
     (usage, "estimated")
 }
@@ -789,7 +817,7 @@ async fn finish(ctx: &Ctx, upstream_model: &str, ending: Ending) {
         model: ctx.model.name.clone(),
         upstream_model: (!upstream_model.is_empty()).then(|| upstream_model.to_owned()),
         channel_id: ending.channel.as_ref().map(|c| c.id),
-        endpoint: "chat/completions",
+        endpoint: ctx.req.endpoint.path(),
         stream: ctx.req.stream,
         status: ending.status,
         http_status: ending.http_status,
@@ -801,6 +829,7 @@ async fn finish(ctx: &Ctx, upstream_model: &str, ending: Ending) {
         latency_ms: ctx.started.elapsed().as_millis() as i64,
         ttft_ms: ending.ttft_ms,
         error: ending.error,
+        units: 0,
     };
     settle(&ctx.state.book, &ctx.state.db, Some(ctx.held), &record).await;
 }

@@ -1,5 +1,5 @@
-//! The chat request as Tollgate sees it: the few fields metering needs, read from the raw body
-//! without re-serializing it. The upstream body is the client's bytes with two surgical edits:
+//! A metered request as Tollgate sees it (chat completions, legacy completions, embeddings): the
+//! few fields metering needs, read from the raw body without re-serializing it. The upstream body is the client's bytes with two surgical edits:
 //! the `model` value mapped to the upstream name, and, for streams, `stream_options.include_usage`
 //! switched on so the upstream reports usage.
 
@@ -40,13 +40,43 @@ struct TopLevel<'a> {
     n: Option<&'a RawValue>,
     #[serde(borrow)]
     tools: Option<&'a RawValue>,
+    #[serde(borrow)]
+    prompt: Option<&'a RawValue>,
+    #[serde(borrow)]
+    input: Option<&'a RawValue>,
+    #[serde(borrow)]
+    best_of: Option<&'a RawValue>,
 }
+
+/// The OpenAI endpoints metered by tokens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Endpoint {
+    Chat,
+    /// Legacy `completions` (a `prompt`, answers in `choices[].text`).
+    Completions,
+    Embeddings,
+}
+
+impl Endpoint {
+    /// The path under the upstream's `/v1` root, also the usage record's `endpoint`.
+    pub fn path(self) -> &'static str {
+        match self {
+            Endpoint::Chat => "chat/completions",
+            Endpoint::Completions => "completions",
+            Endpoint::Embeddings => "embeddings",
+        }
+    }
+}
+
+/// OpenAI's default `max_tokens` for legacy completions.
+const COMPLETIONS_DEFAULT_MAX_TOKENS: i64 = 16;
 
 type JsonObject = serde_json::Map<String, serde_json::Value>;
 
 /// What metering needs from a chat completion request, plus where to edit the raw body.
 #[derive(Debug)]
 pub struct ChatRequest {
+    pub endpoint: Endpoint,
     pub model: String,
     pub stream: bool,
     /// Whether the client itself asked for the usage chunk.
@@ -87,9 +117,90 @@ fn positive_int(
     }
 }
 
+/// Tokens of a `prompt` or `input`: a string, an array of strings, an array of token ids, or an
+/// array of such arrays; `None` when it is none of these (or empty).
+fn text_or_tokens(value: &serde_json::Value) -> Option<i64> {
+    use serde_json::Value;
+    match value {
+        Value::String(s) => Some(super::tokens::count_text(s)),
+        Value::Array(items) if !items.is_empty() => {
+            if items.iter().all(Value::is_u64) {
+                return i64::try_from(items.len()).ok();
+            }
+            items.iter().try_fold(0_i64, |sum, item| match item {
+                Value::String(s) => Some(sum + super::tokens::count_text(s)),
+                Value::Array(ids) if !ids.is_empty() && ids.iter().all(Value::is_u64) => {
+                    Some(sum + i64::try_from(ids.len()).unwrap_or(i64::MAX))
+                }
+                _ => None,
+            })
+        }
+        _ => None,
+    }
+}
+
+/// Reads a required `prompt`/`input` field and estimates its tokens.
+fn required_text(raw: Option<&RawValue>, param: &'static str) -> Result<i64, InvalidRequest> {
+    let raw = raw
+        .filter(|r| r.get() != "null")
+        .ok_or_else(|| invalid(param, format!("'{param}' is a required property")))?;
+    let value: serde_json::Value = serde_json::from_str(raw.get())
+        .map_err(|e| invalid(param, format!("'{param}' is not valid JSON: {e}")))?;
+    text_or_tokens(&value).ok_or_else(|| {
+        invalid(
+            param,
+            format!(
+                "'{param}' must be a non-empty string, array of strings, array of token ids, or array of token-id arrays"
+            ),
+        )
+    })
+}
+
+/// Checks a chat body's `messages` (and `tools`) and estimates its prompt tokens.
+fn chat_prompt_estimate(top: &TopLevel<'_>) -> Result<i64, InvalidRequest> {
+    let messages_raw = top
+        .messages
+        .ok_or_else(|| invalid("messages", "'messages' is a required property"))?;
+    let messages: serde_json::Value = serde_json::from_str(messages_raw.get())
+        .map_err(|e| invalid("messages", format!("'messages' is not valid JSON: {e}")))?;
+    match &messages {
+        serde_json::Value::Array(items) if !items.is_empty() => {
+            if items.iter().any(|m| !m.is_object()) {
+                return Err(invalid(
+                    "messages",
+                    "every item of 'messages' must be an object",
+                ));
+            }
+        }
+        serde_json::Value::Array(_) => {
+            return Err(invalid(
+                "messages",
+                "'messages' must contain at least one message",
+            ));
+        }
+        _ => return Err(invalid("messages", "'messages' must be an array")),
+    }
+    let tools: Option<serde_json::Value> = match top.tools {
+        Some(t) if t.get() != "null" => Some(
+            serde_json::from_str(t.get())
+                .map_err(|e| invalid("tools", format!("'tools' is not valid JSON: {e}")))?,
+        ),
+        _ => None,
+    };
+    Ok(super::tokens::estimate_chat_prompt(
+        &messages,
+        tools.as_ref(),
+    ))
+}
+
 impl ChatRequest {
     /// Reads a chat completion body; refuses what the upstream would refuse for sure.
     pub fn parse(body: &[u8]) -> Result<ChatRequest, InvalidRequest> {
+        ChatRequest::parse_for(Endpoint::Chat, body)
+    }
+
+    /// Reads a body for `endpoint`; refuses what the upstream would refuse for sure.
+    pub fn parse_for(endpoint: Endpoint, body: &[u8]) -> Result<ChatRequest, InvalidRequest> {
         let top: TopLevel = serde_json::from_slice(body).map_err(|e| InvalidRequest {
             message: format!("request body is not a valid JSON object: {e}"),
             param: None,
@@ -102,28 +213,11 @@ impl ChatRequest {
         if model.is_empty() {
             return Err(invalid("model", "'model' must not be empty"));
         }
-        let messages_raw = top
-            .messages
-            .ok_or_else(|| invalid("messages", "'messages' is a required property"))?;
-        let messages: serde_json::Value = serde_json::from_str(messages_raw.get())
-            .map_err(|e| invalid("messages", format!("'messages' is not valid JSON: {e}")))?;
-        match &messages {
-            serde_json::Value::Array(items) if !items.is_empty() => {
-                if items.iter().any(|m| !m.is_object()) {
-                    return Err(invalid(
-                        "messages",
-                        "every item of 'messages' must be an object",
-                    ));
-                }
-            }
-            serde_json::Value::Array(_) => {
-                return Err(invalid(
-                    "messages",
-                    "'messages' must contain at least one message",
-                ));
-            }
-            _ => return Err(invalid("messages", "'messages' must be an array")),
-        }
+        let prompt_tokens_estimate = match endpoint {
+            Endpoint::Chat => chat_prompt_estimate(&top)?,
+            Endpoint::Completions => required_text(top.prompt, "prompt")?,
+            Endpoint::Embeddings => required_text(top.input, "input")?,
+        };
         let stream = match top.stream.map(RawValue::get) {
             None | Some("null") | Some("false") => false,
             Some("true") => true,
@@ -140,13 +234,14 @@ impl ChatRequest {
         if n > 128 {
             return Err(invalid("n", format!("'n' must be at most 128, got {n}")));
         }
-        let tools: Option<serde_json::Value> = match top.tools {
-            Some(t) if t.get() != "null" => Some(
-                serde_json::from_str(t.get())
-                    .map_err(|e| invalid("tools", format!("'tools' is not valid JSON: {e}")))?,
-            ),
-            _ => None,
+        // Legacy completions generate `best_of` candidates and bill them all.
+        let n = match endpoint {
+            Endpoint::Completions => n.max(positive_int(top.best_of, "best_of")?.unwrap_or(1)),
+            _ => n,
         };
+        if stream && endpoint == Endpoint::Embeddings {
+            return Err(invalid("stream", "embeddings cannot be streamed"));
+        }
         let mut client_wants_usage = false;
         let stream_options = match top.stream_options {
             None => None,
@@ -161,13 +256,20 @@ impl ChatRequest {
                 Some((span(body, raw), Some(map)))
             }
         };
+        let max_output_tokens = match endpoint {
+            Endpoint::Chat => max_completion.or(max_tokens),
+            Endpoint::Completions => Some(max_tokens.unwrap_or(COMPLETIONS_DEFAULT_MAX_TOKENS)),
+            // An embedding generates nothing.
+            Endpoint::Embeddings => Some(0),
+        };
         Ok(ChatRequest {
-            prompt_tokens_estimate: super::tokens::estimate_chat_prompt(&messages, tools.as_ref()),
+            endpoint,
+            prompt_tokens_estimate,
             model_span: span(body, model_raw),
             model,
             stream,
             client_wants_usage,
-            max_output_tokens: max_completion.or(max_tokens),
+            max_output_tokens,
             n,
             stream_options,
         })

@@ -87,6 +87,8 @@ pub fn event_data(event: &[u8]) -> Option<Cow<'_, [u8]>> {
 #[derive(Deserialize, Default)]
 struct CachedDetails {
     cached_tokens: Option<i64>,
+    /// Prompt tokens written to the cache (Anthropic's cache creation, as translated).
+    cache_write_tokens: Option<i64>,
 }
 
 #[derive(Deserialize, Default)]
@@ -118,6 +120,12 @@ impl UsageView {
                 .completion_tokens_details
                 .as_ref()
                 .and_then(|d| d.reasoning_tokens)
+                .unwrap_or(0)
+                .max(0),
+            cache_write_tokens: self
+                .prompt_tokens_details
+                .as_ref()
+                .and_then(|d| d.cache_write_tokens)
                 .unwrap_or(0)
                 .max(0),
         }
@@ -389,7 +397,8 @@ mod tests {
                 prompt_tokens: 9,
                 completion_tokens: 3,
                 cached_tokens: 4,
-                reasoning_tokens: 1
+                reasoning_tokens: 1,
+                cache_write_tokens: 0,
             })
         );
     }

@@ -1,8 +1,11 @@
-//! The `demo` provider: answers chat completions locally and deterministically, in OpenAI's
-//! JSON and SSE shapes with a usage block, so the quick start works offline. A documented
-//! feature for trying Tollgate, never a stand-in for an upstream in tests of the proxy path.
+//! The `demo` provider: answers chat completions, legacy completions and embeddings locally and
+//! deterministically, in OpenAI's JSON and SSE shapes with a usage block, and generates images
+//! (a small PNG) and videos (instantly finished tasks), so the quick start works offline. A
+//! documented feature for trying Tollgate, never a stand-in for an upstream in tests of the
+//! proxy path.
 
 use super::{UpstreamError, UpstreamResponse};
+use crate::gateway::request::Endpoint;
 use crate::gateway::tokens::count_text;
 use bytes::Bytes;
 use futures_util::StreamExt;
@@ -27,8 +30,83 @@ fn last_user_text(body: &Value) -> String {
     }
 }
 
+/// Answers a request body (already prepared for upstream) to a token-metered endpoint.
+pub fn answer(
+    endpoint: Endpoint,
+    body: &[u8],
+    created: i64,
+) -> Result<UpstreamResponse, UpstreamError> {
+    match endpoint {
+        Endpoint::Chat => chat(body, created),
+        Endpoint::Completions => completion(body, created),
+        Endpoint::Embeddings => embedding(body),
+    }
+}
+
+/// The strings of a `prompt` or `input` (token-id arrays are skipped).
+fn strings(value: &Value) -> Vec<String> {
+    match value {
+        Value::String(s) => vec![s.clone()],
+        Value::Array(items) => items
+            .iter()
+            .filter_map(|v| v.as_str().map(str::to_owned))
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// A legacy completion: echoes the prompt (no streaming variant; asks for JSON).
+fn completion(body: &[u8], created: i64) -> Result<UpstreamResponse, UpstreamError> {
+    let request: Value =
+        serde_json::from_slice(body).map_err(|e| UpstreamError::Other(e.to_string()))?;
+    let prompt = strings(&request["prompt"]).join(" ");
+    let text = format!(" (demo) You wrote: {prompt}");
+    let prompt_tokens = count_text(&prompt);
+    let completion_tokens = count_text(&text);
+    let model = request["model"].as_str().unwrap_or("demo");
+    let response = json!({
+        "id": "cmpl-demo", "object": "text_completion", "created": created, "model": model,
+        "choices": [{"index": 0, "text": text, "finish_reason": "stop", "logprobs": null}],
+        "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+                  "total_tokens": prompt_tokens + completion_tokens},
+    });
+    Ok(UpstreamResponse::json(
+        200,
+        response.to_string().into_bytes(),
+    ))
+}
+
+/// Embeddings: an 8-dimensional vector per input, derived from its bytes.
+fn embedding(body: &[u8]) -> Result<UpstreamResponse, UpstreamError> {
+    use sha2::Digest;
+    let request: Value =
+        serde_json::from_slice(body).map_err(|e| UpstreamError::Other(e.to_string()))?;
+    let inputs = strings(&request["input"]);
+    let mut tokens = 0;
+    let data: Vec<Value> = inputs
+        .iter()
+        .enumerate()
+        .map(|(i, text)| {
+            tokens += count_text(text);
+            let digest = sha2::Sha256::digest(text.as_bytes());
+            let vector: Vec<f64> = digest[..8]
+                .iter()
+                .map(|&b| f64::from(b) / 255.0 - 0.5)
+                .collect();
+            json!({"object": "embedding", "index": i, "embedding": vector})
+        })
+        .collect();
+    let model = request["model"].as_str().unwrap_or("demo");
+    let response = json!({"object": "list", "data": data, "model": model,
+        "usage": {"prompt_tokens": tokens, "total_tokens": tokens}});
+    Ok(UpstreamResponse::json(
+        200,
+        response.to_string().into_bytes(),
+    ))
+}
+
 /// Answers a chat completion request body (already prepared for upstream).
-pub fn chat(body: &[u8], created: i64) -> Result<UpstreamResponse, UpstreamError> {
+fn chat(body: &[u8], created: i64) -> Result<UpstreamResponse, UpstreamError> {
     let request: Value =
         serde_json::from_slice(body).map_err(|e| UpstreamError::Other(e.to_string()))?;
     let model = request["model"].as_str().unwrap_or("demo").to_owned();

@@ -229,10 +229,23 @@ impl TestApp {
     }
 
     pub async fn add_channel(&self, base_url: &str, models: &[&str], model_map: Value) -> i64 {
+        self.add_channel_of("openai", base_url, models, model_map)
+            .await
+    }
+
+    /// A channel of `provider` type.
+    pub async fn add_channel_of(
+        &self,
+        provider: &str,
+        base_url: &str,
+        models: &[&str],
+        model_map: Value,
+    ) -> i64 {
         let data = self
             .admin_post(
                 "/api/v1/admin/channels",
-                json!({"name": "fake", "provider": "openai", "base_url": base_url, "api_key": "upstream-secret",
+                json!({"name": format!("fake-{provider}-{:x}", rand_u64() % 0xffff), "provider": provider,
+                       "base_url": base_url, "api_key": "upstream-secret",
                        "models": models, "model_map": model_map, "priority": 0, "weight": 1}),
             )
             .await;
@@ -514,6 +527,10 @@ impl FakeUpstream {
         *state.script.lock().expect("lock") = Some(script);
         let app = Router::new()
             .route("/v1/chat/completions", post(fake_chat))
+            .route("/v1/completions", post(fake_chat))
+            .route("/v1/embeddings", post(fake_chat))
+            .route("/v1/images/generations", post(fake_chat))
+            .route("/v1/messages", post(fake_chat))
             .with_state(Arc::clone(&state));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
@@ -608,6 +625,17 @@ async fn fake_chat(
     state.calls.fetch_add(1, Ordering::SeqCst);
     if let Some(a) = headers.get("authorization").and_then(|v| v.to_str().ok()) {
         state.auth.lock().expect("lock").push(a.to_owned());
+    }
+    if let Some(a) = headers.get("x-api-key").and_then(|v| v.to_str().ok()) {
+        let version = headers
+            .get("anthropic-version")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        state
+            .auth
+            .lock()
+            .expect("lock")
+            .push(format!("x-api-key {a} version {version}"));
     }
     state.bodies.lock().expect("lock").push(body.clone());
     let delay = state.headers_delay_ms.load(Ordering::SeqCst);

@@ -14,4 +14,5 @@ mod endings;
 mod ledger;
 mod limits;
 mod ops;
+mod providers;
 mod streaming;

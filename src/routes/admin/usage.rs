@@ -35,6 +35,8 @@ pub fn usage_json(u: &UsageRow) -> Value {
         "completion_tokens": u.completion_tokens,
         "cached_tokens": u.cached_tokens,
         "reasoning_tokens": u.reasoning_tokens,
+        "cache_write_tokens": u.cache_write_tokens,
+        "units": u.units,
         "usage_source": u.usage_source,
         "reserved": Micros(u.reserved_micros),
         "reserved_micros": u.reserved_micros,

@@ -1,6 +1,9 @@
-//! `POST /v1/chat/completions` (JSON and SSE).
+//! `POST /v1/chat/completions` (JSON and SSE), and the shared handler of every token-metered
+//! endpoint.
 
 use crate::error::OpenAiError;
+use crate::gateway::auth::Caller;
+use crate::gateway::request::Endpoint;
 use crate::gateway::{self, Reply};
 use crate::routes::extract::{OpenAiCaller, RequestId};
 use crate::state::AppState;
@@ -9,11 +12,23 @@ use axum::extract::State;
 use axum::extract::rejection::BytesRejection;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use std::sync::Arc;
 
 pub async fn create_chat_completion(
     State(state): State<AppState>,
     OpenAiCaller(caller): OpenAiCaller,
     RequestId(request_id): RequestId,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, OpenAiError> {
+    metered(&state, &caller, request_id, Endpoint::Chat, body).await
+}
+
+/// Runs a request to a token-metered endpoint and shapes the reply, rate-limit headers included.
+pub async fn metered(
+    state: &AppState,
+    caller: &Caller,
+    request_id: Arc<str>,
+    endpoint: Endpoint,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, OpenAiError> {
     let body = body.map_err(|e| match e {
@@ -28,7 +43,7 @@ pub async fn create_chat_completion(
         },
     })?;
     let (result, headers) =
-        gateway::chat::chat_completions(&state, &caller, request_id, body).await;
+        gateway::chat::complete(state, caller, request_id, endpoint, body).await;
     let mut response = match result {
         Ok(reply) => into_response(reply),
         Err(e) => e.into_response(),

@@ -2,6 +2,8 @@
 //! endpoint; paths mirror OpenAI's API.
 
 mod chat;
+mod completions;
+mod embeddings;
 mod models;
 
 use crate::state::AppState;
@@ -11,6 +13,8 @@ use axum::routing::{get, post};
 pub fn router() -> Router<AppState> {
     Router::new()
         .route("/chat/completions", post(chat::create_chat_completion))
+        .route("/completions", post(completions::create_completion))
+        .route("/embeddings", post(embeddings::create_embedding))
         .route("/models", get(models::list_models))
         .route("/models/{*id}", get(models::retrieve_model))
 }

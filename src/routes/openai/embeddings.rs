@@ -1,0 +1,20 @@
+//! `POST /v1/embeddings`, metered by input tokens.
+
+use super::chat::metered;
+use crate::error::OpenAiError;
+use crate::gateway::request::Endpoint;
+use crate::routes::extract::{OpenAiCaller, RequestId};
+use crate::state::AppState;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::extract::rejection::BytesRejection;
+use axum::response::Response;
+
+pub async fn create_embedding(
+    State(state): State<AppState>,
+    OpenAiCaller(caller): OpenAiCaller,
+    RequestId(request_id): RequestId,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, OpenAiError> {
+    metered(&state, &caller, request_id, Endpoint::Embeddings, body).await
+}
