@@ -21,6 +21,7 @@ pub struct Config {
     pub catalog: CatalogConfig,
     pub redis: RedisConfig,
     pub limits: LimitsConfig,
+    pub video: VideoConfig,
     pub log: LogConfig,
     /// The bootstrap admin credential (from `TOLLGATE_ADMIN_KEY`, never from a file).
     #[serde(skip)]
@@ -54,6 +55,21 @@ pub struct UpstreamConfig {
     pub max_request_ms: u64,
     pub max_response_bytes: usize,
     pub pool_max_idle_per_host: usize,
+    /// Failures in a row that open a channel's circuit breaker.
+    pub breaker_failures: u32,
+    /// How long an open breaker keeps its channel out before one probe request is let through.
+    pub breaker_cooldown_ms: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VideoConfig {
+    /// How often an unfinished task's provider is asked for its status.
+    pub poll_interval_ms: u64,
+    /// A task not finished this long after submission fails and is refunded.
+    pub task_timeout_ms: u64,
+    /// How long one instance's claim on a task lasts (renewed while it polls).
+    pub lease_ms: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -257,6 +273,13 @@ impl Config {
             ),
             ("redis.timeout_ms", self.redis.timeout_ms),
             ("limits.window_ms", self.limits.window_ms),
+            (
+                "upstream.breaker_cooldown_ms",
+                self.upstream.breaker_cooldown_ms,
+            ),
+            ("video.poll_interval_ms", self.video.poll_interval_ms),
+            ("video.task_timeout_ms", self.video.task_timeout_ms),
+            ("video.lease_ms", self.video.lease_ms),
             (
                 "limits.concurrency_lease_ms",
                 self.limits.concurrency_lease_ms,

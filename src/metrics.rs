@@ -36,6 +36,18 @@ pub const RECONCILER_RELEASES: &str = "tollgate_reconciler_releases_total";
 pub const LIMIT_DECISIONS: &str = "tollgate_rate_limit_decisions_total";
 /// Counter: rate-limit checks Redis did not answer (the fail-open or fail-closed path ran).
 pub const LIMITER_ERRORS: &str = "tollgate_rate_limiter_redis_errors_total";
+/// Counter by `channel` and `outcome` (`ok`, `connect_error`, `timeout`, `rate_limited`,
+/// `server_error`, `auth_error`, `error`): calls to upstream channels.
+pub const UPSTREAM_REQUESTS: &str = "tollgate_upstream_requests_total";
+/// Gauge by `channel`: its circuit breaker on this instance (0 closed, 1 half-open, 2 open).
+pub const CHANNEL_STATE: &str = "tollgate_channel_state";
+/// Counter by `channel`: channels the gateway disabled because the upstream refused their
+/// credential (401/403).
+pub const CHANNELS_DISABLED: &str = "tollgate_channels_disabled_total";
+/// Gauge: video tasks submitted and not yet settled (as this instance last counted).
+pub const VIDEO_TASKS_OPEN: &str = "tollgate_video_tasks_open";
+/// Counter by `outcome`: video tasks settled (completed, failed, expired).
+pub const VIDEO_TASKS_SETTLED: &str = "tollgate_video_tasks_settled_total";
 /// Counter: invalidation messages received from other instances, by `change`.
 pub const INVALIDATIONS: &str = "tollgate_invalidations_received_total";
 
@@ -112,6 +124,26 @@ fn describe() {
     describe_counter!(
         INVALIDATIONS,
         "Invalidation messages received from other instances, by change"
+    );
+    describe_counter!(
+        UPSTREAM_REQUESTS,
+        "Calls to upstream channels by channel and outcome"
+    );
+    describe_gauge!(
+        CHANNEL_STATE,
+        "Circuit breaker of each channel on this instance: 0 closed, 1 half-open, 2 open"
+    );
+    describe_counter!(
+        CHANNELS_DISABLED,
+        "Channels disabled because the upstream refused their credential (401/403)"
+    );
+    describe_gauge!(
+        VIDEO_TASKS_OPEN,
+        "Video tasks submitted and not yet settled"
+    );
+    describe_counter!(
+        VIDEO_TASKS_SETTLED,
+        "Video tasks settled, by outcome (completed, failed, expired)"
     );
     // Register the counters that must be visible (at zero) from the start.
     metrics::counter!(SETTLEMENT_FAILURES).absolute(0);

@@ -7,6 +7,7 @@ use crate::config::Config;
 use crate::db::Db;
 use crate::gateway::auth::KeyCache;
 use crate::gateway::catalog::Catalog;
+use crate::gateway::health::Health;
 use crate::gateway::session::Sessions;
 use crate::limits::Limiter;
 use crate::limits::shared::Shared;
@@ -89,6 +90,10 @@ impl Application {
                 )
             },
             catalog: Catalog::default(),
+            health: Health::new(
+                config.upstream.breaker_failures,
+                Duration::from_millis(config.upstream.breaker_cooldown_ms),
+            ),
             limits: Arc::new(limiter),
             bus,
             book,

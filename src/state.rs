@@ -6,6 +6,7 @@ use crate::config::Config;
 use crate::db::Db;
 use crate::gateway::auth::KeyCache;
 use crate::gateway::catalog::Catalog;
+use crate::gateway::health::Health;
 use crate::gateway::session::Sessions;
 use crate::limits::Limiter;
 use metrics_exporter_prometheus::PrometheusHandle;
@@ -29,6 +30,8 @@ pub struct Inner {
     /// Where balance reservations are held (memory on SQLite, rows on PostgreSQL).
     pub book: Book,
     pub catalog: Catalog,
+    /// Circuit breakers and recent errors of the upstream channels, on this instance.
+    pub health: Health,
     /// Rate-limit counters (in this process, or shared through Redis).
     pub limits: Arc<Limiter>,
     /// Change notices to the other instances (through Redis, when configured).

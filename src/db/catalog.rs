@@ -345,3 +345,32 @@ pub async fn set_model_limits(
     .fetch_optional(p)
     .await)
 }
+
+/// Disables a channel and says why (an upstream refused its credential).
+pub async fn disable_channel(db: &Db, id: i64, reason: &str) -> Result<(), sqlx::Error> {
+    let now = now_ms();
+    write_pool!(db, p => sqlx::query(
+        "UPDATE channels SET status = 'disabled', disabled_reason = $2, last_error = $2,
+                last_error_at_ms = $3, updated_at_ms = $3
+         WHERE id = $1",
+    )
+    .bind(id)
+    .bind(reason)
+    .bind(now)
+    .execute(p)
+    .await
+    .map(|_| ()))
+}
+
+/// Remembers a channel's latest error (shown to admins on every instance).
+pub async fn note_channel_error(db: &Db, id: i64, error: &str) -> Result<(), sqlx::Error> {
+    write_pool!(db, p => sqlx::query(
+        "UPDATE channels SET last_error = $2, last_error_at_ms = $3 WHERE id = $1",
+    )
+    .bind(id)
+    .bind(error)
+    .bind(now_ms())
+    .execute(p)
+    .await
+    .map(|_| ()))
+}

@@ -24,6 +24,20 @@ pub struct Channel {
 }
 
 impl Channel {
+    /// A stored channel, ready to call (`None` for a provider this build does not know).
+    pub fn from_row(row: &db::catalog::ChannelRow) -> Option<Channel> {
+        Some(Channel {
+            id: row.id,
+            name: row.name.clone(),
+            provider: Provider::parse(&row.provider)?,
+            base_url: row.base_url.trim_end_matches('/').to_owned(),
+            api_key: row.api_key.clone(),
+            priority: row.priority,
+            weight: row.weight,
+            model_map: serde_json::from_str(&row.model_map).unwrap_or_default(),
+        })
+    }
+
     /// The name the upstream knows `model` by.
     pub fn upstream_model<'a>(&'a self, model: &'a str) -> &'a str {
         self.model_map.get(model).map_or(model, String::as_str)
@@ -140,22 +154,11 @@ impl Catalog {
         let channels = db::catalog::list_channels(db).await?;
         let mut by_model: HashMap<String, Vec<Arc<Channel>>> = HashMap::new();
         for row in channels.into_iter().filter(|c| c.status == "active") {
-            let Some(provider) = Provider::parse(&row.provider) else {
+            let Some(channel) = Channel::from_row(&row) else {
                 continue;
             };
             let names: Vec<String> = serde_json::from_str(&row.models).unwrap_or_default();
-            let model_map: HashMap<String, String> =
-                serde_json::from_str(&row.model_map).unwrap_or_default();
-            let channel = Arc::new(Channel {
-                id: row.id,
-                name: row.name,
-                provider,
-                base_url: row.base_url.trim_end_matches('/').to_owned(),
-                api_key: row.api_key,
-                priority: row.priority,
-                weight: row.weight,
-                model_map,
-            });
+            let channel = Arc::new(channel);
             for name in names {
                 by_model.entry(name).or_default().push(Arc::clone(&channel));
             }

@@ -385,7 +385,12 @@ async fn run(ctx: Ctx, mut reply_tx: ReplyTx) {
         .max_output_tokens
         .or(ctx.model.max_output_tokens)
         .unwrap_or(state.config.billing.default_max_output_tokens);
-    for channel in channels.into_iter().take(MAX_ATTEMPTS) {
+    let health = &state.health;
+    for channel in channels
+        .into_iter()
+        .filter(|c| health.allow(c))
+        .take(MAX_ATTEMPTS)
+    {
         let upstream_model = channel.upstream_model(&ctx.model.name).to_owned();
         let body = ctx.req.upstream_body(&ctx.body, &upstream_model);
         if !overhead_recorded {
@@ -396,6 +401,7 @@ async fn run(ctx: Ctx, mut reply_tx: ReplyTx) {
         let result = tokio::select! {
             r = call_channel(&state, &channel, ctx.req.endpoint, body, max_tokens) => r,
             _ = reply_tx.closed() => {
+                health.release_probe(&channel);
                 let ending = Ending::failed("client_disconnected", 499, Some(channel), "client closed the connection before the upstream answered".into());
                 finish(&ctx, &upstream_model, ending).await;
                 return;
@@ -409,8 +415,22 @@ async fn run(ctx: Ctx, mut reply_tx: ReplyTx) {
         metrics::histogram!(m::UPSTREAM_DURATION, "model" => ctx.model.name.clone(), "outcome" => outcome)
             .record(sent.elapsed().as_secs_f64());
         let mut response = match result {
-            Err(UpstreamError::Connect(msg)) => {
-                tracing::warn!(channel = %channel.name, error = %msg, "upstream connect failed");
+            Err(UpstreamError::Timeout(ms)) => {
+                let msg = format!("no response from upstream within {ms} ms");
+                health.failure(&channel, "timeout", &msg);
+                // Not retried: the upstream may still be generating (and charging) for it.
+                let ending = Ending::failed("upstream_timeout", 504, Some(channel), msg.clone());
+                last = Some((Err(OpenAiError::UpstreamTimeout { message: msg }), ending));
+                break;
+            }
+            Err(e) => {
+                // Nothing reached the client yet: try the next channel.
+                let (label, msg) = match e {
+                    UpstreamError::Connect(msg) => ("connect_error", msg),
+                    other => ("error", other.to_string()),
+                };
+                tracing::warn!(channel = %channel.name, error = %msg, "upstream call failed");
+                health.failure(&channel, label, &msg);
                 let ending = Ending::failed(
                     "upstream_error",
                     502,
@@ -419,18 +439,6 @@ async fn run(ctx: Ctx, mut reply_tx: ReplyTx) {
                 );
                 last = Some((Err(OpenAiError::Upstream { message: msg }), ending));
                 continue;
-            }
-            Err(UpstreamError::Timeout(ms)) => {
-                let msg = format!("no response from upstream within {ms} ms");
-                let ending = Ending::failed("upstream_timeout", 504, Some(channel), msg.clone());
-                last = Some((Err(OpenAiError::UpstreamTimeout { message: msg }), ending));
-                break;
-            }
-            Err(UpstreamError::Other(msg)) => {
-                tracing::warn!(channel = %channel.name, error = %msg, "upstream request failed");
-                let ending = Ending::failed("upstream_error", 502, Some(channel), msg.clone());
-                last = Some((Err(OpenAiError::Upstream { message: msg }), ending));
-                break;
             }
             Ok(r) => r,
         };
@@ -442,6 +450,19 @@ async fn run(ctx: Ctx, mut reply_tx: ReplyTx) {
             let snippet: String = String::from_utf8_lossy(&text).chars().take(500).collect();
             tracing::warn!(channel = %channel.name, status, body = %snippet, "upstream returned an error");
             let error = format!("upstream status {status}: {snippet}");
+            if status == 401 || status == 403 {
+                // The channel's credential is refused: the client's request is not at fault.
+                super::health::disable_for_credentials(&state, &channel, status, &snippet).await;
+                let message = "upstream refused the channel's credential".to_owned();
+                let ending = Ending::failed("upstream_error", 502, Some(channel), error);
+                last = Some((Err(OpenAiError::Upstream { message }), ending));
+                continue;
+            }
+            match status {
+                429 => health.failure(&channel, "rate_limited", &error),
+                500.. => health.failure(&channel, "server_error", &error),
+                _ => health.success(&channel, "client_error"),
+            }
             let channel = Some(Arc::clone(&channel));
             let (answer, ending) = if status >= 500 {
                 let message = format!("upstream returned status {status}");
@@ -463,6 +484,7 @@ async fn run(ctx: Ctx, mut reply_tx: ReplyTx) {
             }
             break;
         }
+        health.success(&channel, "ok");
         if ctx.req.stream && response.is_event_stream() {
             stream(ctx, channel, upstream_model, response, reply_tx).await;
         } else {
@@ -471,7 +493,10 @@ async fn run(ctx: Ctx, mut reply_tx: ReplyTx) {
         return;
     }
     let (answer, ending) = last.unwrap_or_else(|| {
-        let msg = "no channel could be tried".to_owned();
+        let msg = format!(
+            "every channel serving {} is failing (circuit breaker open); try again shortly",
+            ctx.model.name
+        );
         (
             Err(OpenAiError::Upstream {
                 message: msg.clone(),

@@ -4,6 +4,7 @@
 pub mod auth;
 pub mod catalog;
 pub mod chat;
+pub mod health;
 pub mod request;
 pub mod session;
 pub mod sse;

@@ -59,27 +59,11 @@ pub async fn chat(
         .header(reqwest::header::CONTENT_TYPE, "application/json")
         .header("x-api-key", &channel.api_key)
         .header("anthropic-version", API_VERSION)
-        .body(translated.to_string())
-        .send();
-    let response = match tokio::time::timeout(first_byte_timeout, send).await {
-        Err(_) => return Err(UpstreamError::Timeout(first_byte_timeout.as_millis() as u64)),
-        Ok(Err(e)) if e.is_connect() => return Err(UpstreamError::Connect(e.to_string())),
-        Ok(Err(e)) if e.is_timeout() => {
-            return Err(UpstreamError::Timeout(first_byte_timeout.as_millis() as u64));
-        }
-        Ok(Err(e)) => return Err(UpstreamError::Other(e.to_string())),
-        Ok(Ok(r)) => r,
-    };
-    let status = response.status().as_u16();
-    let is_stream = response
-        .headers()
-        .get(reqwest::header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|c| c.starts_with("text/event-stream"));
-    let body = response
-        .bytes_stream()
-        .map(|r| r.map_err(|e| UpstreamError::Other(e.to_string())))
-        .boxed();
+        .body(translated.to_string());
+    let response = UpstreamResponse::from_reqwest(super::send(send, first_byte_timeout).await?);
+    let status = response.status;
+    let is_stream = response.is_event_stream();
+    let body = response.body;
     if (200..300).contains(&status) && stream && is_stream {
         return Ok(UpstreamResponse {
             status,

@@ -92,3 +92,52 @@ impl UpstreamResponse {
             .is_some_and(|c| c.starts_with("text/event-stream"))
     }
 }
+
+/// A reqwest error with its causes (its own text alone rarely says what went wrong).
+pub fn error_text(e: &reqwest::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
+
+/// Sends `request`, waiting up to `first_byte_timeout` for the response headers; classifies
+/// what went wrong.
+pub async fn send(
+    request: reqwest::RequestBuilder,
+    first_byte_timeout: std::time::Duration,
+) -> Result<reqwest::Response, UpstreamError> {
+    let timeout_ms = first_byte_timeout.as_millis() as u64;
+    match tokio::time::timeout(first_byte_timeout, request.send()).await {
+        Err(_) => Err(UpstreamError::Timeout(timeout_ms)),
+        Ok(Err(e)) if e.is_connect() => Err(UpstreamError::Connect(error_text(&e))),
+        Ok(Err(e)) if e.is_timeout() => Err(UpstreamError::Timeout(timeout_ms)),
+        Ok(Err(e)) => Err(UpstreamError::Other(error_text(&e))),
+        Ok(Ok(r)) => Ok(r),
+    }
+}
+
+impl UpstreamResponse {
+    /// A reqwest response as it is: status, content type and the body as a stream.
+    pub fn from_reqwest(response: reqwest::Response) -> UpstreamResponse {
+        let status = response.status().as_u16();
+        let content_type = response
+            .headers()
+            .get(reqwest::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let body = response
+            .bytes_stream()
+            .map(|r| r.map_err(|e| UpstreamError::Other(error_text(&e))))
+            .boxed();
+        UpstreamResponse {
+            status,
+            content_type,
+            body,
+        }
+    }
+}

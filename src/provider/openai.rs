@@ -4,7 +4,6 @@
 
 use super::{UpstreamError, UpstreamResponse};
 use crate::gateway::catalog::Channel;
-use futures_util::StreamExt;
 use std::time::Duration;
 
 /// POSTs `body` to `{base_url}/{path}` and waits up to `first_byte_timeout` for the headers.
@@ -23,28 +22,6 @@ pub async fn post(
     if !channel.api_key.is_empty() {
         request = request.bearer_auth(&channel.api_key);
     }
-    let response = match tokio::time::timeout(first_byte_timeout, request.send()).await {
-        Err(_) => return Err(UpstreamError::Timeout(first_byte_timeout.as_millis() as u64)),
-        Ok(Err(e)) if e.is_connect() => return Err(UpstreamError::Connect(e.to_string())),
-        Ok(Err(e)) if e.is_timeout() => {
-            return Err(UpstreamError::Timeout(first_byte_timeout.as_millis() as u64));
-        }
-        Ok(Err(e)) => return Err(UpstreamError::Other(e.to_string())),
-        Ok(Ok(r)) => r,
-    };
-    let status = response.status().as_u16();
-    let content_type = response
-        .headers()
-        .get(reqwest::header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned);
-    let body = response
-        .bytes_stream()
-        .map(|r| r.map_err(|e| UpstreamError::Other(e.to_string())))
-        .boxed();
-    Ok(UpstreamResponse {
-        status,
-        content_type,
-        body,
-    })
+    let response = super::send(request, first_byte_timeout).await?;
+    Ok(UpstreamResponse::from_reqwest(response))
 }

@@ -15,4 +15,5 @@ mod ledger;
 mod limits;
 mod ops;
 mod providers;
+mod routing;
 mod streaming;

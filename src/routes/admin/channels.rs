@@ -1,5 +1,8 @@
-//! Upstream channels: `POST/GET /channels`, `GET/PATCH/DELETE /channels/{id}`. The upstream
-//! credential is write-only: answers show a masked form.
+//! Upstream channels: `POST/GET /channels`, `GET/PATCH/DELETE /channels/{id}` and
+//! `POST /channels/{id}/test` (one small call through the channel, now). The upstream credential
+//! is write-only: answers show a masked form. Every answer carries the channel's `health` on
+//! this instance (circuit breaker state, calls, recent error) and, if the gateway disabled it,
+//! `disabled_reason`.
 
 use super::{iso, ok, parse_status, path_id, reload_catalog};
 use crate::db::{self, catalog::ChannelFields, catalog::ChannelRow};
@@ -23,6 +26,7 @@ pub fn router() -> Router<AppState> {
                 .patch(update_channel)
                 .delete(delete_channel),
         )
+        .route("/channels/{id}/test", post(test_channel))
 }
 
 fn mask(secret: &str) -> String {
@@ -36,7 +40,7 @@ fn mask(secret: &str) -> String {
     }
 }
 
-fn channel_json(c: &ChannelRow) -> Value {
+fn channel_json(state: &AppState, c: &ChannelRow) -> Value {
     let models: Value = serde_json::from_str(&c.models).unwrap_or(Value::Null);
     let model_map: Value = serde_json::from_str(&c.model_map).unwrap_or(Value::Null);
     json!({
@@ -50,6 +54,10 @@ fn channel_json(c: &ChannelRow) -> Value {
         "priority": c.priority,
         "weight": c.weight,
         "status": c.status,
+        "disabled_reason": c.disabled_reason,
+        "last_error": c.last_error,
+        "last_error_at": c.last_error_at_ms.map_or(Value::Null, iso),
+        "health": state.health.view(c.id),
         "created_at": iso(c.created_at_ms),
         "updated_at": iso(c.updated_at_ms),
     })
@@ -196,7 +204,7 @@ async fn create_channel(
     let valid = validate(body, None)?;
     let row = db::catalog::insert_channel(&state.db, &valid.fields()).await?;
     reload_catalog(&state).await?;
-    Ok(ok(channel_json(&row)))
+    Ok(ok(channel_json(&state, &row)))
 }
 
 async fn list_channels(
@@ -204,7 +212,10 @@ async fn list_channels(
     _admin: AdminCaller,
 ) -> Result<Json<Value>, ApiError> {
     let rows = db::catalog::list_channels(&state.db).await?;
-    Ok(ok(rows.iter().map(channel_json).collect::<Vec<_>>()))
+    Ok(ok(rows
+        .iter()
+        .map(|r| channel_json(&state, r))
+        .collect::<Vec<_>>()))
 }
 
 async fn get_channel(
@@ -216,7 +227,7 @@ async fn get_channel(
     let row = db::catalog::get_channel(&state.db, id)
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("channel {id} not found")))?;
-    Ok(ok(channel_json(&row)))
+    Ok(ok(channel_json(&state, &row)))
 }
 
 async fn update_channel(
@@ -233,8 +244,10 @@ async fn update_channel(
     let row = db::catalog::update_channel(&state.db, id, &valid.fields())
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("channel {id} not found")))?;
+    // An admin's edit (a new key, re-enabling) gives the channel a fresh breaker.
+    state.health.reset(id);
     reload_catalog(&state).await?;
-    Ok(ok(channel_json(&row)))
+    Ok(ok(channel_json(&state, &row)))
 }
 
 async fn delete_channel(
@@ -246,6 +259,114 @@ async fn delete_channel(
     if !db::catalog::delete_channel(&state.db, id).await? {
         return Err(ApiError::NotFound(format!("channel {id} not found")));
     }
+    state.health.reset(id);
     reload_catalog(&state).await?;
     Ok(ok(json!({"id": id, "deleted": true})))
+}
+
+#[derive(Deserialize, Default)]
+struct TestBody {
+    model: Option<String>,
+}
+
+/// `POST /channels/{id}/test`: a one-token chat completion through the channel. The outcome
+/// counts for its circuit breaker, and a refused credential disables it, as in live traffic.
+async fn test_channel(
+    State(state): State<AppState>,
+    _admin: AdminCaller,
+    Path(id): Path<String>,
+    body: axum::body::Bytes,
+) -> Result<Json<Value>, ApiError> {
+    use crate::gateway::catalog::Channel;
+    use crate::gateway::request::Endpoint;
+    use futures_util::StreamExt;
+    let id = path_id(&id)?;
+    let row = db::catalog::get_channel(&state.db, id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("channel {id} not found")))?;
+    let channel = Channel::from_row(&row)
+        .ok_or_else(|| ApiError::InvalidInput(format!("channel {id} has an unknown provider")))?;
+    if channel.provider == Provider::Video {
+        return Err(ApiError::InvalidInput(
+            "test calls are chat completions; video channels are checked by their tasks".into(),
+        ));
+    }
+    let models: Vec<String> = serde_json::from_str(&row.models).unwrap_or_default();
+    let body: TestBody = if body.iter().all(u8::is_ascii_whitespace) {
+        TestBody::default()
+    } else {
+        serde_json::from_slice(&body).map_err(|e| ApiError::InvalidInput(format!("body: {e}")))?
+    };
+    let model = body
+        .model
+        .or_else(|| models.first().cloned())
+        .ok_or_else(|| ApiError::InvalidInput("model: the channel serves no model".into()))?;
+    let upstream_model = channel.upstream_model(&model).to_owned();
+    let request = json!({"model": upstream_model, "max_tokens": 1,
+        "messages": [{"role": "user", "content": "ping"}]});
+    let started = std::time::Instant::now();
+    let result = crate::gateway::chat::call_channel(
+        &state,
+        &channel,
+        Endpoint::Chat,
+        request.to_string().into_bytes(),
+        1,
+    )
+    .await;
+    let (status, error) = match result {
+        Err(e) => {
+            let label = match e {
+                crate::provider::UpstreamError::Connect(_) => "connect_error",
+                crate::provider::UpstreamError::Timeout(_) => "timeout",
+                crate::provider::UpstreamError::Other(_) => "error",
+            };
+            let msg = e.to_string();
+            state.health.failure(&channel, label, &msg);
+            (None, Some(msg))
+        }
+        Ok(mut r) => {
+            let mut text = Vec::new();
+            while let Some(Ok(chunk)) = r.body.next().await {
+                if text.len() < 2000 {
+                    text.extend_from_slice(&chunk);
+                }
+            }
+            let snippet: String = String::from_utf8_lossy(&text).chars().take(500).collect();
+            match r.status {
+                200..=299 => {
+                    state.health.success(&channel, "ok");
+                    (Some(r.status), None)
+                }
+                401 | 403 => {
+                    crate::gateway::health::disable_for_credentials(
+                        &state, &channel, r.status, &snippet,
+                    )
+                    .await;
+                    (Some(r.status), Some(snippet))
+                }
+                s => {
+                    let label = match s {
+                        429 => "rate_limited",
+                        500.. => "server_error",
+                        _ => "client_error",
+                    };
+                    state.health.failure(&channel, label, &snippet);
+                    (Some(s), Some(snippet))
+                }
+            }
+        }
+    };
+    if let Some(e) = &error {
+        db::catalog::note_channel_error(&state.db, id, e).await?;
+    }
+    Ok(ok(json!({
+        "channel_id": id,
+        "model": model,
+        "upstream_model": upstream_model,
+        "ok": error.is_none(),
+        "status": status,
+        "latency_ms": started.elapsed().as_millis() as u64,
+        "error": error,
+        "health": state.health.view(id),
+    })))
 }
