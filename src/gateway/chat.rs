@@ -82,7 +82,7 @@ impl Ending {
 }
 
 /// Maps a routing failure to the client error.
-fn route_error(e: RouteError, model: &str) -> OpenAiError {
+pub fn route_error(e: RouteError, model: &str) -> OpenAiError {
     let model = model.to_owned();
     match e {
         RouteError::Unknown => OpenAiError::ModelNotFound { model },

@@ -5,6 +5,8 @@ pub mod auth;
 pub mod catalog;
 pub mod chat;
 pub mod health;
+pub mod images;
+pub mod media;
 pub mod request;
 pub mod session;
 pub mod sse;

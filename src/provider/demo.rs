@@ -167,3 +167,29 @@ fn chat(body: &[u8], created: i64) -> Result<UpstreamResponse, UpstreamError> {
         body: futures_util::stream::iter([Ok(Bytes::from(response.to_string()))]).boxed(),
     })
 }
+
+/// A one-pixel PNG, the demo's every image.
+pub const DEMO_PNG_BASE64: &str = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk+M9QDwADhgGAWjR9awAAAABJRU5ErkJggg==";
+
+/// Answers an image generation body: `n` images, as base64 or as data URLs.
+pub fn images(body: &[u8], created: i64) -> Result<UpstreamResponse, UpstreamError> {
+    let request: Value =
+        serde_json::from_slice(body).map_err(|e| UpstreamError::Other(e.to_string()))?;
+    let n = request["n"].as_i64().unwrap_or(1).clamp(1, 10);
+    let prompt = request["prompt"].as_str().unwrap_or_default();
+    let b64 = request["response_format"] == "b64_json";
+    let data: Vec<Value> = (0..n)
+        .map(|_| {
+            if b64 {
+                json!({"b64_json": DEMO_PNG_BASE64, "revised_prompt": prompt})
+            } else {
+                json!({"url": format!("data:image/png;base64,{DEMO_PNG_BASE64}"), "revised_prompt": prompt})
+            }
+        })
+        .collect();
+    let response = json!({"created": created, "data": data});
+    Ok(UpstreamResponse::json(
+        200,
+        response.to_string().into_bytes(),
+    ))
+}

@@ -174,3 +174,70 @@ on_both_backends! {
         app.stop().await;
     }
 }
+
+on_both_backends! {
+    async fn images_reserve_n_times_the_price_and_charge_the_images_returned(b: Backend) {
+        let app = TestApp::spawn(&b).await;
+        let two = json!({"created": 1, "data": [{"url": "https://cdn.example/a.png"}, {"url": "https://cdn.example/b.png"}]});
+        let fake = FakeUpstream::start(Script::Raw { status: 200, content_type: "application/json", body: two.to_string().into_bytes() }).await;
+        app.add_channel(&fake.base_url, &["img"], json!({"img": "dall-e-3"})).await;
+        app.admin_post("/api/v1/admin/models", json!({"model": "img", "image_price": "0.05",
+            "image_prices": {"1024x1024": "0.04", "1024x1792/hd": "0.12"}})).await;
+        let user = app.add_user(json!("1")).await;
+        let key = app.add_key(user, json!({})).await;
+
+        let resp = app.client.post(app.url("/v1/images/generations")).bearer_auth(&key)
+            .json(&json!({"model": "img", "prompt": "a cat", "n": 3, "size": "1024x1792", "quality": "hd"}))
+            .send().await.expect("request");
+        assert_eq!(resp.status(), 200);
+        assert_eq!(resp.json::<Value>().await.expect("json")["data"][1]["url"], "https://cdn.example/b.png");
+        let sent: Value = serde_json::from_slice(&fake.last_body()).expect("json");
+        assert_eq!(sent["model"], "dall-e-3");
+        assert_eq!(sent["n"], 3);
+        // Reserved 3 × 0.12, charged for the 2 returned.
+        let usage = app.wait_for_usage(user, 1).await;
+        assert_eq!(usage[0]["endpoint"], "images/generations");
+        assert_eq!(usage[0]["reserved_micros"], 360_000);
+        assert_eq!(usage[0]["cost_micros"], 240_000);
+        assert_eq!(usage[0]["units"], 2);
+        // Size alone, then the default price.
+        for (size, cost) in [("1024x1024", 80_000), ("512x512", 100_000)] {
+            let resp = app.client.post(app.url("/api/v1/images/generations")).bearer_auth(&key)
+                .json(&json!({"model": "img", "prompt": "a cat", "n": 2, "size": size})).send().await.expect("request");
+            assert_eq!(resp.status(), 200);
+            let n = app.usage(user).await.len();
+            assert_eq!(app.wait_for_usage(user, n).await.last().expect("record")["cost_micros"], cost, "{size}");
+        }
+        assert_eq!(app.balance_micros(user).await, 1_000_000 - 240_000 - 80_000 - 100_000);
+
+        // More than the balance covers: 402, nothing sent upstream.
+        let calls = fake.calls();
+        let resp = app.client.post(app.url("/v1/images/generations")).bearer_auth(&key)
+            .json(&json!({"model": "img", "prompt": "a cat", "n": 10, "size": "1024x1792", "quality": "hd"})).send().await.expect("request");
+        assert_eq!(resp.status(), 402);
+        // Bad input is named.
+        for (body, param) in [
+            (json!({"model": "img", "prompt": "x", "n": 11}), "n"),
+            (json!({"model": "img", "prompt": "x", "n": 0}), "n"),
+            (json!({"model": "img"}), "prompt"),
+            (json!({"model": "img", "prompt": "x", "response_format": "png"}), "response_format"),
+        ] {
+            let resp = app.client.post(app.url("/v1/images/generations")).bearer_auth(&key).json(&body).send().await.expect("request");
+            assert_eq!(resp.status(), 400, "{body}");
+            assert_eq!(resp.json::<Value>().await.expect("json")["error"]["param"], param);
+        }
+        assert_eq!(fake.calls(), calls);
+
+        // An upstream failure charges nothing.
+        fake.set_script(Script::Raw { status: 500, content_type: "application/json", body: b"{}".to_vec() });
+        let resp = app.client.post(app.url("/v1/images/generations")).bearer_auth(&key)
+            .json(&json!({"model": "img", "prompt": "a cat"})).send().await.expect("request");
+        assert_eq!(resp.status(), 502);
+        let n = app.usage(user).await.len();
+        let last = app.wait_for_usage(user, n).await;
+        assert_eq!(last.last().expect("record")["cost_micros"], 0);
+        assert_eq!(app.balance_micros(user).await, 580_000);
+        app.assert_books_balance(user).await;
+        app.stop().await;
+    }
+}

@@ -31,7 +31,23 @@ pub async fn metered(
     endpoint: Endpoint,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, OpenAiError> {
-    let body = body.map_err(|e| match e {
+    let body = body_bytes(state, body)?;
+    let (result, headers) =
+        gateway::chat::complete(state, caller, request_id, endpoint, body).await;
+    let mut response = match result {
+        Ok(reply) => into_response(reply),
+        Err(e) => e.into_response(),
+    };
+    headers.apply(response.headers_mut());
+    Ok(response)
+}
+
+/// The request body, or the client error for one that is too large or unreadable.
+pub fn body_bytes(
+    state: &AppState,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Bytes, OpenAiError> {
+    body.map_err(|e| match e {
         BytesRejection::FailedToBufferBody(_) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => {
             OpenAiError::BodyTooLarge {
                 limit: state.config.server.max_body_bytes,
@@ -41,15 +57,7 @@ pub async fn metered(
             message: other.body_text(),
             param: None,
         },
-    })?;
-    let (result, headers) =
-        gateway::chat::complete(state, caller, request_id, endpoint, body).await;
-    let mut response = match result {
-        Ok(reply) => into_response(reply),
-        Err(e) => e.into_response(),
-    };
-    headers.apply(response.headers_mut());
-    Ok(response)
+    })
 }
 
 /// Turns a pipeline reply into HTTP: a full body, or an unbuffered event stream.

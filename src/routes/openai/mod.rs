@@ -4,6 +4,7 @@
 mod chat;
 mod completions;
 mod embeddings;
+mod images;
 mod models;
 
 use crate::state::AppState;
@@ -15,6 +16,7 @@ pub fn router() -> Router<AppState> {
         .route("/chat/completions", post(chat::create_chat_completion))
         .route("/completions", post(completions::create_completion))
         .route("/embeddings", post(embeddings::create_embedding))
+        .route("/images/generations", post(images::create_image))
         .route("/models", get(models::list_models))
         .route("/models/{*id}", get(models::retrieve_model))
 }

@@ -1,0 +1,214 @@
+//! What the media endpoints (images, video tasks) share: calling a model's channels in order for
+//! one whole JSON answer, with the same failover rules as chat (connect and other pre-response
+//! errors, 429 and 5xx try the next channel; 401/403 disable the channel; other 4xx pass
+//! through; timeouts end the request), and the refusal of a reservation.
+
+use super::auth::Caller;
+use super::catalog::{Channel, Model};
+use crate::billing::Micros;
+use crate::billing::book::Held;
+use crate::db::billing::{NewReservation, ReserveError};
+use crate::error::OpenAiError;
+use crate::metrics as m;
+use crate::provider::{UpstreamError, UpstreamResponse};
+use crate::state::AppState;
+use bytes::Bytes;
+use futures_util::StreamExt;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Channels tried for one request at most.
+const MAX_ATTEMPTS: usize = 3;
+
+/// How calling the channels ended.
+pub enum Attempt {
+    /// A 2xx with its whole body.
+    Answer {
+        channel: Arc<Channel>,
+        status: u16,
+        content_type: Option<String>,
+        body: Bytes,
+    },
+    /// The upstream's own 4xx (about the request), passed to the client as it is.
+    Rejected {
+        channel: Arc<Channel>,
+        status: u16,
+        content_type: Option<String>,
+        body: Bytes,
+    },
+    /// No answer: the error for the client, and the channel last tried.
+    Failed {
+        channel: Option<Arc<Channel>>,
+        error: OpenAiError,
+    },
+}
+
+/// Reads a whole upstream body within the chunk timeout and size limit.
+async fn read_whole(state: &AppState, response: &mut UpstreamResponse) -> Result<Bytes, String> {
+    let chunk_timeout = Duration::from_millis(state.config.upstream.chunk_timeout_ms);
+    let limit = state.config.upstream.max_response_bytes;
+    let mut out = Vec::new();
+    loop {
+        match tokio::time::timeout(chunk_timeout, response.body.next()).await {
+            Err(_) => return Err(format!("upstream body stalled for {chunk_timeout:?}")),
+            Ok(None) => return Ok(Bytes::from(out)),
+            Ok(Some(Err(e))) => return Err(e.to_string()),
+            Ok(Some(Ok(chunk))) => {
+                if out.len() + chunk.len() > limit {
+                    return Err(format!("upstream response is larger than {limit} bytes"));
+                }
+                out.extend_from_slice(&chunk);
+            }
+        }
+    }
+}
+
+/// Calls `model`'s channels in order until one answers; `call` sends to one channel.
+pub async fn first_answer<F, Fut>(state: &AppState, model: &Model, call: F) -> Attempt
+where
+    F: Fn(Arc<Channel>) -> Fut,
+    Fut: Future<Output = Result<UpstreamResponse, UpstreamError>>,
+{
+    let health = &state.health;
+    let mut last = Attempt::Failed {
+        channel: None,
+        error: OpenAiError::Upstream {
+            message: format!(
+                "every channel serving {} is failing (circuit breaker open); try again shortly",
+                model.name
+            ),
+        },
+    };
+    for channel in model
+        .channel_order()
+        .into_iter()
+        .filter(|c| health.allow(c))
+        .take(MAX_ATTEMPTS)
+    {
+        let failed = |channel: &Arc<Channel>, message: String| Attempt::Failed {
+            channel: Some(Arc::clone(channel)),
+            error: OpenAiError::Upstream { message },
+        };
+        let mut response = match call(Arc::clone(&channel)).await {
+            Err(UpstreamError::Timeout(ms)) => {
+                let message = format!("no response from upstream within {ms} ms");
+                health.failure(&channel, "timeout", &message);
+                return Attempt::Failed {
+                    channel: Some(channel),
+                    error: OpenAiError::UpstreamTimeout { message },
+                };
+            }
+            Err(e) => {
+                let label = match e {
+                    UpstreamError::Connect(_) => "connect_error",
+                    _ => "error",
+                };
+                let message = e.to_string();
+                tracing::warn!(channel = %channel.name, error = %message, "upstream call failed");
+                health.failure(&channel, label, &message);
+                last = failed(&channel, message);
+                continue;
+            }
+            Ok(r) => r,
+        };
+        let body = match read_whole(state, &mut response).await {
+            Ok(b) => b,
+            Err(message) => {
+                health.failure(&channel, "error", &message);
+                last = failed(&channel, message);
+                continue;
+            }
+        };
+        let status = response.status;
+        let snippet = || {
+            String::from_utf8_lossy(&body)
+                .chars()
+                .take(500)
+                .collect::<String>()
+        };
+        match status {
+            200..=299 => {
+                health.success(&channel, "ok");
+                return Attempt::Answer {
+                    channel,
+                    status,
+                    content_type: response.content_type,
+                    body,
+                };
+            }
+            401 | 403 => {
+                super::health::disable_for_credentials(state, &channel, status, &snippet()).await;
+                last = failed(&channel, "upstream refused the channel's credential".into());
+            }
+            429 | 500.. => {
+                let label = if status == 429 {
+                    "rate_limited"
+                } else {
+                    "server_error"
+                };
+                health.failure(
+                    &channel,
+                    label,
+                    &format!("upstream status {status}: {}", snippet()),
+                );
+                last = if status == 429 {
+                    Attempt::Rejected {
+                        channel,
+                        status,
+                        content_type: response.content_type,
+                        body,
+                    }
+                } else {
+                    failed(&channel, format!("upstream returned status {status}"))
+                };
+            }
+            _ => {
+                health.success(&channel, "client_error");
+                return Attempt::Rejected {
+                    channel,
+                    status,
+                    content_type: response.content_type,
+                    body,
+                };
+            }
+        }
+    }
+    last
+}
+
+/// Holds `amount` for a media request; a refusal becomes the client's error (402 for a
+/// balance that does not cover it).
+pub async fn reserve(
+    state: &AppState,
+    caller: &Caller,
+    request_id: &str,
+    user_id: i64,
+    model: &Model,
+    amount: Micros,
+) -> Result<Held, OpenAiError> {
+    let expires_at_ms = crate::db::now_ms() + state.config.reservation_ttl().as_millis() as i64;
+    let reservation = NewReservation {
+        request_id,
+        user_id,
+        key_id: caller.key_id,
+        model: &model.name,
+        amount,
+        price_version: model.price.version,
+        expires_at_ms,
+    };
+    match state.book.reserve(&state.db, &reservation).await {
+        Ok(held) => {
+            metrics::gauge!(m::RESERVATIONS_HELD).increment(1.0);
+            Ok(held)
+        }
+        Err(ReserveError::Insufficient { needed, available }) => {
+            metrics::counter!(m::RESERVATIONS_REFUSED).increment(1);
+            Err(OpenAiError::InsufficientBalance { needed, available })
+        }
+        Err(ReserveError::UserInactive) => {
+            Err(OpenAiError::Auth(super::auth::AuthError::UserDisabled))
+        }
+        Err(ReserveError::Db(e)) => Err(OpenAiError::internal(request_id, e)),
+    }
+}
