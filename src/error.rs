@@ -35,6 +35,8 @@ pub enum OpenAiError {
     ModelNotPriced { model: String },
     #[error("the model '{model}' is priced but no active channel serves it")]
     NoChannel { model: String },
+    #[error("{what} not found")]
+    NotFound { what: String },
     #[error(
         "insufficient balance: this request needs up to {needed} credits to be reserved, {available} available"
     )]
@@ -129,6 +131,11 @@ impl OpenAiError {
                 StatusCode::NOT_FOUND,
                 "invalid_request_error",
                 Some("model_not_available"),
+            ),
+            NotFound { .. } => (
+                StatusCode::NOT_FOUND,
+                "invalid_request_error",
+                Some("not_found"),
             ),
             InsufficientBalance { .. } => (
                 StatusCode::PAYMENT_REQUIRED,

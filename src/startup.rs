@@ -152,6 +152,10 @@ impl Application {
             Duration::from_millis(config.billing.reconcile_interval_ms),
             stop_workers.clone(),
         ));
+        state.tasks.spawn(crate::gateway::videos::run_poller(
+            state.clone(),
+            stop_workers.clone(),
+        ));
         state.tasks.spawn(refresh_catalog(
             state.clone(),
             Duration::from_millis(config.catalog.refresh_interval_ms),

@@ -247,6 +247,37 @@ impl Book {
         }
     }
 
+    /// Before a durable debit (a video task's hold) is written: on SQLite takes `amount` from
+    /// the spendable balance in memory, or says what is available; on PostgreSQL the database
+    /// checks (nothing to do here).
+    pub fn take(&self, user_id: i64, amount: Micros) -> Result<(), ReserveError> {
+        let Book::Memory { accounts, .. } = self else {
+            return Ok(());
+        };
+        Book::with_accounts(accounts, |a| {
+            let account = a.get_mut(&user_id).ok_or(ReserveError::UserInactive)?;
+            let available = account.balance - account.reserved;
+            if available < amount.0 {
+                return Err(ReserveError::Insufficient {
+                    needed: amount,
+                    available: Micros(available),
+                });
+            }
+            account.balance -= amount.0;
+            Ok(())
+        })
+    }
+
+    /// Adds `amount` to a balance in memory (SQLite) after the database gained it, or after a
+    /// [`Book::take`] whose write failed.
+    pub fn give(&self, user_id: i64, amount: Micros) {
+        if let Book::Memory { accounts, .. } = self {
+            Book::with_accounts(accounts, |a| {
+                a.entry(user_id).or_default().balance += amount.0
+            });
+        }
+    }
+
     /// Gives a settlement attempt's hold back without charging, so it can be retried.
     pub fn hold_again(&self, held: Option<Held>) {
         if let (Book::Memory { accounts, .. }, Some(h)) = (self, held) {

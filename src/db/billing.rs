@@ -67,6 +67,8 @@ macro_rules! bind_usage {
     }};
 }
 
+pub(crate) use {bind_usage, usage_columns, usage_insert};
+
 /// Why a reservation was refused.
 #[derive(Debug, thiserror::Error)]
 pub enum ReserveError {

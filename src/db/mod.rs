@@ -9,6 +9,7 @@ pub mod billing;
 pub mod catalog;
 pub mod keys;
 pub mod users;
+pub mod videos;
 
 use anyhow::Context;
 use sqlx::migrate::{Migration, MigrationType, Migrator};

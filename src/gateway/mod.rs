@@ -12,6 +12,7 @@ pub mod session;
 pub mod sse;
 pub mod throttle;
 pub mod tokens;
+pub mod videos;
 
 use bytes::Bytes;
 use tokio::sync::mpsc;

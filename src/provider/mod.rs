@@ -8,6 +8,7 @@
 pub mod anthropic;
 pub mod demo;
 pub mod openai;
+pub mod video;
 
 use bytes::Bytes;
 use futures_util::StreamExt;

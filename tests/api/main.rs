@@ -17,3 +17,4 @@ mod ops;
 mod providers;
 mod routing;
 mod streaming;
+mod videos;

@@ -6,6 +6,7 @@ mod completions;
 mod embeddings;
 mod images;
 mod models;
+mod videos;
 
 use crate::state::AppState;
 use axum::Router;
@@ -17,6 +18,11 @@ pub fn router() -> Router<AppState> {
         .route("/completions", post(completions::create_completion))
         .route("/embeddings", post(embeddings::create_embedding))
         .route("/images/generations", post(images::create_image))
+        .route("/videos", post(videos::create_video))
+        .route("/videos/{id}", get(videos::retrieve_video))
+        .route("/videos/{id}/content", get(videos::video_content))
+        .route("/videos/generations", post(videos::create_generation))
+        .route("/videos/generations/{id}", get(videos::retrieve_generation))
         .route("/models", get(models::list_models))
         .route("/models/{*id}", get(models::retrieve_model))
 }

@@ -1,0 +1,320 @@
+//! Video generation tasks and their money. Submitting a task debits its price at once (a
+//! ledger `hold`, in the same transaction as the task row), so the money survives restarts; the
+//! one settlement (guarded by `settled = 0`, and by a unique index on the `release` entry)
+//! gives the hold back (`release`) and charges what was delivered (`charge`), with the usage
+//! record. Pollers claim tasks by taking a lease, so several instances never poll one task at
+//! the same moment and a dead instance's tasks are picked up after the lease runs out.
+
+use super::billing::{UsageRecord, bind_usage, usage_columns, usage_insert};
+use super::{Db, now_ms, read_pool, write_pool};
+
+/// A task as stored.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct VideoTask {
+    pub id: String,
+    pub user_id: i64,
+    pub key_id: Option<i64>,
+    pub model: String,
+    pub channel_id: Option<i64>,
+    pub upstream_model: Option<String>,
+    pub upstream_task_id: Option<String>,
+    pub prompt: String,
+    pub seconds: i64,
+    pub size: Option<String>,
+    pub aspect_ratio: Option<String>,
+    pub status: String,
+    pub progress: i64,
+    pub held_micros: i64,
+    pub second_micros: i64,
+    pub request_micros: i64,
+    pub price_version: i64,
+    pub billed_seconds: Option<i64>,
+    pub cost_micros: Option<i64>,
+    pub result_url: Option<String>,
+    pub error: Option<String>,
+    pub settled: i64,
+    pub lease_owner: Option<String>,
+    pub lease_until_ms: i64,
+    pub next_poll_at_ms: i64,
+    pub expires_at_ms: i64,
+    pub created_at_ms: i64,
+    pub updated_at_ms: i64,
+    pub completed_at_ms: Option<i64>,
+}
+
+/// The columns of a [`VideoTask`].
+macro_rules! columns {
+    () => {
+        "id, user_id, key_id, model, channel_id, upstream_model, upstream_task_id, prompt, seconds, size, \
+         aspect_ratio, status, progress, held_micros, second_micros, request_micros, price_version, billed_seconds, \
+         cost_micros, result_url, error, settled, lease_owner, lease_until_ms, next_poll_at_ms, expires_at_ms, \
+         created_at_ms, updated_at_ms, completed_at_ms"
+    };
+}
+
+/// Why a hold was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum HoldError {
+    #[error("insufficient balance: available {available}")]
+    Insufficient { available: i64 },
+    #[error("user is not active")]
+    UserInactive,
+    #[error(transparent)]
+    Db(#[from] sqlx::Error),
+}
+
+/// Writes a new task and debits its hold (`task.held_micros`) in one transaction.
+pub async fn create_with_hold(db: &Db, t: &VideoTask) -> Result<(), HoldError> {
+    let now = now_ms();
+    write_pool!(db, p => {
+        let mut tx = p.begin().await?;
+        let balance: Option<i64> = sqlx::query_scalar(
+            "UPDATE users SET balance_micros = balance_micros - $2, updated_at_ms = $3
+             WHERE id = $1 AND status = 'active' AND balance_micros - reserved_micros >= $2
+             RETURNING balance_micros",
+        )
+        .bind(t.user_id)
+        .bind(t.held_micros)
+        .bind(now)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(balance) = balance else {
+            let row: Option<(String, i64, i64)> =
+                sqlx::query_as("SELECT status, balance_micros, reserved_micros FROM users WHERE id = $1")
+                    .bind(t.user_id)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+            return Err(match row {
+                Some((s, b, r)) if s == "active" => HoldError::Insufficient { available: b - r },
+                _ => HoldError::UserInactive,
+            });
+        };
+        sqlx::query(
+            "INSERT INTO ledger_entries (user_id, kind, amount_micros, balance_after_micros, description, request_id, created_at_ms)
+             VALUES ($1, 'hold', $2, $3, $4, $5, $6)",
+        )
+        .bind(t.user_id)
+        .bind(-t.held_micros)
+        .bind(balance)
+        .bind(format!("videos {} (held until the task ends)", t.model))
+        .bind(&t.id)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(concat!(
+            "INSERT INTO video_tasks (", columns!(), ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14,
+             $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, $25, $26, $27, $28, $29)"
+        ))
+        .bind(&t.id)
+        .bind(t.user_id)
+        .bind(t.key_id)
+        .bind(&t.model)
+        .bind(t.channel_id)
+        .bind(&t.upstream_model)
+        .bind(&t.upstream_task_id)
+        .bind(&t.prompt)
+        .bind(t.seconds)
+        .bind(&t.size)
+        .bind(&t.aspect_ratio)
+        .bind(&t.status)
+        .bind(t.progress)
+        .bind(t.held_micros)
+        .bind(t.second_micros)
+        .bind(t.request_micros)
+        .bind(t.price_version)
+        .bind(t.billed_seconds)
+        .bind(t.cost_micros)
+        .bind(&t.result_url)
+        .bind(&t.error)
+        .bind(t.settled)
+        .bind(&t.lease_owner)
+        .bind(t.lease_until_ms)
+        .bind(t.next_poll_at_ms)
+        .bind(t.expires_at_ms)
+        .bind(t.created_at_ms)
+        .bind(t.updated_at_ms)
+        .bind(t.completed_at_ms)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    })
+}
+
+/// A task by id.
+pub async fn get(db: &Db, id: &str) -> Result<Option<VideoTask>, sqlx::Error> {
+    read_pool!(db, p => sqlx::query_as::<_, VideoTask>(concat!("SELECT ", columns!(), " FROM video_tasks WHERE id = $1"))
+        .bind(id)
+        .fetch_optional(p)
+        .await)
+}
+
+/// Records where the provider keeps the task (after its create call answered).
+pub async fn set_upstream(
+    db: &Db,
+    id: &str,
+    channel_id: i64,
+    upstream_model: &str,
+    upstream_task_id: &str,
+) -> Result<(), sqlx::Error> {
+    write_pool!(db, p => sqlx::query(
+        "UPDATE video_tasks SET channel_id = $2, upstream_model = $3, upstream_task_id = $4, updated_at_ms = $5
+         WHERE id = $1",
+    )
+    .bind(id)
+    .bind(channel_id)
+    .bind(upstream_model)
+    .bind(upstream_task_id)
+    .bind(now_ms())
+    .execute(p)
+    .await
+    .map(|_| ()))
+}
+
+/// Claims up to `limit` unsettled tasks due for a poll whose lease is free, for `owner` until
+/// `now + lease_ms`. Each task is claimed by one caller only.
+pub async fn claim_due(
+    db: &Db,
+    owner: &str,
+    lease_ms: i64,
+    limit: i64,
+) -> Result<Vec<VideoTask>, sqlx::Error> {
+    let now = now_ms();
+    write_pool!(db, p => sqlx::query_as::<_, VideoTask>(concat!(
+        "UPDATE video_tasks SET lease_owner = $1, lease_until_ms = $2
+         WHERE id IN (SELECT id FROM video_tasks
+                      WHERE settled = 0 AND next_poll_at_ms <= $3 AND lease_until_ms < $3
+                      ORDER BY next_poll_at_ms LIMIT $4)
+           AND settled = 0 AND lease_until_ms < $3
+         RETURNING ", columns!()
+    ))
+    .bind(owner)
+    .bind(now + lease_ms)
+    .bind(now)
+    .bind(limit)
+    .fetch_all(p)
+    .await)
+}
+
+/// Stores a poll's progress and frees the lease until `next_poll_at_ms`.
+pub async fn record_progress(
+    db: &Db,
+    id: &str,
+    status: &str,
+    progress: i64,
+    next_poll_at_ms: i64,
+) -> Result<(), sqlx::Error> {
+    write_pool!(db, p => sqlx::query(
+        "UPDATE video_tasks SET status = $2, progress = $3, next_poll_at_ms = $4, lease_owner = NULL,
+                lease_until_ms = 0, updated_at_ms = $5
+         WHERE id = $1 AND settled = 0",
+    )
+    .bind(id)
+    .bind(status)
+    .bind(progress)
+    .bind(next_poll_at_ms)
+    .bind(now_ms())
+    .execute(p)
+    .await
+    .map(|_| ()))
+}
+
+/// How a task ended.
+pub struct Outcome<'a> {
+    /// `completed` or `failed`.
+    pub status: &'a str,
+    pub billed_seconds: i64,
+    /// What is charged (at most the hold).
+    pub cost_micros: i64,
+    pub result_url: Option<&'a str>,
+    pub error: Option<&'a str>,
+}
+
+/// Settles a task exactly once: marks it ended, releases the hold, charges the cost and writes
+/// the usage record, in one transaction. `false` when it had been settled before.
+pub async fn settle(
+    db: &Db,
+    task: &VideoTask,
+    outcome: &Outcome<'_>,
+    record: &UsageRecord,
+) -> Result<bool, sqlx::Error> {
+    let now = now_ms();
+    let cost = outcome.cost_micros.clamp(0, task.held_micros);
+    let result: Result<bool, sqlx::Error> = write_pool!(db, p => {
+        let mut tx = p.begin().await?;
+        let ended = sqlx::query(
+            "UPDATE video_tasks SET settled = 1, status = $2, progress = CASE WHEN $2 = 'completed' THEN 100 ELSE progress END,
+                    billed_seconds = $3, cost_micros = $4, result_url = $5, error = $6, completed_at_ms = $7,
+                    updated_at_ms = $7, lease_owner = NULL, lease_until_ms = 0
+             WHERE id = $1 AND settled = 0",
+        )
+        .bind(&task.id)
+        .bind(outcome.status)
+        .bind(outcome.billed_seconds)
+        .bind(cost)
+        .bind(outcome.result_url)
+        .bind(outcome.error)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if ended == 0 {
+            return Ok(false);
+        }
+        let after_release: i64 = sqlx::query_scalar(
+            "UPDATE users SET balance_micros = balance_micros + $2, updated_at_ms = $3 WHERE id = $1 RETURNING balance_micros",
+        )
+        .bind(task.user_id)
+        .bind(task.held_micros)
+        .bind(now)
+        .fetch_one(&mut *tx)
+        .await?;
+        sqlx::query(
+            "INSERT INTO ledger_entries (user_id, kind, amount_micros, balance_after_micros, description, request_id, created_at_ms)
+             VALUES ($1, 'release', $2, $3, $4, $5, $6)",
+        )
+        .bind(task.user_id)
+        .bind(task.held_micros)
+        .bind(after_release)
+        .bind(format!("videos {} hold released ({})", task.model, outcome.status))
+        .bind(&task.id)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        if cost > 0 {
+            sqlx::query(
+                "INSERT INTO ledger_entries (user_id, kind, amount_micros, balance_after_micros, description, request_id, created_at_ms)
+                 VALUES ($1, 'charge', $2, $3, $4, $5, $6)",
+            )
+            .bind(task.user_id)
+            .bind(-cost)
+            .bind(after_release - cost)
+            .bind(format!("videos {}", task.model))
+            .bind(&task.id)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+            sqlx::query("UPDATE users SET balance_micros = balance_micros - $2 WHERE id = $1")
+                .bind(task.user_id)
+                .bind(cost)
+                .execute(&mut *tx)
+                .await?;
+        }
+        bind_usage!(sqlx::query(usage_insert!()), cost, now, record)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(true)
+    });
+    match result {
+        Err(e) if super::is_unique_violation(&e) => Ok(false),
+        other => other,
+    }
+}
+
+/// Unsettled tasks (for the open-tasks gauge).
+pub async fn count_open(db: &Db) -> Result<i64, sqlx::Error> {
+    read_pool!(db, p => sqlx::query_scalar("SELECT COUNT(*) FROM video_tasks WHERE settled = 0")
+        .fetch_one(p)
+        .await)
+}

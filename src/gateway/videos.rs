@@ -1,0 +1,601 @@
+//! Video generation as asynchronous tasks. Submitting holds seconds × the model's per-second
+//! price (plus its request price) as a durable ledger debit and creates the task at a provider;
+//! a poller (on every instance, tasks claimed by lease) follows it to the end and settles it
+//! exactly once: charged for the seconds the provider reports (never more than requested), or
+//! refunded whole on failure, on expiry, or when the submission never reached a provider.
+//! Spec of the client side: <https://platform.openai.com/docs/api-reference/videos>.
+
+use super::auth::Caller;
+use super::catalog::{Channel, Model};
+use super::media::{self, Attempt};
+use super::throttle::{self, RateHeaders};
+use crate::billing::{Micros, TokenUsage};
+use crate::db::billing::{ReserveError, UsageRecord};
+use crate::db::videos::{self, HoldError, Outcome, VideoTask};
+use crate::error::OpenAiError;
+use crate::metrics as m;
+use crate::provider::video::{self as provider, NewTask, TaskState};
+use crate::provider::{Provider, UpstreamResponse};
+use crate::state::AppState;
+use rand::RngExt;
+use serde_json::{Value, json};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+/// Longest video a request may ask for, in seconds.
+pub const MAX_SECONDS: i64 = 120;
+/// Tasks one poller claims per round.
+const CLAIM_BATCH: i64 = 16;
+
+/// A video generation request, checked.
+#[derive(Debug, Clone)]
+pub struct VideoRequest {
+    pub model: String,
+    pub prompt: String,
+    pub seconds: i64,
+    pub size: Option<String>,
+    pub aspect_ratio: Option<String>,
+}
+
+/// Reads a duration given as a number or a numeric string.
+pub fn parse_seconds(
+    param: &'static str,
+    v: Option<&Value>,
+    default: i64,
+) -> Result<i64, OpenAiError> {
+    let n = match v {
+        None | Some(Value::Null) => return Ok(default),
+        Some(Value::Number(n)) => n.as_i64(),
+        Some(Value::String(s)) => s.trim().parse::<i64>().ok(),
+        Some(_) => None,
+    };
+    n.filter(|n| (1..=MAX_SECONDS).contains(n))
+        .ok_or_else(|| OpenAiError::InvalidRequest {
+            message: format!("'{param}' must be a whole number of seconds from 1 to {MAX_SECONDS}"),
+            param: Some(param),
+        })
+}
+
+/// Submits a task for `caller`: the stored task (or the error) and the rate-limit headers.
+pub async fn submit(
+    state: &AppState,
+    caller: &Caller,
+    request_id: &str,
+    req: VideoRequest,
+) -> (Result<VideoTask, OpenAiError>, RateHeaders) {
+    let routed = route(state, caller, &req);
+    let model = routed.as_ref().ok().map(|(m, _, _)| &**m);
+    let admitted = match throttle::admit(state, caller, request_id, model, 0, false).await {
+        Ok(a) => a,
+        Err(refused) => return (Err(refused.error), refused.headers),
+    };
+    let result = match routed {
+        Err(e) => Err(e),
+        Ok((model, user_id, per_second)) => {
+            start(state, caller, user_id, &model, per_second, req).await
+        }
+    };
+    (result, admitted.headers)
+}
+
+fn route(
+    state: &AppState,
+    caller: &Caller,
+    req: &VideoRequest,
+) -> Result<(Arc<Model>, i64, i64), OpenAiError> {
+    let user_id = caller.user_id.ok_or(OpenAiError::NoAccount)?;
+    if !caller.may_use(&req.model) {
+        return Err(OpenAiError::ModelNotAllowed {
+            model: req.model.clone(),
+        });
+    }
+    let model = state
+        .catalog
+        .model(&req.model)
+        .map_err(|e| super::chat::route_error(e, &req.model))?;
+    let per_second = model
+        .media
+        .video_second
+        .ok_or_else(|| OpenAiError::InvalidRequest {
+            message: format!(
+                "model {} has no price per video second, so it cannot make videos",
+                req.model
+            ),
+            param: Some("model"),
+        })?;
+    Ok((model, user_id, per_second))
+}
+
+/// Holds the price, stores the task and creates it at a provider.
+async fn start(
+    state: &AppState,
+    caller: &Caller,
+    user_id: i64,
+    model: &Arc<Model>,
+    per_second: i64,
+    req: VideoRequest,
+) -> Result<VideoTask, OpenAiError> {
+    let held = per_second
+        .saturating_mul(req.seconds)
+        .saturating_add(model.price.request_micros);
+    let now = crate::db::now_ms();
+    let id = format!("video_{:032x}", rand::rng().random::<u128>());
+    let mut task = VideoTask {
+        id,
+        user_id,
+        key_id: caller.key_id,
+        model: model.name.clone(),
+        channel_id: None,
+        upstream_model: None,
+        upstream_task_id: None,
+        prompt: req.prompt.clone(),
+        seconds: req.seconds,
+        size: req.size.clone(),
+        aspect_ratio: req.aspect_ratio.clone(),
+        status: "queued".into(),
+        progress: 0,
+        held_micros: held,
+        second_micros: per_second,
+        request_micros: model.price.request_micros,
+        price_version: model.price.version,
+        billed_seconds: None,
+        cost_micros: None,
+        result_url: None,
+        error: None,
+        settled: 0,
+        // Pollers keep off until the provider has the task (or the lease says we died).
+        lease_owner: Some("submit".into()),
+        lease_until_ms: now + state.config.video.lease_ms as i64,
+        next_poll_at_ms: now,
+        expires_at_ms: now + state.config.video.task_timeout_ms as i64,
+        created_at_ms: now,
+        updated_at_ms: now,
+        completed_at_ms: None,
+    };
+    state
+        .book
+        .take(user_id, Micros(held))
+        .map_err(|e| match e {
+            ReserveError::Insufficient { needed, available } => {
+                metrics::counter!(m::RESERVATIONS_REFUSED).increment(1);
+                OpenAiError::InsufficientBalance { needed, available }
+            }
+            ReserveError::UserInactive => OpenAiError::Auth(super::auth::AuthError::UserDisabled),
+            ReserveError::Db(e) => OpenAiError::internal(&task.id, e),
+        })?;
+    if let Err(e) = videos::create_with_hold(&state.db, &task).await {
+        state.book.give(user_id, Micros(held));
+        return Err(match e {
+            HoldError::Insufficient { available } => OpenAiError::InsufficientBalance {
+                needed: Micros(held),
+                available: Micros(available),
+            },
+            HoldError::UserInactive => OpenAiError::Auth(super::auth::AuthError::UserDisabled),
+            HoldError::Db(e) => OpenAiError::internal(&task.id, e),
+        });
+    }
+    metrics::gauge!(m::VIDEO_TASKS_OPEN).increment(1.0);
+    // Creating it upstream runs in a tracked task: a client hanging up cannot strand the hold.
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let (state2, model2) = (state.clone(), Arc::clone(model));
+    let task2 = task.clone();
+    state.tasks.spawn(async move {
+        let _ = tx.send(create_upstream(&state2, &model2, task2).await);
+    });
+    match rx.await {
+        Ok(Ok(created)) => {
+            task = created;
+            Ok(task)
+        }
+        Ok(Err(e)) => Err(e),
+        Err(_) => Err(OpenAiError::internal(
+            &task.id,
+            "video submission ended without a reply",
+        )),
+    }
+}
+
+/// Creates the task at the first provider that takes it; refunds at once if none does.
+async fn create_upstream(
+    state: &AppState,
+    model: &Model,
+    mut task: VideoTask,
+) -> Result<VideoTask, OpenAiError> {
+    let timeout = Duration::from_millis(state.config.upstream.first_byte_timeout_ms);
+    let attempt = media::first_answer(state, model, |channel| {
+        let upstream_model = channel.upstream_model(&model.name).to_owned();
+        let body = provider::create_body(&NewTask {
+            model: &upstream_model,
+            prompt: &task.prompt,
+            seconds: task.seconds,
+            size: task.size.as_deref(),
+            aspect_ratio: task.aspect_ratio.as_deref(),
+        });
+        let (http, id) = (state.http.clone(), task.id.clone());
+        async move {
+            match channel.provider {
+                Provider::Video => provider::create(&http, &channel, body, timeout).await,
+                Provider::Demo => Ok(UpstreamResponse::json(
+                    200,
+                    json!({"task_id": format!("demo-{id}")})
+                        .to_string()
+                        .into_bytes(),
+                )),
+                p => Ok(UpstreamResponse::unsupported(p, "video task")),
+            }
+        }
+    })
+    .await;
+    let failure = match attempt {
+        Attempt::Answer { channel, body, .. } => {
+            let answer: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+            match provider::task_id(&answer) {
+                Some(upstream_id) => {
+                    let upstream_model = channel.upstream_model(&model.name).to_owned();
+                    let next = crate::db::now_ms();
+                    let stored = async {
+                        videos::set_upstream(
+                            &state.db,
+                            &task.id,
+                            channel.id,
+                            &upstream_model,
+                            &upstream_id,
+                        )
+                        .await?;
+                        videos::record_progress(&state.db, &task.id, "queued", 0, next).await
+                    };
+                    if let Err(e) = stored.await {
+                        // The lease runs out and the poller refunds it (no provider id stored).
+                        return Err(OpenAiError::internal(&task.id, e));
+                    }
+                    task.channel_id = Some(channel.id);
+                    task.upstream_model = Some(upstream_model);
+                    task.upstream_task_id = Some(upstream_id);
+                    return Ok(task);
+                }
+                None => (
+                    Some(channel),
+                    OpenAiError::Upstream {
+                        message: "the video provider's answer has no task id".into(),
+                    },
+                ),
+            }
+        }
+        Attempt::Rejected {
+            channel,
+            status,
+            body,
+            ..
+        } => {
+            let detail = String::from_utf8_lossy(&body)
+                .chars()
+                .take(300)
+                .collect::<String>();
+            (
+                Some(channel),
+                OpenAiError::Upstream {
+                    message: format!("the video provider refused the task ({status}): {detail}"),
+                },
+            )
+        }
+        Attempt::Failed { channel, error } => (channel, error),
+    };
+    let (channel, error) = failure;
+    let message = error.to_string();
+    settle_task(state, &task, channel.as_deref(), Ended::Failed(&message)).await;
+    Err(error)
+}
+
+/// How a task ended.
+enum Ended<'a> {
+    Completed { seconds: i64, url: Option<&'a str> },
+    Failed(&'a str),
+}
+
+/// Settles `task` (exactly once, whoever calls); gives the memory book its balance back.
+async fn settle_task(
+    state: &AppState,
+    task: &VideoTask,
+    channel: Option<&Channel>,
+    ended: Ended<'_>,
+) {
+    let (status, billed, url, error) = match ended {
+        Ended::Completed { seconds, url } => {
+            ("completed", seconds.clamp(0, task.seconds), url, None)
+        }
+        Ended::Failed(e) => ("failed", 0, None, Some(e)),
+    };
+    let cost = if status == "completed" {
+        billed
+            .saturating_mul(task.second_micros)
+            .saturating_add(task.request_micros)
+            .min(task.held_micros)
+    } else {
+        0
+    };
+    let record = UsageRecord {
+        request_id: task.id.clone(),
+        user_id: task.user_id,
+        key_id: task.key_id,
+        model: task.model.clone(),
+        upstream_model: task.upstream_model.clone(),
+        channel_id: channel.map(|c| c.id).or(task.channel_id),
+        endpoint: "videos",
+        stream: false,
+        status: if status == "completed" {
+            "ok"
+        } else {
+            "failed"
+        },
+        http_status: if status == "completed" { 200 } else { 502 },
+        usage: TokenUsage::default(),
+        usage_source: if status == "completed" {
+            "provider"
+        } else {
+            "none"
+        },
+        reserved: Micros(task.held_micros),
+        cost: Micros(cost),
+        price_version: Some(task.price_version),
+        latency_ms: crate::db::now_ms() - task.created_at_ms,
+        ttft_ms: None,
+        error: error.map(str::to_owned),
+        units: billed,
+    };
+    let outcome = Outcome {
+        status,
+        billed_seconds: billed,
+        cost_micros: cost,
+        result_url: url,
+        error,
+    };
+    let mut delay = Duration::from_millis(50);
+    for attempt in 1..=5 {
+        match videos::settle(&state.db, task, &outcome, &record).await {
+            Ok(true) => {
+                state
+                    .book
+                    .give(task.user_id, Micros(task.held_micros - cost));
+                metrics::gauge!(m::VIDEO_TASKS_OPEN).decrement(1.0);
+                metrics::counter!(m::VIDEO_TASKS_SETTLED, "outcome" => status).increment(1);
+                if cost > 0 {
+                    metrics::counter!(m::CREDITS_CHARGED, "model" => task.model.clone())
+                        .increment(cost as u64);
+                }
+                return;
+            }
+            Ok(false) => return,
+            Err(e) => {
+                tracing::warn!(task = %task.id, error = %e, attempt, "video settlement failed, retrying");
+                tokio::time::sleep(delay).await;
+                delay *= 2;
+            }
+        }
+    }
+    // Left unsettled: its lease runs out and a poller settles it.
+    metrics::counter!(m::SETTLEMENT_FAILURES).increment(1);
+}
+
+/// Follows one claimed task a step: settles it if it ended, else records its progress.
+async fn poll_one(state: &AppState, task: VideoTask) {
+    let now = crate::db::now_ms();
+    let cfg = &state.config.video;
+    if now >= task.expires_at_ms {
+        let msg = format!(
+            "the task did not finish within {} s",
+            cfg.task_timeout_ms / 1000
+        );
+        return settle_task(state, &task, None, Ended::Failed(&msg)).await;
+    }
+    let (Some(upstream_id), Some(channel_id)) = (task.upstream_task_id.clone(), task.channel_id)
+    else {
+        let msg = "the submission was interrupted before a provider took the task";
+        return settle_task(state, &task, None, Ended::Failed(msg)).await;
+    };
+    let channel = match crate::db::catalog::get_channel(&state.db, channel_id).await {
+        Ok(Some(row)) => Channel::from_row(&row),
+        Ok(None) => None,
+        Err(e) => {
+            tracing::warn!(task = %task.id, error = %e, "video poll: channel lookup failed");
+            let _ = videos::record_progress(
+                &state.db,
+                &task.id,
+                &task.status,
+                task.progress,
+                now + cfg.poll_interval_ms as i64,
+            )
+            .await;
+            return;
+        }
+    };
+    let Some(channel) = channel else {
+        let msg = "the channel that took the task no longer exists";
+        return settle_task(state, &task, None, Ended::Failed(msg)).await;
+    };
+    let timeout = Duration::from_millis(state.config.upstream.first_byte_timeout_ms.min(30_000));
+    let polled = match channel.provider {
+        Provider::Demo => Ok(TaskState::Succeeded {
+            url: None,
+            seconds: Some(task.seconds),
+        }),
+        Provider::Video => provider::poll(&state.http, &channel, &upstream_id, timeout).await,
+        p => Ok(TaskState::Failed {
+            error: format!("a {} channel cannot run video tasks", p.as_str()),
+        }),
+    };
+    let next = now + cfg.poll_interval_ms as i64;
+    let (status, progress) = match polled {
+        Ok(TaskState::Succeeded { url, seconds }) => {
+            let seconds = seconds.unwrap_or(task.seconds);
+            return settle_task(
+                state,
+                &task,
+                Some(&channel),
+                Ended::Completed {
+                    seconds,
+                    url: url.as_deref(),
+                },
+            )
+            .await;
+        }
+        Ok(TaskState::Failed { error }) => {
+            return settle_task(state, &task, Some(&channel), Ended::Failed(&error)).await;
+        }
+        Ok(TaskState::Queued) => ("queued", 0),
+        Ok(TaskState::Running { progress }) => ("in_progress", progress),
+        Err(e) => {
+            tracing::warn!(task = %task.id, channel = %channel.name, error = %e, "video poll failed; will retry");
+            (task.status.as_str(), task.progress)
+        }
+    };
+    if let Err(e) = videos::record_progress(&state.db, &task.id, status, progress, next).await {
+        tracing::warn!(task = %task.id, error = %e, "video progress write failed");
+    }
+}
+
+/// Polls due tasks until `stop`: claims a batch by lease, follows each a step.
+pub async fn run_poller(state: AppState, stop: CancellationToken) {
+    let owner = format!("poller-{:016x}", rand::rng().random::<u64>());
+    let interval = Duration::from_millis((state.config.video.poll_interval_ms / 2).clamp(50, 1000));
+    if let Ok(n) = videos::count_open(&state.db).await {
+        metrics::gauge!(m::VIDEO_TASKS_OPEN).set(n as f64);
+    }
+    loop {
+        match videos::claim_due(
+            &state.db,
+            &owner,
+            state.config.video.lease_ms as i64,
+            CLAIM_BATCH,
+        )
+        .await
+        {
+            Ok(tasks) => {
+                let claimed = tasks.len() as i64;
+                let polls = tasks.into_iter().map(|t| poll_one(&state, t));
+                futures_util::future::join_all(polls).await;
+                if claimed == CLAIM_BATCH {
+                    continue;
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "claiming video tasks failed"),
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(interval) => {}
+        }
+    }
+}
+
+/// A caller's own task (others' are "not found").
+pub async fn own_task(
+    state: &AppState,
+    caller: &Caller,
+    id: &str,
+) -> Result<VideoTask, OpenAiError> {
+    let not_found = || OpenAiError::NotFound {
+        what: format!("video {id}"),
+    };
+    let task = videos::get(&state.db, id)
+        .await
+        .map_err(|e| OpenAiError::internal(id, e))?
+        .ok_or_else(not_found)?;
+    if caller.user_id != Some(task.user_id) {
+        return Err(not_found());
+    }
+    Ok(task)
+}
+
+/// The task's file, as a response to stream (or the demo's bytes).
+pub enum Content {
+    Bytes(&'static [u8]),
+    Upstream(reqwest::Response),
+}
+
+/// Opens a completed task's file.
+pub async fn content(state: &AppState, task: &VideoTask) -> Result<Content, OpenAiError> {
+    if task.status != "completed" {
+        return Err(OpenAiError::InvalidRequest {
+            message: format!(
+                "video {} is {}; its content is available once it is completed",
+                task.id, task.status
+            ),
+            param: None,
+        });
+    }
+    let channel = match task.channel_id {
+        Some(id) => crate::db::catalog::get_channel(&state.db, id)
+            .await
+            .ok()
+            .flatten()
+            .and_then(|r| Channel::from_row(&r)),
+        None => None,
+    };
+    match (&task.result_url, channel.as_ref().map(|c| c.provider)) {
+        (None, Some(Provider::Demo)) => Ok(Content::Bytes(provider::DEMO_VIDEO)),
+        (None, _) => Err(OpenAiError::Upstream {
+            message: "the provider reported no file for this video".into(),
+        }),
+        (Some(url), _) => {
+            let timeout = Duration::from_millis(state.config.upstream.first_byte_timeout_ms);
+            let response = provider::fetch(&state.http, channel.as_ref(), url, timeout)
+                .await
+                .map_err(|e| OpenAiError::Upstream {
+                    message: e.to_string(),
+                })?;
+            if !response.status().is_success() {
+                return Err(OpenAiError::Upstream {
+                    message: format!("the video file answered {}", response.status()),
+                });
+            }
+            Ok(Content::Upstream(response))
+        }
+    }
+}
+
+/// OpenAI's video object.
+pub fn openai_json(t: &VideoTask) -> Value {
+    let error = t
+        .error
+        .as_ref()
+        .map(|e| json!({"code": "video_generation_failed", "message": e}));
+    json!({
+        "id": t.id,
+        "object": "video",
+        "created_at": t.created_at_ms / 1000,
+        "completed_at": t.completed_at_ms.map(|ms| ms / 1000),
+        "expires_at": null,
+        "status": t.status,
+        "model": t.model,
+        "progress": if t.status == "completed" { 100 } else { t.progress },
+        "prompt": t.prompt,
+        "seconds": t.seconds.to_string(),
+        "size": t.size.clone().unwrap_or_else(|| "720x1280".into()),
+        "error": error,
+        "remixed_from_video_id": null,
+    })
+}
+
+/// The aggregator's task shape (`/api/v1/videos/generations`).
+pub fn aggregator_json(t: &VideoTask) -> Value {
+    let content_url = format!("/v1/videos/{}/content", t.id);
+    json!({
+        "id": t.id,
+        "task_id": t.id,
+        "object": "video.generation",
+        "status": t.status,
+        "progress": if t.status == "completed" { 100 } else { t.progress },
+        "model": t.model,
+        "prompt": t.prompt,
+        "duration": t.seconds,
+        "aspect_ratio": t.aspect_ratio,
+        "video_url": if t.status == "completed" { json!(t.result_url.clone().unwrap_or_else(|| content_url.clone())) } else { Value::Null },
+        "content_url": if t.status == "completed" { json!(content_url) } else { Value::Null },
+        "reserved": Micros(t.held_micros),
+        "cost": t.cost_micros.map(Micros),
+        "billed_seconds": t.billed_seconds,
+        "error": t.error,
+        "created_at": t.created_at_ms / 1000,
+        "completed_at": t.completed_at_ms.map(|ms| ms / 1000),
+    })
+}

@@ -1,0 +1,194 @@
+//! The `video` provider: a task-style video generation API, as most video vendors and
+//! aggregators offer one. Create a task, poll its status, fetch the result from the URL it
+//! reports. The base URL is the channel's; the wire format:
+//!
+//! - `POST {base}/tasks` `{"model", "prompt", "duration", "aspect_ratio", "size"}` →
+//!   `{"task_id"}` (also read: `id`, `data.task_id`)
+//! - `GET {base}/tasks/{task_id}` → `{"status", "progress", "video_url", "duration", "error"}`
+//!   where `status` is `queued`/`pending`, `running`/`processing`/`in_progress`,
+//!   `succeeded`/`completed`/`success` or `failed`/`error`/`cancelled`/`expired` (also read
+//!   inside `data`, and `output.video_url`)
+//! - `GET {video_url}` → the file
+//!
+//! The `demo` provider answers the same questions locally: its tasks finish at once.
+
+use super::{UpstreamError, error_text};
+use crate::gateway::catalog::Channel;
+use serde_json::{Value, json};
+use std::time::Duration;
+
+/// What a task is doing, as the provider reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TaskState {
+    Queued,
+    Running {
+        progress: i64,
+    },
+    /// Finished: where the file is and how many seconds it has (if the provider says).
+    Succeeded {
+        url: Option<String>,
+        seconds: Option<i64>,
+    },
+    Failed {
+        error: String,
+    },
+}
+
+/// What a task is created from.
+pub struct NewTask<'a> {
+    pub model: &'a str,
+    pub prompt: &'a str,
+    pub seconds: i64,
+    pub size: Option<&'a str>,
+    pub aspect_ratio: Option<&'a str>,
+}
+
+fn request(
+    http: &reqwest::Client,
+    channel: &Channel,
+    method: reqwest::Method,
+    url: String,
+) -> reqwest::RequestBuilder {
+    let mut r = http.request(method, url);
+    if !channel.api_key.is_empty() {
+        r = r.bearer_auth(&channel.api_key);
+    }
+    r
+}
+
+/// The body of a create call.
+pub fn create_body(t: &NewTask<'_>) -> Vec<u8> {
+    let mut body = json!({"model": t.model, "prompt": t.prompt, "duration": t.seconds});
+    if let Some(a) = t.aspect_ratio {
+        body["aspect_ratio"] = json!(a);
+    }
+    if let Some(s) = t.size {
+        body["size"] = json!(s);
+    }
+    body.to_string().into_bytes()
+}
+
+/// Sends a create call (`body` from [`create_body`]).
+pub async fn create(
+    http: &reqwest::Client,
+    channel: &Channel,
+    body: Vec<u8>,
+    timeout: Duration,
+) -> Result<super::UpstreamResponse, UpstreamError> {
+    let r = request(
+        http,
+        channel,
+        reqwest::Method::POST,
+        format!("{}/tasks", channel.base_url),
+    )
+    .header(reqwest::header::CONTENT_TYPE, "application/json")
+    .body(body);
+    Ok(super::UpstreamResponse::from_reqwest(
+        super::send(r, timeout).await?,
+    ))
+}
+
+/// The provider's task id in a create answer.
+pub fn task_id(answer: &Value) -> Option<String> {
+    [
+        &answer["task_id"],
+        &answer["id"],
+        &answer["data"]["task_id"],
+        &answer["data"]["id"],
+    ]
+    .into_iter()
+    .find_map(|v| match v {
+        Value::String(s) if !s.is_empty() => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        _ => None,
+    })
+}
+
+/// Reads a status answer.
+pub fn parse_state(answer: &Value) -> Result<TaskState, String> {
+    let a = if answer["data"].is_object() {
+        &answer["data"]
+    } else {
+        answer
+    };
+    let status = a["status"]
+        .as_str()
+        .or_else(|| a["task_status"].as_str())
+        .unwrap_or_default()
+        .to_ascii_lowercase();
+    let progress = a["progress"].as_i64().unwrap_or(0).clamp(0, 100);
+    match status.as_str() {
+        "queued" | "pending" | "submitted" => Ok(TaskState::Queued),
+        "running" | "processing" | "in_progress" => Ok(TaskState::Running { progress }),
+        "succeeded" | "completed" | "success" | "succeed" => Ok(TaskState::Succeeded {
+            url: [&a["video_url"], &a["url"], &a["output"]["video_url"]]
+                .into_iter()
+                .find_map(|v| v.as_str().map(str::to_owned)),
+            seconds: a["duration"].as_i64().or_else(|| a["seconds"].as_i64()),
+        }),
+        "failed" | "error" | "cancelled" | "canceled" | "expired" => Ok(TaskState::Failed {
+            error: a["error"]["message"]
+                .as_str()
+                .or_else(|| a["error"].as_str())
+                .or_else(|| a["message"].as_str())
+                .unwrap_or("the provider reported the task failed")
+                .to_owned(),
+        }),
+        other => Err(format!("unknown task status {other:?}")),
+    }
+}
+
+/// Asks the provider how a task is doing. `Err` is a failure to ask (retried later), not a
+/// failed task.
+pub async fn poll(
+    http: &reqwest::Client,
+    channel: &Channel,
+    task_id: &str,
+    timeout: Duration,
+) -> Result<TaskState, String> {
+    let r = request(
+        http,
+        channel,
+        reqwest::Method::GET,
+        format!("{}/tasks/{task_id}", channel.base_url),
+    );
+    let response = super::send(r, timeout).await.map_err(|e| e.to_string())?;
+    let status = response.status();
+    let body = tokio::time::timeout(timeout, response.bytes())
+        .await
+        .map_err(|_| "status body timed out".to_owned())?
+        .map_err(|e| error_text(&e))?;
+    if status.as_u16() == 404 {
+        return Ok(TaskState::Failed {
+            error: "the provider does not know this task".into(),
+        });
+    }
+    if !status.is_success() {
+        return Err(format!("status call answered {status}"));
+    }
+    let answer: Value =
+        serde_json::from_slice(&body).map_err(|e| format!("status answer is not JSON: {e}"))?;
+    parse_state(&answer)
+}
+
+/// Starts downloading a finished task's file.
+pub async fn fetch(
+    http: &reqwest::Client,
+    channel: Option<&Channel>,
+    url: &str,
+    timeout: Duration,
+) -> Result<reqwest::Response, UpstreamError> {
+    let mut r = http.get(url);
+    // The provider's own host gets the channel's credential; a CDN link does not need it.
+    if let Some(c) = channel
+        && !c.api_key.is_empty()
+        && url.starts_with(&c.base_url)
+    {
+        r = r.bearer_auth(&c.api_key);
+    }
+    super::send(r, timeout).await
+}
+
+/// The demo provider's file: a few bytes standing in for an MP4.
+pub const DEMO_VIDEO: &[u8] =
+    b"\x00\x00\x00\x18ftypmp42\x00\x00\x00\x00mp42isomTollgate demo video";
