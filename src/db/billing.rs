@@ -337,6 +337,69 @@ pub async fn list_usage(
     })
 }
 
+/// Usage summed for one user, model or channel over a time range.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct UsageTotals {
+    /// The user id, model name or channel id (as text; empty for "no channel").
+    pub group_key: String,
+    pub requests: i64,
+    pub failed: i64,
+    pub prompt_tokens: i64,
+    pub completion_tokens: i64,
+    pub cached_tokens: i64,
+    pub cache_write_tokens: i64,
+    pub units: i64,
+    pub cost_micros: i64,
+}
+
+/// What usage can be summed by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UsageGroup {
+    User,
+    Model,
+    Channel,
+}
+
+macro_rules! usage_totals_sql {
+    ($key:literal) => {
+        concat!(
+            "SELECT COALESCE(CAST(",
+            $key,
+            " AS TEXT), '') AS group_key, COUNT(*) AS requests,
+                    CAST(SUM(CASE WHEN status = 'ok' THEN 0 ELSE 1 END) AS BIGINT) AS failed,
+                    CAST(SUM(prompt_tokens) AS BIGINT) AS prompt_tokens,
+                    CAST(SUM(completion_tokens) AS BIGINT) AS completion_tokens,
+                    CAST(SUM(cached_tokens) AS BIGINT) AS cached_tokens,
+                    CAST(SUM(cache_write_tokens) AS BIGINT) AS cache_write_tokens,
+                    CAST(SUM(units) AS BIGINT) AS units,
+                    CAST(SUM(cost_micros) AS BIGINT) AS cost_micros
+             FROM usage_records WHERE created_at_ms >= $1 AND created_at_ms < $2
+             GROUP BY ",
+            $key,
+            " ORDER BY cost_micros DESC, group_key LIMIT 1000"
+        )
+    };
+}
+
+/// Usage in `[start_ms, end_ms)` summed by `group`, dearest first (at most 1000 groups).
+pub async fn usage_totals(
+    db: &Db,
+    group: UsageGroup,
+    start_ms: i64,
+    end_ms: i64,
+) -> Result<Vec<UsageTotals>, sqlx::Error> {
+    let sql = match group {
+        UsageGroup::User => usage_totals_sql!("user_id"),
+        UsageGroup::Model => usage_totals_sql!("model"),
+        UsageGroup::Channel => usage_totals_sql!("channel_id"),
+    };
+    read_pool!(db, p => sqlx::query_as::<_, UsageTotals>(sql)
+        .bind(start_ms)
+        .bind(end_ms)
+        .fetch_all(p)
+        .await)
+}
+
 /// One settlement whose charge was already decided (by the in-memory
 /// [`crate::billing::book::Book`]), waiting to be written.
 pub struct Decided {

@@ -374,3 +374,36 @@ pub async fn note_channel_error(db: &Db, id: i64, error: &str) -> Result<(), sql
     .await
     .map(|_| ()))
 }
+
+/// Sets a model's registry fields (display name, vendor label, JSON config); `None` keeps one.
+pub async fn set_registry_fields(
+    db: &Db,
+    id: i64,
+    display_name: Option<&str>,
+    vendor: Option<&str>,
+    config: Option<&str>,
+) -> Result<Option<ModelRow>, sqlx::Error> {
+    write_pool!(db, p => sqlx::query_as::<_, ModelRow>(concat!(
+        "UPDATE models SET display_name = COALESCE($2, display_name), vendor = COALESCE($3, vendor),
+                config = COALESCE($4, config), updated_at_ms = $5
+         WHERE id = $1
+         RETURNING ", model_columns!()),
+    )
+    .bind(id)
+    .bind(display_name)
+    .bind(vendor)
+    .bind(config)
+    .bind(now_ms())
+    .fetch_optional(p)
+    .await)
+}
+
+/// A model by name.
+pub async fn model_by_name(db: &Db, model: &str) -> Result<Option<ModelRow>, sqlx::Error> {
+    read_pool!(db, p => sqlx::query_as::<_, ModelRow>(
+        concat!("SELECT ", model_columns!(), " FROM models WHERE model = $1"),
+    )
+    .bind(model)
+    .fetch_optional(p)
+    .await)
+}

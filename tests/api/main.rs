@@ -15,6 +15,7 @@ mod ledger;
 mod limits;
 mod ops;
 mod providers;
+mod registry;
 mod routing;
 mod streaming;
 mod videos;

@@ -6,6 +6,7 @@
 mod channels;
 mod keys;
 mod models;
+pub mod registry;
 pub mod usage;
 pub mod users;
 

@@ -1,4 +1,6 @@
-//! Usage records: `GET /usage?user_id=&page=&page_size=` and `GET /users/{id}/usage`.
+//! Usage records: `GET /usage?user_id=&page=&page_size=` and `GET /users/{id}/usage`; with
+//! `group_by=user|model|channel` (and `start`/`end`, ISO-8601, default the last 30 days),
+//! `GET /usage` sums requests, failures, tokens, media units and cost per group instead.
 
 use super::{Page, iso, paged, path_id};
 use crate::billing::Micros;
@@ -54,6 +56,9 @@ pub fn usage_json(u: &UsageRow) -> Value {
 #[derive(Deserialize)]
 struct UsageQuery {
     user_id: Option<String>,
+    group_by: Option<String>,
+    start: Option<String>,
+    end: Option<String>,
     #[serde(flatten)]
     page: Page,
 }
@@ -63,6 +68,9 @@ async fn list_usage(
     _admin: AdminCaller,
     Query(q): Query<UsageQuery>,
 ) -> Result<Json<Value>, ApiError> {
+    if let Some(group) = &q.group_by {
+        return totals(&state, group, q.start.as_deref(), q.end.as_deref()).await;
+    }
     let user_id = q.user_id.as_deref().map(path_id).transpose()?;
     let (page, size, offset) = q.page.resolve()?;
     let (total, rows) = db::billing::list_usage(&state.db, user_id, size, offset).await?;
@@ -89,4 +97,63 @@ async fn list_user_usage(
         size,
         rows.iter().map(usage_json).collect(),
     ))
+}
+
+/// `GET /usage?group_by=…`: usage summed per user, model or channel over a time range.
+async fn totals(
+    state: &AppState,
+    group: &str,
+    start: Option<&str>,
+    end: Option<&str>,
+) -> Result<Json<Value>, ApiError> {
+    use crate::db::billing::UsageGroup;
+    let group_by = match group {
+        "user" => UsageGroup::User,
+        "model" => UsageGroup::Model,
+        "channel" => UsageGroup::Channel,
+        other => {
+            return Err(ApiError::InvalidInput(format!(
+                "group_by: must be user, model or channel, got {other:?}"
+            )));
+        }
+    };
+    let end_ms = match end {
+        Some(t) => super::parse_time("end", t)?,
+        None => db::now_ms() + 1,
+    };
+    let start_ms = match start {
+        Some(t) => super::parse_time("start", t)?,
+        None => end_ms - 30 * 24 * 3600 * 1000,
+    };
+    if start_ms >= end_ms {
+        return Err(ApiError::InvalidInput("start: must be before end".into()));
+    }
+    let rows = db::billing::usage_totals(&state.db, group_by, start_ms, end_ms).await?;
+    let items: Vec<Value> = rows
+        .iter()
+        .map(|r| {
+            let key: Value = match group_by {
+                UsageGroup::Model => json!(r.group_key),
+                _ => r.group_key.parse::<i64>().map_or(Value::Null, Value::from),
+            };
+            json!({
+                group: key,
+                "requests": r.requests,
+                "failed": r.failed,
+                "prompt_tokens": r.prompt_tokens,
+                "completion_tokens": r.completion_tokens,
+                "cached_tokens": r.cached_tokens,
+                "cache_write_tokens": r.cache_write_tokens,
+                "units": r.units,
+                "cost": Micros(r.cost_micros),
+                "cost_micros": r.cost_micros,
+            })
+        })
+        .collect();
+    Ok(super::ok(json!({
+        "group_by": group,
+        "start": iso(start_ms),
+        "end": iso(end_ms),
+        "items": items,
+    })))
 }

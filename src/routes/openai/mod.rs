@@ -23,6 +23,15 @@ pub fn router() -> Router<AppState> {
         .route("/videos/{id}/content", get(videos::video_content))
         .route("/videos/generations", post(videos::create_generation))
         .route("/videos/generations/{id}", get(videos::retrieve_generation))
-        .route("/models", get(models::list_models))
-        .route("/models/{*id}", get(models::retrieve_model))
+        // Admins manage the registry here too (platform envelope): see `admin::registry`.
+        .route(
+            "/models",
+            get(models::list_models).post(crate::routes::admin::registry::create),
+        )
+        .route(
+            "/models/{*id}",
+            get(models::retrieve_model)
+                .put(crate::routes::admin::registry::update)
+                .delete(crate::routes::admin::registry::delete),
+        )
 }
