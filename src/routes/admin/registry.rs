@@ -119,7 +119,7 @@ fn config_text(config: &Option<Value>) -> Result<Option<String>, ApiError> {
         Some(Value::Object(map)) => {
             if let Some(t) = map.get("max_tokens")
                 && !t.is_null()
-                && !t.as_i64().is_some_and(|n| n > 0)
+                && t.as_i64().is_none_or(|n| n <= 0)
             {
                 return Err(ApiError::InvalidInput(
                     "config.max_tokens: must be a positive integer".into(),
