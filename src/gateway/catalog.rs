@@ -81,6 +81,9 @@ pub struct Model {
     pub created_at_ms: i64,
     /// Sorted by priority, highest first.
     pub channels: Vec<Arc<Channel>>,
+    /// Whether a channel may write to a provider's prompt cache (an Anthropic one), so a
+    /// reservation prices the prompt at the cache-write price when that is dearer.
+    pub cache_writes: bool,
 }
 
 impl Model {
@@ -203,6 +206,7 @@ impl Catalog {
                 rpm: m.rpm,
                 tpm: m.tpm,
                 created_at_ms: m.created_at_ms,
+                cache_writes: channels.iter().any(|c| c.provider == Provider::Anthropic),
                 channels,
                 name: m.model.clone(),
             };

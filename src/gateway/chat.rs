@@ -82,13 +82,33 @@ impl Ending {
 }
 
 /// Maps a routing failure to the client error.
-pub fn route_error(e: RouteError, model: &str) -> OpenAiError {
+fn route_error(e: RouteError, model: &str) -> OpenAiError {
     let model = model.to_owned();
     match e {
         RouteError::Unknown => OpenAiError::ModelNotFound { model },
         RouteError::NotPriced => OpenAiError::ModelNotPriced { model },
         RouteError::NoChannel => OpenAiError::NoChannel { model },
     }
+}
+
+/// Who pays for a request to `model_name` and where it goes: the caller's account, checked
+/// against the key's allowed models, and the routable model.
+pub fn route(
+    state: &AppState,
+    caller: &Caller,
+    model_name: &str,
+) -> Result<(i64, Arc<Model>), OpenAiError> {
+    let user_id = caller.user_id.ok_or(OpenAiError::NoAccount)?;
+    if !caller.may_use(model_name) {
+        return Err(OpenAiError::ModelNotAllowed {
+            model: model_name.to_owned(),
+        });
+    }
+    let model = state
+        .catalog
+        .model(model_name)
+        .map_err(|e| route_error(e, model_name))?;
+    Ok((user_id, model))
 }
 
 /// A request that parsed and routed: what it is, where it goes, the most it can cost.
@@ -111,26 +131,15 @@ fn prepare(
         message: e.message,
         param: e.param,
     })?;
-    let user_id = caller.user_id.ok_or(OpenAiError::NoAccount)?;
-    if !caller.may_use(&req.model) {
-        return Err(OpenAiError::ModelNotAllowed { model: req.model });
-    }
-    let model = state
-        .catalog
-        .model(&req.model)
-        .map_err(|e| route_error(e, &req.model))?;
+    let (user_id, model) = route(state, caller, &req.model)?;
     let per_choice = req
         .max_output_tokens
         .or(model.max_output_tokens)
         .unwrap_or(state.config.billing.default_max_output_tokens);
     let output = per_choice.saturating_mul(req.n);
-    let cache_writes = model
-        .channels
-        .iter()
-        .any(|c| c.provider == Provider::Anthropic);
     let amount = model
         .price
-        .max_cost(req.prompt_tokens_estimate, output, cache_writes);
+        .max_cost(req.prompt_tokens_estimate, output, model.cache_writes);
     let tokens = req.prompt_tokens_estimate.saturating_add(output).max(0) as u64;
     Ok(Prepared {
         user_id,
@@ -186,17 +195,7 @@ async fn run_prepared(
         amount,
         ..
     } = p;
-    let expires_at_ms = crate::db::now_ms() + state.config.reservation_ttl().as_millis() as i64;
-    let reservation = NewReservation {
-        request_id: &request_id,
-        user_id,
-        key_id: caller.key_id,
-        model: &model.name,
-        amount,
-        price_version: model.price.version,
-        expires_at_ms,
-    };
-    let held = match state.book.reserve(&state.db, &reservation).await {
+    let held = match hold(state, caller, &request_id, user_id, &model, amount).await {
         Ok(held) => held,
         Err(e) => {
             // Nothing will be generated: give the token estimate back.
@@ -215,7 +214,6 @@ async fn run_prepared(
             ));
         }
     };
-    metrics::gauge!(m::RESERVATIONS_HELD).increment(1.0);
     let ctx = Ctx {
         state: state.clone(),
         request_id: Arc::clone(&request_id),
@@ -237,6 +235,31 @@ async fn run_prepared(
             "request task ended without a reply",
         ))
     })
+}
+
+/// Reserves `amount` of `user_id`'s balance for one request to `model`, with the configured
+/// expiry.
+pub async fn hold(
+    state: &AppState,
+    caller: &Caller,
+    request_id: &str,
+    user_id: i64,
+    model: &Model,
+    amount: Micros,
+) -> Result<Held, ReserveError> {
+    let expires_at_ms = crate::db::now_ms() + state.config.reservation_ttl().as_millis() as i64;
+    let reservation = NewReservation {
+        request_id,
+        user_id,
+        key_id: caller.key_id,
+        model: &model.name,
+        amount,
+        price_version: model.price.version,
+        expires_at_ms,
+    };
+    let held = state.book.reserve(&state.db, &reservation).await?;
+    metrics::gauge!(m::RESERVATIONS_HELD).increment(1.0);
+    Ok(held)
 }
 
 /// The client error for a reservation that was refused (402 is also recorded as usage).
@@ -425,9 +448,10 @@ async fn run(ctx: Ctx, mut reply_tx: ReplyTx) {
             }
             Err(e) => {
                 // Nothing reached the client yet: try the next channel.
-                let (label, msg) = match e {
-                    UpstreamError::Connect(msg) => ("connect_error", msg),
-                    other => ("error", other.to_string()),
+                let label = e.outcome();
+                let msg = match e {
+                    UpstreamError::Connect(msg) => msg,
+                    other => other.to_string(),
                 };
                 tracing::warn!(channel = %channel.name, error = %msg, "upstream call failed");
                 health.failure(&channel, label, &msg);
@@ -458,11 +482,7 @@ async fn run(ctx: Ctx, mut reply_tx: ReplyTx) {
                 last = Some((Err(OpenAiError::Upstream { message }), ending));
                 continue;
             }
-            match status {
-                429 => health.failure(&channel, "rate_limited", &error),
-                500.. => health.failure(&channel, "server_error", &error),
-                _ => health.success(&channel, "client_error"),
-            }
+            health.record_answer(&channel, status, &error);
             let channel = Some(Arc::clone(&channel));
             let (answer, ending) = if status >= 500 {
                 let message = format!("upstream returned status {status}");
@@ -484,7 +504,7 @@ async fn run(ctx: Ctx, mut reply_tx: ReplyTx) {
             }
             break;
         }
-        health.success(&channel, "ok");
+        health.record_answer(&channel, response.status, "");
         if ctx.req.stream && response.is_event_stream() {
             stream(ctx, channel, upstream_model, response, reply_tx).await;
         } else {

@@ -119,15 +119,20 @@ impl Health {
     pub fn success(&self, channel: &Channel, outcome: &'static str) {
         metrics::counter!(m::UPSTREAM_REQUESTS, "channel" => channel.name.clone(), "outcome" => outcome)
             .increment(1);
-        self.with(channel.id, |e| {
+        let changed = self.with(channel.id, |e| {
+            // The gauge is written on a change of state (and the first call), not every call.
+            let changed = e.open_until.is_some() || e.successes + e.failures == 0;
             e.successes += 1;
             e.failures_in_a_row = 0;
             e.open_until = None;
             e.probing = false;
             e.last_success_at_ms = Some(crate::db::now_ms());
+            changed
         });
-        metrics::gauge!(m::CHANNEL_STATE, "channel" => channel.name.clone())
-            .set(BreakerState::Closed.gauge());
+        if changed {
+            metrics::gauge!(m::CHANNEL_STATE, "channel" => channel.name.clone())
+                .set(BreakerState::Closed.gauge());
+        }
     }
 
     /// Records a failed call (`outcome` is its metric label); may open the breaker.
@@ -151,6 +156,18 @@ impl Health {
             tracing::warn!(channel = %channel.name, cooldown_ms = self.cooldown.as_millis() as u64, "channel circuit breaker open");
         }
         metrics::gauge!(m::CHANNEL_STATE, "channel" => channel.name.clone()).set(state.gauge());
+    }
+
+    /// Records an upstream answer with HTTP `status` (401/403 are [`disable_for_credentials`]'s):
+    /// 2xx and other 4xx (about the request) count as the channel working, 429 and 5xx as
+    /// failures; `detail` is the error shown to admins.
+    pub fn record_answer(&self, channel: &Channel, status: u16, detail: &str) {
+        match status {
+            429 => self.failure(channel, "rate_limited", detail),
+            500.. => self.failure(channel, "server_error", detail),
+            200..=299 => self.success(channel, "ok"),
+            _ => self.success(channel, "client_error"),
+        }
     }
 
     /// Records a call whose failure says nothing about the channel (the client hung up).

@@ -172,14 +172,7 @@ fn prepare(
     body: &[u8],
 ) -> Result<(ImageRequest, Arc<Model>, i64, i64), OpenAiError> {
     let req = ImageRequest::parse(body)?;
-    let user_id = caller.user_id.ok_or(OpenAiError::NoAccount)?;
-    if !caller.may_use(&req.model) {
-        return Err(OpenAiError::ModelNotAllowed { model: req.model });
-    }
-    let model = state
-        .catalog
-        .model(&req.model)
-        .map_err(|e| super::chat::route_error(e, &req.model))?;
+    let (user_id, model) = super::chat::route(state, caller, &req.model)?;
     let unit = model.media.image(&req.size, &req.quality).ok_or_else(|| {
         invalid(
             "size",

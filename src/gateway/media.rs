@@ -7,7 +7,7 @@ use super::auth::Caller;
 use super::catalog::{Channel, Model};
 use crate::billing::Micros;
 use crate::billing::book::Held;
-use crate::db::billing::{NewReservation, ReserveError};
+use crate::db::billing::ReserveError;
 use crate::error::OpenAiError;
 use crate::metrics as m;
 use crate::provider::{UpstreamError, UpstreamResponse};
@@ -100,13 +100,9 @@ where
                 };
             }
             Err(e) => {
-                let label = match e {
-                    UpstreamError::Connect(_) => "connect_error",
-                    _ => "error",
-                };
                 let message = e.to_string();
                 tracing::warn!(channel = %channel.name, error = %message, "upstream call failed");
-                health.failure(&channel, label, &message);
+                health.failure(&channel, e.outcome(), &message);
                 last = failed(&channel, message);
                 continue;
             }
@@ -127,9 +123,12 @@ where
                 .take(500)
                 .collect::<String>()
         };
+        if !matches!(status, 401 | 403) {
+            let detail = format!("upstream status {status}: {}", snippet());
+            health.record_answer(&channel, status, &detail);
+        }
         match status {
             200..=299 => {
-                health.success(&channel, "ok");
                 return Attempt::Answer {
                     channel,
                     status,
@@ -142,16 +141,6 @@ where
                 last = failed(&channel, "upstream refused the channel's credential".into());
             }
             429 | 500.. => {
-                let label = if status == 429 {
-                    "rate_limited"
-                } else {
-                    "server_error"
-                };
-                health.failure(
-                    &channel,
-                    label,
-                    &format!("upstream status {status}: {}", snippet()),
-                );
                 last = if status == 429 {
                     Attempt::Rejected {
                         channel,
@@ -164,7 +153,6 @@ where
                 };
             }
             _ => {
-                health.success(&channel, "client_error");
                 return Attempt::Rejected {
                     channel,
                     status,
@@ -187,21 +175,8 @@ pub async fn reserve(
     model: &Model,
     amount: Micros,
 ) -> Result<Held, OpenAiError> {
-    let expires_at_ms = crate::db::now_ms() + state.config.reservation_ttl().as_millis() as i64;
-    let reservation = NewReservation {
-        request_id,
-        user_id,
-        key_id: caller.key_id,
-        model: &model.name,
-        amount,
-        price_version: model.price.version,
-        expires_at_ms,
-    };
-    match state.book.reserve(&state.db, &reservation).await {
-        Ok(held) => {
-            metrics::gauge!(m::RESERVATIONS_HELD).increment(1.0);
-            Ok(held)
-        }
+    match super::chat::hold(state, caller, request_id, user_id, model, amount).await {
+        Ok(held) => Ok(held),
         Err(ReserveError::Insufficient { needed, available }) => {
             metrics::counter!(m::RESERVATIONS_REFUSED).increment(1);
             Err(OpenAiError::InsufficientBalance { needed, available })

@@ -84,16 +84,7 @@ fn route(
     caller: &Caller,
     req: &VideoRequest,
 ) -> Result<(Arc<Model>, i64, i64), OpenAiError> {
-    let user_id = caller.user_id.ok_or(OpenAiError::NoAccount)?;
-    if !caller.may_use(&req.model) {
-        return Err(OpenAiError::ModelNotAllowed {
-            model: req.model.clone(),
-        });
-    }
-    let model = state
-        .catalog
-        .model(&req.model)
-        .map_err(|e| super::chat::route_error(e, &req.model))?;
+    let (user_id, model) = super::chat::route(state, caller, &req.model)?;
     let per_second = model
         .media
         .video_second
@@ -121,7 +112,7 @@ async fn start(
         .saturating_add(model.price.request_micros);
     let now = crate::db::now_ms();
     let id = format!("video_{:032x}", rand::rng().random::<u128>());
-    let mut task = VideoTask {
+    let task = VideoTask {
         id,
         user_id,
         key_id: caller.key_id,
@@ -178,22 +169,16 @@ async fn start(
     metrics::gauge!(m::VIDEO_TASKS_OPEN).increment(1.0);
     // Creating it upstream runs in a tracked task: a client hanging up cannot strand the hold.
     let (tx, rx) = tokio::sync::oneshot::channel();
-    let (state2, model2) = (state.clone(), Arc::clone(model));
-    let task2 = task.clone();
+    let (state2, model2, id) = (state.clone(), Arc::clone(model), task.id.clone());
     state.tasks.spawn(async move {
-        let _ = tx.send(create_upstream(&state2, &model2, task2).await);
+        let _ = tx.send(create_upstream(&state2, &model2, task).await);
     });
-    match rx.await {
-        Ok(Ok(created)) => {
-            task = created;
-            Ok(task)
-        }
-        Ok(Err(e)) => Err(e),
-        Err(_) => Err(OpenAiError::internal(
-            &task.id,
+    rx.await.unwrap_or_else(|_| {
+        Err(OpenAiError::internal(
+            &id,
             "video submission ended without a reply",
-        )),
-    }
+        ))
+    })
 }
 
 /// Creates the task at the first provider that takes it; refunds at once if none does.

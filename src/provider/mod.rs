@@ -58,6 +58,17 @@ pub enum UpstreamError {
     Other(String),
 }
 
+impl UpstreamError {
+    /// The `outcome` label of `tollgate_upstream_requests_total` for this failure.
+    pub fn outcome(&self) -> &'static str {
+        match self {
+            UpstreamError::Connect(_) => "connect_error",
+            UpstreamError::Timeout(_) => "timeout",
+            UpstreamError::Other(_) => "error",
+        }
+    }
+}
+
 /// A response (or the start of one) from an upstream.
 pub struct UpstreamResponse {
     pub status: u16,

@@ -63,6 +63,24 @@ fn channel_json(state: &AppState, c: &ChannelRow) -> Value {
     })
 }
 
+/// Checks an upstream's root URL (`field` names it in the error); the demo provider needs none.
+pub fn check_base_url(field: &str, provider: Provider, base_url: &str) -> Result<(), ApiError> {
+    if provider == Provider::Demo {
+        return Ok(());
+    }
+    let parsed = reqwest::Url::parse(base_url).map_err(|_| {
+        ApiError::InvalidInput(format!(
+            "{field}: {base_url:?} is not a URL (expected e.g. https://api.openai.com/v1)"
+        ))
+    })?;
+    if !matches!(parsed.scheme(), "http" | "https") {
+        return Err(ApiError::InvalidInput(format!(
+            "{field}: must be an http:// or https:// URL"
+        )));
+    }
+    Ok(())
+}
+
 /// A channel body; every field optional so PATCH can reuse it (create checks what is required).
 #[derive(Deserialize, Default)]
 struct ChannelBody {
@@ -114,16 +132,7 @@ fn validate(body: ChannelBody, base: Option<&ChannelRow>) -> Result<Valid, ApiEr
         .or_else(|| base.map(|b| b.base_url.clone()))
         .unwrap_or_default();
     let base_url = base_url.trim().trim_end_matches('/').to_owned();
-    if provider != Provider::Demo {
-        let parsed = reqwest::Url::parse(&base_url).map_err(|_| {
-            bad(format!(
-                "base_url: {base_url:?} is not a URL (expected e.g. https://api.openai.com/v1)"
-            ))
-        })?;
-        if !matches!(parsed.scheme(), "http" | "https") {
-            return Err(bad("base_url: must be an http:// or https:// URL".into()));
-        }
-    }
+    check_base_url("base_url", provider, &base_url)?;
     let api_key = body
         .api_key
         .or_else(|| base.map(|b| b.api_key.clone()))
@@ -315,13 +324,8 @@ async fn test_channel(
     .await;
     let (status, error) = match result {
         Err(e) => {
-            let label = match e {
-                crate::provider::UpstreamError::Connect(_) => "connect_error",
-                crate::provider::UpstreamError::Timeout(_) => "timeout",
-                crate::provider::UpstreamError::Other(_) => "error",
-            };
             let msg = e.to_string();
-            state.health.failure(&channel, label, &msg);
+            state.health.failure(&channel, e.outcome(), &msg);
             (None, Some(msg))
         }
         Ok(mut r) => {
@@ -333,27 +337,16 @@ async fn test_channel(
             }
             let snippet: String = String::from_utf8_lossy(&text).chars().take(500).collect();
             match r.status {
-                200..=299 => {
-                    state.health.success(&channel, "ok");
-                    (Some(r.status), None)
-                }
                 401 | 403 => {
                     crate::gateway::health::disable_for_credentials(
                         &state, &channel, r.status, &snippet,
                     )
                     .await;
-                    (Some(r.status), Some(snippet))
                 }
-                s => {
-                    let label = match s {
-                        429 => "rate_limited",
-                        500.. => "server_error",
-                        _ => "client_error",
-                    };
-                    state.health.failure(&channel, label, &snippet);
-                    (Some(s), Some(snippet))
-                }
+                s => state.health.record_answer(&channel, s, &snippet),
             }
+            let error = (!(200..300).contains(&r.status)).then_some(snippet);
+            (Some(r.status), error)
         }
     };
     if let Some(e) = &error {

@@ -3,7 +3,7 @@
 //! this instance at once (caches are cleared or the catalog reloaded before the reply) and reach
 //! the other instances through [`crate::cluster`].
 
-mod channels;
+pub mod channels;
 mod keys;
 mod models;
 pub mod registry;

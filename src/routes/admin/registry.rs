@@ -10,6 +10,7 @@
 //! and OpenAI's API for every other vendor. `credits_cost` is a flat price per answered request;
 //! `config.max_tokens` caps the output (and sizes the reservation).
 
+use super::channels::check_base_url;
 use super::models::{MediaBody, model_json};
 use super::{ok, path_id, reload_catalog};
 use crate::billing::money::NonNegativeMicros;
@@ -166,13 +167,7 @@ pub async fn create(
         .trim()
         .trim_end_matches('/')
         .to_owned();
-    if provider != Provider::Demo
-        && !reqwest::Url::parse(&base_url).is_ok_and(|u| matches!(u.scheme(), "http" | "https"))
-    {
-        return Err(ApiError::InvalidInput(format!(
-            "api_base: {base_url:?} is not an http(s) URL (the vendor's API root, e.g. https://api.openai.com/v1)"
-        )));
-    }
+    check_base_url("api_base", provider, &base_url)?;
     if let Some(existing) = db::catalog::model_by_name(&state.db, &model_name).await? {
         return Err(ApiError::Conflict(format!(
             "model_name {model_name:?} is already registered (id {}); change it with PUT /api/v1/models/{}",
@@ -282,26 +277,20 @@ pub async fn update(
     if let Some(c) = channel.clone()
         && (body.api_key.is_some() || body.api_base.is_some() || body.provider.is_some())
     {
-        let provider = body
-            .provider
-            .as_deref()
-            .map_or(c.provider.clone(), |v| provider_for(v).as_str().to_owned());
+        let provider = match body.provider.as_deref() {
+            Some(vendor) => provider_for(vendor),
+            None => Provider::parse(&c.provider).unwrap_or(Provider::OpenAi),
+        };
         let base_url = body.api_base.as_deref().map_or(c.base_url.clone(), |b| {
             b.trim().trim_end_matches('/').to_owned()
         });
-        if provider != "demo"
-            && !reqwest::Url::parse(&base_url).is_ok_and(|u| matches!(u.scheme(), "http" | "https"))
-        {
-            return Err(ApiError::InvalidInput(format!(
-                "api_base: {base_url:?} is not an http(s) URL"
-            )));
-        }
+        check_base_url("api_base", provider, &base_url)?;
         channel = db::catalog::update_channel(
             &state.db,
             c.id,
             &ChannelFields {
                 name: &c.name,
-                provider: &provider,
+                provider: provider.as_str(),
                 base_url: &base_url,
                 api_key: body.api_key.as_deref().unwrap_or(&c.api_key),
                 models: &c.models,

@@ -34,12 +34,7 @@ pub async fn metered(
     let body = body_bytes(state, body)?;
     let (result, headers) =
         gateway::chat::complete(state, caller, request_id, endpoint, body).await;
-    let mut response = match result {
-        Ok(reply) => into_response(reply),
-        Err(e) => e.into_response(),
-    };
-    headers.apply(response.headers_mut());
-    Ok(response)
+    Ok(super::with_rate_headers(result.map(into_response), headers))
 }
 
 /// The request body, or the client error for one that is too large or unreadable.

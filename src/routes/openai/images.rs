@@ -8,7 +8,7 @@ use crate::state::AppState;
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::extract::rejection::BytesRejection;
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 
 pub async fn create_image(
     State(state): State<AppState>,
@@ -18,10 +18,5 @@ pub async fn create_image(
 ) -> Result<Response, OpenAiError> {
     let body = body_bytes(&state, body)?;
     let (result, headers) = gateway::images::generate(&state, &caller, request_id, body).await;
-    let mut response = match result {
-        Ok(reply) => into_response(reply),
-        Err(e) => e.into_response(),
-    };
-    headers.apply(response.headers_mut());
-    Ok(response)
+    Ok(super::with_rate_headers(result.map(into_response), headers))
 }

@@ -8,8 +8,11 @@ mod images;
 mod models;
 mod videos;
 
+use crate::error::OpenAiError;
+use crate::gateway::throttle::RateHeaders;
 use crate::state::AppState;
 use axum::Router;
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 
 pub fn router() -> Router<AppState> {
@@ -34,4 +37,17 @@ pub fn router() -> Router<AppState> {
                 .put(crate::routes::admin::registry::update)
                 .delete(crate::routes::admin::registry::delete),
         )
+}
+
+/// The answer to a limited call (or its error), with the call's rate-limit headers.
+fn with_rate_headers<T: IntoResponse>(
+    result: Result<T, OpenAiError>,
+    headers: RateHeaders,
+) -> Response {
+    let mut response = match result {
+        Ok(answer) => answer.into_response(),
+        Err(e) => e.into_response(),
+    };
+    headers.apply(response.headers_mut());
+    response
 }

@@ -42,12 +42,7 @@ async fn limited(
         Ok(a) => (body(), a.headers),
         Err(refused) => (Err(refused.error), refused.headers),
     };
-    let mut response = match result {
-        Ok(v) => Json(v).into_response(),
-        Err(e) => e.into_response(),
-    };
-    headers.apply(response.headers_mut());
-    response
+    super::with_rate_headers(result.map(Json), headers)
 }
 
 pub async fn list_models(

@@ -12,7 +12,7 @@ use axum::Json;
 use axum::body::{Body, Bytes};
 use axum::extract::{FromRequest, Multipart, Path, Request, State};
 use axum::http::{StatusCode, header};
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use futures_util::StreamExt;
 use serde_json::{Map, Value};
 
@@ -106,12 +106,7 @@ async fn submit(
     shape: fn(&crate::db::videos::VideoTask) -> Value,
 ) -> Response {
     let (result, headers) = videos::submit(state, caller, request_id, req).await;
-    let mut response = match result {
-        Ok(task) => Json(shape(&task)).into_response(),
-        Err(e) => e.into_response(),
-    };
-    headers.apply(response.headers_mut());
-    response
+    super::with_rate_headers(result.map(|task| Json(shape(&task))), headers)
 }
 
 /// `POST /v1/videos`.
