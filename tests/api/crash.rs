@@ -54,13 +54,7 @@ async fn stream_once(client: reqwest::Client, url: String, key: String) -> Seen 
 on_both_backends! {
     async fn sigkill_under_streaming_load_loses_no_told_charge_and_holds_nothing_past_expiry(b: Backend) {
         let dir = tempfile::tempdir().expect("dir");
-        let (db_url, pg) = match &b {
-            Backend::Sqlite => (format!("sqlite://{}/tollgate.db", dir.path().display()), None),
-            Backend::Postgres(url) => {
-                let (db_url, name) = create_pg_database(url).await;
-                (db_url, Some((url.clone(), name)))
-            }
-        };
+        let (db_url, pg) = fresh_database(&b, &dir).await;
         // Each stream: 8 pieces 100 ms apart, then usage 10 prompt + 10 completion = 30 micros.
         let mut events: Vec<String> = (0..8)
             .map(|i| format!("data: {{\"choices\":[{{\"index\":0,\"delta\":{{\"content\":\"p{i}\"}}}}]}}\n\n"))

@@ -70,6 +70,24 @@ pub fn redis_url() -> Option<String> {
         .filter(|u| !u.is_empty())
 }
 
+/// A database for a test that runs the real binary: a SQLite file in `dir`, or a fresh Postgres
+/// database (whose server URL and name are returned, to drop it afterwards).
+pub async fn fresh_database(
+    b: &Backend,
+    dir: &tempfile::TempDir,
+) -> (String, Option<(String, String)>) {
+    match b {
+        Backend::Sqlite => (
+            format!("sqlite://{}/tollgate.db", dir.path().display()),
+            None,
+        ),
+        Backend::Postgres(url) => {
+            let (db_url, name) = create_pg_database(url).await;
+            (db_url, Some((url.clone(), name)))
+        }
+    }
+}
+
 /// Replaces the database name in a Postgres URL.
 pub fn with_database(url: &str, db: &str) -> String {
     let (head, query) = match url.split_once('?') {

@@ -241,13 +241,7 @@ on_both_backends! {
 
     async fn a_task_outlives_a_sigkill_and_is_refunded_once_after_the_restart(b: Backend) {
         let dir = tempfile::tempdir().expect("dir");
-        let (db_url, pg) = match &b {
-            Backend::Sqlite => (format!("sqlite://{}/tollgate.db", dir.path().display()), None),
-            Backend::Postgres(url) => {
-                let (db_url, name) = create_pg_database(url).await;
-                (db_url, Some((url.clone(), name)))
-            }
-        };
+        let (db_url, pg) = fresh_database(&b, &dir).await;
         // Running for the first 1000 polls: the task is still open when the gateway dies.
         let (fake, base) = start_fake(Plan { running_polls: 1000, delivers: None }).await;
         let env = [("TOLLGATE__VIDEO__POLL_INTERVAL_MS", "50"), ("TOLLGATE__VIDEO__LEASE_MS", "500")];

@@ -114,6 +114,27 @@ pub struct RegistryBody {
     is_active: Option<bool>,
 }
 
+impl RegistryBody {
+    /// `prices` with what this body sets; on a new model the cached-input price follows the
+    /// input price.
+    fn apply_prices(&self, prices: &mut Prices, new: bool) -> Result<(), ApiError> {
+        if let Some(p) = self.input_price {
+            prices.input = p.0.0;
+            if new {
+                prices.cached_input = p.0.0;
+            }
+        }
+        if let Some(p) = self.output_price {
+            prices.output = p.0.0;
+        }
+        MediaBody {
+            request_price: self.credits_cost,
+            ..MediaBody::default()
+        }
+        .apply(prices)
+    }
+}
+
 fn config_text(config: &Option<Value>) -> Result<Option<String>, ApiError> {
     match config {
         None | Some(Value::Null) => Ok(None),
@@ -175,18 +196,7 @@ pub async fn create(
         )));
     }
     let mut prices = Prices::default();
-    if let Some(p) = body.input_price {
-        prices.input = p.0.0;
-        prices.cached_input = p.0.0;
-    }
-    if let Some(p) = body.output_price {
-        prices.output = p.0.0;
-    }
-    MediaBody {
-        request_price: body.credits_cost,
-        ..MediaBody::default()
-    }
-    .apply(&mut prices)?;
+    body.apply_prices(&mut prices, true)?;
     let row = db::catalog::upsert_model(&state.db, &model_name, &prices, None).await?;
     let row = db::catalog::set_registry_fields(
         &state.db,
@@ -245,17 +255,7 @@ pub async fn update(
     }
     let config = config_text(&body.config)?;
     let mut prices = Prices::of(&current);
-    if let Some(p) = body.input_price {
-        prices.input = p.0.0;
-    }
-    if let Some(p) = body.output_price {
-        prices.output = p.0.0;
-    }
-    MediaBody {
-        request_price: body.credits_cost,
-        ..MediaBody::default()
-    }
-    .apply(&mut prices)?;
+    body.apply_prices(&mut prices, false)?;
     let mut row = db::catalog::upsert_model(&state.db, &current.model, &prices, None).await?;
     row = db::catalog::set_registry_fields(
         &state.db,
