@@ -143,6 +143,7 @@ async fn main() {
     config.server.listen = "127.0.0.1:0".into();
     config.database.url = format!("sqlite://{}/bench.db", dir.path().display());
     config.admin_key = Some(ADMIN.into());
+    config.master_key = Some("bench-master-key-0123456789abcdefghij".into());
     let app = Application::build(config).await.expect("app");
     let gw = format!("http://{}", app.local_addr());
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();

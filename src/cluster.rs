@@ -106,7 +106,7 @@ pub async fn apply(state: &AppState, change: Change) -> Result<(), sqlx::Error> 
             state.keys.invalidate_all();
             Ok(())
         }
-        Change::Catalog => state.catalog.reload(&state.db).await,
+        Change::Catalog => state.catalog.reload(&state.db, &state.secrets).await,
     }
 }
 

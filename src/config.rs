@@ -22,6 +22,7 @@ pub struct Config {
     pub redis: RedisConfig,
     pub limits: LimitsConfig,
     pub video: VideoConfig,
+    pub secrets: SecretsConfig,
     pub log: LogConfig,
     /// The bootstrap admin credential (from `TOLLGATE_ADMIN_KEY`, never from a file).
     #[serde(skip)]
@@ -29,6 +30,16 @@ pub struct Config {
     /// The secret login tokens are signed with (from `TOLLGATE_JWT_SECRET`, never from a file).
     #[serde(skip)]
     pub jwt_secret: Option<String>,
+    /// The key upstream credentials are sealed with (from `TOLLGATE_MASTER_KEY`, never from a
+    /// file; without it, `secrets.master_key_file`).
+    #[serde(skip)]
+    pub master_key: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SecretsConfig {
+    pub master_key_file: String,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -200,6 +211,7 @@ impl Config {
         }
         let mut admin_key = None;
         let mut jwt_secret = None;
+        let mut master_key = None;
         let mut database_url = None;
         let mut redis_url = None;
         for (name, value) in env {
@@ -214,6 +226,8 @@ impl Config {
                 admin_key = Some(value);
             } else if name == "TOLLGATE_JWT_SECRET" && !value.is_empty() {
                 jwt_secret = Some(value);
+            } else if name == "TOLLGATE_MASTER_KEY" && !value.is_empty() {
+                master_key = Some(value);
             } else if name == "TOLLGATE_DATABASE_URL" && !value.is_empty() {
                 database_url = Some(value);
             } else if name == "TOLLGATE_REDIS_URL" && !value.is_empty() {
@@ -239,6 +253,7 @@ impl Config {
             .context("invalid configuration")?;
         config.admin_key = admin_key;
         config.jwt_secret = jwt_secret;
+        config.master_key = master_key;
         config.validate()?;
         Ok(config)
     }
@@ -310,6 +325,14 @@ impl Config {
             && k.len() < 32
         {
             bail!("TOLLGATE_JWT_SECRET must be at least 32 characters");
+        }
+        if let Some(k) = &self.master_key
+            && k.len() < 32
+        {
+            bail!("TOLLGATE_MASTER_KEY must be at least 32 characters");
+        }
+        if self.master_key.is_none() && self.secrets.master_key_file.is_empty() {
+            bail!("secrets.master_key_file is empty and TOLLGATE_MASTER_KEY is not set");
         }
         if self.auth.access_token_ttl_ms < 1000 || self.auth.refresh_token_ttl_ms < 1000 {
             bail!("auth.access_token_ttl_ms and auth.refresh_token_ttl_ms must be at least 1000");

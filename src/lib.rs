@@ -21,5 +21,6 @@ pub mod limits;
 pub mod metrics;
 pub mod provider;
 pub mod routes;
+pub mod secrets;
 pub mod startup;
 pub mod state;

@@ -11,6 +11,7 @@ use crate::gateway::health::Health;
 use crate::gateway::session::Sessions;
 use crate::limits::Limiter;
 use crate::limits::shared::Shared;
+use crate::secrets::Secrets;
 use crate::state::{AppState, Inner};
 use anyhow::Context;
 use axum::serve::ListenerExt;
@@ -36,6 +37,19 @@ impl Application {
         let metrics = crate::metrics::install();
         let db = Db::connect(&config.database.url, config.database.max_connections).await?;
         db.migrate().await?;
+        let secrets = Secrets::load(
+            config.master_key.as_deref(),
+            &config.secrets.master_key_file,
+        )?;
+        let sealed = crate::db::catalog::seal_plain_credentials(&db, &secrets)
+            .await
+            .context("sealing channel credentials")?;
+        if sealed > 0 {
+            tracing::info!(
+                channels = sealed,
+                "sealed channel credentials stored in plain text"
+            );
+        }
         let book = crate::billing::book::Book::open(&db)
             .await
             .context("loading balances")?;
@@ -101,12 +115,13 @@ impl Application {
             cut_streams: CancellationToken::new(),
             config,
             db,
+            secrets,
             http,
             metrics,
         });
         state
             .catalog
-            .reload(&state.db)
+            .reload(&state.db, &state.secrets)
             .await
             .context("loading models and channels")?;
         Ok(Application {
@@ -226,7 +241,7 @@ async fn refresh_catalog(state: AppState, interval: Duration, stop: Cancellation
             _ = stop.cancelled() => return,
             _ = tokio::time::sleep(interval) => {}
         }
-        if let Err(e) = state.catalog.reload(&state.db).await {
+        if let Err(e) = state.catalog.reload(&state.db, &state.secrets).await {
             tracing::warn!(error = %e, "catalog refresh failed");
         }
     }

@@ -9,6 +9,7 @@ use crate::gateway::catalog::Catalog;
 use crate::gateway::health::Health;
 use crate::gateway::session::Sessions;
 use crate::limits::Limiter;
+use crate::secrets::Secrets;
 use metrics_exporter_prometheus::PrometheusHandle;
 use std::ops::Deref;
 use std::sync::Arc;
@@ -22,6 +23,8 @@ pub struct AppState(Arc<Inner>);
 pub struct Inner {
     pub config: Config,
     pub db: Db,
+    /// Opens and seals upstream credentials stored in the database.
+    pub secrets: Secrets,
     /// The one pooled HTTP client for every upstream.
     pub http: reqwest::Client,
     pub keys: KeyCache,

@@ -1,6 +1,7 @@
 //! Channels (upstreams) and models with their price versions: what the routing catalog is built from.
 
 use super::{Db, now_ms, read_pool, write_pool};
+use crate::secrets::{Purpose, Secrets};
 
 /// The columns of a [`ModelRow`].
 macro_rules! model_columns {
@@ -20,7 +21,8 @@ macro_rules! channel_columns {
     };
 }
 
-/// An upstream channel as stored. `models` and `model_map` are JSON text.
+/// An upstream channel as stored (`api_key` opened: the table holds it sealed). `models` and
+/// `model_map` are JSON text.
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct ChannelRow {
     pub id: i64,
@@ -41,7 +43,7 @@ pub struct ChannelRow {
     pub last_error_at_ms: Option<i64>,
 }
 
-/// Fields of a channel, for create and full update.
+/// Fields of a channel, for create and full update (`api_key` in plain text: it is sealed here).
 pub struct ChannelFields<'a> {
     pub name: &'a str,
     pub provider: &'a str,
@@ -116,9 +118,24 @@ impl Prices {
     }
 }
 
-pub async fn insert_channel(db: &Db, c: &ChannelFields<'_>) -> Result<ChannelRow, sqlx::Error> {
+/// `row` with its credential opened.
+fn opened(secrets: &Secrets, mut row: ChannelRow) -> Result<ChannelRow, sqlx::Error> {
+    row.api_key = secrets
+        .open(Purpose::ChannelCredential, &row.api_key)
+        .map_err(|e| {
+            sqlx::Error::Decode(format!("channel {} ({}): {e}", row.id, row.name).into())
+        })?;
+    Ok(row)
+}
+
+pub async fn insert_channel(
+    db: &Db,
+    secrets: &Secrets,
+    c: &ChannelFields<'_>,
+) -> Result<ChannelRow, sqlx::Error> {
     let now = now_ms();
-    write_pool!(db, p => sqlx::query_as::<_, ChannelRow>(concat!(
+    let sealed = secrets.seal(Purpose::ChannelCredential, c.api_key);
+    let row = write_pool!(db, p => sqlx::query_as::<_, ChannelRow>(concat!(
         "INSERT INTO channels (name, provider, base_url, api_key, models, model_map, priority, weight, status, created_at_ms, updated_at_ms)
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $10)
          RETURNING ", channel_columns!()),
@@ -126,7 +143,7 @@ pub async fn insert_channel(db: &Db, c: &ChannelFields<'_>) -> Result<ChannelRow
     .bind(c.name)
     .bind(c.provider)
     .bind(c.base_url)
-    .bind(c.api_key)
+    .bind(&sealed)
     .bind(c.models)
     .bind(c.model_map)
     .bind(c.priority)
@@ -134,15 +151,18 @@ pub async fn insert_channel(db: &Db, c: &ChannelFields<'_>) -> Result<ChannelRow
     .bind(c.status)
     .bind(now)
     .fetch_one(p)
-    .await)
+    .await)?;
+    opened(secrets, row)
 }
 
 pub async fn update_channel(
     db: &Db,
+    secrets: &Secrets,
     id: i64,
     c: &ChannelFields<'_>,
 ) -> Result<Option<ChannelRow>, sqlx::Error> {
-    write_pool!(db, p => sqlx::query_as::<_, ChannelRow>(concat!(
+    let sealed = secrets.seal(Purpose::ChannelCredential, c.api_key);
+    let row = write_pool!(db, p => sqlx::query_as::<_, ChannelRow>(concat!(
         "UPDATE channels SET name = $2, provider = $3, base_url = $4, api_key = $5, models = $6, model_map = $7,
                 priority = $8, weight = $9, status = $10, updated_at_ms = $11,
                 disabled_reason = CASE WHEN $10 = 'active' THEN NULL ELSE disabled_reason END
@@ -153,7 +173,7 @@ pub async fn update_channel(
     .bind(c.name)
     .bind(c.provider)
     .bind(c.base_url)
-    .bind(c.api_key)
+    .bind(&sealed)
     .bind(c.models)
     .bind(c.model_map)
     .bind(c.priority)
@@ -161,7 +181,8 @@ pub async fn update_channel(
     .bind(c.status)
     .bind(now_ms())
     .fetch_optional(p)
-    .await)
+    .await)?;
+    row.map(|r| opened(secrets, r)).transpose()
 }
 
 pub async fn delete_channel(db: &Db, id: i64) -> Result<bool, sqlx::Error> {
@@ -173,21 +194,54 @@ pub async fn delete_channel(db: &Db, id: i64) -> Result<bool, sqlx::Error> {
     Ok(deleted == 1)
 }
 
-pub async fn get_channel(db: &Db, id: i64) -> Result<Option<ChannelRow>, sqlx::Error> {
-    read_pool!(db, p => sqlx::query_as::<_, ChannelRow>(
+pub async fn get_channel(
+    db: &Db,
+    secrets: &Secrets,
+    id: i64,
+) -> Result<Option<ChannelRow>, sqlx::Error> {
+    let row = read_pool!(db, p => sqlx::query_as::<_, ChannelRow>(
         concat!("SELECT ", channel_columns!(), " FROM channels WHERE id = $1"),
     )
     .bind(id)
     .fetch_optional(p)
-    .await)
+    .await)?;
+    row.map(|r| opened(secrets, r)).transpose()
 }
 
-pub async fn list_channels(db: &Db) -> Result<Vec<ChannelRow>, sqlx::Error> {
-    read_pool!(db, p => sqlx::query_as::<_, ChannelRow>(
+pub async fn list_channels(db: &Db, secrets: &Secrets) -> Result<Vec<ChannelRow>, sqlx::Error> {
+    let rows = read_pool!(db, p => sqlx::query_as::<_, ChannelRow>(
         concat!("SELECT ", channel_columns!(), " FROM channels ORDER BY id"),
     )
     .fetch_all(p)
-    .await)
+    .await)?;
+    rows.into_iter().map(|r| opened(secrets, r)).collect()
+}
+
+/// Seals the credentials still stored in plain text (written before they were sealed);
+/// returns how many. Each row is only rewritten if it still holds the value read.
+pub async fn seal_plain_credentials(db: &Db, secrets: &Secrets) -> Result<u64, sqlx::Error> {
+    let rows: Vec<(i64, String)> = read_pool!(db, p => sqlx::query_as(
+        "SELECT id, api_key FROM channels ORDER BY id",
+    )
+    .fetch_all(p)
+    .await)?;
+    let mut sealed = 0;
+    for (id, key) in rows {
+        if crate::secrets::is_sealed(&key) {
+            continue;
+        }
+        let value = secrets.seal(Purpose::ChannelCredential, &key);
+        sealed += write_pool!(db, p => sqlx::query(
+            "UPDATE channels SET api_key = $2 WHERE id = $1 AND api_key = $3",
+        )
+        .bind(id)
+        .bind(&value)
+        .bind(&key)
+        .execute(p)
+        .await?
+        .rows_affected());
+    }
+    Ok(sealed)
 }
 
 pub async fn list_models(db: &Db) -> Result<Vec<ModelRow>, sqlx::Error> {

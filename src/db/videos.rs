@@ -5,8 +5,9 @@
 //! record. Pollers claim tasks by taking a lease, so several instances never poll one task at
 //! the same moment and a dead instance's tasks are picked up after the lease runs out.
 
-use super::billing::{UsageRecord, bind_usage, usage_columns, usage_insert};
+use super::billing::{ReserveError, UsageRecord, bind_usage, usage_columns, usage_insert};
 use super::{Db, now_ms, read_pool, write_pool};
+use crate::billing::Micros;
 
 /// A task as stored.
 #[derive(Debug, Clone, sqlx::FromRow)]
@@ -52,19 +53,8 @@ macro_rules! columns {
     };
 }
 
-/// Why a hold was refused.
-#[derive(Debug, thiserror::Error)]
-pub enum HoldError {
-    #[error("insufficient balance: available {available}")]
-    Insufficient { available: i64 },
-    #[error("user is not active")]
-    UserInactive,
-    #[error(transparent)]
-    Db(#[from] sqlx::Error),
-}
-
 /// Writes a new task and debits its hold (`task.held_micros`) in one transaction.
-pub async fn create_with_hold(db: &Db, t: &VideoTask) -> Result<(), HoldError> {
+pub async fn create_with_hold(db: &Db, t: &VideoTask) -> Result<(), ReserveError> {
     let now = now_ms();
     write_pool!(db, p => {
         let mut tx = p.begin().await?;
@@ -85,8 +75,11 @@ pub async fn create_with_hold(db: &Db, t: &VideoTask) -> Result<(), HoldError> {
                     .fetch_optional(&mut *tx)
                     .await?;
             return Err(match row {
-                Some((s, b, r)) if s == "active" => HoldError::Insufficient { available: b - r },
-                _ => HoldError::UserInactive,
+                Some((s, b, r)) if s == "active" => ReserveError::Insufficient {
+                    needed: Micros(t.held_micros),
+                    available: Micros(b - r),
+                },
+                _ => ReserveError::UserInactive,
             });
         };
         sqlx::query(

@@ -2,9 +2,11 @@
 //! them, reloaded after every admin change on this instance and every
 //! `catalog.refresh_interval_ms`. Requests read it without touching the database.
 
+use super::request::Defaults;
 use crate::billing::TokenPrice;
 use crate::db::{self, Db};
 use crate::provider::Provider;
+use crate::secrets::Secrets;
 use rand::RngExt;
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, RwLock};
@@ -75,6 +77,8 @@ pub struct Model {
     pub price: TokenPrice,
     pub media: MediaPrices,
     pub max_output_tokens: Option<i64>,
+    /// What its registry `config` adds to requests that leave it out.
+    pub defaults: Defaults,
     /// Requests and tokens per window each key gets on this model (`None`: no model limit).
     pub rpm: Option<i64>,
     pub tpm: Option<i64>,
@@ -127,12 +131,6 @@ pub fn default_cache_write(input_micros_per_mtok: i64) -> i64 {
     input_micros_per_mtok.saturating_mul(5).saturating_add(3) / 4
 }
 
-/// `max_tokens` of a registry model's `config`, the output cap when none is set otherwise.
-fn config_max_tokens(config: &Option<String>) -> Option<i64> {
-    let config: serde_json::Value = serde_json::from_str(config.as_deref()?).ok()?;
-    config["max_tokens"].as_i64().filter(|&n| n > 0)
-}
-
 #[derive(Default)]
 struct Snapshot {
     models: HashMap<String, Arc<Model>>,
@@ -150,11 +148,11 @@ pub struct Catalog {
 }
 
 impl Catalog {
-    /// Rebuilds the snapshot from the database.
-    pub async fn reload(&self, db: &Db) -> Result<(), sqlx::Error> {
+    /// Rebuilds the snapshot from the database (channel credentials opened with `secrets`).
+    pub async fn reload(&self, db: &Db, secrets: &Secrets) -> Result<(), sqlx::Error> {
         let _one_at_a_time = self.reloading.lock().await;
         let models = db::catalog::list_models(db).await?;
-        let channels = db::catalog::list_channels(db).await?;
+        let channels = db::catalog::list_channels(db, secrets).await?;
         let mut by_model: HashMap<String, Vec<Arc<Channel>>> = HashMap::new();
         for row in channels.into_iter().filter(|c| c.status == "active") {
             let Some(channel) = Channel::from_row(&row) else {
@@ -202,7 +200,8 @@ impl Catalog {
                         .unwrap_or_default(),
                     video_second: m.video_second_micros,
                 },
-                max_output_tokens: m.max_output_tokens.or_else(|| config_max_tokens(&m.config)),
+                max_output_tokens: m.max_output_tokens,
+                defaults: Defaults::from_config(m.config.as_deref()),
                 rpm: m.rpm,
                 tpm: m.tpm,
                 created_at_ms: m.created_at_ms,

@@ -132,10 +132,11 @@ fn prepare(
         param: e.param,
     })?;
     let (user_id, model) = route(state, caller, &req.model)?;
-    let per_choice = req
-        .max_output_tokens
-        .or(model.max_output_tokens)
-        .unwrap_or(state.config.billing.default_max_output_tokens);
+    let per_choice = req.output_per_choice(
+        &model.defaults,
+        model.max_output_tokens,
+        state.config.billing.default_max_output_tokens,
+    );
     let output = per_choice.saturating_mul(req.n);
     let amount = model
         .price
@@ -202,16 +203,16 @@ async fn run_prepared(
             if let Some(p) = &permit {
                 p.settle_tokens(0).await;
             }
-            return Err(refused_reservation(
-                state,
+            let payer = Payer {
                 caller,
-                &request_id,
-                &req,
-                &model,
+                request_id: &request_id,
                 user_id,
+                model: &model,
+                endpoint: req.endpoint.path(),
+                stream: req.stream,
                 started,
-                e,
-            ));
+            };
+            return Err(refused(state, &payer, e));
         }
     };
     let ctx = Ctx {
@@ -262,38 +263,41 @@ pub async fn hold(
     Ok(held)
 }
 
-/// The client error for a reservation that was refused (402 is also recorded as usage).
-#[allow(clippy::too_many_arguments)]
-fn refused_reservation(
-    state: &AppState,
-    caller: &Caller,
-    request_id: &str,
-    req: &ChatRequest,
-    model: &Model,
-    user_id: i64,
-    started: Instant,
-    e: ReserveError,
-) -> OpenAiError {
+/// A request whose reservation may be refused, as its usage record names it.
+pub struct Payer<'a> {
+    pub caller: &'a Caller,
+    pub request_id: &'a str,
+    pub user_id: i64,
+    pub model: &'a Model,
+    /// The usage record's `endpoint` (`chat/completions`, `images/generations`, …).
+    pub endpoint: &'static str,
+    pub stream: bool,
+    pub started: Instant,
+}
+
+/// The client error for a reservation that was refused; a 402 is also recorded as usage
+/// (nothing charged), on every endpoint.
+pub fn refused(state: &AppState, payer: &Payer<'_>, e: ReserveError) -> OpenAiError {
     match e {
         ReserveError::Insufficient { needed, available } => {
             metrics::counter!(m::RESERVATIONS_REFUSED).increment(1);
             let record = UsageRecord {
-                request_id: request_id.to_owned(),
-                user_id,
-                key_id: caller.key_id,
-                model: model.name.clone(),
+                request_id: payer.request_id.to_owned(),
+                user_id: payer.user_id,
+                key_id: payer.caller.key_id,
+                model: payer.model.name.clone(),
                 upstream_model: None,
                 channel_id: None,
-                endpoint: req.endpoint.path(),
-                stream: req.stream,
+                endpoint: payer.endpoint,
+                stream: payer.stream,
                 status: "insufficient_balance",
                 http_status: 402,
                 usage: TokenUsage::default(),
                 usage_source: "none",
                 reserved: Micros::ZERO,
                 cost: Micros::ZERO,
-                price_version: Some(model.price.version),
-                latency_ms: started.elapsed().as_millis() as i64,
+                price_version: Some(payer.model.price.version),
+                latency_ms: payer.started.elapsed().as_millis() as i64,
                 ttft_ms: None,
                 error: None,
                 units: 0,
@@ -305,7 +309,7 @@ fn refused_reservation(
             OpenAiError::InsufficientBalance { needed, available }
         }
         ReserveError::UserInactive => OpenAiError::Auth(super::auth::AuthError::UserDisabled),
-        ReserveError::Db(e) => OpenAiError::internal(request_id, e),
+        ReserveError::Db(e) => OpenAiError::internal(payer.request_id, e),
     }
 }
 
@@ -403,11 +407,11 @@ async fn run(ctx: Ctx, mut reply_tx: ReplyTx) {
     let mut last: Option<(Result<Reply, OpenAiError>, Ending)> = None;
     let channels = ctx.model.channel_order();
     let mut overhead_recorded = false;
-    let max_tokens = ctx
-        .req
-        .max_output_tokens
-        .or(ctx.model.max_output_tokens)
-        .unwrap_or(state.config.billing.default_max_output_tokens);
+    let max_tokens = ctx.req.output_per_choice(
+        &ctx.model.defaults,
+        ctx.model.max_output_tokens,
+        state.config.billing.default_max_output_tokens,
+    );
     let health = &state.health;
     for channel in channels
         .into_iter()
@@ -415,7 +419,9 @@ async fn run(ctx: Ctx, mut reply_tx: ReplyTx) {
         .take(MAX_ATTEMPTS)
     {
         let upstream_model = channel.upstream_model(&ctx.model.name).to_owned();
-        let body = ctx.req.upstream_body(&ctx.body, &upstream_model);
+        let body = ctx
+            .req
+            .upstream_body(&ctx.body, &upstream_model, &ctx.model.defaults);
         if !overhead_recorded {
             metrics::histogram!(m::GATEWAY_OVERHEAD).record(ctx.started.elapsed().as_secs_f64());
             overhead_recorded = true;

@@ -6,6 +6,7 @@
 use super::Reply;
 use super::auth::Caller;
 use super::catalog::Model;
+use super::chat::Payer;
 use super::media::{self, Attempt};
 use super::throttle::{self, RateHeaders};
 use crate::billing::Micros;
@@ -19,6 +20,9 @@ use bytes::Bytes;
 use serde_json::Value;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+/// The upstream path and the usage records' `endpoint`.
+const ENDPOINT: &str = "images/generations";
 
 /// The model used when a request names none (as the aggregator API documents).
 pub const DEFAULT_MODEL: &str = "dall-e-3";
@@ -132,7 +136,16 @@ pub async fn generate(
                 unit.saturating_mul(req.n)
                     .saturating_add(model.price.request_micros),
             );
-            match media::reserve(state, caller, &request_id, user_id, &model, amount).await {
+            let payer = Payer {
+                caller,
+                request_id: &request_id,
+                user_id,
+                model: &model,
+                endpoint: ENDPOINT,
+                stream: false,
+                started,
+            };
+            match media::reserve(state, &payer, amount).await {
                 Err(e) => Err(e),
                 Ok(held) => {
                     let task = Task {
@@ -215,17 +228,10 @@ impl Task {
             async move {
                 match channel.provider {
                     Provider::OpenAi => {
-                        openai::post(
-                            &state.http,
-                            &channel,
-                            "images/generations",
-                            body,
-                            first_byte,
-                        )
-                        .await
+                        openai::post(&state.http, &channel, ENDPOINT, body, first_byte).await
                     }
                     Provider::Demo => demo::images(&body, crate::db::now_ms() / 1000),
-                    p => Ok(UpstreamResponse::unsupported(p, "images/generations")),
+                    p => Ok(UpstreamResponse::unsupported(p, ENDPOINT)),
                 }
             }
         })
@@ -314,7 +320,7 @@ impl Task {
                 .as_ref()
                 .map(|c| c.upstream_model(&self.model.name).to_owned()),
             channel_id: channel.as_ref().map(|c| c.id),
-            endpoint: "images/generations",
+            endpoint: ENDPOINT,
             stream: false,
             status,
             http_status,

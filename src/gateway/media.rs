@@ -3,13 +3,11 @@
 //! errors, 429 and 5xx try the next channel; 401/403 disable the channel; other 4xx pass
 //! through; timeouts end the request), and the refusal of a reservation.
 
-use super::auth::Caller;
 use super::catalog::{Channel, Model};
+use super::chat::Payer;
 use crate::billing::Micros;
 use crate::billing::book::Held;
-use crate::db::billing::ReserveError;
 use crate::error::OpenAiError;
-use crate::metrics as m;
 use crate::provider::{UpstreamError, UpstreamResponse};
 use crate::state::AppState;
 use bytes::Bytes;
@@ -166,24 +164,14 @@ where
 }
 
 /// Holds `amount` for a media request; a refusal becomes the client's error (402 for a
-/// balance that does not cover it).
+/// balance that does not cover it, recorded as usage).
 pub async fn reserve(
     state: &AppState,
-    caller: &Caller,
-    request_id: &str,
-    user_id: i64,
-    model: &Model,
+    payer: &Payer<'_>,
     amount: Micros,
 ) -> Result<Held, OpenAiError> {
-    match super::chat::hold(state, caller, request_id, user_id, model, amount).await {
-        Ok(held) => Ok(held),
-        Err(ReserveError::Insufficient { needed, available }) => {
-            metrics::counter!(m::RESERVATIONS_REFUSED).increment(1);
-            Err(OpenAiError::InsufficientBalance { needed, available })
-        }
-        Err(ReserveError::UserInactive) => {
-            Err(OpenAiError::Auth(super::auth::AuthError::UserDisabled))
-        }
-        Err(ReserveError::Db(e)) => Err(OpenAiError::internal(request_id, e)),
-    }
+    let p = payer;
+    super::chat::hold(state, p.caller, p.request_id, p.user_id, p.model, amount)
+        .await
+        .map_err(|e| super::chat::refused(state, p, e))
 }

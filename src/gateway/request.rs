@@ -1,7 +1,8 @@
 //! A metered request as Tollgate sees it (chat completions, legacy completions, embeddings): the
-//! few fields metering needs, read from the raw body without re-serializing it. The upstream body is the client's bytes with two surgical edits:
-//! the `model` value mapped to the upstream name, and, for streams, `stream_options.include_usage`
-//! switched on so the upstream reports usage.
+//! few fields metering needs, read from the raw body without re-serializing it. The upstream
+//! body is the client's bytes with a few surgical edits: the `model` value mapped to the upstream
+//! name, for streams `stream_options.include_usage` switched on so the upstream reports usage,
+//! and the model's configured `temperature` and `max_tokens` added where the client set none.
 
 use serde::Deserialize;
 use serde_json::value::RawValue;
@@ -46,6 +47,8 @@ struct TopLevel<'a> {
     input: Option<&'a RawValue>,
     #[serde(borrow)]
     best_of: Option<&'a RawValue>,
+    #[serde(borrow)]
+    temperature: Option<&'a RawValue>,
 }
 
 /// The OpenAI endpoints metered by tokens.
@@ -71,6 +74,28 @@ impl Endpoint {
 /// OpenAI's default `max_tokens` for legacy completions.
 const COMPLETIONS_DEFAULT_MAX_TOKENS: i64 = 16;
 
+/// What a registry model's `config` sets on generating requests that leave it out.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Defaults {
+    pub temperature: Option<serde_json::Number>,
+    pub max_tokens: Option<i64>,
+}
+
+impl Defaults {
+    /// The defaults in a registry `config` (`{"temperature": 0.2, "max_tokens": 1024}`);
+    /// values of the wrong type are ignored.
+    pub fn from_config(config: Option<&str>) -> Defaults {
+        let Some(config) = config.and_then(|c| serde_json::from_str::<serde_json::Value>(c).ok())
+        else {
+            return Defaults::default();
+        };
+        Defaults {
+            temperature: config["temperature"].as_number().cloned(),
+            max_tokens: config["max_tokens"].as_i64().filter(|&n| n > 0),
+        }
+    }
+}
+
 type JsonObject = serde_json::Map<String, serde_json::Value>;
 
 /// What metering needs from a chat completion request, plus where to edit the raw body.
@@ -81,8 +106,11 @@ pub struct ChatRequest {
     pub stream: bool,
     /// Whether the client itself asked for the usage chunk.
     pub client_wants_usage: bool,
-    /// `max_completion_tokens`, else `max_tokens`, if set.
+    /// `max_completion_tokens`, else `max_tokens`, if set (0 for embeddings).
     pub max_output_tokens: Option<i64>,
+    /// Whether the body has a `temperature`, and an output limit key (even `null`).
+    has_temperature: bool,
+    has_output_limit: bool,
     /// Number of choices (`n`, default 1).
     pub n: i64,
     /// Estimated prompt tokens.
@@ -258,7 +286,7 @@ impl ChatRequest {
         };
         let max_output_tokens = match endpoint {
             Endpoint::Chat => max_completion.or(max_tokens),
-            Endpoint::Completions => Some(max_tokens.unwrap_or(COMPLETIONS_DEFAULT_MAX_TOKENS)),
+            Endpoint::Completions => max_tokens,
             // An embedding generates nothing.
             Endpoint::Embeddings => Some(0),
         };
@@ -272,16 +300,56 @@ impl ChatRequest {
             max_output_tokens,
             n,
             stream_options,
+            has_temperature: top.temperature.is_some(),
+            has_output_limit: top.max_tokens.is_some() || top.max_completion_tokens.is_some(),
         })
     }
 
-    /// The body to send upstream: the client's bytes, with `model` set to `upstream_model` and,
-    /// for a stream, usage reporting switched on.
-    pub fn upstream_body(&self, body: &[u8], upstream_model: &str) -> Vec<u8> {
+    /// The `max_tokens` to add from the model's `defaults`, if the client set no limit.
+    fn injected_max_tokens(&self, defaults: &Defaults) -> Option<i64> {
+        let generates = self.endpoint != Endpoint::Embeddings;
+        (generates && !self.has_output_limit)
+            .then_some(defaults.max_tokens)
+            .flatten()
+    }
+
+    /// The most output tokens one choice may take: the client's limit, else the model's
+    /// configured `max_tokens` (which is sent upstream), else for legacy completions OpenAI's
+    /// default of 16, else the model's cap, else `fallback`.
+    pub fn output_per_choice(
+        &self,
+        defaults: &Defaults,
+        model_cap: Option<i64>,
+        fallback: i64,
+    ) -> i64 {
+        self.max_output_tokens
+            .or_else(|| self.injected_max_tokens(defaults))
+            .or((self.endpoint == Endpoint::Completions).then_some(COMPLETIONS_DEFAULT_MAX_TOKENS))
+            .or(model_cap)
+            .unwrap_or(fallback)
+    }
+
+    /// The body to send upstream: the client's bytes, with `model` set to `upstream_model`,
+    /// for a stream usage reporting switched on, and the `defaults` the client left out.
+    pub fn upstream_body(&self, body: &[u8], upstream_model: &str, defaults: &Defaults) -> Vec<u8> {
         let mut edits: Vec<(Range<usize>, Vec<u8>)> = Vec::with_capacity(2);
         if upstream_model != self.model {
             let quoted = serde_json::to_vec(upstream_model).unwrap_or_default();
             edits.push((self.model_span.clone(), quoted));
+        }
+        let open = body.iter().position(|&b| b == b'{').unwrap_or(0);
+        let mut added = String::new();
+        if self.endpoint != Endpoint::Embeddings
+            && !self.has_temperature
+            && let Some(t) = &defaults.temperature
+        {
+            added.push_str(&format!("\"temperature\":{t},"));
+        }
+        if let Some(n) = self.injected_max_tokens(defaults) {
+            added.push_str(&format!("\"max_tokens\":{n},"));
+        }
+        if !added.is_empty() {
+            edits.push((open + 1..open + 1, added.into_bytes()));
         }
         if self.stream && !self.client_wants_usage {
             match &self.stream_options {
@@ -292,7 +360,6 @@ impl ChatRequest {
                     edits.push((range.clone(), text));
                 }
                 None => {
-                    let open = body.iter().position(|&b| b == b'{').unwrap_or(0);
                     edits.push((
                         open + 1..open + 1,
                         b"\"stream_options\":{\"include_usage\":true},".to_vec(),
@@ -326,7 +393,7 @@ mod tests {
         let body =
             br#"{"model": "m1", "messages":[{"role":"user","content":"hi"}], "temperature": 0.70}"#;
         let req = ChatRequest::parse(body).expect("valid");
-        let out = req.upstream_body(body, "gpt-4o-2024");
+        let out = req.upstream_body(body, "gpt-4o-2024", &Defaults::default());
         assert_eq!(
             String::from_utf8_lossy(&out),
             r#"{"model": "gpt-4o-2024", "messages":[{"role":"user","content":"hi"}], "temperature": 0.70}"#
@@ -339,13 +406,15 @@ mod tests {
         let req = ChatRequest::parse(body).expect("valid");
         assert!(!req.client_wants_usage);
         let out: serde_json::Value =
-            serde_json::from_slice(&req.upstream_body(body, "m1")).expect("json");
+            serde_json::from_slice(&req.upstream_body(body, "m1", &Defaults::default()))
+                .expect("json");
         assert_eq!(out["stream_options"]["include_usage"], true);
 
         let body = br#"{"model":"m1","messages":[{"role":"user","content":"hi"}],"stream":true,"stream_options":{"x":1}}"#;
         let req = ChatRequest::parse(body).expect("valid");
         let out: serde_json::Value =
-            serde_json::from_slice(&req.upstream_body(body, "m1")).expect("json");
+            serde_json::from_slice(&req.upstream_body(body, "m1", &Defaults::default()))
+                .expect("json");
         assert_eq!(
             out["stream_options"],
             serde_json::json!({"x": 1, "include_usage": true})
@@ -354,7 +423,10 @@ mod tests {
         let body = br#"{"model":"m1","messages":[{"role":"user","content":"hi"}],"stream":true,"stream_options":{"include_usage":true}}"#;
         let req = ChatRequest::parse(body).expect("valid");
         assert!(req.client_wants_usage);
-        assert_eq!(req.upstream_body(body, "m1"), body.to_vec());
+        assert_eq!(
+            req.upstream_body(body, "m1", &Defaults::default()),
+            body.to_vec()
+        );
     }
 
     #[test]
@@ -381,5 +453,34 @@ mod tests {
         }
         assert!(ChatRequest::parse(b"not json").is_err());
         assert!(ChatRequest::parse(b"[1,2]").is_err());
+    }
+
+    #[test]
+    fn configured_defaults_fill_only_what_the_client_left_out() {
+        let defaults = Defaults::from_config(Some(r#"{"temperature": 0.2, "max_tokens": 300}"#));
+        let body = br#"{"model":"m1","messages":[{"role":"user","content":"hi"}]}"#;
+        let req = ChatRequest::parse(body).expect("valid");
+        let out: serde_json::Value =
+            serde_json::from_slice(&req.upstream_body(body, "m1", &defaults)).expect("json");
+        assert_eq!(out["temperature"], serde_json::json!(0.2));
+        assert_eq!(out["max_tokens"], 300);
+        assert_eq!(req.output_per_choice(&defaults, Some(100), 4096), 300);
+
+        let body = br#"{"model":"m1","messages":[{"role":"user","content":"hi"}],"temperature":1,"max_completion_tokens":7}"#;
+        let req = ChatRequest::parse(body).expect("valid");
+        assert_eq!(req.upstream_body(body, "m1", &defaults), body.to_vec());
+        assert_eq!(req.output_per_choice(&defaults, Some(100), 4096), 7);
+
+        // No defaults: legacy completions reserve OpenAI's 16, chat the model's cap.
+        let none = Defaults::default();
+        let body = br#"{"model":"m1","prompt":"hi"}"#;
+        let req = ChatRequest::parse_for(Endpoint::Completions, body).expect("valid");
+        assert_eq!(req.upstream_body(body, "m1", &none), body.to_vec());
+        assert_eq!(req.output_per_choice(&none, Some(100), 4096), 16);
+        assert_eq!(req.output_per_choice(&defaults, Some(100), 4096), 300);
+        let body = br#"{"model":"m1","input":"hi"}"#;
+        let req = ChatRequest::parse_for(Endpoint::Embeddings, body).expect("valid");
+        assert_eq!(req.upstream_body(body, "m1", &defaults), body.to_vec());
+        assert_eq!(req.output_per_choice(&defaults, Some(100), 4096), 0);
     }
 }

@@ -7,11 +7,12 @@
 
 use super::auth::Caller;
 use super::catalog::{Channel, Model};
+use super::chat::{Payer, refused};
 use super::media::{self, Attempt};
 use super::throttle::{self, RateHeaders};
 use crate::billing::{Micros, TokenUsage};
-use crate::db::billing::{ReserveError, UsageRecord};
-use crate::db::videos::{self, HoldError, Outcome, VideoTask};
+use crate::db::billing::UsageRecord;
+use crate::db::videos::{self, Outcome, VideoTask};
 use crate::error::OpenAiError;
 use crate::metrics as m;
 use crate::provider::video::{self as provider, NewTask, TaskState};
@@ -20,11 +21,13 @@ use crate::state::AppState;
 use rand::RngExt;
 use serde_json::{Value, json};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
 /// Longest video a request may ask for, in seconds.
 pub const MAX_SECONDS: i64 = 120;
+/// The usage records' `endpoint`.
+const ENDPOINT: &str = "videos";
 /// Tasks one poller claims per round.
 const CLAIM_BATCH: i64 = 16;
 
@@ -107,6 +110,7 @@ async fn start(
     per_second: i64,
     req: VideoRequest,
 ) -> Result<VideoTask, OpenAiError> {
+    let started = Instant::now();
     let held = per_second
         .saturating_mul(req.seconds)
         .saturating_add(model.price.request_micros);
@@ -144,27 +148,22 @@ async fn start(
         updated_at_ms: now,
         completed_at_ms: None,
     };
+    let payer = Payer {
+        caller,
+        request_id: &task.id,
+        user_id,
+        model,
+        endpoint: ENDPOINT,
+        stream: false,
+        started,
+    };
     state
         .book
         .take(user_id, Micros(held))
-        .map_err(|e| match e {
-            ReserveError::Insufficient { needed, available } => {
-                metrics::counter!(m::RESERVATIONS_REFUSED).increment(1);
-                OpenAiError::InsufficientBalance { needed, available }
-            }
-            ReserveError::UserInactive => OpenAiError::Auth(super::auth::AuthError::UserDisabled),
-            ReserveError::Db(e) => OpenAiError::internal(&task.id, e),
-        })?;
+        .map_err(|e| refused(state, &payer, e))?;
     if let Err(e) = videos::create_with_hold(&state.db, &task).await {
         state.book.give(user_id, Micros(held));
-        return Err(match e {
-            HoldError::Insufficient { available } => OpenAiError::InsufficientBalance {
-                needed: Micros(held),
-                available: Micros(available),
-            },
-            HoldError::UserInactive => OpenAiError::Auth(super::auth::AuthError::UserDisabled),
-            HoldError::Db(e) => OpenAiError::internal(&task.id, e),
-        });
+        return Err(refused(state, &payer, e));
     }
     metrics::gauge!(m::VIDEO_TASKS_OPEN).increment(1.0);
     // Creating it upstream runs in a tracked task: a client hanging up cannot strand the hold.
@@ -190,17 +189,22 @@ async fn create_upstream(
     let timeout = Duration::from_millis(state.config.upstream.first_byte_timeout_ms);
     let attempt = media::first_answer(state, model, |channel| {
         let upstream_model = channel.upstream_model(&model.name).to_owned();
-        let body = provider::create_body(&NewTask {
-            model: &upstream_model,
-            prompt: &task.prompt,
-            seconds: task.seconds,
-            size: task.size.as_deref(),
-            aspect_ratio: task.aspect_ratio.as_deref(),
-        });
+        let body = provider::create_body(
+            channel.provider,
+            &NewTask {
+                model: &upstream_model,
+                prompt: &task.prompt,
+                seconds: task.seconds,
+                size: task.size.as_deref(),
+                aspect_ratio: task.aspect_ratio.as_deref(),
+            },
+        );
         let (http, id) = (state.http.clone(), task.id.clone());
         async move {
             match channel.provider {
-                Provider::Video => provider::create(&http, &channel, body, timeout).await,
+                Provider::Video | Provider::OpenAi => {
+                    provider::create(&http, &channel, body, timeout).await
+                }
                 Provider::Demo => Ok(UpstreamResponse::json(
                     200,
                     json!({"task_id": format!("demo-{id}")})
@@ -306,7 +310,7 @@ async fn settle_task(
         model: task.model.clone(),
         upstream_model: task.upstream_model.clone(),
         channel_id: channel.map(|c| c.id).or(task.channel_id),
-        endpoint: "videos",
+        endpoint: ENDPOINT,
         stream: false,
         status: if status == "completed" {
             "ok"
@@ -378,7 +382,8 @@ async fn poll_one(state: &AppState, task: VideoTask) {
         let msg = "the submission was interrupted before a provider took the task";
         return settle_task(state, &task, None, Ended::Failed(msg)).await;
     };
-    let channel = match crate::db::catalog::get_channel(&state.db, channel_id).await {
+    let channel = match crate::db::catalog::get_channel(&state.db, &state.secrets, channel_id).await
+    {
         Ok(Some(row)) => Channel::from_row(&row),
         Ok(None) => None,
         Err(e) => {
@@ -404,7 +409,9 @@ async fn poll_one(state: &AppState, task: VideoTask) {
             url: None,
             seconds: Some(task.seconds),
         }),
-        Provider::Video => provider::poll(&state.http, &channel, &upstream_id, timeout).await,
+        Provider::Video | Provider::OpenAi => {
+            provider::poll(&state.http, &channel, &upstream_id, timeout).await
+        }
         p => Ok(TaskState::Failed {
             error: format!("a {} channel cannot run video tasks", p.as_str()),
         }),
@@ -509,7 +516,7 @@ pub async fn content(state: &AppState, task: &VideoTask) -> Result<Content, Open
         });
     }
     let channel = match task.channel_id {
-        Some(id) => crate::db::catalog::get_channel(&state.db, id)
+        Some(id) => crate::db::catalog::get_channel(&state.db, &state.secrets, id)
             .await
             .ok()
             .flatten()

@@ -1,6 +1,7 @@
-//! The `video` provider: a task-style video generation API, as most video vendors and
-//! aggregators offer one. Create a task, poll its status, fetch the result from the URL it
-//! reports. The base URL is the channel's; the wire format:
+//! Video tasks at a provider: create a task, poll its status, fetch the result. Two wire formats,
+//! on the channel's base URL.
+//!
+//! The `video` provider, a task-style API as most video vendors and aggregators offer one:
 //!
 //! - `POST {base}/tasks` `{"model", "prompt", "duration", "aspect_ratio", "size"}` →
 //!   `{"task_id"}` (also read: `id`, `data.task_id`)
@@ -10,9 +11,16 @@
 //!   inside `data`, and `output.video_url`)
 //! - `GET {video_url}` → the file
 //!
+//! The `openai` provider, OpenAI's own Videos API (Sora), as its SDK speaks it:
+//!
+//! - `POST {base}/videos`, a multipart form `model`, `prompt`, `seconds` (text), `size` → a
+//!   video object (`id`, `status` queued/in_progress/completed/failed, `progress`)
+//! - `GET {base}/videos/{id}` → the video object (`seconds`, `error.message`)
+//! - `GET {base}/videos/{id}/content` → the file (with the channel's credential)
+//!
 //! The `demo` provider answers the same questions locally: its tasks finish at once.
 
-use super::{UpstreamError, error_text};
+use super::{Provider, UpstreamError, error_text};
 use crate::gateway::catalog::Channel;
 use serde_json::{Value, json};
 use std::time::Duration;
@@ -56,8 +64,54 @@ fn request(
     r
 }
 
-/// The body of a create call.
-pub fn create_body(t: &NewTask<'_>) -> Vec<u8> {
+/// Where `channel`'s tasks live (`/tasks` or OpenAI's `/videos`), or one of them.
+fn task_url(channel: &Channel, task_id: Option<&str>) -> String {
+    let collection = match channel.provider {
+        Provider::OpenAi => "videos",
+        _ => "tasks",
+    };
+    match task_id {
+        Some(id) => format!("{}/{collection}/{id}", channel.base_url),
+        None => format!("{}/{collection}", channel.base_url),
+    }
+}
+
+/// OpenAI's `size` for an aspect ratio, when only that is given.
+fn openai_size(t: &NewTask<'_>) -> Option<&'static str> {
+    match t.aspect_ratio? {
+        "16:9" => Some("1280x720"),
+        "9:16" => Some("720x1280"),
+        _ => None,
+    }
+}
+
+/// The body of a create call for `provider`, with its content type: JSON for task APIs, a
+/// multipart form for OpenAI's.
+pub fn create_body(provider: Provider, t: &NewTask<'_>) -> (String, Vec<u8>) {
+    if provider == Provider::OpenAi {
+        let seconds = t.seconds.to_string();
+        let size = t.size.or_else(|| openai_size(t));
+        let fields = [
+            ("model", Some(t.model)),
+            ("prompt", Some(t.prompt)),
+            ("seconds", Some(seconds.as_str())),
+            ("size", size),
+        ];
+        let boundary = format!("tollgate-{:032x}", rand::random::<u128>());
+        let mut body = String::new();
+        for (name, value) in fields {
+            if let Some(value) = value {
+                body.push_str(&format!(
+                    "--{boundary}\r\nContent-Disposition: form-data; name=\"{name}\"\r\n\r\n{value}\r\n"
+                ));
+            }
+        }
+        body.push_str(&format!("--{boundary}--\r\n"));
+        return (
+            format!("multipart/form-data; boundary={boundary}"),
+            body.into_bytes(),
+        );
+    }
     let mut body = json!({"model": t.model, "prompt": t.prompt, "duration": t.seconds});
     if let Some(a) = t.aspect_ratio {
         body["aspect_ratio"] = json!(a);
@@ -65,23 +119,23 @@ pub fn create_body(t: &NewTask<'_>) -> Vec<u8> {
     if let Some(s) = t.size {
         body["size"] = json!(s);
     }
-    body.to_string().into_bytes()
+    ("application/json".into(), body.to_string().into_bytes())
 }
 
 /// Sends a create call (`body` from [`create_body`]).
 pub async fn create(
     http: &reqwest::Client,
     channel: &Channel,
-    body: Vec<u8>,
+    (content_type, body): (String, Vec<u8>),
     timeout: Duration,
 ) -> Result<super::UpstreamResponse, UpstreamError> {
     let r = request(
         http,
         channel,
         reqwest::Method::POST,
-        format!("{}/tasks", channel.base_url),
+        task_url(channel, None),
     )
-    .header(reqwest::header::CONTENT_TYPE, "application/json")
+    .header(reqwest::header::CONTENT_TYPE, content_type)
     .body(body);
     Ok(super::UpstreamResponse::from_reqwest(
         super::send(r, timeout).await?,
@@ -124,7 +178,11 @@ pub fn parse_state(answer: &Value) -> Result<TaskState, String> {
             url: [&a["video_url"], &a["url"], &a["output"]["video_url"]]
                 .into_iter()
                 .find_map(|v| v.as_str().map(str::to_owned)),
-            seconds: a["duration"].as_i64().or_else(|| a["seconds"].as_i64()),
+            // OpenAI reports `seconds` as text ("8").
+            seconds: [&a["duration"], &a["seconds"]].into_iter().find_map(|v| {
+                v.as_i64()
+                    .or_else(|| v.as_str().and_then(|s| s.trim().parse().ok()))
+            }),
         }),
         "failed" | "error" | "cancelled" | "canceled" | "expired" => Ok(TaskState::Failed {
             error: a["error"]["message"]
@@ -150,7 +208,7 @@ pub async fn poll(
         http,
         channel,
         reqwest::Method::GET,
-        format!("{}/tasks/{task_id}", channel.base_url),
+        task_url(channel, Some(task_id)),
     );
     let response = super::send(r, timeout).await.map_err(|e| e.to_string())?;
     let status = response.status();
@@ -168,7 +226,16 @@ pub async fn poll(
     }
     let answer: Value =
         serde_json::from_slice(&body).map_err(|e| format!("status answer is not JSON: {e}"))?;
-    parse_state(&answer)
+    match parse_state(&answer)? {
+        // OpenAI serves a finished video's file at a path of its own.
+        TaskState::Succeeded { url: None, seconds } if channel.provider == Provider::OpenAi => {
+            Ok(TaskState::Succeeded {
+                url: Some(format!("{}/content", task_url(channel, Some(task_id)))),
+                seconds,
+            })
+        }
+        state => Ok(state),
+    }
 }
 
 /// Starts downloading a finished task's file.

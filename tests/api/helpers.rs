@@ -16,10 +16,13 @@ use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 use tollgate::config::Config;
+use tollgate::db::Db;
 use tollgate::startup::Application;
 use tollgate::state::AppState;
 
 pub const ADMIN_KEY: &str = "test-admin-key-0123456789";
+/// The master key test gateways seal channel credentials with.
+pub const MASTER_KEY: &str = "test-master-key-0123456789abcdefghijkl";
 
 /// Which database a test runs on.
 #[derive(Clone, Debug)]
@@ -152,6 +155,7 @@ impl TestApp {
             Config::load_from(None, Vec::<(String, String)>::new()).expect("default config");
         config.server.listen = "127.0.0.1:0".into();
         config.admin_key = Some(ADMIN_KEY.into());
+        config.master_key = Some(MASTER_KEY.into());
         config.upstream.first_byte_timeout_ms = 5_000;
         config.upstream.chunk_timeout_ms = 5_000;
         config.server.shutdown_grace_ms = 5_000;
@@ -799,6 +803,38 @@ impl Setup {
     }
 }
 
+/// Runs one statement on the app's database and returns a count it selects, or the rows changed.
+pub async fn sql_i64(db: &Db, sql: &'static str) -> i64 {
+    let result = if sql.starts_with("SELECT") {
+        match db {
+            Db::Sqlite { writer, .. } => sqlx::query_scalar(sql).fetch_one(writer).await,
+            Db::Postgres(pool) => sqlx::query_scalar(sql).fetch_one(pool).await,
+        }
+    } else {
+        match db {
+            Db::Sqlite { writer, .. } => sqlx::query(sql)
+                .execute(writer)
+                .await
+                .map(|r| r.rows_affected() as i64),
+            Db::Postgres(pool) => sqlx::query(sql)
+                .execute(pool)
+                .await
+                .map(|r| r.rows_affected() as i64),
+        }
+    };
+    result.expect(sql)
+}
+
+/// Runs one `SELECT` of a text value on the app's database.
+pub async fn sql_text(db: &Db, sql: &str) -> String {
+    let sql = sqlx::AssertSqlSafe(sql.to_owned());
+    let result = match db {
+        Db::Sqlite { writer, .. } => sqlx::query_scalar(sql).fetch_one(writer).await,
+        Db::Postgres(pool) => sqlx::query_scalar(sql).fetch_one(pool).await,
+    };
+    result.expect("select text")
+}
+
 /// A `tollgate serve` process.
 pub struct Server {
     child: Child,
@@ -813,6 +849,7 @@ impl Server {
             .args(["serve", "--listen", "127.0.0.1:0"])
             .env("TOLLGATE_DATABASE_URL", db_url)
             .env("TOLLGATE_ADMIN_KEY", ADMIN_KEY)
+            .env("TOLLGATE_MASTER_KEY", MASTER_KEY)
             .env("TOLLGATE__LOG__FORMAT", "json")
             .env("RUST_LOG", "info");
         for (k, v) in env {

@@ -62,29 +62,6 @@ on_both_backends! {
     }
 }
 
-/// Runs one statement on the app's database and returns a count it selects, or the rows changed.
-async fn sql_i64(db: &tollgate::db::Db, sql: &'static str) -> i64 {
-    use tollgate::db::Db;
-    let result = if sql.starts_with("SELECT") {
-        match db {
-            Db::Sqlite { writer, .. } => sqlx::query_scalar(sql).fetch_one(writer).await,
-            Db::Postgres(pool) => sqlx::query_scalar(sql).fetch_one(pool).await,
-        }
-    } else {
-        match db {
-            Db::Sqlite { writer, .. } => sqlx::query(sql)
-                .execute(writer)
-                .await
-                .map(|r| r.rows_affected() as i64),
-            Db::Postgres(pool) => sqlx::query(sql)
-                .execute(pool)
-                .await
-                .map(|r| r.rows_affected() as i64),
-        }
-    };
-    result.expect(sql)
-}
-
 on_both_backends! {
     async fn settlements_are_counted_by_outcome_and_usage_source(b: Backend) {
         let s = setup(&b, chat_script(&["ok"], 3, 2, 0), ("1", "1", "1"), "1").await;

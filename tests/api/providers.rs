@@ -215,6 +215,9 @@ on_both_backends! {
         let resp = app.client.post(app.url("/v1/images/generations")).bearer_auth(&key)
             .json(&json!({"model": "img", "prompt": "a cat", "n": 10, "size": "1024x1792", "quality": "hd"})).send().await.expect("request");
         assert_eq!(resp.status(), 402);
+        let usage = app.wait_for_usage(user, 4).await;
+        let refused = usage.iter().find(|u| u["http_status"] == 402).expect("the 402 is recorded");
+        assert_eq!((&refused["endpoint"], &refused["status"], &refused["cost_micros"]), (&json!("images/generations"), &json!("insufficient_balance"), &json!(0)));
         // Bad input is named.
         for (body, param) in [
             (json!({"model": "img", "prompt": "x", "n": 11}), "n"),

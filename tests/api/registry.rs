@@ -42,6 +42,9 @@ on_both_backends! {
         let resp = app.chat(&key, json!({"model": "qwen-plus", "messages": [{"role": "user", "content": "hi"}]})).send().await.expect("chat");
         assert_eq!(resp.status(), 200);
         assert_eq!(fake.state.auth.lock().expect("lock").last().map(String::as_str), Some("Bearer sk-qwen-123456"));
+        // The configured defaults go upstream when the request sets none.
+        let sent: Value = serde_json::from_slice(&fake.last_body()).expect("json");
+        assert_eq!((&sent["temperature"], &sent["max_tokens"]), (&json!(0.7), &json!(2000)), "{sent}");
         let usage = app.wait_for_usage(user, 1).await;
         assert_eq!(usage[0]["cost_micros"], 8_000_000);
         assert_eq!(usage[0]["reserved_micros"], 8_000_000);

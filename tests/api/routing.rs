@@ -137,3 +137,47 @@ on_both_backends! {
         app.stop().await;
     }
 }
+
+on_both_backends! {
+    async fn channel_credentials_are_sealed_at_rest_and_legacy_plain_ones_sealed_at_start(b: Backend) {
+        let dir = tempfile::tempdir().expect("dir");
+        let (db_url, pg) = fresh_database(&b, &dir).await;
+        let app = TestApp::spawn_with(&b, |c| c.database.url = db_url.clone()).await;
+        let Setup { app, fake, key, .. } = Setup::provision(app, chat_script(&["ok"], 3, 2, 0), json!({}), ("1", "1", "1"), "1").await;
+        let body = json!({"model": "m1", "messages": [{"role": "user", "content": "x"}]});
+        let last_auth = || fake.state.auth.lock().expect("lock").last().cloned().unwrap_or_default();
+        let resp = app.chat(&key, body.clone()).send().await.expect("send");
+        assert_eq!(resp.status(), 200);
+        assert_eq!(last_auth(), "Bearer upstream-secret");
+        let stored = sql_text(&app.state.db, "SELECT api_key FROM channels").await;
+        assert!(stored.starts_with("enc:v1:") && !stored.contains("upstream-secret"), "{stored}");
+
+        // A credential written in plain text (before sealing existed) still works, and the next
+        // start seals it.
+        sql_i64(&app.state.db, "UPDATE channels SET api_key = 'sk-legacy-plain-0001'").await;
+        let id = sql_i64(&app.state.db, "SELECT id FROM channels").await;
+        let data = app.admin_post(&format!("/api/v1/admin/channels/{id}/test"), json!({})).await;
+        assert_eq!(data["ok"], true, "{data}");
+        assert_eq!(last_auth(), "Bearer sk-legacy-plain-0001");
+        app.stop().await;
+        let app = TestApp::spawn_with(&b, |c| c.database.url = db_url.clone()).await;
+        let stored = sql_text(&app.state.db, "SELECT api_key FROM channels").await;
+        assert!(stored.starts_with("enc:v1:") && !stored.contains("legacy"), "{stored}");
+        let resp = app.chat(&key, body).send().await.expect("send");
+        assert_eq!(resp.status(), 200);
+        assert_eq!(last_auth(), "Bearer sk-legacy-plain-0001");
+        app.stop().await;
+
+        // Another master key cannot open them: the gateway refuses to start and says why.
+        let mut config = tollgate::config::Config::load_from(None, Vec::<(String, String)>::new()).expect("config");
+        config.server.listen = "127.0.0.1:0".into();
+        config.database.url = db_url;
+        config.master_key = Some("a-different-master-key-0123456789abc".into());
+        let err = tollgate::startup::Application::build(config).await.err().expect("refused");
+        let message = format!("{err:#}");
+        assert!(message.contains("cannot be opened with this master key"), "{message}");
+        if let Some((url, name)) = pg {
+            drop_pg_database(&url, &name).await;
+        }
+    }
+}

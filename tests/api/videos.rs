@@ -210,6 +210,9 @@ on_both_backends! {
         let resp = app.client.post(app.url("/v1/videos/generations")).bearer_auth(&key)
             .json(&json!({"model": "vid", "prompt": "x", "duration": 100})).send().await.expect("post");
         assert_eq!(resp.status(), 402, "100 s × 0.1 is more than the 0.8 left");
+        let usage = app.wait_for_usage(user, 3).await;
+        let refused = usage.iter().find(|u| u["http_status"] == 402).expect("the 402 is recorded");
+        assert_eq!((&refused["endpoint"], &refused["status"], &refused["cost_micros"]), (&json!("videos"), &json!("insufficient_balance"), &json!(0)));
         assert_eq!(app.balance_micros(user).await, 2_000_000 - 1_200_000);
         app.assert_books_balance(user).await;
         app.stop().await;
@@ -273,5 +276,104 @@ on_both_backends! {
         if let Some((url, name)) = pg {
             drop_pg_database(&url, &name).await;
         }
+    }
+}
+
+/// A fake of OpenAI's own Videos API: multipart create, video objects, authenticated content.
+#[derive(Default)]
+struct OpenAiVideos {
+    forms: Mutex<Vec<Value>>,
+    auth: Mutex<Vec<String>>,
+    polls: AtomicUsize,
+}
+
+fn bearer(headers: &axum::http::HeaderMap) -> String {
+    headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned()
+}
+
+async fn openai_create(
+    State(f): State<Arc<OpenAiVideos>>,
+    headers: axum::http::HeaderMap,
+    mut form: axum::extract::Multipart,
+) -> Json<Value> {
+    f.auth.lock().expect("lock").push(bearer(&headers));
+    let mut fields = serde_json::Map::new();
+    while let Some(field) = form.next_field().await.expect("field") {
+        let name = field.name().unwrap_or_default().to_owned();
+        fields.insert(name, json!(field.text().await.expect("text")));
+    }
+    f.forms.lock().expect("lock").push(Value::Object(fields));
+    Json(
+        json!({"id": "video_up1", "object": "video", "status": "queued", "progress": 0, "seconds": "8"}),
+    )
+}
+
+async fn openai_status(State(f): State<Arc<OpenAiVideos>>, Path(id): Path<String>) -> Json<Value> {
+    if f.polls.fetch_add(1, Ordering::SeqCst) == 0 {
+        return Json(json!({"id": id, "object": "video", "status": "in_progress", "progress": 50}));
+    }
+    // Delivered shorter than asked (and reported as text, as OpenAI does).
+    Json(
+        json!({"id": id, "object": "video", "status": "completed", "progress": 100, "seconds": "4"}),
+    )
+}
+
+async fn openai_content(headers: axum::http::HeaderMap) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    if bearer(&headers) != "Bearer sk-openai-video" {
+        return axum::http::StatusCode::UNAUTHORIZED.into_response();
+    }
+    FILE.into_response()
+}
+
+async fn start_openai_videos() -> (Arc<OpenAiVideos>, String) {
+    let fake = Arc::new(OpenAiVideos::default());
+    let app = Router::new()
+        .route("/v1/videos", post(openai_create))
+        .route("/v1/videos/{id}", get(openai_status))
+        .route("/v1/videos/{id}/content", get(openai_content))
+        .with_state(Arc::clone(&fake));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let base = format!("http://{}/v1", listener.local_addr().expect("addr"));
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (fake, base)
+}
+
+on_both_backends! {
+    async fn an_openai_channel_runs_videos_through_openais_videos_api(b: Backend) {
+        let app = TestApp::spawn_with(&b, fast_polls).await;
+        let (fake, base) = start_openai_videos().await;
+        app.admin_post("/api/v1/admin/channels", json!({"name": "sora", "provider": "openai", "base_url": base,
+            "api_key": "sk-openai-video", "models": ["sora-2"]})).await;
+        app.admin_post("/api/v1/admin/models", json!({"model": "sora-2", "video_second_price": "0.1"})).await;
+        let user = app.add_user(json!("2")).await;
+        let key = app.add_key(user, json!({})).await;
+
+        let (content_type, body) = form(&[("model", "sora-2"), ("prompt", "a paper boat"), ("seconds", "8"), ("size", "1280x720")]);
+        let resp = app.client.post(app.url("/v1/videos")).bearer_auth(&key).header("content-type", content_type).body(body)
+            .send().await.expect("create");
+        assert_eq!(resp.status(), 200);
+        let id = resp.json::<Value>().await.expect("json")["id"].as_str().expect("id").to_owned();
+        assert_eq!(fake.forms.lock().expect("lock")[0], json!({"model": "sora-2", "prompt": "a paper boat", "seconds": "8", "size": "1280x720"}));
+        assert_eq!(fake.auth.lock().expect("lock")[0], "Bearer sk-openai-video");
+        assert_eq!(app.balance_micros(user).await, 2_000_000 - 800_000);
+
+        let done = wait_until(&app.client, &app.url(&format!("/v1/videos/{id}")), &key, |v| v["status"] == "completed").await;
+        assert_eq!(done["progress"], 100);
+        let file = app.client.get(app.url(&format!("/v1/videos/{id}/content"))).bearer_auth(&key).send().await.expect("content");
+        assert_eq!(file.status(), 200);
+        assert_eq!(file.bytes().await.expect("bytes").as_ref(), FILE);
+        // 4 s delivered: 0.4 charged.
+        assert_eq!(app.balance_micros(user).await, 2_000_000 - 400_000);
+        let usage = app.wait_for_usage(user, 1).await;
+        assert_eq!((&usage[0]["units"], &usage[0]["cost_micros"]), (&json!(4), &json!(400_000)));
+        app.assert_books_balance(user).await;
+        app.stop().await;
     }
 }

@@ -211,7 +211,7 @@ async fn create_channel(
     ApiJson(body): ApiJson<ChannelBody>,
 ) -> Result<Json<Value>, ApiError> {
     let valid = validate(body, None)?;
-    let row = db::catalog::insert_channel(&state.db, &valid.fields()).await?;
+    let row = db::catalog::insert_channel(&state.db, &state.secrets, &valid.fields()).await?;
     reload_catalog(&state).await?;
     Ok(ok(channel_json(&state, &row)))
 }
@@ -220,7 +220,7 @@ async fn list_channels(
     State(state): State<AppState>,
     _admin: AdminCaller,
 ) -> Result<Json<Value>, ApiError> {
-    let rows = db::catalog::list_channels(&state.db).await?;
+    let rows = db::catalog::list_channels(&state.db, &state.secrets).await?;
     Ok(ok(rows
         .iter()
         .map(|r| channel_json(&state, r))
@@ -233,7 +233,7 @@ async fn get_channel(
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     let id = path_id(&id)?;
-    let row = db::catalog::get_channel(&state.db, id)
+    let row = db::catalog::get_channel(&state.db, &state.secrets, id)
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("channel {id} not found")))?;
     Ok(ok(channel_json(&state, &row)))
@@ -246,11 +246,11 @@ async fn update_channel(
     ApiJson(body): ApiJson<ChannelBody>,
 ) -> Result<Json<Value>, ApiError> {
     let id = path_id(&id)?;
-    let existing = db::catalog::get_channel(&state.db, id)
+    let existing = db::catalog::get_channel(&state.db, &state.secrets, id)
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("channel {id} not found")))?;
     let valid = validate(body, Some(&existing))?;
-    let row = db::catalog::update_channel(&state.db, id, &valid.fields())
+    let row = db::catalog::update_channel(&state.db, &state.secrets, id, &valid.fields())
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("channel {id} not found")))?;
     // An admin's edit (a new key, re-enabling) gives the channel a fresh breaker.
@@ -290,7 +290,7 @@ async fn test_channel(
     use crate::gateway::request::Endpoint;
     use futures_util::StreamExt;
     let id = path_id(&id)?;
-    let row = db::catalog::get_channel(&state.db, id)
+    let row = db::catalog::get_channel(&state.db, &state.secrets, id)
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("channel {id} not found")))?;
     let channel = Channel::from_row(&row)

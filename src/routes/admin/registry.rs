@@ -90,7 +90,7 @@ pub async fn list(
     };
     let provider = query.get("provider").filter(|p| !p.is_empty());
     let models = db::catalog::list_models(&state.db).await?;
-    let channels = db::catalog::list_channels(&state.db).await?;
+    let channels = db::catalog::list_channels(&state.db, &state.secrets).await?;
     let items: Vec<Value> = models
         .iter()
         .map(|m| entry(m, implicit(&channels, &m.model)))
@@ -216,6 +216,7 @@ pub async fn create(
     let models = serde_json::to_string(&[&model_name]).unwrap_or_default();
     let channel = db::catalog::insert_channel(
         &state.db,
+        &state.secrets,
         &ChannelFields {
             name: &name,
             provider: provider.as_str(),
@@ -272,7 +273,7 @@ pub async fn update(
             .await?
             .unwrap_or(row);
     }
-    let channels = db::catalog::list_channels(&state.db).await?;
+    let channels = db::catalog::list_channels(&state.db, &state.secrets).await?;
     let mut channel = implicit(&channels, &current.model).cloned();
     if let Some(c) = channel.clone()
         && (body.api_key.is_some() || body.api_base.is_some() || body.provider.is_some())
@@ -287,6 +288,7 @@ pub async fn update(
         check_base_url("api_base", provider, &base_url)?;
         channel = db::catalog::update_channel(
             &state.db,
+            &state.secrets,
             c.id,
             &ChannelFields {
                 name: &c.name,
