@@ -12,6 +12,7 @@
 use super::Reply;
 use super::auth::Caller;
 use super::catalog::{Channel, Model, RouteError};
+use super::health::Judgement;
 use super::request::{ChatRequest, Endpoint};
 use super::sse::{EventSplitter, Meter, Verdict, rewrite_model};
 use super::throttle::{self, RateHeaders};
@@ -477,40 +478,41 @@ async fn run(ctx: Ctx, mut reply_tx: ReplyTx) {
             let text = read_body(&mut response.body, &state, ctx.started, &mut reply_tx)
                 .await
                 .unwrap_or_default();
-            let snippet: String = String::from_utf8_lossy(&text).chars().take(500).collect();
+            let snippet = super::health::snippet(&text);
             tracing::warn!(channel = %channel.name, status, body = %snippet, "upstream returned an error");
+            let verdict = super::health::judge(&state, &channel, status, &snippet).await;
             let error = format!("upstream status {status}: {snippet}");
-            if status == 401 || status == 403 {
-                // The channel's credential is refused: the client's request is not at fault.
-                super::health::disable_for_credentials(&state, &channel, status, &snippet).await;
-                let message = "upstream refused the channel's credential".to_owned();
-                let ending = Ending::failed("upstream_error", 502, Some(channel), error);
-                last = Some((Err(OpenAiError::Upstream { message }), ending));
-                continue;
-            }
-            health.record_answer(&channel, status, &error);
             let channel = Some(Arc::clone(&channel));
-            let (answer, ending) = if status >= 500 {
-                let message = format!("upstream returned status {status}");
-                let ending = Ending::failed("upstream_error", 502, channel, error);
-                (Err(OpenAiError::Upstream { message }), ending)
-            } else {
-                // The upstream's own 4xx (bad request, rate limit, …) reaches the client as it is.
-                let reply = Reply::Full {
-                    status,
-                    content_type: response.content_type.take(),
-                    body: text,
-                };
-                let ending = Ending::failed("upstream_rejected", status, channel, error);
-                (Ok(reply), ending)
+            let (answer, ending) = match verdict {
+                Judgement::CredentialRefused => {
+                    // The channel's credential is refused: the client's request is not at fault.
+                    let message = "upstream refused the channel's credential".to_owned();
+                    let ending = Ending::failed("upstream_error", 502, channel, error);
+                    (Err(OpenAiError::Upstream { message }), ending)
+                }
+                _ if status >= 500 => {
+                    let message = format!("upstream returned status {status}");
+                    let ending = Ending::failed("upstream_error", 502, channel, error);
+                    (Err(OpenAiError::Upstream { message }), ending)
+                }
+                _ => {
+                    // The upstream's own 4xx (bad request, rate limit, …) reaches the client as it is.
+                    let reply = Reply::Full {
+                        status,
+                        content_type: response.content_type.take(),
+                        body: text,
+                    };
+                    let ending = Ending::failed("upstream_rejected", status, channel, error);
+                    (Ok(reply), ending)
+                }
             };
             last = Some((answer, ending));
-            if status == 429 || status >= 500 {
-                continue;
+            if verdict == Judgement::Reject {
+                break;
             }
-            break;
+            continue;
         }
-        health.record_answer(&channel, response.status, "");
+        super::health::judge(&state, &channel, response.status, "").await;
         if ctx.req.stream && response.is_event_stream() {
             stream(ctx, channel, upstream_model, response, reply_tx).await;
         } else {

@@ -203,6 +203,54 @@ impl Health {
     }
 }
 
+/// The start of an upstream error body, as shown to admins and in logs.
+pub fn snippet(body: &[u8]) -> String {
+    String::from_utf8_lossy(body).chars().take(500).collect()
+}
+
+/// What an upstream answer's status means for the request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Judgement {
+    /// 2xx: the answer.
+    Answer,
+    /// 401/403: the channel's credential was refused (the channel is now disabled); the
+    /// request is not at fault, try the next channel.
+    CredentialRefused,
+    /// 429 or 5xx: another channel may do better.
+    Retry,
+    /// Another 4xx, about the request itself: the client gets it as it is.
+    Reject,
+}
+
+/// Judges an upstream answer with HTTP `status` (`snippet`: the start of an error's body) and
+/// records it for `channel`: breaker and metrics, or disabling the channel on 401/403.
+pub async fn judge(
+    state: &crate::state::AppState,
+    channel: &Channel,
+    status: u16,
+    snippet: &str,
+) -> Judgement {
+    match status {
+        200..=299 => {
+            state.health.record_answer(channel, status, "");
+            Judgement::Answer
+        }
+        401 | 403 => {
+            disable_for_credentials(state, channel, status, snippet).await;
+            Judgement::CredentialRefused
+        }
+        _ => {
+            let detail = format!("upstream status {status}: {snippet}");
+            state.health.record_answer(channel, status, &detail);
+            if status == 429 || status >= 500 {
+                Judgement::Retry
+            } else {
+                Judgement::Reject
+            }
+        }
+    }
+}
+
 /// Takes a channel out of service because its upstream refused the credential (401/403):
 /// disabled in the database with the reason, on this instance at once and on the others
 /// through the change notice.

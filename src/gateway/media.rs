@@ -5,6 +5,7 @@
 
 use super::catalog::{Channel, Model};
 use super::chat::Payer;
+use super::health::Judgement;
 use crate::billing::Micros;
 use crate::billing::book::Held;
 use crate::error::OpenAiError;
@@ -115,18 +116,12 @@ where
             }
         };
         let status = response.status;
-        let snippet = || {
-            String::from_utf8_lossy(&body)
-                .chars()
-                .take(500)
-                .collect::<String>()
+        let snippet = match status {
+            200..=299 => String::new(),
+            _ => super::health::snippet(&body),
         };
-        if !matches!(status, 401 | 403) {
-            let detail = format!("upstream status {status}: {}", snippet());
-            health.record_answer(&channel, status, &detail);
-        }
-        match status {
-            200..=299 => {
+        match super::health::judge(state, &channel, status, &snippet).await {
+            Judgement::Answer => {
                 return Attempt::Answer {
                     channel,
                     status,
@@ -134,29 +129,25 @@ where
                     body,
                 };
             }
-            401 | 403 => {
-                super::health::disable_for_credentials(state, &channel, status, &snippet()).await;
+            Judgement::CredentialRefused => {
                 last = failed(&channel, "upstream refused the channel's credential".into());
             }
-            429 | 500.. => {
-                last = if status == 429 {
-                    Attempt::Rejected {
-                        channel,
-                        status,
-                        content_type: response.content_type,
-                        body,
-                    }
-                } else {
-                    failed(&channel, format!("upstream returned status {status}"))
-                };
+            Judgement::Retry if status >= 500 => {
+                last = failed(&channel, format!("upstream returned status {status}"));
             }
-            _ => {
-                return Attempt::Rejected {
+            // A 429 is passed on as it is if no other channel answers.
+            Judgement::Retry | Judgement::Reject => {
+                let retry = status == 429;
+                let rejected = Attempt::Rejected {
                     channel,
                     status,
                     content_type: response.content_type,
                     body,
                 };
+                if !retry {
+                    return rejected;
+                }
+                last = rejected;
             }
         }
     }

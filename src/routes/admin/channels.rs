@@ -335,16 +335,8 @@ async fn test_channel(
                     text.extend_from_slice(&chunk);
                 }
             }
-            let snippet: String = String::from_utf8_lossy(&text).chars().take(500).collect();
-            match r.status {
-                401 | 403 => {
-                    crate::gateway::health::disable_for_credentials(
-                        &state, &channel, r.status, &snippet,
-                    )
-                    .await;
-                }
-                s => state.health.record_answer(&channel, s, &snippet),
-            }
+            let snippet = crate::gateway::health::snippet(&text);
+            crate::gateway::health::judge(&state, &channel, r.status, &snippet).await;
             let error = (!(200..300).contains(&r.status)).then_some(snippet);
             (Some(r.status), error)
         }
