@@ -543,6 +543,16 @@ impl Drop for DropGuard {
     }
 }
 
+/// Serves a fake third party on a free local port; returns its `/v1` root.
+pub async fn serve_fake(app: Router) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind fake");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    format!("http://{addr}/v1")
+}
+
 impl FakeUpstream {
     pub async fn start(script: Script) -> FakeUpstream {
         let state = Arc::new(FakeState::default());
@@ -554,13 +564,8 @@ impl FakeUpstream {
             .route("/v1/images/generations", post(fake_chat))
             .route("/v1/messages", post(fake_chat))
             .with_state(Arc::clone(&state));
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind fake");
-        let addr = listener.local_addr().expect("addr");
-        tokio::spawn(async move { axum::serve(listener, app).await });
         FakeUpstream {
-            base_url: format!("http://{addr}/v1"),
+            base_url: serve_fake(app).await,
             state,
         }
     }

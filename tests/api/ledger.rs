@@ -9,19 +9,9 @@ use serde_json::json;
 use std::time::Duration;
 use tollgate::db::Db;
 
-/// Runs one statement on the app's database, behind the app's back.
+/// Changes exactly one row of the app's database, behind the app's back.
 async fn tamper(db: &Db, sql: &'static str) {
-    let rows = match db {
-        Db::Sqlite { writer, .. } => sqlx::query(sql)
-            .execute(writer)
-            .await
-            .map(|r| r.rows_affected()),
-        Db::Postgres(pool) => sqlx::query(sql)
-            .execute(pool)
-            .await
-            .map(|r| r.rows_affected()),
-    };
-    assert_eq!(rows.expect("tamper"), 1, "{sql}");
+    assert_eq!(sql_i64(db, sql).await, 1, "{sql}");
 }
 
 on_both_backends! {

@@ -64,12 +64,8 @@ async fn start_fake(plan: Plan) -> (Arc<Fake>, String) {
         .route("/v1/tasks/{id}", get(status))
         .route("/v1/files/{name}", get(|| async { FILE }))
         .with_state(Arc::clone(&fake));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let base = format!("http://{}/v1", listener.local_addr().expect("addr"));
+    let base = serve_fake(app).await;
     *fake.base.lock().expect("lock") = base.clone();
-    tokio::spawn(async move { axum::serve(listener, app).await });
     (fake, base)
 }
 
@@ -337,12 +333,7 @@ async fn start_openai_videos() -> (Arc<OpenAiVideos>, String) {
         .route("/v1/videos/{id}", get(openai_status))
         .route("/v1/videos/{id}/content", get(openai_content))
         .with_state(Arc::clone(&fake));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let base = format!("http://{}/v1", listener.local_addr().expect("addr"));
-    tokio::spawn(async move { axum::serve(listener, app).await });
-    (fake, base)
+    (fake, serve_fake(app).await)
 }
 
 on_both_backends! {
