@@ -41,6 +41,12 @@ impl Application {
             config.master_key.as_deref(),
             &config.secrets.master_key_file,
         )?;
+        if config.master_key.is_none() && matches!(db, Db::Postgres(_)) {
+            tracing::warn!(
+                file = %config.secrets.master_key_file,
+                "TOLLGATE_MASTER_KEY is not set: channel credentials are sealed with the key file; every instance must use the same key"
+            );
+        }
         let sealed = crate::db::catalog::seal_plain_credentials(&db, &secrets)
             .await
             .context("sealing channel credentials")?;
