@@ -197,23 +197,23 @@ async fn run_prepared(
         amount,
         ..
     } = p;
-    let held = match hold(state, caller, &request_id, user_id, &model, amount).await {
+    let payer = Payer {
+        caller,
+        request_id: &request_id,
+        user_id,
+        model: &model,
+        endpoint: req.endpoint.path(),
+        stream: req.stream,
+        started,
+    };
+    let held = match reserve(state, &payer, amount).await {
         Ok(held) => held,
         Err(e) => {
             // Nothing will be generated: give the token estimate back.
             if let Some(p) = &permit {
                 p.settle_tokens(0).await;
             }
-            let payer = Payer {
-                caller,
-                request_id: &request_id,
-                user_id,
-                model: &model,
-                endpoint: req.endpoint.path(),
-                stream: req.stream,
-                started,
-            };
-            return Err(refused(state, &payer, e));
+            return Err(e);
         }
     };
     let ctx = Ctx {
@@ -239,32 +239,33 @@ async fn run_prepared(
     })
 }
 
-/// Reserves `amount` of `user_id`'s balance for one request to `model`, with the configured
-/// expiry.
-pub async fn hold(
+/// Reserves `amount` of the payer's balance for one request, with the configured expiry; a
+/// refusal becomes the client's error (see [`refused`]).
+pub async fn reserve(
     state: &AppState,
-    caller: &Caller,
-    request_id: &str,
-    user_id: i64,
-    model: &Model,
+    payer: &Payer<'_>,
     amount: Micros,
-) -> Result<Held, ReserveError> {
+) -> Result<Held, OpenAiError> {
     let expires_at_ms = crate::db::now_ms() + state.config.reservation_ttl().as_millis() as i64;
     let reservation = NewReservation {
-        request_id,
-        user_id,
-        key_id: caller.key_id,
-        model: &model.name,
+        request_id: payer.request_id,
+        user_id: payer.user_id,
+        key_id: payer.caller.key_id,
+        model: &payer.model.name,
         amount,
-        price_version: model.price.version,
+        price_version: payer.model.price.version,
         expires_at_ms,
     };
-    let held = state.book.reserve(&state.db, &reservation).await?;
+    let held = state
+        .book
+        .reserve(&state.db, &reservation)
+        .await
+        .map_err(|e| refused(state, payer, e))?;
     metrics::gauge!(m::RESERVATIONS_HELD).increment(1.0);
     Ok(held)
 }
 
-/// A request whose reservation may be refused, as its usage record names it.
+/// Who pays for a request and what it is, as its reservation and usage record name it.
 pub struct Payer<'a> {
     pub caller: &'a Caller,
     pub request_id: &'a str,

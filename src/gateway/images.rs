@@ -145,7 +145,7 @@ pub async fn generate(
                 stream: false,
                 started,
             };
-            match media::reserve(state, &payer, amount).await {
+            match super::chat::reserve(state, &payer, amount).await {
                 Err(e) => Err(e),
                 Ok(held) => {
                     let task = Task {
@@ -161,16 +161,7 @@ pub async fn generate(
                         started,
                         _permit: admitted.permit,
                     };
-                    let (tx, rx) = tokio::sync::oneshot::channel();
-                    state.tasks.spawn(async move {
-                        let _ = tx.send(task.run().await);
-                    });
-                    rx.await.unwrap_or_else(|_| {
-                        Err(OpenAiError::internal(
-                            &request_id,
-                            "image task ended without a reply",
-                        ))
-                    })
+                    media::in_tracked_task(state, &request_id, "image task", task.run()).await
                 }
             }
         }

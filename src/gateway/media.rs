@@ -1,13 +1,10 @@
 //! What the media endpoints (images, video tasks) share: calling a model's channels in order for
 //! one whole JSON answer, with the same failover rules as chat (connect and other pre-response
 //! errors, 429 and 5xx try the next channel; 401/403 disable the channel; other 4xx pass
-//! through; timeouts end the request), and the refusal of a reservation.
+//! through; timeouts end the request).
 
 use super::catalog::{Channel, Model};
-use super::chat::Payer;
 use super::health::Judgement;
-use crate::billing::Micros;
-use crate::billing::book::Held;
 use crate::error::OpenAiError;
 use crate::provider::{UpstreamError, UpstreamResponse};
 use crate::state::AppState;
@@ -154,15 +151,26 @@ where
     last
 }
 
-/// Holds `amount` for a media request; a refusal becomes the client's error (402 for a
-/// balance that does not cover it, recorded as usage).
-pub async fn reserve(
+/// Runs `work` in a tracked task (a client hanging up cannot cut it short, and shutdown waits
+/// for it) and waits for its result; `what` names it in the error if the task dies.
+pub async fn in_tracked_task<T, F>(
     state: &AppState,
-    payer: &Payer<'_>,
-    amount: Micros,
-) -> Result<Held, OpenAiError> {
-    let p = payer;
-    super::chat::hold(state, p.caller, p.request_id, p.user_id, p.model, amount)
-        .await
-        .map_err(|e| super::chat::refused(state, p, e))
+    request_id: &str,
+    what: &str,
+    work: F,
+) -> Result<T, OpenAiError>
+where
+    T: Send + 'static,
+    F: Future<Output = Result<T, OpenAiError>> + Send + 'static,
+{
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    state.tasks.spawn(async move {
+        let _ = tx.send(work.await);
+    });
+    rx.await.unwrap_or_else(|_| {
+        Err(OpenAiError::internal(
+            request_id,
+            format!("{what} ended without a reply"),
+        ))
+    })
 }

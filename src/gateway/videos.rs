@@ -167,17 +167,9 @@ async fn start(
     }
     metrics::gauge!(m::VIDEO_TASKS_OPEN).increment(1.0);
     // Creating it upstream runs in a tracked task: a client hanging up cannot strand the hold.
-    let (tx, rx) = tokio::sync::oneshot::channel();
     let (state2, model2, id) = (state.clone(), Arc::clone(model), task.id.clone());
-    state.tasks.spawn(async move {
-        let _ = tx.send(create_upstream(&state2, &model2, task).await);
-    });
-    rx.await.unwrap_or_else(|_| {
-        Err(OpenAiError::internal(
-            &id,
-            "video submission ended without a reply",
-        ))
-    })
+    let work = async move { create_upstream(&state2, &model2, task).await };
+    media::in_tracked_task(state, &id, "video submission", work).await
 }
 
 /// Creates the task at the first provider that takes it; refunds at once if none does.
