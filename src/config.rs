@@ -34,6 +34,9 @@ pub struct Config {
     /// file; without it, `secrets.master_key_file`).
     #[serde(skip)]
     pub master_key: Option<String>,
+    /// The bearer token `/metrics` requires, if any (from `TOLLGATE_METRICS_TOKEN`).
+    #[serde(skip)]
+    pub metrics_token: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -48,6 +51,16 @@ pub struct ServerConfig {
     pub listen: String,
     pub shutdown_grace_ms: u64,
     pub max_body_bytes: usize,
+    /// A request head must be complete this long after its first byte arrived.
+    pub header_read_timeout_ms: u64,
+    /// A request body must be complete this long after its head.
+    pub body_read_timeout_ms: u64,
+    /// A connection with no request in flight is closed after this long.
+    pub idle_timeout_ms: u64,
+    /// Open connections at most; one more is answered 503 and closed.
+    pub max_connections: usize,
+    /// Threads for CPU-heavy work (local token counts, very large bodies); 0: half the cores.
+    pub cpu_threads: usize,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -95,6 +108,8 @@ pub struct AuthConfig {
 #[serde(deny_unknown_fields)]
 pub struct BillingConfig {
     pub default_max_output_tokens: i64,
+    /// Bytes of text one local token count reads at most (the rest is extrapolated).
+    pub max_count_bytes: usize,
     pub reservation_grace_ms: u64,
     pub reconcile_interval_ms: u64,
 }
@@ -212,6 +227,7 @@ impl Config {
         let mut admin_key = None;
         let mut jwt_secret = None;
         let mut master_key = None;
+        let mut metrics_token = None;
         let mut database_url = None;
         let mut redis_url = None;
         for (name, value) in env {
@@ -228,6 +244,8 @@ impl Config {
                 jwt_secret = Some(value);
             } else if name == "TOLLGATE_MASTER_KEY" && !value.is_empty() {
                 master_key = Some(value);
+            } else if name == "TOLLGATE_METRICS_TOKEN" && !value.is_empty() {
+                metrics_token = Some(value);
             } else if name == "TOLLGATE_DATABASE_URL" && !value.is_empty() {
                 database_url = Some(value);
             } else if name == "TOLLGATE_REDIS_URL" && !value.is_empty() {
@@ -254,6 +272,7 @@ impl Config {
         config.admin_key = admin_key;
         config.jwt_secret = jwt_secret;
         config.master_key = master_key;
+        config.metrics_token = metrics_token;
         config.validate()?;
         Ok(config)
     }
@@ -293,6 +312,14 @@ impl Config {
                 self.upstream.breaker_cooldown_ms,
             ),
             ("video.poll_interval_ms", self.video.poll_interval_ms),
+            (
+                "server.header_read_timeout_ms",
+                self.server.header_read_timeout_ms,
+            ),
+            ("server.body_read_timeout_ms", self.server.body_read_timeout_ms),
+            ("server.idle_timeout_ms", self.server.idle_timeout_ms),
+            ("server.max_connections", self.server.max_connections as u64),
+            ("billing.max_count_bytes", self.billing.max_count_bytes as u64),
             ("video.task_timeout_ms", self.video.task_timeout_ms),
             ("video.lease_ms", self.video.lease_ms),
             (

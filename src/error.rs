@@ -9,6 +9,22 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
+/// Characters of an error message a client is shown at most: what it sent (a model name, a
+/// field's value) is echoed only this far.
+const MAX_MESSAGE_CHARS: usize = 400;
+
+/// `message`, cut to [`MAX_MESSAGE_CHARS`] with a note of how much was left out.
+pub fn clip(message: String) -> String {
+    match message.char_indices().nth(MAX_MESSAGE_CHARS) {
+        None => message,
+        Some((at, _)) => format!(
+            "{}… ({} more bytes)",
+            &message[..at],
+            message.len() - at
+        ),
+    }
+}
+
 /// An error on the OpenAI-compatible surface.
 #[derive(Debug, thiserror::Error)]
 pub enum OpenAiError {
@@ -197,7 +213,7 @@ impl OpenAiError {
             }
             other => other.to_string(),
         };
-        json!({"error": {"message": message, "type": kind, "code": code, "param": self.param()}})
+        json!({"error": {"message": clip(message), "type": kind, "code": code, "param": self.param()}})
     }
 }
 
@@ -299,7 +315,7 @@ impl IntoResponse for ApiError {
         let body = json!({
             "success": false,
             "code": status.as_u16(),
-            "message": message,
+            "message": clip(message),
             "error": code,
             "data": null,
         });

@@ -1,6 +1,7 @@
 //! Tollgate: an OpenAI-compatible AI proxy and metering gateway.
 //!
 //! The request path (hot path), in order:
+//! 0. `serve` — the connection loop: connection limit, header/body/idle timeouts.
 //! 1. `routes` — HTTP only: request id, route metrics, extractors, response shapes.
 //! 2. `gateway::auth` — hash the presented key, look it up in the in-memory key cache.
 //! 3. `limits` — requests, tokens and concurrency per key, user and model (in process, or in Redis).
@@ -22,5 +23,6 @@ pub mod metrics;
 pub mod provider;
 pub mod routes;
 pub mod secrets;
+pub mod serve;
 pub mod startup;
 pub mod state;

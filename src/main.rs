@@ -47,7 +47,11 @@ enum LedgerCommand {
 fn init_tracing(config: &Config) {
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&config.log.filter));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    // Colour codes only for a terminal, never into a log file or collector.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(ansi);
     if config.log.format == "json" {
         builder.json().init();
     } else {
@@ -101,8 +105,12 @@ async fn main() -> anyhow::Result<()> {
             }
             if report.is_ok() {
                 println!(
-                    "ledger ok: {} users, {} ledger entries, {} usage records, {} reservations held",
-                    t.users, t.ledger_entries, t.usage_records, t.reservations
+                    "ledger ok: {} users, {} ledger entries, {} usage records, {} reservations held, {} run(s) without a recorded clean stop (running, or killed)",
+                    t.users,
+                    t.ledger_entries,
+                    t.usage_records,
+                    t.reservations,
+                    report.runs_without_stop
                 );
                 Ok(())
             } else {

@@ -48,6 +48,17 @@ pub const CHANNELS_DISABLED: &str = "tollgate_channels_disabled_total";
 pub const VIDEO_TASKS_OPEN: &str = "tollgate_video_tasks_open";
 /// Counter by `outcome`: video tasks settled (completed, failed, expired).
 pub const VIDEO_TASKS_SETTLED: &str = "tollgate_video_tasks_settled_total";
+/// Gauge: client connections open.
+pub const OPEN_CONNECTIONS: &str = "tollgate_open_connections";
+/// Counter: connections refused (503) because `server.max_connections` were open.
+pub const CONNECTIONS_REFUSED: &str = "tollgate_connections_refused_total";
+/// Counter by `reason` (`header_timeout`, `idle`): connections the gateway closed.
+pub const CONNECTIONS_CUT: &str = "tollgate_connections_cut_total";
+/// Counter: upstream SSE lines dropped because they were not well-formed SSE (no known field,
+/// not UTF-8) or their `data` was not JSON.
+pub const SSE_LINES_DROPPED: &str = "tollgate_sse_lines_dropped_total";
+/// Counter: streams cut because the output passed what was reserved for it.
+pub const OUTPUT_CUTS: &str = "tollgate_output_limit_cuts_total";
 /// Counter: invalidation messages received from other instances, by `change`.
 pub const INVALIDATIONS: &str = "tollgate_invalidations_received_total";
 

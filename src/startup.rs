@@ -14,7 +14,6 @@ use crate::limits::shared::Shared;
 use crate::secrets::Secrets;
 use crate::state::{AppState, Inner};
 use anyhow::Context;
-use axum::serve::ListenerExt;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -117,6 +116,7 @@ impl Application {
             limits: Arc::new(limiter),
             bus,
             book,
+            cpu: crate::gateway::cpu::Cpu::new(config.server.cpu_threads),
             tasks: TaskTracker::new(),
             cut_streams: CancellationToken::new(),
             config,
@@ -195,47 +195,62 @@ impl Application {
             ));
         }
 
-        let draining = CancellationToken::new();
-        let trigger = draining.clone();
-        let app = crate::routes::router(state.clone());
-        // Small SSE events must leave at once, not wait for Nagle's algorithm.
-        let listener = listener.tap_io(|tcp| {
-            let _ = tcp.set_nodelay(true);
-        });
-        let app = app.into_make_service_with_connect_info::<SocketAddr>();
-        let server = axum::serve(listener, app).with_graceful_shutdown(async move {
-            shutdown.await;
-            trigger.cancel();
-        });
-        let mut server = tokio::spawn(async move { server.await });
-        tokio::select! {
-            result = &mut server => {
-                stop_workers.cancel();
-                return result.context("server task")?.context("server failed");
+        let run = match crate::db::runs::start(&state.db).await {
+            Ok(id) => Some(id),
+            Err(e) => {
+                tracing::warn!(error = %e, "could not record this run's start");
+                None
             }
-            _ = draining.cancelled() => {}
-        }
+        };
+        let app = crate::routes::router(state.clone());
+        let limits = crate::serve::Limits::from_config(&config.server);
+        let connections = crate::serve::start(listener, app, limits);
+        shutdown.await;
+
+        // The drain runs on every way out, one step after the other (nothing can race past it):
+        // stop accepting, let requests finish within the grace period, then cut open streams
+        // (they end and settle), close what is left, and wait for every settlement.
         let grace = Duration::from_millis(config.server.shutdown_grace_ms);
         tracing::info!(
             grace_ms = grace.as_millis() as u64,
             "shutting down: no new connections, draining open requests"
         );
-        if tokio::time::timeout(grace, &mut server).await.is_err() {
-            tracing::warn!("grace period over: cutting open streams");
+        connections.stop();
+        if tokio::time::timeout(grace, connections.closed())
+            .await
+            .is_err()
+        {
+            tracing::warn!("grace period over: cutting open streams and closing connections");
             state.cut_streams.cancel();
-            if tokio::time::timeout(Duration::from_secs(10), &mut server)
+            // Cut streams write their last event; a connection still not done (a half-sent
+            // request, a client that reads nothing) is closed.
+            if tokio::time::timeout(Duration::from_secs(2), connections.closed())
                 .await
                 .is_err()
             {
-                server.abort();
+                connections.close_all();
+                connections.closed().await;
             }
         }
         state.cut_streams.cancel();
         stop_workers.cancel();
         state.tasks.close();
         state.tasks.wait().await;
+        let unsettled = state.book.open_reservations();
+        if let Some(run) = run
+            && let Err(e) = crate::db::runs::stop(&state.db, run, unsettled).await
+        {
+            tracing::error!(error = %e, "could not record this run's clean stop");
+        }
         state.db.close().await;
-        tracing::info!("shutdown complete: every settlement written");
+        if unsettled > 0 {
+            tracing::error!(
+                unsettled,
+                "shutdown complete, but requests admitted by this run were never settled"
+            );
+        } else {
+            tracing::info!("shutdown complete: every settlement written");
+        }
         Ok(())
     }
 }

@@ -39,6 +39,8 @@ pub struct Inner {
     pub limits: Arc<Limiter>,
     /// Change notices to the other instances (through Redis, when configured).
     pub bus: Bus,
+    /// CPU-heavy work (local token counts, very large bodies), off the async workers.
+    pub cpu: crate::gateway::cpu::Cpu,
     /// Settlement and stream tasks; shutdown waits for all of them.
     pub tasks: TaskTracker,
     /// Cancelled when the shutdown grace period is over: open streams end and settle.

@@ -1,4 +1,4 @@
-//! Where reservations are held: [`Book::Memory`] on SQLite, [`Book::Database`] on PostgreSQL.
+//! Where reservations are held: in memory on SQLite, in the database on PostgreSQL.
 //!
 //! SQLite is the single-process, embedded deployment, so this process sees every balance
 //! change: balances live in memory (loaded at start, kept in step with every write), a
@@ -17,6 +17,7 @@ use crate::db::users::{AdjustError, LedgerEntry};
 use crate::db::{self, Db};
 use std::collections::HashMap;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicI64, Ordering};
 use tokio::sync::{mpsc, oneshot};
 
 /// Settlements committed together at most.
@@ -33,8 +34,14 @@ pub struct Account {
     reserved: i64,
 }
 
-/// The reservation book.
-pub enum Book {
+/// The reservation book, and how many reservations this process holds (so a shutdown can tell
+/// whether every admitted request was settled).
+pub struct Book {
+    store: Store,
+    open: AtomicI64,
+}
+
+enum Store {
     Memory {
         accounts: Mutex<HashMap<i64, Account>>,
         writes: mpsc::Sender<Job>,
@@ -80,8 +87,21 @@ impl Book {
     /// The book for `db`: in memory (loaded from the database) on SQLite, where it also takes
     /// an exclusive lock beside the database file.
     pub async fn open(db: &Db) -> anyhow::Result<Book> {
+        let store = Book::open_store(db).await?;
+        Ok(Book {
+            store,
+            open: AtomicI64::new(0),
+        })
+    }
+
+    /// Reservations this process took and has not settled yet.
+    pub fn open_reservations(&self) -> i64 {
+        self.open.load(Ordering::Acquire)
+    }
+
+    async fn open_store(db: &Db) -> anyhow::Result<Store> {
         match db {
-            Db::Postgres(_) => Ok(Book::Database),
+            Db::Postgres(_) => Ok(Store::Database),
             Db::Sqlite { writer, .. } => {
                 let file = writer.connect_options().get_filename().to_path_buf();
                 let lock = if file.as_os_str().is_empty()
@@ -90,7 +110,8 @@ impl Book {
                     None
                 } else {
                     let path = file.with_extension("lock");
-                    let lock = std::fs::File::create(&path)?;
+                    db::create_private(&path)?;
+                    let lock = std::fs::OpenOptions::new().write(true).open(&path)?;
                     lock.try_lock().map_err(|_| {
                         anyhow::anyhow!(
                             "another Tollgate process is serving {}; one SQLite database serves one process \
@@ -115,7 +136,7 @@ impl Book {
                     .collect();
                 let (writes, rx) = mpsc::channel(4 * MAX_BATCH);
                 tokio::spawn(write_settlements(db.clone(), rx));
-                Ok(Book::Memory {
+                Ok(Store::Memory {
                     accounts: Mutex::new(accounts),
                     writes,
                     _lock: lock,
@@ -136,7 +157,7 @@ impl Book {
 
     /// Records a new user's starting balance (call after the user row is committed).
     pub fn open_account(&self, user_id: i64, balance: Micros) {
-        if let Book::Memory { accounts, .. } = self {
+        if let Store::Memory { accounts, .. } = &self.store {
             Book::with_accounts(accounts, |a| {
                 a.insert(
                     user_id,
@@ -152,18 +173,28 @@ impl Book {
     /// Micro-credits held for requests in flight, where the book knows it better than the
     /// database (`None`: read `users.reserved_micros`).
     pub fn reserved(&self, user_id: i64) -> Option<i64> {
-        match self {
-            Book::Memory { accounts, .. } => Some(Book::with_accounts(accounts, |a| {
+        match &self.store {
+            Store::Memory { accounts, .. } => Some(Book::with_accounts(accounts, |a| {
                 a.get(&user_id).map_or(0, |x| x.reserved)
             })),
-            Book::Database => None,
+            Store::Database => None,
         }
     }
 
     /// Holds `r.amount` of the user's spendable balance, or says how much is available.
     pub async fn reserve(&self, db: &Db, r: &NewReservation<'_>) -> Result<Held, ReserveError> {
-        match self {
-            Book::Database => {
+        let held = self.reserve_in_store(db, r).await?;
+        self.open.fetch_add(1, Ordering::AcqRel);
+        Ok(held)
+    }
+
+    async fn reserve_in_store(
+        &self,
+        db: &Db,
+        r: &NewReservation<'_>,
+    ) -> Result<Held, ReserveError> {
+        match &self.store {
+            Store::Database => {
                 let id = db::billing::reserve(db, r).await?;
                 Ok(Held {
                     user_id: r.user_id,
@@ -171,7 +202,7 @@ impl Book {
                     reservation_id: Some(id),
                 })
             }
-            Book::Memory { accounts, .. } => Book::with_accounts(accounts, |a| {
+            Store::Memory { accounts, .. } => Book::with_accounts(accounts, |a| {
                 let account = a.get_mut(&r.user_id).ok_or(ReserveError::UserInactive)?;
                 let available = account.balance - account.reserved;
                 if available < r.amount.0 {
@@ -198,11 +229,24 @@ impl Book {
         held: Option<Held>,
         record: &UsageRecord,
     ) -> Result<Settled, sqlx::Error> {
-        match self {
-            Book::Database => {
+        let result = self.settle_in_store(db, held, record).await;
+        if held.is_some() && result.is_ok() {
+            self.open.fetch_sub(1, Ordering::AcqRel);
+        }
+        result
+    }
+
+    async fn settle_in_store(
+        &self,
+        db: &Db,
+        held: Option<Held>,
+        record: &UsageRecord,
+    ) -> Result<Settled, sqlx::Error> {
+        match &self.store {
+            Store::Database => {
                 db::billing::settle(db, held.and_then(|h| h.reservation_id), record).await
             }
-            Book::Memory {
+            Store::Memory {
                 accounts, writes, ..
             } => {
                 let charged = Book::with_accounts(accounts, |a| {
@@ -210,10 +254,7 @@ impl Book {
                     if let Some(h) = held {
                         account.reserved -= h.amount.0;
                     }
-                    let charged = record
-                        .cost
-                        .0
-                        .min((account.balance - account.reserved).max(0));
+                    let charged = record.chargeable(account.balance - account.reserved);
                     account.balance -= charged;
                     charged
                 });
@@ -251,7 +292,7 @@ impl Book {
     /// the spendable balance in memory, or says what is available; on PostgreSQL the database
     /// checks (nothing to do here).
     pub fn take(&self, user_id: i64, amount: Micros) -> Result<(), ReserveError> {
-        let Book::Memory { accounts, .. } = self else {
+        let Store::Memory { accounts, .. } = &self.store else {
             return Ok(());
         };
         Book::with_accounts(accounts, |a| {
@@ -271,7 +312,7 @@ impl Book {
     /// Adds `amount` to a balance in memory (SQLite) after the database gained it, or after a
     /// [`Book::take`] whose write failed.
     pub fn give(&self, user_id: i64, amount: Micros) {
-        if let Book::Memory { accounts, .. } = self {
+        if let Store::Memory { accounts, .. } = &self.store {
             Book::with_accounts(accounts, |a| {
                 a.entry(user_id).or_default().balance += amount.0
             });
@@ -280,7 +321,7 @@ impl Book {
 
     /// Gives a settlement attempt's hold back without charging, so it can be retried.
     pub fn hold_again(&self, held: Option<Held>) {
-        if let (Book::Memory { accounts, .. }, Some(h)) = (self, held) {
+        if let (Store::Memory { accounts, .. }, Some(h)) = (&self.store, held) {
             Book::with_accounts(accounts, |a| {
                 a.entry(h.user_id).or_default().reserved += h.amount.0
             });
@@ -295,7 +336,7 @@ impl Book {
         delta: Micros,
         reason: &str,
     ) -> Result<LedgerEntry, AdjustError> {
-        let Book::Memory { accounts, .. } = self else {
+        let Store::Memory { accounts, .. } = &self.store else {
             return db::users::adjust_balance(db, user_id, delta, reason).await;
         };
         // Debits are taken from memory first, so no reservation can spend them meanwhile.

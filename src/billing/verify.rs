@@ -4,7 +4,8 @@
 //! row's `balance_after` is the running sum; every usage record that cost something has exactly
 //! one ledger debit of that amount (and one that cost nothing has none), and every debit has its
 //! usage record; no reservation is past its expiry, and `users.reserved_micros` is the sum of the
-//! user's reservations.
+//! user's reservations; and no serving run shut down with a request it admitted but never
+//! settled (each run records, after its drain, how many reservations it still held).
 
 use super::Micros;
 use crate::db::{self, Db, audit};
@@ -15,6 +16,9 @@ pub struct Report {
     pub totals: audit::Totals,
     /// One line per violated invariant instance; empty when the books are right.
     pub problems: Vec<String>,
+    /// Serving runs with no recorded clean stop: running now, or killed (a killed run's requests
+    /// in flight were not charged; that is not a fault of the books).
+    pub runs_without_stop: i64,
 }
 
 impl Report {
@@ -109,8 +113,18 @@ pub async fn verify(db: &Db) -> Result<Report, sqlx::Error> {
     }
     note_limit(&mut p, rows.len(), "users with a wrong reserved amount");
 
+    let rows = db::runs::with_unsettled(db).await?;
+    for (run, started_at, unsettled) in &rows {
+        p.push(format!(
+            "run {run} (started at {started_at} ms) shut down with {unsettled} admitted request(s) never settled"
+        ));
+    }
+    note_limit(&mut p, rows.len(), "runs with unsettled requests");
+    let runs_without_stop = db::runs::without_stop(db).await?;
+
     Ok(Report {
         totals,
         problems: p,
+        runs_without_stop,
     })
 }

@@ -165,6 +165,15 @@ pub struct UsageRecord {
     pub units: i64,
 }
 
+impl UsageRecord {
+    /// The most this request may be charged: its cost, but never more than was reserved for it
+    /// (a runaway upstream cannot spend past the reservation; the excess is recorded as
+    /// unbilled). What is charged is also at most what the user has.
+    pub fn chargeable(&self, spendable: i64) -> i64 {
+        self.cost.0.min(self.reserved.0).min(spendable.max(0))
+    }
+}
+
 /// What settlement did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Settled {
@@ -201,7 +210,7 @@ pub async fn settle(
             .bind(now)
             .fetch_one(&mut *tx)
             .await?;
-            charged = rec.cost.0.min((balance - reserved).max(0));
+            charged = rec.chargeable(balance - reserved);
             if charged > 0 {
                 let balance_after: i64 = sqlx::query_scalar(
                     "UPDATE users SET balance_micros = balance_micros - $2 WHERE id = $1 RETURNING balance_micros",

@@ -8,6 +8,7 @@ pub mod audit;
 pub mod billing;
 pub mod catalog;
 pub mod keys;
+pub mod runs;
 pub mod users;
 pub mod videos;
 
@@ -78,6 +79,12 @@ const MIGRATIONS: &[(i64, &str, &str, &str)] = &[
         include_str!("../../migrations/sqlite/0004_media.sql"),
         include_str!("../../migrations/postgres/0004_media.sql"),
     ),
+    (
+        5,
+        "runs",
+        include_str!("../../migrations/sqlite/0005_runs.sql"),
+        include_str!("../../migrations/postgres/0005_runs.sql"),
+    ),
 ];
 
 /// Whether a database error is a unique-constraint violation (portable across backends).
@@ -110,11 +117,15 @@ impl Db {
                 .synchronous(SqliteSynchronous::Normal)
                 .busy_timeout(Duration::from_secs(10))
                 .foreign_keys(true);
-            if let Some(parent) = options.get_filename().parent()
+            let file = options.get_filename().to_path_buf();
+            if let Some(parent) = file.parent()
                 && !parent.as_os_str().is_empty()
             {
                 std::fs::create_dir_all(parent)
                     .with_context(|| format!("creating {}", parent.display()))?;
+            }
+            if sqlite_file(url).is_some() {
+                create_private(&file)?;
             }
             let writer = SqlitePoolOptions::new()
                 .max_connections(1)
@@ -176,6 +187,20 @@ impl Db {
             }
             Db::Postgres(p) => p.close().await,
         }
+    }
+}
+
+/// Creates `file` readable and writable by its owner only (0600), if it does not exist yet;
+/// SQLite gives its `-wal` and `-shm` files the same mode as the database.
+pub fn create_private(file: &std::path::Path) -> anyhow::Result<()> {
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    match options.open(file) {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(e).with_context(|| format!("creating {}", file.display())),
     }
 }
 

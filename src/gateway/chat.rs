@@ -14,7 +14,8 @@ use super::auth::Caller;
 use super::catalog::{Channel, Model, RouteError};
 use super::health::Judgement;
 use super::request::{ChatRequest, Endpoint};
-use super::sse::{EventSplitter, Meter, Verdict, rewrite_model};
+use super::sse::{ChoiceText, EventSplitter, Meter, Verdict, clean_event, rewrite_model};
+use super::tokens::Budget;
 use super::throttle::{self, RateHeaders};
 use crate::billing::book::Held;
 use crate::billing::settle::settle;
@@ -48,6 +49,8 @@ struct Ctx {
     body: Bytes,
     held: Held,
     reserved: Micros,
+    /// Output tokens reserved (every choice): a stream is cut when its output passes this.
+    allowance: i64,
     started: Instant,
     /// Concurrency slots and the token estimate; dropped (slots returned) when the task ends.
     permit: Option<Permit>,
@@ -118,20 +121,40 @@ struct Prepared {
     req: ChatRequest,
     model: Arc<Model>,
     amount: Micros,
-    /// Tokens it may use (prompt estimate + the most the answer may take), for token limits.
+    /// Output tokens reserved, every choice together.
+    allowance: i64,
+    /// Tokens it may use (prompt bound + the most the answer may take), for token limits.
     tokens: u64,
 }
 
-fn prepare(
+/// Parses a body for `endpoint`; a very large body is parsed on the CPU pool, not on a worker.
+async fn parse(
     state: &AppState,
-    caller: &Caller,
     endpoint: Endpoint,
-    body: &[u8],
-) -> Result<Prepared, OpenAiError> {
-    let req = ChatRequest::parse_for(endpoint, body).map_err(|e| OpenAiError::InvalidRequest {
+    body: &Bytes,
+) -> Result<ChatRequest, OpenAiError> {
+    let parsed = if body.len() >= super::cpu::LARGE_BODY_BYTES {
+        let body = body.clone();
+        state
+            .cpu
+            .run(move || ChatRequest::parse_for(endpoint, &body))
+            .await
+            .unwrap_or_else(|| {
+                Err(super::request::InvalidRequest {
+                    message: "request body could not be read".into(),
+                    param: None,
+                })
+            })
+    } else {
+        ChatRequest::parse_for(endpoint, body)
+    };
+    parsed.map_err(|e| OpenAiError::InvalidRequest {
         message: e.message,
         param: e.param,
-    })?;
+    })
+}
+
+fn prepare(state: &AppState, caller: &Caller, req: ChatRequest) -> Result<Prepared, OpenAiError> {
     let (user_id, model) = route(state, caller, &req.model)?;
     let per_choice = req.output_per_choice(
         &model.defaults,
@@ -141,13 +164,14 @@ fn prepare(
     let output = per_choice.saturating_mul(req.n);
     let amount = model
         .price
-        .max_cost(req.prompt_tokens_estimate, output, model.cache_writes);
-    let tokens = req.prompt_tokens_estimate.saturating_add(output).max(0) as u64;
+        .max_cost(req.prompt_tokens_bound, output, model.cache_writes);
+    let tokens = req.prompt_tokens_bound.saturating_add(output).max(0) as u64;
     Ok(Prepared {
         user_id,
         req,
         model,
         amount,
+        allowance: output,
         tokens,
     })
 }
@@ -162,7 +186,10 @@ pub async fn complete(
     body: Bytes,
 ) -> (Result<Reply, OpenAiError>, RateHeaders) {
     let started = Instant::now();
-    let prepared = prepare(state, caller, endpoint, &body);
+    let prepared = match parse(state, endpoint, &body).await {
+        Ok(req) => prepare(state, caller, req),
+        Err(e) => Err(e),
+    };
     // A request that cannot run still counts as a request (not as tokens, and takes no slot).
     let (model, tokens, slot) = match &prepared {
         Ok(p) => (Some(&*p.model), p.tokens, true),
@@ -195,6 +222,7 @@ async fn run_prepared(
         req,
         model,
         amount,
+        allowance,
         ..
     } = p;
     let payer = Payer {
@@ -226,6 +254,7 @@ async fn run_prepared(
         body,
         held,
         reserved: amount,
+        allowance,
         started,
         permit,
     };
@@ -542,11 +571,27 @@ async fn run(ctx: Ctx, mut reply_tx: ReplyTx) {
     let _ = reply_tx.send(answer);
 }
 
-/// Usage for a response without a usage block: the prompt estimate and a count of the text.
-fn estimated(ctx: &Ctx, meter: &Meter) -> (TokenUsage, &'static str) {
-    let (completion_tokens, reasoning_tokens) = meter.count_generated();
+/// Usage for a response without a usage block: the prompt and the generated text, counted
+/// locally on the CPU pool (at most `billing.max_count_bytes` read exactly).
+async fn estimated(ctx: &Ctx, choices: Vec<ChoiceText>) -> (TokenUsage, &'static str) {
+    let state = &ctx.state;
+    let cap = state.config.billing.max_count_bytes;
+    let body = ctx.body.clone();
+    let req = ctx.req.clone();
+    let counted = state
+        .cpu
+        .run(move || {
+            let mut budget = Budget::new(cap);
+            let (completion, reasoning) = super::sse::count_generated(&choices, &mut budget);
+            let prompt = req.count_prompt(&body, &mut budget);
+            (prompt, completion, reasoning)
+        })
+        .await;
+    // A count that failed falls back to what was reserved: the prompt's bound, nothing more.
+    let (prompt_tokens, completion_tokens, reasoning_tokens) =
+        counted.unwrap_or((ctx.req.prompt_tokens_bound, 0, 0));
     let usage = TokenUsage {
-        prompt_tokens: ctx.req.prompt_tokens_estimate,
+        prompt_tokens,
         completion_tokens,
         reasoning_tokens,
         ..TokenUsage::default()
@@ -618,7 +663,7 @@ async fn whole(
     }
     let usage = match meter.usage {
         Some(u) => (u, "provider"),
-        None => estimated(&ctx, &meter),
+        None => estimated(&ctx, meter.take_choices()).await,
     };
     let renamed = (upstream_model != ctx.model.name)
         .then(|| rewrite_model(&body, &upstream_model, &ctx.model.name))
@@ -648,7 +693,12 @@ enum StreamEnd {
     ClientGone,
     Stalled,
     Deadline,
+    /// The upstream connection failed mid-answer.
     Broken,
+    /// One event grew past `upstream.max_response_bytes`.
+    TooLarge,
+    /// The output passed what was reserved for it.
+    OutputLimit,
     Shutdown,
 }
 
@@ -656,6 +706,43 @@ enum StreamEnd {
 fn error_event(message: &str, code: &str) -> Bytes {
     let body = serde_json::json!({"error": {"message": message, "type": "upstream_error", "code": code, "param": null}});
     Bytes::from(format!("data: {body}\n\n"))
+}
+
+/// The events that end a stream cut at its output allowance the way OpenAI ends one at a length
+/// limit: a `finish_reason: "length"` chunk for every unfinished choice, then the usage chunk if
+/// the client asked for usage (Tollgate's count, as billed).
+fn length_events(ctx: &Ctx, unfinished: &[usize], usage: Option<&TokenUsage>) -> Vec<Bytes> {
+    let id = format!("chatcmpl-{}", ctx.request_id);
+    let created = crate::db::now_ms() / 1000;
+    let (object, empty) = match ctx.req.endpoint {
+        Endpoint::Completions => ("text_completion", serde_json::json!({"text": ""})),
+        _ => ("chat.completion.chunk", serde_json::json!({"delta": {}})),
+    };
+    let chunk = |choices: serde_json::Value, usage: Option<serde_json::Value>| {
+        let mut c = serde_json::json!({"id": id, "object": object, "created": created,
+                                       "model": ctx.model.name, "choices": choices});
+        if let Some(u) = usage {
+            c["usage"] = u;
+        }
+        Bytes::from(format!("data: {c}\n\n"))
+    };
+    let mut events: Vec<Bytes> = unfinished
+        .iter()
+        .map(|&index| {
+            let mut choice = empty.clone();
+            choice["index"] = index.into();
+            choice["finish_reason"] = "length".into();
+            chunk(serde_json::json!([choice]), None)
+        })
+        .collect();
+    if let Some(u) = usage.filter(|_| ctx.req.client_wants_usage) {
+        let usage = serde_json::json!({"prompt_tokens": u.prompt_tokens,
+            "completion_tokens": u.completion_tokens,
+            "total_tokens": u.prompt_tokens.saturating_add(u.completion_tokens)});
+        events.push(chunk(serde_json::json!([]), Some(usage)));
+    }
+    events.push(Bytes::from_static(b"data: [DONE]\n\n"));
+    events
 }
 
 /// `event` with the upstream model name mapped back to the public one (when they differ).
@@ -666,6 +753,38 @@ fn public_model(event: Bytes, rename: bool, upstream: &str, public: &str) -> Byt
     {
         Some(b) => Bytes::from(b),
         None => event,
+    }
+}
+
+/// Counts a stream's output as it grows, but only when it could have passed its allowance: a
+/// token is at least a byte, so while the bytes not yet counted fit in what is left of the
+/// allowance nothing is counted (a normal stream is never counted here).
+struct OutputCheck {
+    allowance: i64,
+    counted: i64,
+}
+
+impl OutputCheck {
+    /// Whether the output has now passed the allowance (counting on the CPU pool if needed).
+    async fn passed(&mut self, meter: &mut Meter, state: &AppState) -> bool {
+        let uncounted = i64::try_from(meter.uncounted_bytes()).unwrap_or(i64::MAX);
+        if self.counted.saturating_add(uncounted) <= self.allowance {
+            return false;
+        }
+        let (pieces, bytes) = meter.take_uncounted();
+        if !pieces.is_empty() {
+            let cap = state.config.billing.max_count_bytes;
+            let tokens = state
+                .cpu
+                .run(move || {
+                    let mut budget = Budget::new(cap);
+                    pieces.iter().map(|p| budget.count(p)).sum::<i64>()
+                })
+                .await
+                .unwrap_or(i64::try_from(bytes).unwrap_or(i64::MAX));
+            self.counted = self.counted.saturating_add(tokens);
+        }
+        self.counted > self.allowance
     }
 }
 
@@ -697,9 +816,14 @@ async fn stream(
     let rename = upstream_model != ctx.model.name;
     let mut splitter = EventSplitter::default();
     let mut meter = Meter::default();
+    let mut output = OutputCheck {
+        allowance: ctx.allowance,
+        counted: 0,
+    };
     let mut ttft_ms = None;
     let mut done_event: Option<Bytes> = None;
     let mut detail = None;
+    let mut unclean_bytes = 0_usize;
     let max_event = state.config.upstream.max_response_bytes;
     let end = 'read: loop {
         let next = tokio::select! {
@@ -721,13 +845,23 @@ async fn stream(
         let events = splitter.push(&chunk);
         if splitter.pending() > max_event {
             detail = Some(format!("an event is larger than {max_event} bytes"));
-            break StreamEnd::Broken;
+            break StreamEnd::TooLarge;
         }
         for event in events {
+            let (event, dropped) = clean_event(event);
+            if dropped > 0 {
+                if unclean_bytes == 0 {
+                    tracing::warn!(request_id = %ctx.request_id, channel = %channel.name, "dropping upstream lines that are not well-formed SSE");
+                }
+                unclean_bytes += dropped;
+                metrics::counter!(m::SSE_LINES_DROPPED).increment(1);
+            }
+            let Some(event) = event else { continue };
             match meter.observe_event(&event, strip_usage) {
                 Verdict::Forward => {}
                 Verdict::Drop => continue,
                 Verdict::Malformed => {
+                    metrics::counter!(m::SSE_LINES_DROPPED).increment(1);
                     if meter.malformed == 1 {
                         tracing::warn!(request_id = %ctx.request_id, channel = %channel.name, "dropping upstream SSE data that is not JSON");
                     }
@@ -748,6 +882,9 @@ async fn stream(
             if tx.send(event).await.is_err() {
                 break 'read StreamEnd::ClientGone;
             }
+            if output.passed(&mut meter, state).await {
+                break 'read StreamEnd::OutputLimit;
+            }
         }
     };
     // Stop reading: dropping the body closes the upstream connection (cancels the generation).
@@ -759,8 +896,9 @@ async fn stream(
         // An unterminated last event: terminate it, so the client sees what is billed.
         let mut event = rest.to_vec();
         event.extend_from_slice(b"\n\n");
-        let event = Bytes::from(event);
-        if meter.observe_event(&event, strip_usage) == Verdict::Forward {
+        if let (Some(event), _) = clean_event(Bytes::from(event))
+            && meter.observe_event(&event, strip_usage) == Verdict::Forward
+        {
             if meter.saw_done {
                 done_event = Some(event);
                 end = StreamEnd::Done;
@@ -770,46 +908,52 @@ async fn stream(
             }
         }
     }
+    let unfinished = meter.unfinished();
     let usage = match meter.usage {
         Some(u) => (u, "provider"),
-        None => estimated(&ctx, &meter),
+        None => estimated(&ctx, meter.take_choices()).await,
     };
     let chunk_ms = chunk_timeout.as_millis();
     let (status, error, tail) = match end {
         StreamEnd::Done if meter.saw_error => (
             "upstream_error",
             Some("upstream sent an error event".to_owned()),
-            None,
+            vec![],
         ),
-        StreamEnd::Done => ("ok", None, None),
+        StreamEnd::Done => ("ok", None, vec![]),
         StreamEnd::UpstreamClosed if meter.saw_error => (
             "upstream_error",
             Some("upstream sent an error event".to_owned()),
-            None,
+            vec![],
         ),
         // Every choice finished: only the terminator is missing, so the client gets one.
-        StreamEnd::UpstreamClosed if meter.all_finished() => {
-            ("ok", None, Some(Bytes::from_static(b"data: [DONE]\n\n")))
-        }
-        StreamEnd::UpstreamClosed => {
-            let msg = "upstream closed the stream before it finished".to_owned();
+        StreamEnd::UpstreamClosed if meter.all_finished() => (
+            "ok",
+            None,
+            vec![Bytes::from_static(b"data: [DONE]\n\n")],
+        ),
+        StreamEnd::UpstreamClosed | StreamEnd::Broken => {
+            let msg = match detail {
+                Some(d) => format!("upstream closed the stream before it finished: {d}"),
+                None => "upstream closed the stream before it finished".to_owned(),
+            };
             (
                 "incomplete",
                 Some(msg.clone()),
-                Some(error_event(&msg, "upstream_incomplete")),
+                vec![error_event(&msg, "upstream_incomplete")],
             )
         }
         StreamEnd::ClientGone => (
             "client_disconnected",
             Some("client closed the connection mid-stream".to_owned()),
-            None,
+            vec![],
         ),
         StreamEnd::Stalled => {
             let msg = format!("upstream sent nothing for {chunk_ms} ms");
             (
                 "upstream_timeout",
                 Some(msg.clone()),
-                Some(error_event(&msg, "upstream_timeout")),
+                vec![error_event(&msg, "upstream_timeout")],
             )
         }
         StreamEnd::Deadline => {
@@ -817,15 +961,27 @@ async fn stream(
             (
                 "upstream_timeout",
                 Some(msg.clone()),
-                Some(error_event(&msg, "upstream_timeout")),
+                vec![error_event(&msg, "upstream_timeout")],
             )
         }
-        StreamEnd::Broken => {
+        StreamEnd::TooLarge => {
             let msg = format!("upstream stream broke: {}", detail.unwrap_or_default());
             (
                 "upstream_error",
                 Some(msg.clone()),
-                Some(error_event(&msg, "upstream_error")),
+                vec![error_event(&msg, "upstream_error")],
+            )
+        }
+        StreamEnd::OutputLimit => {
+            metrics::counter!(m::OUTPUT_CUTS).increment(1);
+            let msg = format!(
+                "the output passed the {} tokens reserved for it; the upstream was cut",
+                ctx.allowance
+            );
+            (
+                "truncated",
+                Some(msg),
+                length_events(&ctx, &unfinished, Some(&usage.0)),
             )
         }
         StreamEnd::Shutdown => {
@@ -833,7 +989,7 @@ async fn stream(
             (
                 "shutdown",
                 Some(msg.clone()),
-                Some(error_event(&msg, "shutting_down")),
+                vec![error_event(&msg, "shutting_down")],
             )
         }
     };
@@ -846,8 +1002,10 @@ async fn stream(
         error,
     };
     finish(&ctx, &upstream_model, ending).await;
-    if let Some(last) = tail.or(done_event) {
-        let _ = tx.send(last).await;
+    for event in tail.into_iter().chain(done_event) {
+        if tx.send(event).await.is_err() {
+            break;
+        }
     }
     metrics::gauge!(m::ACTIVE_STREAMS).decrement(1.0);
 }

@@ -4,6 +4,7 @@
 pub mod auth;
 pub mod catalog;
 pub mod chat;
+pub mod cpu;
 pub mod health;
 pub mod images;
 pub mod media;

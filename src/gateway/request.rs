@@ -99,7 +99,7 @@ impl Defaults {
 type JsonObject = serde_json::Map<String, serde_json::Value>;
 
 /// What metering needs from a chat completion request, plus where to edit the raw body.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct ChatRequest {
     pub endpoint: Endpoint,
     pub model: String,
@@ -113,8 +113,9 @@ pub struct ChatRequest {
     has_output_limit: bool,
     /// Number of choices (`n`, default 1).
     pub n: i64,
-    /// Estimated prompt tokens.
-    pub prompt_tokens_estimate: i64,
+    /// At least the prompt's tokens, found without a tokenizer (what reservations and token
+    /// limits are sized from); [`ChatRequest::count_prompt`] counts them.
+    pub prompt_tokens_bound: i64,
     model_span: Range<usize>,
     stream_options: Option<(Range<usize>, Option<JsonObject>)>,
 }
@@ -145,20 +146,21 @@ fn positive_int(
     }
 }
 
-/// Tokens of a `prompt` or `input`: a string, an array of strings, an array of token ids, or an
-/// array of such arrays; `None` when it is none of these (or empty).
-fn text_or_tokens(value: &serde_json::Value) -> Option<i64> {
+/// Tokens of a `prompt` or `input` (a string, an array of strings, an array of token ids, or an
+/// array of such arrays), each string measured by `text`; `None` when it is none of these (or
+/// empty).
+fn text_or_tokens(value: &serde_json::Value, text: &mut impl FnMut(&str) -> i64) -> Option<i64> {
     use serde_json::Value;
     match value {
-        Value::String(s) => Some(super::tokens::count_text(s)),
+        Value::String(s) => Some(text(s)),
         Value::Array(items) if !items.is_empty() => {
             if items.iter().all(Value::is_u64) {
                 return i64::try_from(items.len()).ok();
             }
             items.iter().try_fold(0_i64, |sum, item| match item {
-                Value::String(s) => Some(sum + super::tokens::count_text(s)),
+                Value::String(s) => Some(sum.saturating_add(text(s))),
                 Value::Array(ids) if !ids.is_empty() && ids.iter().all(Value::is_u64) => {
-                    Some(sum + i64::try_from(ids.len()).unwrap_or(i64::MAX))
+                    Some(sum.saturating_add(i64::try_from(ids.len()).unwrap_or(i64::MAX)))
                 }
                 _ => None,
             })
@@ -167,14 +169,19 @@ fn text_or_tokens(value: &serde_json::Value) -> Option<i64> {
     }
 }
 
-/// Reads a required `prompt`/`input` field and estimates its tokens.
+/// A string's byte length: the bound on its tokens.
+fn byte_bound(s: &str) -> i64 {
+    i64::try_from(s.len()).unwrap_or(i64::MAX)
+}
+
+/// Reads a required `prompt`/`input` field and bounds its tokens.
 fn required_text(raw: Option<&RawValue>, param: &'static str) -> Result<i64, InvalidRequest> {
     let raw = raw
         .filter(|r| r.get() != "null")
         .ok_or_else(|| invalid(param, format!("'{param}' is a required property")))?;
     let value: serde_json::Value = serde_json::from_str(raw.get())
         .map_err(|e| invalid(param, format!("'{param}' is not valid JSON: {e}")))?;
-    text_or_tokens(&value).ok_or_else(|| {
+    text_or_tokens(&value, &mut byte_bound).ok_or_else(|| {
         invalid(
             param,
             format!(
@@ -184,41 +191,41 @@ fn required_text(raw: Option<&RawValue>, param: &'static str) -> Result<i64, Inv
     })
 }
 
-/// Checks a chat body's `messages` (and `tools`) and estimates its prompt tokens.
-fn chat_prompt_estimate(top: &TopLevel<'_>) -> Result<i64, InvalidRequest> {
+/// Checks a chat body's `messages` (and `tools`) and bounds its prompt tokens.
+fn chat_prompt_bound(top: &TopLevel<'_>) -> Result<i64, InvalidRequest> {
+    use super::tokens::Messages;
     let messages_raw = top
         .messages
         .ok_or_else(|| invalid("messages", "'messages' is a required property"))?;
-    let messages: serde_json::Value = serde_json::from_str(messages_raw.get())
+    let messages = super::tokens::chat_prompt_bound(messages_raw.get())
         .map_err(|e| invalid("messages", format!("'messages' is not valid JSON: {e}")))?;
-    match &messages {
-        serde_json::Value::Array(items) if !items.is_empty() => {
-            if items.iter().any(|m| !m.is_object()) {
-                return Err(invalid(
-                    "messages",
-                    "every item of 'messages' must be an object",
-                ));
-            }
+    let bound = match messages {
+        Messages::Bound(n) => n,
+        Messages::NotObjects => {
+            return Err(invalid(
+                "messages",
+                "every item of 'messages' must be an object",
+            ));
         }
-        serde_json::Value::Array(_) => {
+        Messages::Empty => {
             return Err(invalid(
                 "messages",
                 "'messages' must contain at least one message",
             ));
         }
-        _ => return Err(invalid("messages", "'messages' must be an array")),
-    }
-    let tools: Option<serde_json::Value> = match top.tools {
-        Some(t) if t.get() != "null" => Some(
-            serde_json::from_str(t.get())
-                .map_err(|e| invalid("tools", format!("'tools' is not valid JSON: {e}")))?,
-        ),
-        _ => None,
+        Messages::NotArray => return Err(invalid("messages", "'messages' must be an array")),
     };
-    Ok(super::tokens::estimate_chat_prompt(
-        &messages,
-        tools.as_ref(),
-    ))
+    // A tool definition's text is at most its JSON's bytes.
+    let tools = top
+        .tools
+        .filter(|t| t.get() != "null")
+        .map_or(0, |t| byte_bound(t.get()));
+    Ok(bound.saturating_add(tools))
+}
+
+/// Whether `body` is a JSON object (not an array that serde would read field by field).
+fn is_object(body: &[u8]) -> bool {
+    body.trim_ascii_start().first() == Some(&b'{')
 }
 
 impl ChatRequest {
@@ -229,6 +236,12 @@ impl ChatRequest {
 
     /// Reads a body for `endpoint`; refuses what the upstream would refuse for sure.
     pub fn parse_for(endpoint: Endpoint, body: &[u8]) -> Result<ChatRequest, InvalidRequest> {
+        if !is_object(body) {
+            return Err(InvalidRequest {
+                message: "request body must be a JSON object".into(),
+                param: None,
+            });
+        }
         let top: TopLevel = serde_json::from_slice(body).map_err(|e| InvalidRequest {
             message: format!("request body is not a valid JSON object: {e}"),
             param: None,
@@ -241,8 +254,8 @@ impl ChatRequest {
         if model.is_empty() {
             return Err(invalid("model", "'model' must not be empty"));
         }
-        let prompt_tokens_estimate = match endpoint {
-            Endpoint::Chat => chat_prompt_estimate(&top)?,
+        let prompt_tokens_bound = match endpoint {
+            Endpoint::Chat => chat_prompt_bound(&top)?,
             Endpoint::Completions => required_text(top.prompt, "prompt")?,
             Endpoint::Embeddings => required_text(top.input, "input")?,
         };
@@ -292,7 +305,7 @@ impl ChatRequest {
         };
         Ok(ChatRequest {
             endpoint,
-            prompt_tokens_estimate,
+            prompt_tokens_bound,
             model_span: span(body, model_raw),
             model,
             stream,
@@ -303,6 +316,30 @@ impl ChatRequest {
             has_temperature: top.temperature.is_some(),
             has_output_limit: top.max_tokens.is_some() || top.max_completion_tokens.is_some(),
         })
+    }
+
+    /// Counts the prompt of `body` (the body this request was parsed from) locally, reading at
+    /// most `budget`'s bytes; CPU-heavy, for the [`super::cpu`] pool.
+    pub fn count_prompt(&self, body: &[u8], budget: &mut super::tokens::Budget) -> i64 {
+        let Ok(top) = serde_json::from_slice::<TopLevel>(body) else {
+            return self.prompt_tokens_bound;
+        };
+        let parse = |raw: Option<&RawValue>| {
+            raw.and_then(|r| serde_json::from_str::<serde_json::Value>(r.get()).ok())
+        };
+        let counted = match self.endpoint {
+            Endpoint::Chat => parse(top.messages).map(|messages| {
+                let tools = parse(top.tools).filter(|t| !t.is_null());
+                super::tokens::count_chat_prompt(&messages, tools.as_ref(), budget)
+            }),
+            Endpoint::Completions => {
+                parse(top.prompt).and_then(|p| text_or_tokens(&p, &mut |s| budget.count(s)))
+            }
+            Endpoint::Embeddings => {
+                parse(top.input).and_then(|p| text_or_tokens(&p, &mut |s| budget.count(s)))
+            }
+        };
+        counted.unwrap_or(self.prompt_tokens_bound)
     }
 
     /// The `max_tokens` to add from the model's `defaults`, if the client set no limit.

@@ -1,9 +1,10 @@
 //! Server-sent events, read only as far as metering needs: split the upstream byte stream into
-//! events, look at each event's `data` for usage and generated text, and pass the event's bytes
-//! on unchanged (only the usage-only chunk may be dropped, and the model name mapped back).
+//! events, keep only well-formed SSE lines ([`clean_event`]), look at each event's `data` for
+//! usage and generated text, and pass the event's bytes on unchanged (only the usage-only chunk
+//! may be dropped, and the model name mapped back).
 //! Spec: <https://html.spec.whatwg.org/multipage/server-sent-events.html>.
 
-use super::tokens::count_text;
+use super::tokens::Budget;
 use crate::billing::TokenUsage;
 use bytes::{Bytes, BytesMut};
 use serde::Deserialize;
@@ -60,6 +61,49 @@ impl EventSplitter {
         self.scanned = 0;
         (!self.buf.is_empty()).then(|| self.buf.split().freeze())
     }
+}
+
+/// Whether one line of an event (without its terminator) is well-formed SSE that every client
+/// can read: UTF-8, and a comment (`:`…) or one of the fields `data`, `event`, `id`, `retry`.
+fn is_clean_line(line: &[u8]) -> bool {
+    if line.is_empty() || line[0] == b':' {
+        return std::str::from_utf8(line).is_ok();
+    }
+    let name = line.split(|&b| b == b':').next().unwrap_or(line);
+    matches!(name, b"data" | b"event" | b"id" | b"retry") && std::str::from_utf8(line).is_ok()
+}
+
+/// An event with every line that is not well-formed SSE removed: `(event to forward, bytes
+/// dropped)`. The event is the same bytes when nothing was dropped, and `None` when no field or
+/// comment line is left. Bytes out are always bytes in minus the bytes dropped.
+pub fn clean_event(event: Bytes) -> (Option<Bytes>, usize) {
+    let lines = || event.split_inclusive(|&b| b == b'\n');
+    let content = |line: &[u8]| -> usize {
+        let line = line.strip_suffix(b"\n").unwrap_or(line);
+        line.strip_suffix(b"\r").unwrap_or(line).len()
+    };
+    let keep = |line: &[u8]| {
+        let end = content(line);
+        is_clean_line(&line[..end])
+    };
+    if lines().all(keep) {
+        return (Some(event.clone()), 0);
+    }
+    let mut kept = Vec::with_capacity(event.len());
+    let mut fields = 0;
+    for line in lines() {
+        if keep(line) {
+            if content(line) > 0 {
+                fields += 1;
+            }
+            kept.extend_from_slice(line);
+        }
+    }
+    if fields == 0 {
+        return (None, event.len());
+    }
+    let dropped = event.len() - kept.len();
+    (Some(Bytes::from(kept)), dropped)
 }
 
 /// The `data` of an event (lines joined by `\n`), or `None` for comments and other fields.
@@ -187,12 +231,38 @@ const MAX_CHOICES: usize = 128;
 
 /// What one choice has generated so far.
 #[derive(Default)]
-struct ChoiceText {
+pub struct ChoiceText {
     /// Answer text: content, refusal, tool-call names and arguments.
     text: String,
     /// Reasoning text (`reasoning_content`), billed as output like the rest.
     reasoning: String,
     finished: bool,
+    /// How far `text` and `reasoning` were handed out by [`Meter::take_uncounted`].
+    counted: (usize, usize),
+}
+
+/// Where the text after `from` may be cut for a separate count without changing its tokens
+/// (much): before its last whitespace, where the tokenizer's pre-split also cuts; at its end if
+/// it has none.
+fn count_cut(text: &str, from: usize) -> usize {
+    text[from..]
+        .char_indices()
+        .rev()
+        .find(|&(i, c)| i > 0 && c.is_whitespace())
+        .map_or(text.len(), |(i, _)| from + i)
+}
+
+/// A local count of the generated tokens of `choices`: `(completion, reasoning)`, each choice
+/// counted on its own; reasoning is a part of completion. CPU-heavy: for the CPU pool.
+pub fn count_generated(choices: &[ChoiceText], budget: &mut Budget) -> (i64, i64) {
+    choices.iter().fold((0, 0), |(all, reasoning), c| {
+        let r = budget.count(&c.reasoning);
+        let t = budget.count(&c.text);
+        (
+            all.saturating_add(t).saturating_add(r),
+            reasoning.saturating_add(r),
+        )
+    })
 }
 
 /// What a response has shown so far: usage if reported, and each choice's generated text for
@@ -205,6 +275,8 @@ pub struct Meter {
     pub saw_error: bool,
     /// `data` payloads that were not JSON (dropped, not forwarded).
     pub malformed: u32,
+    /// Bytes of generated text (answer and reasoning, every choice).
+    generated_bytes: usize,
 }
 
 /// What to do with one event.
@@ -228,6 +300,7 @@ impl Meter {
 
     fn take_text(&mut self, index: Option<usize>, t: &TextView<'_>) {
         let choice = self.choice(index);
+        let before = choice.text.len() + choice.reasoning.len();
         for s in [&t.content, &t.refusal].into_iter().flatten() {
             choice.text.push_str(s);
         }
@@ -241,6 +314,50 @@ impl Meter {
                 }
             }
         }
+        let added = choice.text.len() + choice.reasoning.len() - before;
+        self.generated_bytes += added;
+    }
+
+    /// Bytes of text generated so far (at least its tokens).
+    pub fn generated_bytes(&self) -> usize {
+        self.generated_bytes
+    }
+
+    /// The text generated since the last call, as pieces to count apart (cut where the
+    /// tokenizer would cut anyway), with how many bytes they cover.
+    pub fn take_uncounted(&mut self) -> (Vec<String>, usize) {
+        let mut pieces = Vec::new();
+        let mut bytes = 0;
+        for c in &mut self.choices {
+            let (t, r) = c.counted;
+            let (t_end, r_end) = (count_cut(&c.text, t), count_cut(&c.reasoning, r));
+            for (text, from, to) in [(&c.text, t, t_end), (&c.reasoning, r, r_end)] {
+                if to > from {
+                    pieces.push(text[from..to].to_owned());
+                    bytes += to - from;
+                }
+            }
+            c.counted = (t_end, r_end);
+        }
+        (pieces, bytes)
+    }
+
+    /// Bytes generated and not yet handed out by [`Meter::take_uncounted`].
+    pub fn uncounted_bytes(&self) -> usize {
+        let handed: usize = self.choices.iter().map(|c| c.counted.0 + c.counted.1).sum();
+        self.generated_bytes - handed
+    }
+
+    /// The choices, for the final count (see [`count_generated`]).
+    pub fn take_choices(&mut self) -> Vec<ChoiceText> {
+        std::mem::take(&mut self.choices)
+    }
+
+    /// The index of every choice that has not finished.
+    pub fn unfinished(&self) -> Vec<usize> {
+        (0..self.choices.len().max(1))
+            .filter(|&i| self.choices.get(i).is_none_or(|c| !c.finished))
+            .collect()
     }
 
     /// Reads a whole JSON completion (or one chunk's JSON); returns whether it carried choices,
@@ -302,14 +419,6 @@ impl Meter {
         !self.choices.is_empty() && self.choices.iter().all(|c| c.finished)
     }
 
-    /// A local count of the generated tokens: `(completion, reasoning)`, each choice counted on
-    /// its own; reasoning is a part of completion.
-    pub fn count_generated(&self) -> (i64, i64) {
-        self.choices.iter().fold((0, 0), |(all, reasoning), c| {
-            let r = count_text(&c.reasoning);
-            (all + count_text(&c.text) + r, reasoning + r)
-        })
-    }
 }
 
 fn is_json(bytes: &[u8]) -> bool {
@@ -359,6 +468,11 @@ fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::gateway::tokens::count_text;
+
+    fn count(m: &mut Meter) -> (i64, i64) {
+        count_generated(&m.take_choices(), &mut Budget::new(1 << 20))
+    }
 
     #[test]
     fn splits_events_across_chunk_boundaries() {
@@ -390,7 +504,7 @@ mod tests {
         assert_eq!(v, Verdict::Drop);
         assert_eq!(m.observe_event(b"data: [DONE]\n\n", true), Verdict::Forward);
         assert!(m.saw_done);
-        assert_eq!(m.count_generated(), (count_text("Hel{}"), 0));
+        assert_eq!(count(&mut m), (count_text("Hel{}"), 0));
         assert_eq!(
             m.usage,
             Some(TokenUsage {
@@ -426,7 +540,7 @@ mod tests {
         assert!(m.all_finished());
         let think = count_text("think");
         assert_eq!(
-            m.count_generated(),
+            count(&mut m),
             (count_text("hello") + count_text(" world") + think, think)
         );
         assert_eq!(m.malformed, 1);

@@ -6,7 +6,10 @@
 
 use super::{UpstreamError, UpstreamResponse};
 use crate::gateway::request::Endpoint;
-use crate::gateway::tokens::count_text;
+use crate::gateway::tokens::Budget;
+
+/// Bytes of text one demo answer counts exactly (the rest is extrapolated).
+const DEMO_COUNT_BYTES: usize = 64 * 1024;
 use bytes::Bytes;
 use futures_util::StreamExt;
 use serde_json::{Value, json};
@@ -61,8 +64,9 @@ fn completion(body: &[u8], created: i64) -> Result<UpstreamResponse, UpstreamErr
         serde_json::from_slice(body).map_err(|e| UpstreamError::Other(e.to_string()))?;
     let prompt = strings(&request["prompt"]).join(" ");
     let text = format!(" (demo) You wrote: {prompt}");
-    let prompt_tokens = count_text(&prompt);
-    let completion_tokens = count_text(&text);
+    let mut budget = Budget::new(DEMO_COUNT_BYTES);
+    let prompt_tokens = budget.count(&prompt);
+    let completion_tokens = budget.count(&text);
     let model = request["model"].as_str().unwrap_or("demo");
     let response = json!({
         "id": "cmpl-demo", "object": "text_completion", "created": created, "model": model,
@@ -83,11 +87,12 @@ fn embedding(body: &[u8]) -> Result<UpstreamResponse, UpstreamError> {
         serde_json::from_slice(body).map_err(|e| UpstreamError::Other(e.to_string()))?;
     let inputs = strings(&request["input"]);
     let mut tokens = 0;
+    let mut budget = Budget::new(DEMO_COUNT_BYTES);
     let data: Vec<Value> = inputs
         .iter()
         .enumerate()
         .map(|(i, text)| {
-            tokens += count_text(text);
+            tokens += budget.count(text);
             let digest = sha2::Sha256::digest(text.as_bytes());
             let vector: Vec<f64> = digest[..8]
                 .iter()
@@ -112,10 +117,12 @@ fn chat(body: &[u8], created: i64) -> Result<UpstreamResponse, UpstreamError> {
     let model = request["model"].as_str().unwrap_or("demo").to_owned();
     let said = last_user_text(&request);
     let reply = format!("Hello from Tollgate's demo model. You said: {said}");
-    let prompt_tokens = request
-        .get("messages")
-        .map_or(0, |m| crate::gateway::tokens::estimate_chat_prompt(m, None));
-    let completion_tokens = count_text(&reply);
+    // The demo answers on the request's own thread: its counts read a small budget.
+    let mut budget = Budget::new(DEMO_COUNT_BYTES);
+    let prompt_tokens = request.get("messages").map_or(0, |m| {
+        crate::gateway::tokens::count_chat_prompt(m, None, &mut budget)
+    });
+    let completion_tokens = budget.count(&reply);
     let usage = json!({
         "prompt_tokens": prompt_tokens,
         "completion_tokens": completion_tokens,

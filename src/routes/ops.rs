@@ -1,11 +1,13 @@
-//! Operations endpoints: Prometheus text at `/metrics`, liveness at `/healthz`, readiness
+//! Operations endpoints: Prometheus text at `/metrics` (behind a bearer token when
+//! `TOLLGATE_METRICS_TOKEN` is set), liveness at `/healthz`, readiness
 //! (database reachable, catalog loaded) at `/readyz`.
 
 use crate::state::AppState;
 use axum::Router;
 use axum::extract::State;
-use axum::http::{StatusCode, header};
-use axum::response::IntoResponse;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use sha2::{Digest, Sha256};
 use axum::routing::get;
 
 pub fn router() -> Router<AppState> {
@@ -15,11 +17,30 @@ pub fn router() -> Router<AppState> {
         .route("/readyz", get(readyz))
 }
 
-async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
+/// Prometheus text; when `TOLLGATE_METRICS_TOKEN` is set, only for `Authorization: Bearer` it.
+async fn metrics(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    if let Some(token) = &state.config.metrics_token {
+        let presented = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .unwrap_or_default();
+        // Compared as hashes, so the comparison's time says nothing about the token.
+        let same = Sha256::digest(presented.as_bytes()) == Sha256::digest(token.as_bytes());
+        if !same {
+            return (
+                StatusCode::UNAUTHORIZED,
+                [(header::WWW_AUTHENTICATE, "Bearer")],
+                "a bearer token is required for /metrics\n",
+            )
+                .into_response();
+        }
+    }
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         state.metrics.render(),
     )
+        .into_response()
 }
 
 async fn healthz() -> impl IntoResponse {

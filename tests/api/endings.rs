@@ -16,6 +16,9 @@ const START: i64 = 10_000_000;
 /// The local prompt estimate of [`request`]'s one message (o200k_base): 4 per message,
 /// "user" 1, "x" 1, 3 to prime the reply.
 const PROMPT_ESTIMATE: i64 = 9;
+/// The bound a reservation takes for that prompt, without a tokenizer: its bytes ("user" 4,
+/// "x" 1) plus the same overheads.
+const PROMPT_BOUND: i64 = 12;
 /// Tokens of "Hello there" (o200k_base): "Hello", " there".
 const HELLO_THERE: i64 = 2;
 
@@ -337,7 +340,10 @@ on_both_backends! {
         let big = "abcdefgh".repeat(131_072);
         let events = [text(&big), finish(0, "stop"), usage_event(10, 50_000, 0, 0), DONE.into()];
         let s = gateway(&b, sse(&events)).await;
-        let (status, _, body) = call(&s, request(true)).await;
+        // Enough output reserved for a megabyte of text (a token is at least a byte).
+        let mut req = request(true);
+        req["max_tokens"] = json!(2_000_000);
+        let (status, _, body) = call(&s, req).await;
         assert_eq!(status, 200);
         assert!(body.len() > 1_048_576);
         assert_eq!(body, [&events[..2], &events[3..]].concat().concat());
@@ -360,8 +366,8 @@ on_both_backends! {
         // Each choice counted on its own: "Hello there" 2 + "Good", "bye", " now" 3.
         let record = assert_settled(&s, "ok", "estimated", PROMPT_ESTIMATE + 5 * 2).await;
         assert_eq!(record["completion_tokens"], 5);
-        // Reserved: prompt estimate × 1 + 2 choices × 10 tokens × 2.
-        assert_eq!(record["reserved_micros"], PROMPT_ESTIMATE + 40);
+        // Reserved: the prompt's bound × 1 + 2 choices × 10 tokens × 2.
+        assert_eq!(record["reserved_micros"], PROMPT_BOUND + 40);
         s.app.stop().await;
     }
 
