@@ -872,6 +872,11 @@ async fn stream(
                 done_event = Some(event);
                 break 'read StreamEnd::Done;
             }
+            if output.passed(&mut meter, state).await {
+                // This event would pass the allowance: it is neither forwarded nor billed.
+                meter.undo_last();
+                break 'read StreamEnd::OutputLimit;
+            }
             let event = public_model(event, rename, &upstream_model, &ctx.model.name);
             if ttft_ms.is_none() {
                 let elapsed = ctx.started.elapsed();
@@ -881,9 +886,6 @@ async fn stream(
             }
             if tx.send(event).await.is_err() {
                 break 'read StreamEnd::ClientGone;
-            }
-            if output.passed(&mut meter, state).await {
-                break 'read StreamEnd::OutputLimit;
             }
         }
     };

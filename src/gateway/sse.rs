@@ -239,17 +239,8 @@ pub struct ChoiceText {
     finished: bool,
     /// How far `text` and `reasoning` were handed out by [`Meter::take_uncounted`].
     counted: (usize, usize),
-}
-
-/// Where the text after `from` may be cut for a separate count without changing its tokens
-/// (much): before its last whitespace, where the tokenizer's pre-split also cuts; at its end if
-/// it has none.
-fn count_cut(text: &str, from: usize) -> usize {
-    text[from..]
-        .char_indices()
-        .rev()
-        .find(|&(i, c)| i > 0 && c.is_whitespace())
-        .map_or(text.len(), |(i, _)| from + i)
+    /// Their lengths before the last event added to them (for [`Meter::undo_last`]).
+    before_last: (usize, usize),
 }
 
 /// A local count of the generated tokens of `choices`: `(completion, reasoning)`, each choice
@@ -277,6 +268,8 @@ pub struct Meter {
     pub malformed: u32,
     /// Bytes of generated text (answer and reasoning, every choice).
     generated_bytes: usize,
+    /// The choices the last event added text to.
+    last_touched: Vec<usize>,
 }
 
 /// What to do with one event.
@@ -299,6 +292,12 @@ impl Meter {
     }
 
     fn take_text(&mut self, index: Option<usize>, t: &TextView<'_>) {
+        let i = index.unwrap_or(0).min(MAX_CHOICES - 1);
+        if !self.last_touched.contains(&i) {
+            self.last_touched.push(i);
+            let c = self.choice(index);
+            c.before_last = (c.text.len(), c.reasoning.len());
+        }
         let choice = self.choice(index);
         let before = choice.text.len() + choice.reasoning.len();
         for s in [&t.content, &t.refusal].into_iter().flatten() {
@@ -323,23 +322,36 @@ impl Meter {
         self.generated_bytes
     }
 
-    /// The text generated since the last call, as pieces to count apart (cut where the
-    /// tokenizer would cut anyway), with how many bytes they cover.
+    /// The text generated since the last call, as pieces to count apart, with how many bytes
+    /// they cover.
     pub fn take_uncounted(&mut self) -> (Vec<String>, usize) {
         let mut pieces = Vec::new();
         let mut bytes = 0;
         for c in &mut self.choices {
             let (t, r) = c.counted;
-            let (t_end, r_end) = (count_cut(&c.text, t), count_cut(&c.reasoning, r));
-            for (text, from, to) in [(&c.text, t, t_end), (&c.reasoning, r, r_end)] {
-                if to > from {
-                    pieces.push(text[from..to].to_owned());
-                    bytes += to - from;
+            for (text, from) in [(&c.text, t), (&c.reasoning, r)] {
+                if text.len() > from {
+                    pieces.push(text[from..].to_owned());
+                    bytes += text.len() - from;
                 }
             }
-            c.counted = (t_end, r_end);
+            c.counted = (c.text.len(), c.reasoning.len());
         }
         (pieces, bytes)
+    }
+
+    /// Takes back the text the last event added (an event that is not forwarded is not billed).
+    pub fn undo_last(&mut self) {
+        for i in std::mem::take(&mut self.last_touched) {
+            if let Some(c) = self.choices.get_mut(i) {
+                let (t, r) = c.before_last;
+                let removed = (c.text.len() - t) + (c.reasoning.len() - r);
+                c.text.truncate(t);
+                c.reasoning.truncate(r);
+                c.counted = (c.counted.0.min(t), c.counted.1.min(r));
+                self.generated_bytes -= removed;
+            }
+        }
     }
 
     /// Bytes generated and not yet handed out by [`Meter::take_uncounted`].
@@ -363,6 +375,7 @@ impl Meter {
     /// Reads a whole JSON completion (or one chunk's JSON); returns whether it carried choices,
     /// or `None` when it is not a completion.
     fn observe_json(&mut self, json: &[u8]) -> Option<bool> {
+        self.last_touched.clear();
         let view: CompletionView = serde_json::from_slice(json).ok()?;
         if view.error.is_some() {
             self.saw_error = true;

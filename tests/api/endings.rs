@@ -400,4 +400,95 @@ on_both_backends! {
         assert_eq!(record["stream"], false);
         s.app.stop().await;
     }
+
+    async fn a_stream_past_its_reserved_output_is_cut_like_a_length_limit_and_charged_at_most_the_reservation(b: Backend) {
+        // The upstream ignores max_tokens and would go on for 200 tokens (and claim them).
+        let mut events: Vec<String> = (0..200).map(|_| text(" word")).collect();
+        events.extend([finish(0, "stop"), usage_event(9, 200, 0, 0), DONE.into()]);
+        let s = gateway(&b, sse(&events)).await;
+        let mut req = request(true);
+        req["max_tokens"] = json!(5);
+        let (status, _, body) = call(&s, req).await;
+        assert_eq!(status, 200);
+        // Five tokens reach the client, then the stream ends the way OpenAI ends one at its limit.
+        assert!(body.starts_with(&events[..5].concat()), "{body}");
+        let tail: Vec<&str> = body[events[..5].concat().len()..].split_inclusive("\n\n").collect();
+        assert_eq!(tail.len(), 2, "{tail:?}");
+        let last: Value = serde_json::from_str(tail[0].strip_prefix("data: ").expect("data").trim_end()).expect("json");
+        assert_eq!(last["choices"][0]["finish_reason"], "length");
+        assert_eq!(last["choices"][0]["index"], 0);
+        assert_eq!(last["model"], "m1");
+        assert_eq!(tail[1], DONE);
+        wait_cancelled(&s.fake, 1).await;
+        // Reserved 12 + 5 × 2 = 22; charged what was delivered: 9 + 5 × 2 = 19.
+        let record = assert_settled(&s, "truncated", "estimated", PROMPT_ESTIMATE + 5 * 2).await;
+        assert_eq!(record["reserved_micros"], PROMPT_BOUND + 5 * 2);
+        assert_eq!(record["completion_tokens"], 5);
+        s.app.stop().await;
+    }
+
+    async fn a_cut_stream_gives_the_client_usage_it_asked_for(b: Backend) {
+        let mut events: Vec<String> = (0..50).map(|_| text(" word")).collect();
+        events.push(DONE.into());
+        let s = gateway(&b, sse(&events)).await;
+        let mut req = request(true);
+        req["max_completion_tokens"] = json!(3);
+        req["stream_options"] = json!({"include_usage": true});
+        let (status, _, body) = call(&s, req).await;
+        assert_eq!(status, 200);
+        let chunks: Vec<&str> = body.split_inclusive("\n\n").collect();
+        assert_eq!(chunks.len(), 3 + 3, "{body}");
+        let usage: Value = serde_json::from_str(chunks[4].strip_prefix("data: ").expect("data").trim_end()).expect("json");
+        assert_eq!(usage["usage"], json!({"prompt_tokens": PROMPT_ESTIMATE, "completion_tokens": 3, "total_tokens": PROMPT_ESTIMATE + 3}));
+        assert_eq!(usage["choices"], json!([]));
+        assert_settled(&s, "truncated", "estimated", PROMPT_ESTIMATE + 3 * 2).await;
+        s.app.stop().await;
+    }
+
+    async fn a_whole_answer_that_claims_more_than_was_reserved_is_charged_the_reservation(b: Backend) {
+        let answer = json!({"id": "chatcmpl-1", "object": "chat.completion", "created": 1, "model": "m1",
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": "word ".repeat(1000)}, "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": 9, "completion_tokens": 1000, "total_tokens": 1009}});
+        let s = gateway(&b, Script::Raw { status: 200, content_type: "application/json", body: answer.to_string().into_bytes() }).await;
+        let mut req = request(false);
+        req["max_tokens"] = json!(5);
+        let (status, _, body) = call(&s, req).await;
+        assert_eq!(status, 200);
+        assert_eq!(serde_json::from_str::<Value>(&body).expect("json"), answer);
+        let usage = s.app.wait_for_usage(s.user, 1).await;
+        let record = &usage[0];
+        // It costs 9 + 1000 × 2 = 2009, but only 12 + 5 × 2 = 22 was reserved: 22 is charged.
+        assert_eq!(record["reserved_micros"], 22, "{record}");
+        assert_eq!(record["cost_micros"], 22, "{record}");
+        assert_eq!(record["unbilled_micros"], 2009 - 22, "{record}");
+        assert_eq!(record["usage_source"], "provider");
+        assert_eq!(s.app.balance_micros(s.user).await, START - 22);
+        s.app.assert_books_balance(s.user).await;
+        s.app.stop().await;
+    }
+
+    async fn an_upstream_connection_reset_mid_answer_ends_with_upstream_incomplete(b: Backend) {
+        let events = [text("Hello"), text(" there")];
+        let s = gateway(&b, Script::SseThenReset { events: events.to_vec() }).await;
+        let (status, _, body) = call(&s, request(true)).await;
+        assert_eq!(status, 200);
+        let tail = body.strip_prefix(events.concat().as_str()).expect("events first");
+        let error: Value = serde_json::from_str(tail.strip_prefix("data: ").expect("data").trim_end()).expect("json");
+        assert_eq!(error["error"]["code"], "upstream_incomplete", "{error}");
+        assert_settled(&s, "incomplete", "estimated", PROMPT_ESTIMATE + 2 * HELLO_THERE).await;
+        s.app.stop().await;
+    }
+
+    async fn lines_that_are_not_sse_are_dropped_and_the_stream_billed_as_without_them(b: Backend) {
+        let garbage = "\u{1}\u{7f}garbage that is no SSE field\n\n".to_owned();
+        let mixed = format!("{}\nretry: 1000\nrandom: x\n\n", text("Hello").trim_end());
+        let events = [garbage, mixed, ": keep-alive\n\n".into(), text(" there"), finish(0, "stop"), usage_event(20, 5, 0, 0), DONE.into()];
+        let s = gateway(&b, sse(&events)).await;
+        let (status, _, body) = call(&s, request(true)).await;
+        assert_eq!(status, 200);
+        let cleaned = format!("{}\nretry: 1000\n\n", text("Hello").trim_end());
+        assert_eq!(body, [cleaned.as_str(), &events[2], &events[3], &events[4], &events[6]].concat());
+        assert_settled(&s, "ok", "provider", 30).await;
+        s.app.stop().await;
+    }
 }

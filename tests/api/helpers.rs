@@ -3,6 +3,7 @@
 //! SSE over real HTTP and counts what it was sent.
 
 use axum::Router;
+use futures_util::StreamExt;
 use axum::body::{Body, Bytes};
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
@@ -494,6 +495,8 @@ pub enum Script {
         event_delay_ms: u64,
         stall_after: Option<usize>,
     },
+    /// These SSE events, then the connection breaks (no end of the chunked body).
+    SseThenReset { events: Vec<String> },
     /// A chat completion built from pieces of text, JSON or SSE as the request asks.
     Chat {
         pieces: Vec<String>,
@@ -714,6 +717,19 @@ async fn fake_chat(
                 stall_after,
             ))
         }
+        Script::SseThenReset { events } => {
+            let items: Vec<Result<Bytes, std::io::Error>> = events
+                .into_iter()
+                .map(|e| Ok(Bytes::from(e)))
+                .chain(std::iter::once(Err(std::io::Error::other("connection reset"))))
+                .collect();
+            // Each piece leaves on its own, so the events reach the gateway before the break.
+            let paced = futures_util::stream::iter(items).then(|item| async move {
+                tokio::time::sleep(Duration::from_millis(30)).await;
+                item
+            });
+            sse(Body::from_stream(paced))
+        }
         Script::Chat {
             pieces,
             usage,
@@ -887,6 +903,22 @@ impl Server {
             child,
             base: format!("http://{addr}"),
         }
+    }
+
+    /// SIGTERM, then waits for the process to exit: whether it exited successfully.
+    pub async fn terminate(mut self) -> bool {
+        let pid = self.child.id().expect("pid").to_string();
+        let sent = Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .await
+            .expect("kill -TERM");
+        assert!(sent.success(), "SIGTERM sent");
+        let status = tokio::time::timeout(Duration::from_secs(60), self.child.wait())
+            .await
+            .expect("tollgate exits after SIGTERM")
+            .expect("wait");
+        status.success()
     }
 
     /// SIGKILL: no shutdown, no settlement of what is in flight.
