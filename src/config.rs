@@ -316,10 +316,16 @@ impl Config {
                 "server.header_read_timeout_ms",
                 self.server.header_read_timeout_ms,
             ),
-            ("server.body_read_timeout_ms", self.server.body_read_timeout_ms),
+            (
+                "server.body_read_timeout_ms",
+                self.server.body_read_timeout_ms,
+            ),
             ("server.idle_timeout_ms", self.server.idle_timeout_ms),
             ("server.max_connections", self.server.max_connections as u64),
-            ("billing.max_count_bytes", self.billing.max_count_bytes as u64),
+            (
+                "billing.max_count_bytes",
+                self.billing.max_count_bytes as u64,
+            ),
             ("video.task_timeout_ms", self.video.task_timeout_ms),
             ("video.lease_ms", self.video.lease_ms),
             (

@@ -17,11 +17,7 @@ const MAX_MESSAGE_CHARS: usize = 400;
 pub fn clip(message: String) -> String {
     match message.char_indices().nth(MAX_MESSAGE_CHARS) {
         None => message,
-        Some((at, _)) => format!(
-            "{}… ({} more bytes)",
-            &message[..at],
-            message.len() - at
-        ),
+        Some((at, _)) => format!("{}… ({} more bytes)", &message[..at], message.len() - at),
     }
 }
 

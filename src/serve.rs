@@ -260,7 +260,9 @@ pub fn start(listener: TcpListener, router: Router, limits: Limits) -> Connectio
         close: CancellationToken::new(),
     };
     let c = connections.clone();
-    connections.tracker.spawn(accept(listener, router, limits, c));
+    connections
+        .tracker
+        .spawn(accept(listener, router, limits, c));
     connections
 }
 

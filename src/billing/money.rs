@@ -68,11 +68,13 @@ impl Micros {
         for (i, b) in frac.bytes().enumerate() {
             frac_value += i64::from(b - b'0') * 10_i64.pow(5 - i as u32);
         }
-        let magnitude = whole_value
-            .checked_mul(MICROS_PER_CREDIT)
-            .and_then(|w| w.checked_add(frac_value))
-            .ok_or(AmountError::TooLarge)?;
-        Ok(Micros(if negative { -magnitude } else { magnitude }))
+        // In i128, so that the most negative amount (whose magnitude i64 cannot hold) parses too.
+        let magnitude =
+            i128::from(whole_value) * i128::from(MICROS_PER_CREDIT) + i128::from(frac_value);
+        let value = if negative { -magnitude } else { magnitude };
+        i64::try_from(value)
+            .map(Micros)
+            .map_err(|_| AmountError::TooLarge)
     }
 
     /// Parses a JSON number or numeric string exactly from its raw JSON text.

@@ -15,8 +15,8 @@ use super::catalog::{Channel, Model, RouteError};
 use super::health::Judgement;
 use super::request::{ChatRequest, Endpoint};
 use super::sse::{ChoiceText, EventSplitter, Meter, Verdict, clean_event, rewrite_model};
-use super::tokens::Budget;
 use super::throttle::{self, RateHeaders};
+use super::tokens::Budget;
 use crate::billing::book::Held;
 use crate::billing::settle::settle;
 use crate::billing::{Micros, TokenUsage};
@@ -929,11 +929,9 @@ async fn stream(
             vec![],
         ),
         // Every choice finished: only the terminator is missing, so the client gets one.
-        StreamEnd::UpstreamClosed if meter.all_finished() => (
-            "ok",
-            None,
-            vec![Bytes::from_static(b"data: [DONE]\n\n")],
-        ),
+        StreamEnd::UpstreamClosed if meter.all_finished() => {
+            ("ok", None, vec![Bytes::from_static(b"data: [DONE]\n\n")])
+        }
         StreamEnd::UpstreamClosed | StreamEnd::Broken => {
             let msg = match detail {
                 Some(d) => format!("upstream closed the stream before it finished: {d}"),

@@ -431,7 +431,6 @@ impl Meter {
     pub fn all_finished(&self) -> bool {
         !self.choices.is_empty() && self.choices.iter().all(|c| c.finished)
     }
-
 }
 
 fn is_json(bytes: &[u8]) -> bool {

@@ -325,8 +325,14 @@ mod tests {
         );
         assert!(exact <= 1035, "{exact}");
         assert_eq!(chat_prompt_bound("[]").expect("json"), Messages::Empty);
-        assert_eq!(chat_prompt_bound("{\"a\": [1]}").expect("json"), Messages::NotArray);
-        assert_eq!(chat_prompt_bound("[{}, [1, {}]]").expect("json"), Messages::NotObjects);
+        assert_eq!(
+            chat_prompt_bound("{\"a\": [1]}").expect("json"),
+            Messages::NotArray
+        );
+        assert_eq!(
+            chat_prompt_bound("[{}, [1, {}]]").expect("json"),
+            Messages::NotObjects
+        );
     }
 
     #[test]
@@ -336,7 +342,10 @@ mod tests {
         assert_eq!(Budget::new(1 << 20).count(&text), exact);
         let mut small = Budget::new(6000);
         let estimate = small.count(&text);
-        assert!((exact - 2..=exact + 2).contains(&estimate), "{estimate} vs {exact}");
+        assert!(
+            (exact - 2..=exact + 2).contains(&estimate),
+            "{estimate} vs {exact}"
+        );
         // Nothing left: the ratio read so far carries on (rounded up).
         assert!((2..=3).contains(&small.count("hello world ")));
         let mut none = Budget::new(0);

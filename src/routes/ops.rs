@@ -7,8 +7,8 @@ use axum::Router;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use sha2::{Digest, Sha256};
 use axum::routing::get;
+use sha2::{Digest, Sha256};
 
 pub fn router() -> Router<AppState> {
     Router::new()

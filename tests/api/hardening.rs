@@ -27,7 +27,10 @@ async fn read_until_closed(tcp: &mut TcpStream, limit: Duration) -> (String, Opt
         match tokio::time::timeout(left, tcp.read(&mut buf)).await {
             Err(_) => return (String::from_utf8_lossy(&seen).into_owned(), None),
             Ok(Ok(0)) | Ok(Err(_)) => {
-                return (String::from_utf8_lossy(&seen).into_owned(), Some(started.elapsed()));
+                return (
+                    String::from_utf8_lossy(&seen).into_owned(),
+                    Some(started.elapsed()),
+                );
             }
             Ok(Ok(n)) => seen.extend_from_slice(&buf[..n]),
         }
@@ -56,15 +59,26 @@ async fn headers_trickled_a_byte_at_a_time_are_cut_at_the_header_timeout() {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
         let mut probe = [0_u8; 64];
-        if let Ok(Ok(0)) = tokio::time::timeout(Duration::from_millis(1), tcp.read(&mut probe)).await {
+        if let Ok(Ok(0)) =
+            tokio::time::timeout(Duration::from_millis(1), tcp.read(&mut probe)).await
+        {
             closed_after = Some(started.elapsed());
             break;
         }
     }
     let closed_after = closed_after.expect("the trickling connection was closed");
-    assert!(closed_after >= Duration::from_millis(550), "not before the timeout: {closed_after:?}");
-    assert!(closed_after < Duration::from_millis(2_000), "at the timeout: {closed_after:?}");
-    assert_eq!(app.metric("tollgate_connections_cut_total").await, Some(1.0));
+    assert!(
+        closed_after >= Duration::from_millis(550),
+        "not before the timeout: {closed_after:?}"
+    );
+    assert!(
+        closed_after < Duration::from_millis(2_000),
+        "at the timeout: {closed_after:?}"
+    );
+    assert_eq!(
+        app.metric("tollgate_connections_cut_total").await,
+        Some(1.0)
+    );
     app.stop().await;
 }
 
@@ -98,11 +112,17 @@ async fn a_body_that_trickles_or_never_arrives_gets_408_at_the_body_timeout() {
         }
         let (answer, closed) = read_until_closed(&mut tcp, Duration::from_secs(5)).await;
         let took = started.elapsed();
-        assert!(answer.starts_with("HTTP/1.1 408"), "trickle {trickle}: {answer}");
+        assert!(
+            answer.starts_with("HTTP/1.1 408"),
+            "trickle {trickle}: {answer}"
+        );
         assert!(answer.contains("request_timeout"), "{answer}");
         assert!(closed.is_some(), "the connection is closed after the 408");
         if !trickle {
-            assert!(took >= Duration::from_millis(650) && took < Duration::from_millis(2_500), "{took:?}");
+            assert!(
+                took >= Duration::from_millis(650) && took < Duration::from_millis(2_500),
+                "{took:?}"
+            );
         }
     }
     // Nothing reached a balance.
@@ -116,15 +136,23 @@ async fn idle_keep_alive_connections_are_closed_at_the_idle_timeout() {
     let app = slow_app(|c| c.server.idle_timeout_ms = 500).await;
     // One that answered a request and then sat idle, and one that never sent anything.
     let mut used = connect(&app).await;
-    used.write_all(b"GET /healthz HTTP/1.1\r\nHost: tollgate\r\n\r\n").await.expect("request");
+    used.write_all(b"GET /healthz HTTP/1.1\r\nHost: tollgate\r\n\r\n")
+        .await
+        .expect("request");
     let mut silent = connect(&app).await;
     let (answer, closed) = read_until_closed(&mut used, Duration::from_secs(4)).await;
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
     let closed = closed.expect("the idle connection is closed");
-    assert!(closed >= Duration::from_millis(450) && closed < Duration::from_millis(2_000), "{closed:?}");
+    assert!(
+        closed >= Duration::from_millis(450) && closed < Duration::from_millis(2_000),
+        "{closed:?}"
+    );
     let (nothing, closed) = read_until_closed(&mut silent, Duration::from_secs(4)).await;
     assert_eq!(nothing, "");
-    assert!(closed.is_some(), "a connection that sends nothing is closed too");
+    assert!(
+        closed.is_some(),
+        "a connection that sends nothing is closed too"
+    );
     app.stop().await;
 }
 
@@ -144,12 +172,17 @@ async fn a_connection_over_the_limit_is_answered_503_and_closed() {
     drop(open.pop());
     tokio::time::sleep(Duration::from_millis(200)).await;
     let mut next = connect(&app).await;
-    next.write_all(b"GET /healthz HTTP/1.1\r\nHost: tollgate\r\nConnection: close\r\n\r\n").await.expect("request");
+    next.write_all(b"GET /healthz HTTP/1.1\r\nHost: tollgate\r\nConnection: close\r\n\r\n")
+        .await
+        .expect("request");
     let (answer, _) = read_until_closed(&mut next, Duration::from_secs(3)).await;
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
     drop(open);
     tokio::time::sleep(Duration::from_millis(200)).await;
-    assert_eq!(app.metric("tollgate_connections_refused_total").await, Some(1.0));
+    assert_eq!(
+        app.metric("tollgate_connections_refused_total").await,
+        Some(1.0)
+    );
     app.stop().await;
 }
 
@@ -167,24 +200,43 @@ async fn a_half_sent_request_does_not_hold_a_stopping_gateway_past_its_grace() {
         .await
         .expect("half a body");
     let mut head_half = connect(&app).await;
-    head_half.write_all(b"GET /healthz HTTP/1.1\r\nHost: tol").await.expect("half a head");
+    head_half
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: tol")
+        .await
+        .expect("half a head");
     tokio::time::sleep(Duration::from_millis(100)).await;
     let started = Instant::now();
     app.stop().await;
     let took = started.elapsed();
-    assert!(took < Duration::from_millis(3_500), "the gateway stopped within its grace: {took:?}");
+    assert!(
+        took < Duration::from_millis(3_500),
+        "the gateway stopped within its grace: {took:?}"
+    );
 }
 
 /// A request that streams for about a second (10 pieces, 100 ms apart), then reports usage
 /// of 10 prompt + 10 completion tokens (30 micro-credits at the prices below).
 fn slow_stream() -> Script {
     let mut events: Vec<String> = (0..10)
-        .map(|i| format!("data: {{\"choices\":[{{\"index\":0,\"delta\":{{\"content\":\" p{i}\"}}}}]}}\n\n"))
+        .map(|i| {
+            format!(
+                "data: {{\"choices\":[{{\"index\":0,\"delta\":{{\"content\":\" p{i}\"}}}}]}}\n\n"
+            )
+        })
         .collect();
-    events.push("data: {\"choices\":[{\"index\":0,\"delta\":{},\"finish_reason\":\"stop\"}]}\n\n".into());
-    events.push("data: {\"choices\":[],\"usage\":{\"prompt_tokens\":10,\"completion_tokens\":10}}\n\n".into());
+    events.push(
+        "data: {\"choices\":[{\"index\":0,\"delta\":{},\"finish_reason\":\"stop\"}]}\n\n".into(),
+    );
+    events.push(
+        "data: {\"choices\":[],\"usage\":{\"prompt_tokens\":10,\"completion_tokens\":10}}\n\n"
+            .into(),
+    );
     events.push("data: [DONE]\n\n".into());
-    Script::Sse { events, event_delay_ms: 100, stall_after: None }
+    Script::Sse {
+        events,
+        event_delay_ms: 100,
+        stall_after: None,
+    }
 }
 
 on_both_backends! {
@@ -259,30 +311,63 @@ async fn huge_single_word_prompts_and_floods_of_cut_streams_do_not_stall_the_gat
     // needs a local count of megabytes of text.
     let word = "abcdefghij".repeat(6_554);
     let events: Vec<String> = (0..40)
-        .map(|_| format!("data: {}\n\n", json!({"choices": [{"index": 0, "delta": {"content": word}}]})))
+        .map(|_| {
+            format!(
+                "data: {}\n\n",
+                json!({"choices": [{"index": 0, "delta": {"content": word}}]})
+            )
+        })
         .collect();
-    let flood = FakeUpstream::start(Script::Sse { events, event_delay_ms: 5, stall_after: Some(40) }).await;
+    let flood = FakeUpstream::start(Script::Sse {
+        events,
+        event_delay_ms: 5,
+        stall_after: Some(40),
+    })
+    .await;
     let app = TestApp::spawn(&Backend::Sqlite).await;
-    let s = Setup::provision(app, chat_script(&["fine"], 5, 1, 0), json!({}), ("1", "1", "0"), "1000").await;
-    s.app.add_channel(&flood.base_url, &["flood"], json!({})).await;
-    s.app.add_model("flood", json!("1"), json!("1"), json!("0")).await;
+    let s = Setup::provision(
+        app,
+        chat_script(&["fine"], 5, 1, 0),
+        json!({}),
+        ("1", "1", "0"),
+        "1000",
+    )
+    .await;
+    s.app
+        .add_channel(&flood.base_url, &["flood"], json!({}))
+        .await;
+    s.app
+        .add_model("flood", json!("1"), json!("1"), json!("0"))
+        .await;
     let broke = s.app.add_user(json!("0")).await;
     let broke_key = s.app.add_key(broke, json!({})).await;
 
     let base = s.app.base.clone();
     // A 5 MiB prompt of one word, from a user with nothing to spend (built before the clock runs).
     let prompt = "a".repeat(5 * 1024 * 1024);
-    let huge = bytes::Bytes::from(json!({"model": "m1", "messages": [{"role": "user", "content": prompt}]}).to_string());
+    let huge = bytes::Bytes::from(
+        json!({"model": "m1", "messages": [{"role": "user", "content": prompt}]}).to_string(),
+    );
     let hostile = tokio::spawn({
         let (base, key, ok_key) = (base.clone(), broke_key.clone(), s.key.clone());
         async move {
             let client = reqwest::Client::new();
             let mut tasks = Vec::new();
             for _ in 0..16 {
-                let (c, url, key, body) = (client.clone(), format!("{base}/v1/chat/completions"), key.clone(), huge.clone());
+                let (c, url, key, body) = (
+                    client.clone(),
+                    format!("{base}/v1/chat/completions"),
+                    key.clone(),
+                    huge.clone(),
+                );
                 tasks.push(tokio::spawn(async move {
-                    let resp = c.post(url).bearer_auth(key)
-                        .header("content-type", "application/json").body(body).send().await;
+                    let resp = c
+                        .post(url)
+                        .bearer_auth(key)
+                        .header("content-type", "application/json")
+                        .body(body)
+                        .send()
+                        .await;
                     assert_eq!(resp.map(|r| r.status().as_u16()).ok(), Some(402));
                 }));
                 // And streams that are cut after their first megabyte.
@@ -314,11 +399,23 @@ async fn huge_single_word_prompts_and_floods_of_cut_streams_do_not_stall_the_gat
     let started = Instant::now();
     while !hostile.is_finished() {
         let t = Instant::now();
-        let r = client.get(format!("{base}/healthz")).send().await.expect("healthz");
+        let r = client
+            .get(format!("{base}/healthz"))
+            .send()
+            .await
+            .expect("healthz");
         assert_eq!(r.status(), 200);
         health.push(t.elapsed());
         let t = Instant::now();
-        let r = s.app.chat(&s.key, json!({"model": "m1", "messages": [{"role": "user", "content": "hi"}]})).send().await.expect("chat");
+        let r = s
+            .app
+            .chat(
+                &s.key,
+                json!({"model": "m1", "messages": [{"role": "user", "content": "hi"}]}),
+            )
+            .send()
+            .await
+            .expect("chat");
         assert_eq!(r.status(), 200);
         r.bytes().await.expect("body");
         chats.push(t.elapsed());
@@ -329,7 +426,11 @@ async fn huge_single_word_prompts_and_floods_of_cut_streams_do_not_stall_the_gat
     // The settlements of the cut streams (local counts of megabytes) are still running.
     for _ in 0..10 {
         let t = Instant::now();
-        let r = client.get(format!("{base}/healthz")).send().await.expect("healthz");
+        let r = client
+            .get(format!("{base}/healthz"))
+            .send()
+            .await
+            .expect("healthz");
         assert_eq!(r.status(), 200);
         health.push(t.elapsed());
     }
@@ -337,10 +438,20 @@ async fn huge_single_word_prompts_and_floods_of_cut_streams_do_not_stall_the_gat
     health.sort();
     chats.sort();
     let p90 = |v: &[Duration]| v[v.len() * 9 / 10];
-    eprintln!("hostile load {hostile_ms} ms; healthz p50 {:?} p90 {:?} max {:?}; chat p50 {:?} p90 {:?} max {:?}",
-              health[health.len() / 2], p90(&health), health.last(), chats[chats.len() / 2], p90(&chats), chats.last());
+    eprintln!(
+        "hostile load {hostile_ms} ms; healthz p50 {:?} p90 {:?} max {:?}; chat p50 {:?} p90 {:?} max {:?}",
+        health[health.len() / 2],
+        p90(&health),
+        health.last(),
+        chats[chats.len() / 2],
+        p90(&chats),
+        chats.last()
+    );
     // Before the fix one such prompt held a worker for seconds.
-    assert!(p90(&health) < Duration::from_millis(50), "healthz: {health:?}");
+    assert!(
+        p90(&health) < Duration::from_millis(50),
+        "healthz: {health:?}"
+    );
     assert!(p90(&chats) < Duration::from_millis(50), "chat: {chats:?}");
     // The zero-balance user was refused without cost; the books balance.
     assert_eq!(s.app.balance_micros(broke).await, 0);
@@ -368,7 +479,12 @@ fn python_with_sdk() -> Option<String> {
 
 /// Streams one chat completion with the official SDK: what it printed (the text, then the last
 /// finish_reason), or its error output.
-async fn sdk_stream(python: &str, base: &str, key: &str, max_tokens: Option<i64>) -> Result<String, String> {
+async fn sdk_stream(
+    python: &str,
+    base: &str,
+    key: &str,
+    max_tokens: Option<i64>,
+) -> Result<String, String> {
     let script = r#"
 import json, sys, openai
 client = openai.OpenAI(base_url=sys.argv[1], api_key=sys.argv[2], max_retries=0)
@@ -399,65 +515,145 @@ async fn the_official_sdk_reads_a_stream_with_bytes_between_events_that_are_not_
         eprintln!("no Python with the openai SDK (set TOLLGATE_TEST_PYTHON): not run");
         return;
     };
-    let chunk = |t: &str| format!("data: {}\n\n", json!({"id": "c1", "object": "chat.completion.chunk", "created": 1, "model": "m1",
-        "choices": [{"index": 0, "delta": {"content": t}, "finish_reason": null}]}));
+    let chunk = |t: &str| {
+        format!(
+            "data: {}\n\n",
+            json!({"id": "c1", "object": "chat.completion.chunk", "created": 1, "model": "m1",
+        "choices": [{"index": 0, "delta": {"content": t}, "finish_reason": null}]})
+        )
+    };
     let mut body: Vec<u8> = Vec::new();
     body.extend_from_slice(chunk("Hello").as_bytes());
     body.extend_from_slice(b"\xff\xfe\x00 random bytes\n\xc3\x28\n\n");
-    body.extend_from_slice(b"data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"\xff\"}}]}\n\n");
+    body.extend_from_slice(
+        b"data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"\xff\"}}]}\n\n",
+    );
     body.extend_from_slice(chunk(" there").as_bytes());
     body.extend_from_slice(b"garbage line\n");
-    body.extend_from_slice(format!("data: {}\n\n", json!({"id": "c1", "object": "chat.completion.chunk", "created": 1, "model": "m1",
-        "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})).as_bytes());
+    body.extend_from_slice(
+        format!(
+            "data: {}\n\n",
+            json!({"id": "c1", "object": "chat.completion.chunk", "created": 1, "model": "m1",
+        "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})
+        )
+        .as_bytes(),
+    );
     body.extend_from_slice(b"data: [DONE]\n\n");
     let app = TestApp::spawn(&Backend::Sqlite).await;
-    let s = Setup::provision(app, Script::Raw { status: 200, content_type: "text/event-stream", body }, json!({}), ("1", "2", "0"), "1").await;
-    let out = sdk_stream(&python, &s.app.base, &s.key, None).await.expect("the SDK reads the stream");
-    assert_eq!(serde_json::from_str::<Value>(&out).expect("json"), json!({"text": "Hello there", "finish": "stop"}));
+    let s = Setup::provision(
+        app,
+        Script::Raw {
+            status: 200,
+            content_type: "text/event-stream",
+            body,
+        },
+        json!({}),
+        ("1", "2", "0"),
+        "1",
+    )
+    .await;
+    let out = sdk_stream(&python, &s.app.base, &s.key, None)
+        .await
+        .expect("the SDK reads the stream");
+    assert_eq!(
+        serde_json::from_str::<Value>(&out).expect("json"),
+        json!({"text": "Hello there", "finish": "stop"})
+    );
     let usage = s.app.wait_for_usage(s.user, 1).await;
     assert_eq!(usage[0]["status"], "ok");
-    assert!(s.app.metric("tollgate_sse_lines_dropped_total").await.unwrap_or(0.0) >= 3.0);
+    assert!(
+        s.app
+            .metric("tollgate_sse_lines_dropped_total")
+            .await
+            .unwrap_or(0.0)
+            >= 3.0
+    );
 
     // A stream cut at its allowance reads like OpenAI's own length limit.
     let words: Vec<String> = (0..100).map(|_| chunk(" word")).collect();
-    s.fake.set_script(Script::Sse { events: words, event_delay_ms: 0, stall_after: None });
-    let out = sdk_stream(&python, &s.app.base, &s.key, Some(4)).await.expect("the SDK reads the cut stream");
-    assert_eq!(serde_json::from_str::<Value>(&out).expect("json"), json!({"text": " word word word word", "finish": "length"}));
+    s.fake.set_script(Script::Sse {
+        events: words,
+        event_delay_ms: 0,
+        stall_after: None,
+    });
+    let out = sdk_stream(&python, &s.app.base, &s.key, Some(4))
+        .await
+        .expect("the SDK reads the cut stream");
+    assert_eq!(
+        serde_json::from_str::<Value>(&out).expect("json"),
+        json!({"text": " word word word word", "finish": "length"})
+    );
     s.app.assert_books_balance(s.user).await;
     s.app.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn small_leaks_are_closed() {
-    let app = TestApp::spawn_with(&Backend::Sqlite, |c| c.metrics_token = Some("scrape-token-123".into())).await;
+    let app = TestApp::spawn_with(&Backend::Sqlite, |c| {
+        c.metrics_token = Some("scrape-token-123".into())
+    })
+    .await;
     // The database files are the owner's alone.
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
         let file = tollgate::db::sqlite_file(&app.db_url).expect("file");
-        for f in [file.clone(), file.with_extension("lock"), std::path::PathBuf::from(format!("{}-wal", file.display()))] {
+        for f in [
+            file.clone(),
+            file.with_extension("lock"),
+            std::path::PathBuf::from(format!("{}-wal", file.display())),
+        ] {
             let mode = std::fs::metadata(&f).expect("exists").permissions().mode();
             assert_eq!(mode & 0o777, 0o600, "{}", f.display());
         }
     }
     // A credential shows at most its last four characters.
-    let data = app.admin_post("/api/v1/admin/channels", json!({"name": "c", "provider": "openai", "base_url": "http://127.0.0.1:9/v1",
-        "api_key": "sk-live-abcdefghijklmnop1234", "models": ["m1"], "model_map": {}})).await;
+    let data = app
+        .admin_post(
+            "/api/v1/admin/channels",
+            json!({"name": "c", "provider": "openai", "base_url": "http://127.0.0.1:9/v1",
+        "api_key": "sk-live-abcdefghijklmnop1234", "models": ["m1"], "model_map": {}}),
+        )
+        .await;
     assert_eq!(data["api_key"], "****1234");
     // An error echoes a few hundred characters of what was sent, not all of it.
     let user = app.add_user(json!("1")).await;
     let key = app.add_key(user, json!({})).await;
     let long = "m".repeat(100_000);
-    let resp = app.chat(&key, json!({"model": long, "messages": [{"role": "user", "content": "hi"}]})).send().await.expect("send");
+    let resp = app
+        .chat(
+            &key,
+            json!({"model": long, "messages": [{"role": "user", "content": "hi"}]}),
+        )
+        .send()
+        .await
+        .expect("send");
     assert_eq!(resp.status(), 404);
     let text = resp.text().await.expect("body");
     assert!(text.len() < 1_000, "{} bytes", text.len());
     // /metrics wants its token.
-    let resp = app.client.get(app.url("/metrics")).send().await.expect("metrics");
+    let resp = app
+        .client
+        .get(app.url("/metrics"))
+        .send()
+        .await
+        .expect("metrics");
     assert_eq!(resp.status(), 401);
-    let resp = app.client.get(app.url("/metrics")).bearer_auth("wrong").send().await.expect("metrics");
+    let resp = app
+        .client
+        .get(app.url("/metrics"))
+        .bearer_auth("wrong")
+        .send()
+        .await
+        .expect("metrics");
     assert_eq!(resp.status(), 401);
-    let resp = app.client.get(app.url("/metrics")).bearer_auth("scrape-token-123").send().await.expect("metrics");
+    let resp = app
+        .client
+        .get(app.url("/metrics"))
+        .bearer_auth("scrape-token-123")
+        .send()
+        .await
+        .expect("metrics");
     assert_eq!(resp.status(), 200);
     assert!(resp.text().await.expect("text").contains("tollgate_"));
     app.stop().await;

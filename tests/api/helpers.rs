@@ -3,12 +3,12 @@
 //! SSE over real HTTP and counts what it was sent.
 
 use axum::Router;
-use futures_util::StreamExt;
 use axum::body::{Body, Bytes};
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
+use futures_util::StreamExt;
 use serde_json::{Value, json};
 use std::process::Stdio;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -721,7 +721,9 @@ async fn fake_chat(
             let items: Vec<Result<Bytes, std::io::Error>> = events
                 .into_iter()
                 .map(|e| Ok(Bytes::from(e)))
-                .chain(std::iter::once(Err(std::io::Error::other("connection reset"))))
+                .chain(std::iter::once(Err(std::io::Error::other(
+                    "connection reset",
+                ))))
                 .collect();
             // Each piece leaves on its own, so the events reach the gateway before the break.
             let paced = futures_util::stream::iter(items).then(|item| async move {

@@ -15,6 +15,7 @@ mod hardening;
 mod ledger;
 mod limits;
 mod ops;
+mod properties;
 mod providers;
 mod registry;
 mod routing;
