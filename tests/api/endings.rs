@@ -405,7 +405,8 @@ on_both_backends! {
         // The upstream ignores max_tokens and would go on for 200 tokens (and claim them).
         let mut events: Vec<String> = (0..200).map(|_| text(" word")).collect();
         events.extend([finish(0, "stop"), usage_event(9, 200, 0, 0), DONE.into()]);
-        let s = gateway(&b, sse(&events)).await;
+        // Paced, so that the upstream is still sending when it is cut.
+        let s = gateway(&b, Script::Sse { events: events.clone(), event_delay_ms: 5, stall_after: None }).await;
         let mut req = request(true);
         req["max_tokens"] = json!(5);
         let (status, _, body) = call(&s, req).await;
