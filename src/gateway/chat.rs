@@ -578,9 +578,10 @@ async fn estimated(ctx: &Ctx, choices: Vec<ChoiceText>) -> (TokenUsage, &'static
     let cap = state.config.billing.max_count_bytes;
     let body = ctx.body.clone();
     let req = ctx.req.clone();
+    let text_bytes: usize = choices.iter().map(ChoiceText::len).sum();
     let counted = state
         .cpu
-        .run(move || {
+        .run_sized(text_bytes + body.len(), move || {
             let mut budget = Budget::new(cap);
             let (completion, reasoning) = super::sse::count_generated(&choices, &mut budget);
             let prompt = req.count_prompt(&body, &mut budget);
@@ -776,7 +777,7 @@ impl OutputCheck {
             let cap = state.config.billing.max_count_bytes;
             let tokens = state
                 .cpu
-                .run(move || {
+                .run_sized(bytes, move || {
                     let mut budget = Budget::new(cap);
                     pieces.iter().map(|p| budget.count(p)).sum::<i64>()
                 })

@@ -243,6 +243,17 @@ pub struct ChoiceText {
     before_last: (usize, usize),
 }
 
+impl ChoiceText {
+    /// Bytes of text (answer and reasoning).
+    pub fn len(&self) -> usize {
+        self.text.len() + self.reasoning.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
 /// A local count of the generated tokens of `choices`: `(completion, reasoning)`, each choice
 /// counted on its own; reasoning is a part of completion. CPU-heavy: for the CPU pool.
 pub fn count_generated(choices: &[ChoiceText], budget: &mut Budget) -> (i64, i64) {

@@ -287,6 +287,19 @@ on_both_backends! {
         }
     }
 
+    async fn a_run_that_shut_down_with_unsettled_requests_fails_ledger_verify(b: Backend) {
+        let app = TestApp::spawn(&b).await;
+        let (ok, out) = app.ledger_verify_cli().await;
+        assert!(ok, "{out}");
+        // This run, still going.
+        assert!(out.contains("1 run(s) without a recorded clean stop"), "{out}");
+        sql_i64(&app.state.db, "UPDATE runs SET stopped_at_ms = 1, unsettled = 2").await;
+        let (ok, out) = app.ledger_verify_cli().await;
+        assert!(!ok, "{out}");
+        assert!(out.contains("shut down with 2 admitted request(s) never settled"), "{out}");
+        app.stop().await;
+    }
+
     async fn a_json_array_is_not_a_request(b: Backend) {
         let s = Setup::provision(TestApp::spawn(&b).await, chat_script(&["hi"], 1, 1, 0), json!({}), ("1", "2", "0"), "1").await;
         let array = json!(["m1", [{"role": "user", "content": "hi"}]]);
@@ -632,30 +645,21 @@ async fn small_leaks_are_closed() {
     let text = resp.text().await.expect("body");
     assert!(text.len() < 1_000, "{} bytes", text.len());
     // /metrics wants its token.
-    let resp = app
-        .client
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .expect("metrics");
-    assert_eq!(resp.status(), 401);
-    let resp = app
-        .client
-        .get(app.url("/metrics"))
-        .bearer_auth("wrong")
-        .send()
-        .await
-        .expect("metrics");
-    assert_eq!(resp.status(), 401);
-    let resp = app
-        .client
-        .get(app.url("/metrics"))
-        .bearer_auth("scrape-token-123")
-        .send()
-        .await
-        .expect("metrics");
-    assert_eq!(resp.status(), 200);
-    assert!(resp.text().await.expect("text").contains("tollgate_"));
+    for (token, status) in [
+        (None, 401),
+        (Some("wrong"), 401),
+        (Some("scrape-token-123"), 200),
+    ] {
+        let mut req = app.client.get(app.url("/metrics"));
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        let resp = req.send().await.expect("metrics");
+        assert_eq!(resp.status(), status, "token {token:?}");
+        if status == 200 {
+            assert!(resp.text().await.expect("text").contains("tollgate_"));
+        }
+    }
     app.stop().await;
 }
 
