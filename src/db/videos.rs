@@ -142,6 +142,46 @@ pub async fn get(db: &Db, id: &str) -> Result<Option<VideoTask>, sqlx::Error> {
         .await)
 }
 
+/// Up to `limit` of a user's tasks, newest first (or oldest first), strictly after `cursor`
+/// (`(created_at_ms, id)` of the last one seen).
+pub async fn list_for_user(
+    db: &Db,
+    user_id: i64,
+    cursor: Option<(i64, String)>,
+    limit: i64,
+    ascending: bool,
+) -> Result<Vec<VideoTask>, sqlx::Error> {
+    let (at, id) = cursor.unwrap_or(if ascending {
+        (i64::MIN, String::new())
+    } else {
+        (i64::MAX, String::new())
+    });
+    let sql = if ascending {
+        concat!(
+            "SELECT ",
+            columns!(),
+            " FROM video_tasks WHERE user_id = $1
+                 AND (created_at_ms > $2 OR (created_at_ms = $2 AND id > $3))
+                 ORDER BY created_at_ms, id LIMIT $4"
+        )
+    } else {
+        concat!(
+            "SELECT ",
+            columns!(),
+            " FROM video_tasks WHERE user_id = $1
+                 AND (created_at_ms < $2 OR (created_at_ms = $2 AND id < $3))
+                 ORDER BY created_at_ms DESC, id DESC LIMIT $4"
+        )
+    };
+    read_pool!(db, p => sqlx::query_as::<_, VideoTask>(sql)
+        .bind(user_id)
+        .bind(at)
+        .bind(id)
+        .bind(limit)
+        .fetch_all(p)
+        .await)
+}
+
 /// Records where the provider keeps the task (after its create call answered).
 pub async fn set_upstream(
     db: &Db,

@@ -537,6 +537,25 @@ pub async fn content(state: &AppState, task: &VideoTask) -> Result<Content, Open
     }
 }
 
+/// The progress to report: 100 once the task has ended (completed, or failed: its error says
+/// why), the provider's last report before.
+fn reported_progress(t: &VideoTask) -> i64 {
+    if t.settled != 0 || matches!(t.status.as_str(), "completed" | "failed") {
+        100
+    } else {
+        t.progress
+    }
+}
+
+/// The seconds to report: what was delivered (and billed) once completed, what was asked for
+/// before.
+fn reported_seconds(t: &VideoTask) -> i64 {
+    match (t.status.as_str(), t.billed_seconds) {
+        ("completed", Some(billed)) => billed,
+        _ => t.seconds,
+    }
+}
+
 /// OpenAI's video object.
 pub fn openai_json(t: &VideoTask) -> Value {
     let error = t
@@ -551,30 +570,33 @@ pub fn openai_json(t: &VideoTask) -> Value {
         "expires_at": null,
         "status": t.status,
         "model": t.model,
-        "progress": if t.status == "completed" { 100 } else { t.progress },
+        "progress": reported_progress(t),
         "prompt": t.prompt,
-        "seconds": t.seconds.to_string(),
+        "seconds": reported_seconds(t).to_string(),
         "size": t.size.clone().unwrap_or_else(|| "720x1280".into()),
         "error": error,
         "remixed_from_video_id": null,
     })
 }
 
-/// The aggregator's task shape (`/api/v1/videos/generations`).
-pub fn aggregator_json(t: &VideoTask) -> Value {
-    let content_url = format!("/v1/videos/{}/content", t.id);
+/// The aggregator's task shape (`/api/v1/videos/generations`). `api_root` is the Tollgate root the
+/// client called (`https://host/api/v1`): the file is fetched from its content route with the
+/// client's own key, never from the provider's address.
+pub fn aggregator_json(t: &VideoTask, api_root: &str) -> Value {
+    let content_url = format!("{api_root}/videos/{}/content", t.id);
+    let done = t.status == "completed";
     json!({
         "id": t.id,
         "task_id": t.id,
         "object": "video.generation",
         "status": t.status,
-        "progress": if t.status == "completed" { 100 } else { t.progress },
+        "progress": reported_progress(t),
         "model": t.model,
         "prompt": t.prompt,
-        "duration": t.seconds,
+        "duration": reported_seconds(t),
         "aspect_ratio": t.aspect_ratio,
-        "video_url": if t.status == "completed" { json!(t.result_url.clone().unwrap_or_else(|| content_url.clone())) } else { Value::Null },
-        "content_url": if t.status == "completed" { json!(content_url) } else { Value::Null },
+        "video_url": if done { json!(content_url) } else { Value::Null },
+        "content_url": if done { json!(content_url) } else { Value::Null },
         "reserved": Micros(t.held_micros),
         "cost": t.cost_micros.map(Micros),
         "billed_seconds": t.billed_seconds,
@@ -582,4 +604,44 @@ pub fn aggregator_json(t: &VideoTask) -> Value {
         "created_at": t.created_at_ms / 1000,
         "completed_at": t.completed_at_ms.map(|ms| ms / 1000),
     })
+}
+
+/// One page of a caller's videos, newest first (`order` "asc": oldest first), after the video
+/// `after` (a cursor from an earlier page): OpenAI's list shape.
+pub async fn list_own(
+    state: &AppState,
+    caller: &Caller,
+    after: Option<&str>,
+    limit: i64,
+    ascending: bool,
+) -> Result<Value, OpenAiError> {
+    let Some(user_id) = caller.user_id else {
+        return Err(OpenAiError::NoAccount);
+    };
+    let internal = |e: sqlx::Error| OpenAiError::internal("list videos", e);
+    let cursor = match after {
+        Some(id) => match videos::get(&state.db, id).await.map_err(internal)? {
+            Some(t) if t.user_id == user_id => Some((t.created_at_ms, t.id)),
+            _ => {
+                return Err(OpenAiError::InvalidRequest {
+                    message: format!("'after' names no video of yours: {id}"),
+                    param: Some("after"),
+                });
+            }
+        },
+        None => None,
+    };
+    let mut page = videos::list_for_user(&state.db, user_id, cursor, limit + 1, ascending)
+        .await
+        .map_err(internal)?;
+    let has_more = page.len() as i64 > limit;
+    page.truncate(limit.max(0) as usize);
+    let data: Vec<Value> = page.iter().map(openai_json).collect();
+    Ok(json!({
+        "object": "list",
+        "data": data,
+        "first_id": page.first().map(|t| t.id.clone()),
+        "last_id": page.last().map(|t| t.id.clone()),
+        "has_more": has_more,
+    }))
 }

@@ -169,6 +169,8 @@ on_both_backends! {
         let url = app.url(&format!("/v1/videos/{id}"));
         let done = wait_until(&app.client, &url, &key, |v| v["status"] == "completed").await;
         assert_eq!(done["progress"], 100);
+        // What was delivered, not what was asked for.
+        assert_eq!(done["seconds"], "6");
         let file = app.client.get(app.url(&format!("/v1/videos/{id}/content"))).bearer_auth(&key).send().await.expect("content");
         assert_eq!(file.status(), 200);
         assert_eq!(file.bytes().await.expect("bytes").as_ref(), FILE);
@@ -190,6 +192,31 @@ on_both_backends! {
         let gen_url = app.url(&format!("/api/v1/videos/generations/{}", task["id"].as_str().expect("id")));
         let done = wait_until(&app.client, &gen_url, &key, |v| v["status"] == "completed").await;
         assert_eq!(done["cost"], json!(0.6));
+        assert_eq!(done["duration"], 6);
+        // The file is fetched from Tollgate with the caller's key, never from the provider.
+        let gen_id = task["id"].as_str().expect("id");
+        assert_eq!(done["video_url"], json!(app.url(&format!("/api/v1/videos/{gen_id}/content"))));
+        let file = app.client.get(done["video_url"].as_str().expect("url")).bearer_auth(&key).send().await.expect("file");
+        assert_eq!(file.status(), 200);
+        assert_eq!(file.bytes().await.expect("bytes").as_ref(), FILE);
+        let on_v1: Value = app.client.get(app.url(&format!("/v1/videos/generations/{gen_id}"))).bearer_auth(&key)
+            .send().await.expect("get").json().await.expect("json");
+        assert_eq!(on_v1["video_url"], json!(app.url(&format!("/v1/videos/{gen_id}/content"))));
+
+        // The caller's videos, newest first, a page at a time.
+        let list: Value = app.client.get(app.url("/v1/videos?limit=1")).bearer_auth(&key).send().await.expect("list").json().await.expect("json");
+        assert_eq!(list["object"], "list");
+        assert_eq!(list["data"][0]["id"], gen_id);
+        assert_eq!(list["has_more"], true);
+        let next: Value = app.client.get(app.url(&format!("/v1/videos?limit=1&after={gen_id}"))).bearer_auth(&key)
+            .send().await.expect("list").json().await.expect("json");
+        assert_eq!(next["data"][0]["id"], json!(id));
+        assert_eq!((&next["has_more"], &next["last_id"]), (&json!(false), &json!(id)));
+        let oldest: Value = app.client.get(app.url("/api/v1/videos?order=asc")).bearer_auth(&key).send().await.expect("list").json().await.expect("json");
+        assert_eq!(oldest["data"].as_array().map(Vec::len), Some(2));
+        assert_eq!(oldest["data"][0]["id"], json!(id));
+        let bad = app.client.get(app.url("/v1/videos?limit=0")).bearer_auth(&key).send().await.expect("list");
+        assert_eq!(bad.status(), 400);
         let other = app.add_user(json!("1")).await;
         let other_key = app.add_key(other, json!({})).await;
         let resp = app.client.get(&url).bearer_auth(&other_key).send().await.expect("get");
@@ -224,6 +251,8 @@ on_both_backends! {
         let id = resp.json::<Value>().await.expect("json")["id"].as_str().expect("id").to_owned();
         let failed = wait_until(&app.client, &app.url(&format!("/v1/videos/{id}")), &key, |v| v["status"] == "failed").await;
         assert_eq!(failed["error"]["message"], "content policy");
+        // Ended: not stuck at the last progress the provider reported.
+        assert_eq!(failed["progress"], 100);
         tokio::time::sleep(Duration::from_millis(300)).await;
         assert_eq!(fake.polls.load(Ordering::SeqCst), 2, "a settled task is not polled again");
         assert_eq!(app.balance_micros(user).await, 2_000_000);

@@ -21,7 +21,10 @@ pub fn router() -> Router<AppState> {
         .route("/completions", post(completions::create_completion))
         .route("/embeddings", post(embeddings::create_embedding))
         .route("/images/generations", post(images::create_image))
-        .route("/videos", post(videos::create_video))
+        .route(
+            "/videos",
+            post(videos::create_video).get(videos::list_videos),
+        )
         .route("/videos/{id}", get(videos::retrieve_video))
         .route("/videos/{id}/content", get(videos::video_content))
         .route("/videos/generations", post(videos::create_generation))

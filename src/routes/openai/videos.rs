@@ -1,5 +1,6 @@
 //! Video tasks: OpenAI's `POST /v1/videos` (multipart form, as the SDK sends it, or JSON),
-//! `GET /v1/videos/{id}`, `GET /v1/videos/{id}/content` (the file, streamed), and the
+//! `GET /v1/videos` (the caller's, OpenAI's list shape), `GET /v1/videos/{id}`,
+//! `GET /v1/videos/{id}/content` (the file, streamed), and the
 //! aggregator's `POST /videos/generations` (JSON: `duration` default 10 s, `aspect_ratio`
 //! default 16:9) with `GET /videos/generations/{id}`.
 
@@ -10,10 +11,12 @@ use crate::routes::extract::{OpenAiCaller, RequestId};
 use crate::state::AppState;
 use axum::Json;
 use axum::body::{Body, Bytes};
-use axum::extract::{FromRequest, Multipart, Path, Request, State};
-use axum::http::{StatusCode, header};
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{FromRequest, Multipart, OriginalUri, Path, Query, Request, State};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::Response;
 use futures_util::StreamExt;
+use serde::Deserialize;
 use serde_json::{Map, Value};
 
 /// The model used when an aggregator request names none (as that API documents).
@@ -103,7 +106,7 @@ async fn submit(
     caller: &Caller,
     request_id: &str,
     req: VideoRequest,
-    shape: fn(&crate::db::videos::VideoTask) -> Value,
+    shape: impl Fn(&crate::db::videos::VideoTask) -> Value,
 ) -> Response {
     let (result, headers) = videos::submit(state, caller, request_id, req).await;
     super::with_rate_headers(result.map(|task| Json(shape(&task))), headers)
@@ -142,8 +145,10 @@ pub async fn create_generation(
     State(state): State<AppState>,
     OpenAiCaller(caller): OpenAiCaller,
     RequestId(request_id): RequestId,
+    OriginalUri(uri): OriginalUri,
     req: Request,
 ) -> Result<Response, OpenAiError> {
+    let req_headers = Some(req.headers().clone());
     let map = fields(&state, req).await?;
     let aspect_ratio = text(&map, "aspect_ratio")?.unwrap_or_else(|| "16:9".into());
     let valid_ratio = aspect_ratio.split_once(':').is_some_and(|(w, h)| {
@@ -162,7 +167,11 @@ pub async fn create_generation(
         size: text(&map, "size")?,
         aspect_ratio: Some(aspect_ratio),
     };
-    Ok(submit(&state, &caller, &request_id, req, videos::aggregator_json).await)
+    let root = api_root(&state, req_headers.as_ref(), &uri);
+    Ok(submit(&state, &caller, &request_id, req, |t| {
+        videos::aggregator_json(t, &root)
+    })
+    .await)
 }
 
 /// `GET /v1/videos/{id}`.
@@ -180,9 +189,83 @@ pub async fn retrieve_generation(
     State(state): State<AppState>,
     OpenAiCaller(caller): OpenAiCaller,
     Path(id): Path<String>,
+    OriginalUri(uri): OriginalUri,
+    headers: HeaderMap,
 ) -> Result<Json<Value>, OpenAiError> {
     let task = videos::own_task(&state, &caller, &id).await?;
-    Ok(Json(videos::aggregator_json(&task)))
+    let root = api_root(&state, Some(&headers), &uri);
+    Ok(Json(videos::aggregator_json(&task, &root)))
+}
+
+/// The Tollgate root the client called, absolute when the request names its host
+/// (`http://host:port/api/v1` or `…/v1`; the scheme from `X-Forwarded-Proto` behind a trusted
+/// proxy), so that a URL in an answer leads back to this gateway.
+fn api_root(state: &AppState, headers: Option<&HeaderMap>, uri: &axum::http::Uri) -> String {
+    let prefix = if uri.path().starts_with("/api/v1/") {
+        "/api/v1"
+    } else {
+        "/v1"
+    };
+    let header = |name: &str| {
+        headers
+            .and_then(|h| h.get(name))
+            .and_then(|v| v.to_str().ok())
+            .map(|v| v.split(',').next().unwrap_or(v).trim().to_owned())
+            .filter(|v| !v.is_empty() && !v.contains(['/', ' ', '\\']))
+    };
+    let trusted = state.config.limits.trust_forwarded_for;
+    let host = trusted
+        .then(|| header("x-forwarded-host"))
+        .flatten()
+        .or_else(|| header("host"));
+    let scheme = trusted
+        .then(|| header("x-forwarded-proto"))
+        .flatten()
+        .filter(|p| p == "https" || p == "http")
+        .unwrap_or_else(|| "http".to_owned());
+    match host {
+        Some(host) => format!("{scheme}://{host}{prefix}"),
+        None => prefix.to_owned(),
+    }
+}
+
+/// Query of `GET /v1/videos` (OpenAI's: `after`, `limit` 1-100 (default 20), `order`).
+#[derive(Debug, Deserialize)]
+pub struct ListQuery {
+    after: Option<String>,
+    limit: Option<i64>,
+    order: Option<String>,
+}
+
+/// `GET /v1/videos`: the caller's videos, newest first, in OpenAI's list shape.
+pub async fn list_videos(
+    State(state): State<AppState>,
+    OpenAiCaller(caller): OpenAiCaller,
+    query: Result<Query<ListQuery>, QueryRejection>,
+) -> Result<Json<Value>, OpenAiError> {
+    let Query(q) = query.map_err(|e| OpenAiError::InvalidRequest {
+        message: e.body_text(),
+        param: None,
+    })?;
+    let limit = q.limit.unwrap_or(20);
+    if !(1..=100).contains(&limit) {
+        return Err(invalid(
+            "limit",
+            format!("'limit' must be 1 to 100, got {limit}"),
+        ));
+    }
+    let ascending = match q.order.as_deref() {
+        None | Some("desc") => false,
+        Some("asc") => true,
+        Some(other) => {
+            return Err(invalid(
+                "order",
+                format!("'order' must be \"asc\" or \"desc\", got {other:?}"),
+            ));
+        }
+    };
+    let page = videos::list_own(&state, &caller, q.after.as_deref(), limit, ascending).await?;
+    Ok(Json(page))
 }
 
 /// `GET /v1/videos/{id}/content`: the file, streamed as it arrives.
