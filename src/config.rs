@@ -2,6 +2,7 @@
 //! then `TOLLGATE__SECTION__KEY` environment variables (and `TOLLGATE_DATABASE_URL`).
 //! Unknown keys are errors; [`Config::validate`] runs at start.
 
+use crate::secrets::Secret;
 use anyhow::{Context, bail};
 use serde::Deserialize;
 use std::net::SocketAddr;
@@ -26,17 +27,17 @@ pub struct Config {
     pub log: LogConfig,
     /// The bootstrap admin credential (from `TOLLGATE_ADMIN_KEY`, never from a file).
     #[serde(skip)]
-    pub admin_key: Option<String>,
+    pub admin_key: Option<Secret>,
     /// The secret login tokens are signed with (from `TOLLGATE_JWT_SECRET`, never from a file).
     #[serde(skip)]
-    pub jwt_secret: Option<String>,
+    pub jwt_secret: Option<Secret>,
     /// The key upstream credentials are sealed with (from `TOLLGATE_MASTER_KEY`, never from a
     /// file; without it, `secrets.master_key_file`).
     #[serde(skip)]
-    pub master_key: Option<String>,
+    pub master_key: Option<Secret>,
     /// The bearer token `/metrics` requires, if any (from `TOLLGATE_METRICS_TOKEN`).
     #[serde(skip)]
-    pub metrics_token: Option<String>,
+    pub metrics_token: Option<Secret>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -63,7 +64,7 @@ pub struct ServerConfig {
     pub cpu_threads: usize,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DatabaseConfig {
     pub url: String,
@@ -120,7 +121,7 @@ pub struct CatalogConfig {
     pub refresh_interval_ms: u64,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RedisConfig {
     pub url: String,
@@ -164,6 +165,37 @@ pub enum FailMode {
 pub struct LogConfig {
     pub filter: String,
     pub format: String,
+}
+
+impl std::fmt::Debug for DatabaseConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DatabaseConfig")
+            .field("url", &redact_url(&self.url))
+            .field("max_connections", &self.max_connections)
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for RedisConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisConfig")
+            .field("url", &redact_url(&self.url))
+            .field("prefix", &self.prefix)
+            .field("timeout_ms", &self.timeout_ms)
+            .finish()
+    }
+}
+
+/// A URL without its password (`postgres://user:***@host/db`), for logs and `Debug`.
+pub fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let user = &url[scheme + 3..at];
+            let user = user.split(':').next().unwrap_or_default();
+            format!("{}://{user}:***@{}", &url[..scheme], &url[at + 1..])
+        }
+        _ => url.to_owned(),
+    }
 }
 
 /// Sets `table[path...] = value`, creating tables on the way.
@@ -239,13 +271,13 @@ impl Config {
                 set_path(&mut table, &path, env_value(&value))
                     .with_context(|| format!("applying {name}"))?;
             } else if name == "TOLLGATE_ADMIN_KEY" && !value.is_empty() {
-                admin_key = Some(value);
+                admin_key = Some(Secret::from(value));
             } else if name == "TOLLGATE_JWT_SECRET" && !value.is_empty() {
-                jwt_secret = Some(value);
+                jwt_secret = Some(Secret::from(value));
             } else if name == "TOLLGATE_MASTER_KEY" && !value.is_empty() {
-                master_key = Some(value);
+                master_key = Some(Secret::from(value));
             } else if name == "TOLLGATE_METRICS_TOKEN" && !value.is_empty() {
-                metrics_token = Some(value);
+                metrics_token = Some(Secret::from(value));
             } else if name == "TOLLGATE_DATABASE_URL" && !value.is_empty() {
                 database_url = Some(value);
             } else if name == "TOLLGATE_REDIS_URL" && !value.is_empty() {
@@ -423,7 +455,34 @@ mod tests {
         assert_eq!(c.server.listen, "0.0.0.0:9000");
         assert_eq!(c.upstream.chunk_timeout_ms, 250);
         assert_eq!(c.database.url, "postgres://x@localhost/db");
-        assert_eq!(c.admin_key.as_deref(), Some("a-long-admin-secret"));
+        assert_eq!(
+            c.admin_key.as_ref().map(Secret::expose),
+            Some("a-long-admin-secret")
+        );
+    }
+
+    #[test]
+    fn secrets_do_not_print() {
+        let c = Config::load_from(
+            None,
+            env(&[
+                ("TOLLGATE_ADMIN_KEY", "admin-secret-0123456789"),
+                ("TOLLGATE_MASTER_KEY", "master-secret-0123456789abcdefghijk"),
+                (
+                    "TOLLGATE_DATABASE_URL",
+                    "postgres://tg:db-password@localhost/db",
+                ),
+            ]),
+        )
+        .expect("config");
+        let printed = format!("{c:?}");
+        for secret in ["admin-secret", "master-secret", "db-password"] {
+            assert!(!printed.contains(secret), "{printed}");
+        }
+        assert!(
+            printed.contains("postgres://tg:***@localhost/db"),
+            "{printed}"
+        );
     }
 
     #[test]

@@ -82,7 +82,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Migrate => {
             let db = tollgate::db::Db::connect(&config.database.url, 1).await?;
             db.migrate().await.context("migrating")?;
-            tracing::info!(url = %redact(&config.database.url), "migrations applied");
+            tracing::info!(url = %tollgate::config::redact_url(&config.database.url), "migrations applied");
             Ok(())
         }
         Command::Ledger {
@@ -121,15 +121,5 @@ async fn main() -> anyhow::Result<()> {
                 std::process::exit(1);
             }
         }
-    }
-}
-
-/// A database URL without its password, for logs.
-fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme), Some(at)) if at > scheme => {
-            format!("{}://…@{}", &url[..scheme], &url[at + 1..])
-        }
-        _ => url.to_owned(),
     }
 }

@@ -14,6 +14,50 @@ use std::path::Path;
 const PREFIX: &str = "enc:v1:";
 const NONCE_LEN: usize = 12;
 
+/// A secret in memory (a credential, a key): `Debug` prints `***`, so no config, channel or log
+/// line can show it by accident, and it has no `Display` (nothing formats it into a header by
+/// mistake); [`Secret::expose`] reads it where it is used.
+#[derive(Clone, Default, PartialEq, Eq, sqlx::Type)]
+#[sqlx(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Secret {
+        Secret(value.into())
+    }
+
+    /// The secret itself, for the one place that sends or checks it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+}
+
+impl From<&str> for Secret {
+    fn from(value: &str) -> Secret {
+        Secret(value.to_owned())
+    }
+}
+
+impl From<String> for Secret {
+    fn from(value: String) -> Secret {
+        Secret(value)
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
 /// What a sealed value is; authenticated with it.
 #[derive(Debug, Clone, Copy)]
 pub enum Purpose {
@@ -184,6 +228,14 @@ fn create_key_file(path: &Path) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_secret_does_not_print() {
+        let s = Secret::from("sk-live-abcdef");
+        assert_eq!(format!("{s:?}"), "Secret(***)");
+        assert_eq!(format!("{:?}", Some(&s)), "Some(Secret(***))");
+        assert_eq!(s.expose(), "sk-live-abcdef");
+    }
 
     #[test]
     fn sealed_values_open_only_with_their_key_and_purpose() {

@@ -11,7 +11,7 @@ use crate::gateway::health::Health;
 use crate::gateway::session::Sessions;
 use crate::limits::Limiter;
 use crate::limits::shared::Shared;
-use crate::secrets::Secrets;
+use crate::secrets::{Secret, Secrets};
 use crate::state::{AppState, Inner};
 use anyhow::Context;
 use std::future::Future;
@@ -37,7 +37,7 @@ impl Application {
         let db = Db::connect(&config.database.url, config.database.max_connections).await?;
         db.migrate().await?;
         let secrets = Secrets::load(
-            config.master_key.as_deref(),
+            config.master_key.as_ref().map(Secret::expose),
             &config.secrets.master_key_file,
         )?;
         if config.master_key.is_none() && matches!(db, Db::Postgres(_)) {
@@ -90,11 +90,11 @@ impl Application {
         let state = AppState::new(Inner {
             keys: KeyCache::new(
                 Duration::from_millis(config.auth.key_cache_ttl_ms),
-                config.admin_key.as_deref(),
+                config.admin_key.as_ref().map(Secret::expose),
             ),
             sessions: {
                 let secret = match &config.jwt_secret {
-                    Some(s) => s.as_bytes().to_vec(),
+                    Some(s) => s.expose().as_bytes().to_vec(),
                     None => {
                         tracing::warn!(
                             "TOLLGATE_JWT_SECRET is not set: login tokens are signed with a random secret and end with this process"

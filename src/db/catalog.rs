@@ -1,7 +1,7 @@
 //! Channels (upstreams) and models with their price versions: what the routing catalog is built from.
 
 use super::{Db, now_ms, read_pool, write_pool};
-use crate::secrets::{Purpose, Secrets};
+use crate::secrets::{Purpose, Secret, Secrets};
 
 /// The columns of a [`ModelRow`].
 macro_rules! model_columns {
@@ -29,7 +29,7 @@ pub struct ChannelRow {
     pub name: String,
     pub provider: String,
     pub base_url: String,
-    pub api_key: String,
+    pub api_key: Secret,
     pub models: String,
     pub model_map: String,
     pub priority: i64,
@@ -121,7 +121,8 @@ impl Prices {
 /// `row` with its credential opened.
 fn opened(secrets: &Secrets, mut row: ChannelRow) -> Result<ChannelRow, sqlx::Error> {
     row.api_key = secrets
-        .open(Purpose::ChannelCredential, &row.api_key)
+        .open(Purpose::ChannelCredential, row.api_key.expose())
+        .map(Secret::from)
         .map_err(|e| {
             sqlx::Error::Decode(format!("channel {} ({}): {e}", row.id, row.name).into())
         })?;

@@ -6,6 +6,7 @@ use super::request::Defaults;
 use crate::billing::TokenPrice;
 use crate::db::{self, Db};
 use crate::provider::Provider;
+use crate::secrets::Secret;
 use crate::secrets::Secrets;
 use rand::RngExt;
 use std::collections::{HashMap, HashSet};
@@ -19,7 +20,7 @@ pub struct Channel {
     pub provider: Provider,
     /// The upstream's `/v1` root, without a trailing slash.
     pub base_url: String,
-    pub api_key: String,
+    pub api_key: Secret,
     pub priority: i64,
     pub weight: i64,
     model_map: HashMap<String, String>,

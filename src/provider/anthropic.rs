@@ -57,7 +57,7 @@ pub async fn chat(
     let send = http
         .post(url)
         .header(reqwest::header::CONTENT_TYPE, "application/json")
-        .header("x-api-key", &channel.api_key)
+        .header("x-api-key", channel.api_key.expose())
         .header("anthropic-version", API_VERSION)
         .body(translated.to_string());
     let response = UpstreamResponse::from_reqwest(super::send(send, first_byte_timeout).await?);

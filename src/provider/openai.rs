@@ -20,7 +20,7 @@ pub async fn post(
         .header(reqwest::header::CONTENT_TYPE, "application/json")
         .body(body);
     if !channel.api_key.is_empty() {
-        request = request.bearer_auth(&channel.api_key);
+        request = request.bearer_auth(channel.api_key.expose());
     }
     let response = super::send(request, first_byte_timeout).await?;
     Ok(UpstreamResponse::from_reqwest(response))

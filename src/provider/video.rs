@@ -59,7 +59,7 @@ fn request(
 ) -> reqwest::RequestBuilder {
     let mut r = http.request(method, url);
     if !channel.api_key.is_empty() {
-        r = r.bearer_auth(&channel.api_key);
+        r = r.bearer_auth(channel.api_key.expose());
     }
     r
 }
@@ -251,7 +251,7 @@ pub async fn fetch(
         && !c.api_key.is_empty()
         && url.starts_with(&c.base_url)
     {
-        r = r.bearer_auth(&c.api_key);
+        r = r.bearer_auth(c.api_key.expose());
     }
     super::send(r, timeout).await
 }

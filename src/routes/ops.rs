@@ -26,7 +26,8 @@ async fn metrics(State(state): State<AppState>, headers: HeaderMap) -> Response 
             .and_then(|v| v.strip_prefix("Bearer "))
             .unwrap_or_default();
         // Compared as hashes, so the comparison's time says nothing about the token.
-        let same = Sha256::digest(presented.as_bytes()) == Sha256::digest(token.as_bytes());
+        let same =
+            Sha256::digest(presented.as_bytes()) == Sha256::digest(token.expose().as_bytes());
         if !same {
             return (
                 StatusCode::UNAUTHORIZED,

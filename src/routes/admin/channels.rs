@@ -48,7 +48,7 @@ fn channel_json(state: &AppState, c: &ChannelRow) -> Value {
         "name": c.name,
         "provider": c.provider,
         "base_url": c.base_url,
-        "api_key": mask(&c.api_key),
+        "api_key": mask(c.api_key.expose()),
         "models": models,
         "model_map": model_map,
         "priority": c.priority,
@@ -135,7 +135,7 @@ fn validate(body: ChannelBody, base: Option<&ChannelRow>) -> Result<Valid, ApiEr
     check_base_url("base_url", provider, &base_url)?;
     let api_key = body
         .api_key
-        .or_else(|| base.map(|b| b.api_key.clone()))
+        .or_else(|| base.map(|b| b.api_key.expose().to_owned()))
         .unwrap_or_default();
     let models = match body.models {
         Some(m) => m,

@@ -294,7 +294,7 @@ pub async fn update(
                 name: &c.name,
                 provider: provider.as_str(),
                 base_url: &base_url,
-                api_key: body.api_key.as_deref().unwrap_or(&c.api_key),
+                api_key: body.api_key.as_deref().unwrap_or(c.api_key.expose()),
                 models: &c.models,
                 model_map: &c.model_map,
                 priority: c.priority,
