@@ -32,6 +32,7 @@ use futures_util::stream::BoxStream;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
+use tracing::Instrument;
 
 /// Channels tried for one request at most.
 const MAX_ATTEMPTS: usize = 3;
@@ -259,7 +260,10 @@ async fn run_prepared(
         permit,
     };
     let (reply_tx, reply_rx) = oneshot::channel();
-    state.tasks.spawn(run(ctx, reply_tx));
+    // The task outlives the handler: it carries the request's span with it.
+    state
+        .tasks
+        .spawn(run(ctx, reply_tx).instrument(tracing::Span::current()));
     reply_rx.await.unwrap_or_else(|_| {
         Err(OpenAiError::internal(
             &request_id,
@@ -334,9 +338,10 @@ pub fn refused(state: &AppState, payer: &Payer<'_>, e: ReserveError) -> OpenAiEr
                 units: 0,
             };
             let state2 = state.clone();
-            state
-                .tasks
-                .spawn(async move { settle(&state2.book, &state2.db, None, &record).await });
+            state.tasks.spawn(
+                async move { settle(&state2.book, &state2.db, None, &record).await }
+                    .instrument(tracing::Span::current()),
+            );
             OpenAiError::InsufficientBalance { needed, available }
         }
         ReserveError::UserInactive => OpenAiError::Auth(super::auth::AuthError::UserDisabled),

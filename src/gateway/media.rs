@@ -13,6 +13,7 @@ use futures_util::StreamExt;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
+use tracing::Instrument;
 
 /// Channels tried for one request at most.
 const MAX_ATTEMPTS: usize = 3;
@@ -164,9 +165,12 @@ where
     F: Future<Output = Result<T, OpenAiError>> + Send + 'static,
 {
     let (tx, rx) = tokio::sync::oneshot::channel();
-    state.tasks.spawn(async move {
-        let _ = tx.send(work.await);
-    });
+    state.tasks.spawn(
+        async move {
+            let _ = tx.send(work.await);
+        }
+        .instrument(tracing::Span::current()),
+    );
     rx.await.unwrap_or_else(|_| {
         Err(OpenAiError::internal(
             request_id,

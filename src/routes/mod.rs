@@ -26,6 +26,7 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use extract::RequestId;
 use std::time::Instant;
+use tracing::Instrument;
 
 /// The route template a request matched, handed from the inner layer to the outer one.
 #[derive(Clone)]
@@ -62,13 +63,16 @@ async fn label_route(path: Option<MatchedPath>, req: Request, next: Next) -> Res
     response
 }
 
-/// Outer layer: request id in, `x-request-id` out, request count and latency by route.
+/// Outer layer: request id in, `x-request-id` out, request count and latency by route; the
+/// request runs in a span carrying its id (deferred work inherits it), so every log line it
+/// causes names it.
 async fn track(mut req: Request, next: Next) -> Response {
     let started = Instant::now();
     let id = RequestId::new();
     let method = req.method().as_str().to_owned();
+    let span = tracing::info_span!("request", request_id = %id.0, method = %method);
     req.extensions_mut().insert(id.clone());
-    let mut response = next.run(req).await;
+    let mut response = next.run(req).instrument(span).await;
     if let Ok(v) = HeaderValue::from_str(&id.0) {
         response.headers_mut().insert("x-request-id", v);
     }

@@ -678,3 +678,62 @@ async fn logs_written_to_a_pipe_carry_no_colour_codes() {
     assert!(log.contains("migrations applied"), "{log}");
     assert!(!log.contains('\u{1b}'), "{log:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn what_a_request_logs_carries_its_request_id() {
+    let dir = tempfile::tempdir().expect("dir");
+    let db_url = format!("sqlite://{}/tollgate.db", dir.path().display());
+    let server = Server::start(&db_url, &[]).await;
+    // A channel nobody listens on: the upstream call fails, and the gateway says so in its log.
+    server.admin(reqwest::Method::POST, "/api/v1/admin/channels", Some(json!({
+        "name": "dead", "provider": "openai", "base_url": "http://127.0.0.1:9/v1", "api_key": "k", "models": ["m1"], "model_map": {}}))).await;
+    server
+        .admin(
+            reqwest::Method::POST,
+            "/api/v1/admin/models",
+            Some(json!({
+        "model": "m1", "input_price": "1", "output_price": "1"})),
+        )
+        .await;
+    let user = server
+        .admin(
+            reqwest::Method::POST,
+            "/api/v1/admin/users",
+            Some(json!({"email": "log@example.com", "balance": "1"})),
+        )
+        .await["id"]
+        .as_i64()
+        .expect("id");
+    let key = server
+        .admin(
+            reqwest::Method::POST,
+            &format!("/api/v1/admin/users/{user}/keys"),
+            Some(json!({})),
+        )
+        .await["key"]
+        .as_str()
+        .expect("key")
+        .to_owned();
+    let resp = reqwest::Client::new()
+        .post(format!("{}/v1/chat/completions", server.base))
+        .bearer_auth(&key)
+        .json(&json!({"model": "m1", "messages": [{"role": "user", "content": "hi"}]}))
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(resp.status(), 502);
+    let id = resp.headers()["x-request-id"]
+        .to_str()
+        .expect("id")
+        .to_owned();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let lines = server.log.lock().expect("log").clone();
+    let failure = lines
+        .iter()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .find(|l| l["fields"]["message"] == "upstream call failed")
+        .unwrap_or_else(|| panic!("the failure is logged: {lines:?}"));
+    assert_eq!(failure["span"]["request_id"], json!(id), "{failure}");
+    assert_eq!(failure["span"]["name"], "request");
+    server.kill().await;
+}

@@ -862,6 +862,8 @@ pub async fn sql_text(db: &Db, sql: &str) -> String {
 pub struct Server {
     child: Child,
     pub base: String,
+    /// Every line it has logged (JSON) since it listened.
+    pub log: Arc<Mutex<Vec<String>>>,
 }
 
 impl Server {
@@ -900,10 +902,17 @@ impl Server {
         .await
         .expect("tollgate listening in time");
         // Keep reading the log so the process never blocks on a full pipe.
-        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let kept = Arc::clone(&log);
+        tokio::spawn(async move {
+            while let Ok(Some(line)) = lines.next_line().await {
+                kept.lock().expect("log").push(line);
+            }
+        });
         Server {
             child,
             base: format!("http://{addr}"),
+            log,
         }
     }
 
