@@ -6,7 +6,9 @@ pub mod money;
 pub mod pricing;
 pub mod reconcile;
 pub mod settle;
+pub mod usage;
 pub mod verify;
 
 pub use money::Micros;
 pub use pricing::{TokenPrice, TokenUsage};
+pub use usage::{UsageSource, UsageStatus};

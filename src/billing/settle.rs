@@ -43,7 +43,7 @@ pub async fn settle(
     if let Some(s) = &result
         && s.first_time
     {
-        metrics::counter!(m::SETTLEMENTS, "outcome" => record.status, "usage_source" => record.usage_source)
+        metrics::counter!(m::SETTLEMENTS, "outcome" => record.status.as_str(), "usage_source" => record.usage_source.as_str())
             .increment(1);
         let model = record.model.clone();
         if s.charged.0 > 0 {

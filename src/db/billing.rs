@@ -6,7 +6,7 @@
 //! unique index on `usage_records.request_id` makes a second settlement roll back whole.
 
 use super::{Db, now_ms, read_pool, write_pool};
-use crate::billing::{Micros, TokenUsage};
+use crate::billing::{Micros, TokenUsage, UsageSource, UsageStatus};
 
 /// The columns a settlement writes to `usage_records`, in the order the inserts bind them.
 macro_rules! usage_columns {
@@ -49,13 +49,13 @@ macro_rules! bind_usage {
             .bind(rec.channel_id)
             .bind(rec.endpoint)
             .bind(i64::from(rec.stream))
-            .bind(rec.status)
+            .bind(rec.status.as_str())
             .bind(i64::from(rec.http_status))
             .bind(rec.usage.prompt_tokens)
             .bind(rec.usage.completion_tokens)
             .bind(rec.usage.cached_tokens)
             .bind(rec.usage.reasoning_tokens)
-            .bind(rec.usage_source)
+            .bind(rec.usage_source.as_str())
             .bind(rec.reserved.0)
             .bind(rec.cost.0 - charged)
             .bind(rec.price_version)
@@ -149,11 +149,10 @@ pub struct UsageRecord {
     pub channel_id: Option<i64>,
     pub endpoint: &'static str,
     pub stream: bool,
-    pub status: &'static str,
+    pub status: UsageStatus,
     pub http_status: u16,
     pub usage: TokenUsage,
-    /// `provider` (the upstream reported usage), `estimated` (counted locally) or `none`.
-    pub usage_source: &'static str,
+    pub usage_source: UsageSource,
     pub reserved: Micros,
     /// The price of the usage; what is charged is at most this and at most what the user has.
     pub cost: Micros,

@@ -19,7 +19,7 @@ use super::throttle::{self, RateHeaders};
 use super::tokens::Budget;
 use crate::billing::book::Held;
 use crate::billing::settle::settle;
-use crate::billing::{Micros, TokenUsage};
+use crate::billing::{Micros, TokenUsage, UsageSource, UsageStatus};
 use crate::db::billing::{NewReservation, ReserveError, UsageRecord};
 use crate::error::OpenAiError;
 use crate::limits::Permit;
@@ -59,18 +59,18 @@ struct Ctx {
 
 /// How a request ended, for its usage record.
 struct Ending {
-    status: &'static str,
+    status: UsageStatus,
     http_status: u16,
     channel: Option<Arc<Channel>>,
     /// Usage and its source; `None` means nothing was generated.
-    usage: Option<(TokenUsage, &'static str)>,
+    usage: Option<(TokenUsage, UsageSource)>,
     ttft_ms: Option<i64>,
     error: Option<String>,
 }
 
 impl Ending {
     fn failed(
-        status: &'static str,
+        status: UsageStatus,
         http_status: u16,
         channel: Option<Arc<Channel>>,
         error: String,
@@ -325,10 +325,10 @@ pub fn refused(state: &AppState, payer: &Payer<'_>, e: ReserveError) -> OpenAiEr
                 channel_id: None,
                 endpoint: payer.endpoint,
                 stream: payer.stream,
-                status: "insufficient_balance",
+                status: UsageStatus::InsufficientBalance,
                 http_status: 402,
                 usage: TokenUsage::default(),
-                usage_source: "none",
+                usage_source: UsageSource::None,
                 reserved: Micros::ZERO,
                 cost: Micros::ZERO,
                 price_version: Some(payer.model.price.version),
@@ -467,7 +467,7 @@ async fn run(ctx: Ctx, mut reply_tx: ReplyTx) {
             r = call_channel(&state, &channel, ctx.req.endpoint, body, max_tokens) => r,
             _ = reply_tx.closed() => {
                 health.release_probe(&channel);
-                let ending = Ending::failed("client_disconnected", 499, Some(channel), "client closed the connection before the upstream answered".into());
+                let ending = Ending::failed(UsageStatus::ClientDisconnected, 499, Some(channel), "client closed the connection before the upstream answered".into());
                 finish(&ctx, &upstream_model, ending).await;
                 return;
             }
@@ -484,7 +484,12 @@ async fn run(ctx: Ctx, mut reply_tx: ReplyTx) {
                 let msg = format!("no response from upstream within {ms} ms");
                 health.failure(&channel, "timeout", &msg);
                 // Not retried: the upstream may still be generating (and charging) for it.
-                let ending = Ending::failed("upstream_timeout", 504, Some(channel), msg.clone());
+                let ending = Ending::failed(
+                    UsageStatus::UpstreamTimeout,
+                    504,
+                    Some(channel),
+                    msg.clone(),
+                );
                 last = Some((Err(OpenAiError::UpstreamTimeout { message: msg }), ending));
                 break;
             }
@@ -498,7 +503,7 @@ async fn run(ctx: Ctx, mut reply_tx: ReplyTx) {
                 tracing::warn!(channel = %channel.name, error = %msg, "upstream call failed");
                 health.failure(&channel, label, &msg);
                 let ending = Ending::failed(
-                    "upstream_error",
+                    UsageStatus::UpstreamError,
                     502,
                     Some(Arc::clone(&channel)),
                     msg.clone(),
@@ -522,12 +527,12 @@ async fn run(ctx: Ctx, mut reply_tx: ReplyTx) {
                 Judgement::CredentialRefused => {
                     // The channel's credential is refused: the client's request is not at fault.
                     let message = "upstream refused the channel's credential".to_owned();
-                    let ending = Ending::failed("upstream_error", 502, channel, error);
+                    let ending = Ending::failed(UsageStatus::UpstreamError, 502, channel, error);
                     (Err(OpenAiError::Upstream { message }), ending)
                 }
                 _ if status >= 500 => {
                     let message = format!("upstream returned status {status}");
-                    let ending = Ending::failed("upstream_error", 502, channel, error);
+                    let ending = Ending::failed(UsageStatus::UpstreamError, 502, channel, error);
                     (Err(OpenAiError::Upstream { message }), ending)
                 }
                 _ => {
@@ -537,7 +542,8 @@ async fn run(ctx: Ctx, mut reply_tx: ReplyTx) {
                         content_type: response.content_type.take(),
                         body: text,
                     };
-                    let ending = Ending::failed("upstream_rejected", status, channel, error);
+                    let ending =
+                        Ending::failed(UsageStatus::UpstreamRejected, status, channel, error);
                     (Ok(reply), ending)
                 }
             };
@@ -564,7 +570,7 @@ async fn run(ctx: Ctx, mut reply_tx: ReplyTx) {
             Err(OpenAiError::Upstream {
                 message: msg.clone(),
             }),
-            Ending::failed("upstream_error", 502, None, msg),
+            Ending::failed(UsageStatus::UpstreamError, 502, None, msg),
         )
     });
     let upstream_model = ending
@@ -578,7 +584,7 @@ async fn run(ctx: Ctx, mut reply_tx: ReplyTx) {
 
 /// Usage for a response without a usage block: the prompt and the generated text, counted
 /// locally on the CPU pool (at most `billing.max_count_bytes` read exactly).
-async fn estimated(ctx: &Ctx, choices: Vec<ChoiceText>) -> (TokenUsage, &'static str) {
+async fn estimated(ctx: &Ctx, choices: Vec<ChoiceText>) -> (TokenUsage, UsageSource) {
     let state = &ctx.state;
     let cap = state.config.billing.max_count_bytes;
     let body = ctx.body.clone();
@@ -602,7 +608,7 @@ async fn estimated(ctx: &Ctx, choices: Vec<ChoiceText>) -> (TokenUsage, &'static
         reasoning_tokens,
         ..TokenUsage::default()
     };
-    (usage, "estimated")
+    (usage, UsageSource::Estimated)
 }
 
 /// A non-streaming answer: read it whole, settle, then reply.
@@ -619,7 +625,7 @@ async fn whole(
             let (error, ending) = match e {
                 BodyError::ClientGone => {
                     let end = Ending::failed(
-                        "client_disconnected",
+                        UsageStatus::ClientDisconnected,
                         499,
                         Some(channel),
                         "client closed the connection".into(),
@@ -632,7 +638,7 @@ async fn whole(
                         Some(OpenAiError::UpstreamTimeout {
                             message: msg.clone(),
                         }),
-                        Ending::failed("upstream_timeout", 504, Some(channel), msg),
+                        Ending::failed(UsageStatus::UpstreamTimeout, 504, Some(channel), msg),
                     )
                 }
                 BodyError::TooLarge(limit) => {
@@ -641,14 +647,14 @@ async fn whole(
                         Some(OpenAiError::Upstream {
                             message: msg.clone(),
                         }),
-                        Ending::failed("upstream_error", 502, Some(channel), msg),
+                        Ending::failed(UsageStatus::UpstreamError, 502, Some(channel), msg),
                     )
                 }
                 BodyError::Broken(msg) => (
                     Some(OpenAiError::Upstream {
                         message: msg.clone(),
                     }),
-                    Ending::failed("upstream_error", 502, Some(channel), msg),
+                    Ending::failed(UsageStatus::UpstreamError, 502, Some(channel), msg),
                 ),
             };
             finish(&ctx, &upstream_model, ending).await;
@@ -662,13 +668,13 @@ async fn whole(
     if !meter.observe_body(&body) {
         // Nothing a client could use was delivered: an upstream failure, charged nothing.
         let msg = "upstream returned a response that is not JSON".to_owned();
-        let ending = Ending::failed("upstream_error", 502, Some(channel), msg.clone());
+        let ending = Ending::failed(UsageStatus::UpstreamError, 502, Some(channel), msg.clone());
         finish(&ctx, &upstream_model, ending).await;
         let _ = reply_tx.send(Err(OpenAiError::Upstream { message: msg }));
         return;
     }
     let usage = match meter.usage {
-        Some(u) => (u, "provider"),
+        Some(u) => (u, UsageSource::Provider),
         None => estimated(&ctx, meter.take_choices()).await,
     };
     let renamed = (upstream_model != ctx.model.name)
@@ -676,7 +682,7 @@ async fn whole(
         .flatten();
     let body = renamed.map_or(body, Bytes::from);
     let ending = Ending {
-        status: "ok",
+        status: UsageStatus::Ok,
         http_status: response.status,
         channel: Some(channel),
         usage: Some(usage),
@@ -805,7 +811,7 @@ async fn stream(
     let (tx, rx) = mpsc::channel::<Bytes>(STREAM_BUFFER);
     if reply_tx.send(Ok(Reply::Stream { events: rx })).is_err() {
         let ending = Ending::failed(
-            "client_disconnected",
+            UsageStatus::ClientDisconnected,
             499,
             Some(channel),
             "client closed the connection".into(),
@@ -918,46 +924,48 @@ async fn stream(
     }
     let unfinished = meter.unfinished();
     let usage = match meter.usage {
-        Some(u) => (u, "provider"),
+        Some(u) => (u, UsageSource::Provider),
         None => estimated(&ctx, meter.take_choices()).await,
     };
     let chunk_ms = chunk_timeout.as_millis();
     let (status, error, tail) = match end {
         StreamEnd::Done if meter.saw_error => (
-            "upstream_error",
+            UsageStatus::UpstreamError,
             Some("upstream sent an error event".to_owned()),
             vec![],
         ),
-        StreamEnd::Done => ("ok", None, vec![]),
+        StreamEnd::Done => (UsageStatus::Ok, None, vec![]),
         StreamEnd::UpstreamClosed if meter.saw_error => (
-            "upstream_error",
+            UsageStatus::UpstreamError,
             Some("upstream sent an error event".to_owned()),
             vec![],
         ),
         // Every choice finished: only the terminator is missing, so the client gets one.
-        StreamEnd::UpstreamClosed if meter.all_finished() => {
-            ("ok", None, vec![Bytes::from_static(b"data: [DONE]\n\n")])
-        }
+        StreamEnd::UpstreamClosed if meter.all_finished() => (
+            UsageStatus::Ok,
+            None,
+            vec![Bytes::from_static(b"data: [DONE]\n\n")],
+        ),
         StreamEnd::UpstreamClosed | StreamEnd::Broken => {
             let msg = match detail {
                 Some(d) => format!("upstream closed the stream before it finished: {d}"),
                 None => "upstream closed the stream before it finished".to_owned(),
             };
             (
-                "incomplete",
+                UsageStatus::Incomplete,
                 Some(msg.clone()),
                 vec![error_event(&msg, "upstream_incomplete")],
             )
         }
         StreamEnd::ClientGone => (
-            "client_disconnected",
+            UsageStatus::ClientDisconnected,
             Some("client closed the connection mid-stream".to_owned()),
             vec![],
         ),
         StreamEnd::Stalled => {
             let msg = format!("upstream sent nothing for {chunk_ms} ms");
             (
-                "upstream_timeout",
+                UsageStatus::UpstreamTimeout,
                 Some(msg.clone()),
                 vec![error_event(&msg, "upstream_timeout")],
             )
@@ -965,7 +973,7 @@ async fn stream(
         StreamEnd::Deadline => {
             let msg = "request exceeded the gateway's maximum duration".to_owned();
             (
-                "upstream_timeout",
+                UsageStatus::UpstreamTimeout,
                 Some(msg.clone()),
                 vec![error_event(&msg, "upstream_timeout")],
             )
@@ -973,7 +981,7 @@ async fn stream(
         StreamEnd::TooLarge => {
             let msg = format!("upstream stream broke: {}", detail.unwrap_or_default());
             (
-                "upstream_error",
+                UsageStatus::UpstreamError,
                 Some(msg.clone()),
                 vec![error_event(&msg, "upstream_error")],
             )
@@ -985,7 +993,7 @@ async fn stream(
                 ctx.allowance
             );
             (
-                "truncated",
+                UsageStatus::Truncated,
                 Some(msg),
                 length_events(&ctx, &unfinished, Some(&usage.0)),
             )
@@ -993,7 +1001,7 @@ async fn stream(
         StreamEnd::Shutdown => {
             let msg = "the gateway is shutting down".to_owned();
             (
-                "shutdown",
+                UsageStatus::Shutdown,
                 Some(msg.clone()),
                 vec![error_event(&msg, "shutting_down")],
             )
@@ -1018,7 +1026,9 @@ async fn stream(
 
 /// Writes the usage record and settles the reservation.
 async fn finish(ctx: &Ctx, upstream_model: &str, ending: Ending) {
-    let (usage, source) = ending.usage.unwrap_or((TokenUsage::default(), "none"));
+    let (usage, source) = ending
+        .usage
+        .unwrap_or((TokenUsage::default(), UsageSource::None));
     let cost = if ending.usage.is_some() {
         ctx.model.price.cost(&usage)
     } else {

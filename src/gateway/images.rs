@@ -11,7 +11,7 @@ use super::media::{self, Attempt};
 use super::throttle::{self, RateHeaders};
 use crate::billing::Micros;
 use crate::billing::settle::settle;
-use crate::billing::{TokenUsage, book::Held};
+use crate::billing::{TokenUsage, UsageSource, UsageStatus, book::Held};
 use crate::db::billing::UsageRecord;
 use crate::error::OpenAiError;
 use crate::provider::{Provider, UpstreamResponse, demo, openai};
@@ -243,7 +243,14 @@ impl Task {
                             content_type,
                             body,
                         };
-                        (Ok(reply), Some(channel), delivered, "ok", status, None)
+                        (
+                            Ok(reply),
+                            Some(channel),
+                            delivered,
+                            UsageStatus::Ok,
+                            status,
+                            None,
+                        )
                     }
                     None => {
                         let message = "upstream returned an image response without data".to_owned();
@@ -253,7 +260,7 @@ impl Task {
                             }),
                             Some(channel),
                             0,
-                            "upstream_error",
+                            UsageStatus::UpstreamError,
                             502,
                             Some(message),
                         )
@@ -279,15 +286,15 @@ impl Task {
                     Ok(reply),
                     Some(channel),
                     0,
-                    "upstream_rejected",
+                    UsageStatus::UpstreamRejected,
                     status,
                     Some(error),
                 )
             }
             Attempt::Failed { channel, error } => {
                 let (status, http) = match &error {
-                    OpenAiError::UpstreamTimeout { .. } => ("upstream_timeout", 504),
-                    _ => ("upstream_error", 502),
+                    OpenAiError::UpstreamTimeout { .. } => (UsageStatus::UpstreamTimeout, 504),
+                    _ => (UsageStatus::UpstreamError, 502),
                 };
                 let text = error.to_string();
                 (Err(error), channel, 0, status, http, Some(text))
@@ -316,7 +323,11 @@ impl Task {
             status,
             http_status,
             usage: TokenUsage::default(),
-            usage_source: if delivered > 0 { "provider" } else { "none" },
+            usage_source: if delivered > 0 {
+                UsageSource::Provider
+            } else {
+                UsageSource::None
+            },
             reserved: self.reserved,
             cost,
             price_version: Some(self.model.price.version),

@@ -10,7 +10,7 @@ use super::catalog::{Channel, Model};
 use super::chat::{Payer, refused};
 use super::media::{self, Attempt};
 use super::throttle::{self, RateHeaders};
-use crate::billing::{Micros, TokenUsage};
+use crate::billing::{Micros, TokenUsage, UsageSource, UsageStatus};
 use crate::db::billing::UsageRecord;
 use crate::db::videos::{self, Outcome, VideoTask};
 use crate::error::OpenAiError;
@@ -305,16 +305,16 @@ async fn settle_task(
         endpoint: ENDPOINT,
         stream: false,
         status: if status == "completed" {
-            "ok"
+            UsageStatus::Ok
         } else {
-            "failed"
+            UsageStatus::Failed
         },
         http_status: if status == "completed" { 200 } else { 502 },
         usage: TokenUsage::default(),
         usage_source: if status == "completed" {
-            "provider"
+            UsageSource::Provider
         } else {
-            "none"
+            UsageSource::None
         },
         reserved: Micros(task.held_micros),
         cost: Micros(cost),
