@@ -11,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 pub async fn run_once(db: &Db) -> Result<u64, sqlx::Error> {
     let mut total = 0;
     loop {
-        let released = db::billing::release_expired(db, db::now_ms(), 500).await?;
+        let released = db::billing::release_expired(db, crate::clock::now_ms(), 500).await?;
         total += released;
         if released < 500 {
             break;

@@ -94,7 +94,7 @@ pub async fn verify(db: &Db) -> Result<Report, sqlx::Error> {
     }
     note_limit(&mut p, rows.len(), "charges without a usage record");
 
-    let rows = audit::expired_reservations(db, db::now_ms()).await?;
+    let rows = audit::expired_reservations(db, crate::clock::now_ms()).await?;
     for (request_id, user, amount, expired_at) in &rows {
         p.push(format!(
             "reservation for request {request_id} (user {user}, {}) expired at {expired_at} ms and is still held",

@@ -5,8 +5,9 @@
 //! (never more than the user has), and writes exactly one usage record per request id: the
 //! unique index on `usage_records.request_id` makes a second settlement roll back whole.
 
-use super::{Db, now_ms, read_pool, write_pool};
+use super::{Db, read_pool, write_pool};
 use crate::billing::{Micros, TokenUsage, UsageSource, UsageStatus};
+use crate::clock::now_ms;
 
 /// The columns a settlement writes to `usage_records`, in the order the inserts bind them.
 macro_rules! usage_columns {

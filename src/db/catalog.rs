@@ -1,6 +1,7 @@
 //! Channels (upstreams) and models with their price versions: what the routing catalog is built from.
 
-use super::{Db, now_ms, read_pool, write_pool};
+use super::{Db, read_pool, write_pool};
+use crate::clock::now_ms;
 use crate::secrets::{Purpose, Secret, Secrets};
 
 /// The columns of a [`ModelRow`].

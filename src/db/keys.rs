@@ -1,6 +1,7 @@
 //! API keys: stored only as SHA-256 hashes, with status, expiry and an allowed-model list.
 
-use super::{Db, now_ms, read_pool, write_pool};
+use super::{Db, read_pool, write_pool};
+use crate::clock::now_ms;
 
 /// An API key as stored (never the key itself).
 #[derive(Debug, Clone, sqlx::FromRow)]

@@ -203,11 +203,3 @@ pub fn create_private(file: &std::path::Path) -> anyhow::Result<()> {
         Err(e) => Err(e).with_context(|| format!("creating {}", file.display())),
     }
 }
-
-/// Milliseconds since the Unix epoch, the unit of every stored time.
-pub fn now_ms() -> i64 {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default();
-    i64::try_from(now.as_millis()).unwrap_or(i64::MAX)
-}

@@ -2,7 +2,8 @@
 //! `tollgate ledger verify` can see a run that stopped with requests admitted but never settled
 //! (two statements per process lifetime; nothing on the request path).
 
-use super::{Db, now_ms, read_pool, write_pool};
+use super::{Db, read_pool, write_pool};
+use crate::clock::now_ms;
 
 /// Records that a serving process started; returns its run id.
 pub async fn start(db: &Db) -> Result<i64, sqlx::Error> {

@@ -1,7 +1,8 @@
 //! Users and their balances, and the admin side of the ledger (grants and adjustments).
 
-use super::{Db, now_ms, read_pool, write_pool};
+use super::{Db, read_pool, write_pool};
 use crate::billing::Micros;
+use crate::clock::now_ms;
 
 /// A user as stored.
 #[derive(Debug, Clone, sqlx::FromRow)]

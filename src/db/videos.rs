@@ -6,8 +6,9 @@
 //! the same moment and a dead instance's tasks are picked up after the lease runs out.
 
 use super::billing::{ReserveError, UsageRecord, bind_usage, usage_columns, usage_insert};
-use super::{Db, now_ms, read_pool, write_pool};
+use super::{Db, read_pool, write_pool};
 use crate::billing::Micros;
+use crate::clock::now_ms;
 
 /// A task as stored.
 #[derive(Debug, Clone, sqlx::FromRow)]

@@ -212,7 +212,7 @@ impl KeyCache {
         if row.user_status != "active" {
             return Err(AuthError::UserDisabled);
         }
-        let now = db::now_ms();
+        let now = crate::clock::now_ms();
         if row.expires_at_ms.is_some_and(|e| e <= now) {
             return Err(AuthError::Expired);
         }

@@ -279,7 +279,7 @@ pub async fn reserve(
     payer: &Payer<'_>,
     amount: Micros,
 ) -> Result<Held, OpenAiError> {
-    let expires_at_ms = crate::db::now_ms() + state.config.reservation_ttl().as_millis() as i64;
+    let expires_at_ms = crate::clock::now_ms() + state.config.reservation_ttl().as_millis() as i64;
     let reservation = NewReservation {
         request_id: payer.request_id,
         user_id: payer.user_id,
@@ -371,7 +371,7 @@ pub async fn call_channel(
             channel.provider,
             endpoint.path(),
         )),
-        Provider::Demo => demo::answer(endpoint, &body, crate::db::now_ms() / 1000),
+        Provider::Demo => demo::answer(endpoint, &body, crate::clock::now_ms() / 1000),
     }
 }
 
@@ -725,7 +725,7 @@ fn error_event(message: &str, code: &str) -> Bytes {
 /// the client asked for usage (Tollgate's count, as billed).
 fn length_events(ctx: &Ctx, unfinished: &[usize], usage: Option<&TokenUsage>) -> Vec<Bytes> {
     let id = format!("chatcmpl-{}", ctx.request_id);
-    let created = crate::db::now_ms() / 1000;
+    let created = crate::clock::now_ms() / 1000;
     let (object, empty) = match ctx.req.endpoint {
         Endpoint::Completions => ("text_completion", serde_json::json!({"text": ""})),
         _ => ("chat.completion.chunk", serde_json::json!({"delta": {}})),

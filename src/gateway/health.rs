@@ -126,7 +126,7 @@ impl Health {
             e.failures_in_a_row = 0;
             e.open_until = None;
             e.probing = false;
-            e.last_success_at_ms = Some(crate::db::now_ms());
+            e.last_success_at_ms = Some(crate::clock::now_ms());
             changed
         });
         if changed {
@@ -144,7 +144,7 @@ impl Health {
             e.failures += 1;
             e.failures_in_a_row += 1;
             e.last_error = Some(error.chars().take(500).collect());
-            e.last_error_at_ms = Some(crate::db::now_ms());
+            e.last_error_at_ms = Some(crate::clock::now_ms());
             let was_probe = e.probing;
             e.probing = false;
             if was_probe || e.failures_in_a_row >= self.failures_to_open {

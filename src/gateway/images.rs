@@ -221,7 +221,7 @@ impl Task {
                     Provider::OpenAi => {
                         openai::post(&state.http, &channel, ENDPOINT, body, first_byte).await
                     }
-                    Provider::Demo => demo::images(&body, crate::db::now_ms() / 1000),
+                    Provider::Demo => demo::images(&body, crate::clock::now_ms() / 1000),
                     p => Ok(UpstreamResponse::unsupported(p, ENDPOINT)),
                 }
             }

@@ -114,7 +114,7 @@ async fn start(
     let held = per_second
         .saturating_mul(req.seconds)
         .saturating_add(model.price.request_micros);
-    let now = crate::db::now_ms();
+    let now = crate::clock::now_ms();
     let id = format!("video_{:032x}", rand::rng().random::<u128>());
     let task = VideoTask {
         id,
@@ -214,7 +214,7 @@ async fn create_upstream(
             match provider::task_id(&answer) {
                 Some(upstream_id) => {
                     let upstream_model = channel.upstream_model(&model.name).to_owned();
-                    let next = crate::db::now_ms();
+                    let next = crate::clock::now_ms();
                     let stored = async {
                         videos::set_upstream(
                             &state.db,
@@ -319,7 +319,7 @@ async fn settle_task(
         reserved: Micros(task.held_micros),
         cost: Micros(cost),
         price_version: Some(task.price_version),
-        latency_ms: crate::db::now_ms() - task.created_at_ms,
+        latency_ms: crate::clock::now_ms() - task.created_at_ms,
         ttft_ms: None,
         error: error.map(str::to_owned),
         units: billed,
@@ -360,7 +360,7 @@ async fn settle_task(
 
 /// Follows one claimed task a step: settles it if it ended, else records its progress.
 async fn poll_one(state: &AppState, task: VideoTask) {
-    let now = crate::db::now_ms();
+    let now = crate::clock::now_ms();
     let cfg = &state.config.video;
     if now >= task.expires_at_ms {
         let msg = format!(

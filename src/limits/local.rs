@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 
 /// Milliseconds since the Unix epoch (the local limiter's clock).
 pub fn now_ms() -> u64 {
-    crate::db::now_ms().max(0) as u64
+    crate::clock::now_ms().max(0) as u64
 }
 
 /// What a request put into a window: when, how much, whose.

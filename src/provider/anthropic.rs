@@ -84,7 +84,7 @@ pub async fn chat(
 }
 
 fn now_s() -> i64 {
-    crate::db::now_ms() / 1000
+    crate::clock::now_ms() / 1000
 }
 
 async fn read_whole(

@@ -65,7 +65,7 @@ pub async fn authenticate(parts: &Parts, state: &AppState) -> Result<Caller, Aut
                 is_admin: user.role == "admin",
                 models: None,
                 limits: None,
-                is_member: user.is_member(db::now_ms()),
+                is_member: user.is_member(crate::clock::now_ms()),
             })
         }
         _ => state.keys.authenticate(&state.db, presented).await,

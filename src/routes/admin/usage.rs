@@ -119,7 +119,7 @@ async fn totals(
     };
     let end_ms = match end {
         Some(t) => super::parse_time("end", t)?,
-        None => db::now_ms() + 1,
+        None => crate::clock::now_ms() + 1,
     };
     let start_ms = match start {
         Some(t) => super::parse_time("start", t)?,

@@ -38,7 +38,7 @@ pub fn user_json(state: &AppState, u: &User) -> Value {
         "reserved_micros": reserved,
         "available": Micros(u.balance_micros - reserved),
         "available_micros": u.balance_micros - reserved,
-        "is_member": u.is_member(db::now_ms()),
+        "is_member": u.is_member(crate::clock::now_ms()),
         "membership_type": u.membership_type,
         "membership_end_date": u.membership_expires_at_ms.map_or(Value::Null, iso),
         "created_at": iso(u.created_at_ms),
