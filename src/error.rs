@@ -4,10 +4,28 @@
 //! logged once here, at the edge; clients get a clean message and the request id.
 
 use crate::billing::Micros;
-use crate::gateway::auth::AuthError;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
+
+/// Why a presented key was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    #[error("missing API key: send Authorization: Bearer <key> or X-API-Key: <key>")]
+    Missing,
+    #[error("incorrect API key provided")]
+    Invalid,
+    #[error("this API key has been disabled")]
+    KeyDisabled,
+    #[error("this API key has expired")]
+    Expired,
+    #[error("this account has been disabled")]
+    UserDisabled,
+    #[error("the login token is invalid or has expired; log in again")]
+    InvalidToken,
+    #[error(transparent)]
+    Db(#[from] sqlx::Error),
+}
 
 /// Characters of an error message a client is shown at most: what it sent (a model name, a
 /// field's value) is echoed only this far.

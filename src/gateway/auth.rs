@@ -97,24 +97,7 @@ impl Caller {
     }
 }
 
-/// Why a presented key was refused.
-#[derive(Debug, thiserror::Error)]
-pub enum AuthError {
-    #[error("missing API key: send Authorization: Bearer <key> or X-API-Key: <key>")]
-    Missing,
-    #[error("incorrect API key provided")]
-    Invalid,
-    #[error("this API key has been disabled")]
-    KeyDisabled,
-    #[error("this API key has expired")]
-    Expired,
-    #[error("this account has been disabled")]
-    UserDisabled,
-    #[error("the login token is invalid or has expired; log in again")]
-    InvalidToken,
-    #[error(transparent)]
-    Db(#[from] sqlx::Error),
-}
+pub use crate::error::AuthError;
 
 #[derive(Clone)]
 struct CachedKey {
