@@ -41,6 +41,7 @@ pub struct Limits {
 }
 
 impl Limits {
+    /// The limits `[server]` configures.
     pub fn from_config(c: &crate::config::ServerConfig) -> Limits {
         Limits {
             header_read: Duration::from_millis(c.header_read_timeout_ms),
