@@ -24,7 +24,10 @@ use crate::db::billing::{NewReservation, ReserveError, UsageRecord};
 use crate::error::OpenAiError;
 use crate::limits::Permit;
 use crate::metrics as m;
-use crate::provider::{Provider, UpstreamError, UpstreamResponse, anthropic, demo, openai};
+use crate::provider::{
+    BodyError, BodyLimits, Provider, UpstreamError, UpstreamResponse, anthropic, demo, openai,
+    read_whole,
+};
 use crate::state::AppState;
 use bytes::Bytes;
 use futures_util::StreamExt;
@@ -351,13 +354,15 @@ pub fn refused(state: &AppState, payer: &Payer<'_>, e: ReserveError) -> OpenAiEr
 
 type ReplyTx = oneshot::Sender<Result<Reply, OpenAiError>>;
 
-/// Sends a request to one channel; `max_tokens` is the output cap for providers that need one.
+/// Sends a request to one channel; `max_tokens` is the output cap for providers that need one,
+/// `limits` bound what a provider reads whole (Anthropic's answer, to translate it).
 pub async fn call_channel(
     state: &AppState,
     channel: &Channel,
     endpoint: Endpoint,
     body: Vec<u8>,
     max_tokens: i64,
+    limits: BodyLimits,
 ) -> Result<UpstreamResponse, UpstreamError> {
     let first_byte = Duration::from_millis(state.config.upstream.first_byte_timeout_ms);
     match channel.provider {
@@ -365,7 +370,7 @@ pub async fn call_channel(
             openai::post(&state.http, channel, endpoint.path(), body, first_byte).await
         }
         Provider::Anthropic if endpoint == Endpoint::Chat => {
-            anthropic::chat(&state.http, channel, body, max_tokens, first_byte).await
+            anthropic::chat(&state.http, channel, body, max_tokens, first_byte, limits).await
         }
         Provider::Anthropic | Provider::Video => Ok(UpstreamResponse::unsupported(
             channel.provider,
@@ -375,65 +380,17 @@ pub async fn call_channel(
     }
 }
 
-/// Why reading a whole upstream body stopped short.
-enum BodyError {
-    Timeout(u64),
-    TooLarge(usize),
-    Broken(String),
-    ClientGone,
-}
-
-/// The moment a request started at `started` must be over (`upstream.max_request_ms`).
-fn deadline(state: &AppState, started: Instant) -> tokio::time::Instant {
-    tokio::time::Instant::from_std(started)
-        + Duration::from_millis(state.config.upstream.max_request_ms)
-}
-
-/// Reads a whole (non-streaming) upstream body, bounded in size, in silence between chunks and
-/// by the request's deadline.
+/// Reads a whole (non-streaming) upstream body within the request's [`BodyLimits`]; `None`
+/// when the client hung up first.
 async fn read_body(
     body: &mut BoxStream<'static, Result<Bytes, UpstreamError>>,
-    state: &AppState,
-    started: Instant,
+    limits: BodyLimits,
     reply_tx: &mut ReplyTx,
-) -> Result<Bytes, BodyError> {
-    let chunk_timeout = state.config.upstream.chunk_timeout_ms;
-    let limit = state.config.upstream.max_response_bytes;
-    let deadline = deadline(state, started);
-    let mut first: Option<Bytes> = None;
-    let mut rest: Vec<u8> = Vec::new();
-    loop {
-        let next = tokio::select! {
-            next = tokio::time::timeout(Duration::from_millis(chunk_timeout), body.next()) => next,
-            _ = reply_tx.closed() => return Err(BodyError::ClientGone),
-            _ = tokio::time::sleep_until(deadline) => return Err(BodyError::Timeout(state.config.upstream.max_request_ms)),
-        };
-        match next {
-            Err(_) => return Err(BodyError::Timeout(chunk_timeout)),
-            Ok(None) => break,
-            Ok(Some(Err(e))) => return Err(BodyError::Broken(e.to_string())),
-            Ok(Some(Ok(chunk))) => {
-                let have = first.as_ref().map_or(0, Bytes::len) + rest.len();
-                if have + chunk.len() > limit {
-                    return Err(BodyError::TooLarge(limit));
-                }
-                match &first {
-                    None => first = Some(chunk),
-                    Some(f) => {
-                        if rest.is_empty() {
-                            rest.extend_from_slice(f);
-                        }
-                        rest.extend_from_slice(&chunk);
-                    }
-                }
-            }
-        }
+) -> Option<Result<Bytes, BodyError>> {
+    tokio::select! {
+        read = read_whole(body, limits) => Some(read),
+        _ = reply_tx.closed() => None,
     }
-    Ok(if rest.is_empty() {
-        first.unwrap_or_default()
-    } else {
-        Bytes::from(rest)
-    })
 }
 
 /// The request's task: try channels, answer, settle.
@@ -448,6 +405,7 @@ async fn run(ctx: Ctx, mut reply_tx: ReplyTx) {
         ctx.model.max_output_tokens,
         state.config.billing.default_max_output_tokens,
     );
+    let limits = BodyLimits::for_request(&state.config.upstream, ctx.started);
     let health = &state.health;
     for channel in channels
         .into_iter()
@@ -464,7 +422,7 @@ async fn run(ctx: Ctx, mut reply_tx: ReplyTx) {
         }
         let sent = Instant::now();
         let result = tokio::select! {
-            r = call_channel(&state, &channel, ctx.req.endpoint, body, max_tokens) => r,
+            r = call_channel(&state, &channel, ctx.req.endpoint, body, max_tokens, limits) => r,
             _ = reply_tx.closed() => {
                 health.release_probe(&channel);
                 let ending = Ending::failed(UsageStatus::ClientDisconnected, 499, Some(channel), "client closed the connection before the upstream answered".into());
@@ -515,9 +473,11 @@ async fn run(ctx: Ctx, mut reply_tx: ReplyTx) {
         };
         if !(200..300).contains(&response.status) {
             let status = response.status;
-            let text = read_body(&mut response.body, &state, ctx.started, &mut reply_tx)
-                .await
-                .unwrap_or_default();
+            let limits = BodyLimits::for_request(&state.config.upstream, ctx.started);
+            let text = match read_body(&mut response.body, limits, &mut reply_tx).await {
+                Some(Ok(text)) => text,
+                _ => Bytes::new(),
+            };
             let snippet = super::health::snippet(&text);
             tracing::warn!(channel = %channel.name, status, body = %snippet, "upstream returned an error");
             let verdict = super::health::judge(&state, &channel, status, &snippet).await;
@@ -619,11 +579,12 @@ async fn whole(
     mut response: UpstreamResponse,
     mut reply_tx: ReplyTx,
 ) {
-    let body = match read_body(&mut response.body, &ctx.state, ctx.started, &mut reply_tx).await {
-        Ok(b) => b,
-        Err(e) => {
-            let (error, ending) = match e {
-                BodyError::ClientGone => {
+    let limits = BodyLimits::for_request(&ctx.state.config.upstream, ctx.started);
+    let body = match read_body(&mut response.body, limits, &mut reply_tx).await {
+        Some(Ok(b)) => b,
+        read => {
+            let (error, ending) = match read {
+                None | Some(Ok(_)) => {
                     let end = Ending::failed(
                         UsageStatus::ClientDisconnected,
                         499,
@@ -632,8 +593,8 @@ async fn whole(
                     );
                     (None, end)
                 }
-                BodyError::Timeout(ms) => {
-                    let msg = format!("upstream body stalled for {ms} ms");
+                Some(Err(e @ (BodyError::Stalled(_) | BodyError::Deadline))) => {
+                    let msg = e.to_string();
                     (
                         Some(OpenAiError::UpstreamTimeout {
                             message: msg.clone(),
@@ -641,8 +602,8 @@ async fn whole(
                         Ending::failed(UsageStatus::UpstreamTimeout, 504, Some(channel), msg),
                     )
                 }
-                BodyError::TooLarge(limit) => {
-                    let msg = format!("upstream response is larger than {limit} bytes");
+                Some(Err(e @ BodyError::TooLarge(_))) => {
+                    let msg = e.to_string();
                     (
                         Some(OpenAiError::Upstream {
                             message: msg.clone(),
@@ -650,7 +611,7 @@ async fn whole(
                         Ending::failed(UsageStatus::UpstreamError, 502, Some(channel), msg),
                     )
                 }
-                BodyError::Broken(msg) => (
+                Some(Err(BodyError::Broken(msg))) => (
                     Some(OpenAiError::Upstream {
                         message: msg.clone(),
                     }),

@@ -6,13 +6,11 @@
 use super::catalog::{Channel, Model};
 use super::health::Judgement;
 use crate::error::OpenAiError;
-use crate::provider::{UpstreamError, UpstreamResponse};
+use crate::provider::{BodyLimits, UpstreamError, UpstreamResponse, read_whole};
 use crate::state::AppState;
 use bytes::Bytes;
-use futures_util::StreamExt;
 use std::future::Future;
 use std::sync::Arc;
-use std::time::Duration;
 use tracing::Instrument;
 
 /// Channels tried for one request at most.
@@ -41,26 +39,6 @@ pub enum Attempt {
     },
 }
 
-/// Reads a whole upstream body within the chunk timeout and size limit.
-async fn read_whole(state: &AppState, response: &mut UpstreamResponse) -> Result<Bytes, String> {
-    let chunk_timeout = Duration::from_millis(state.config.upstream.chunk_timeout_ms);
-    let limit = state.config.upstream.max_response_bytes;
-    let mut out = Vec::new();
-    loop {
-        match tokio::time::timeout(chunk_timeout, response.body.next()).await {
-            Err(_) => return Err(format!("upstream body stalled for {chunk_timeout:?}")),
-            Ok(None) => return Ok(Bytes::from(out)),
-            Ok(Some(Err(e))) => return Err(e.to_string()),
-            Ok(Some(Ok(chunk))) => {
-                if out.len() + chunk.len() > limit {
-                    return Err(format!("upstream response is larger than {limit} bytes"));
-                }
-                out.extend_from_slice(&chunk);
-            }
-        }
-    }
-}
-
 /// Calls `model`'s channels in order until one answers; `call` sends to one channel.
 pub async fn first_answer<F, Fut>(state: &AppState, model: &Model, call: F) -> Attempt
 where
@@ -68,6 +46,7 @@ where
     Fut: Future<Output = Result<UpstreamResponse, UpstreamError>>,
 {
     let health = &state.health;
+    let started = std::time::Instant::now();
     let mut last = Attempt::Failed {
         channel: None,
         error: OpenAiError::Upstream {
@@ -105,9 +84,11 @@ where
             }
             Ok(r) => r,
         };
-        let body = match read_whole(state, &mut response).await {
+        let limits = BodyLimits::for_request(&state.config.upstream, started);
+        let body = match read_whole(&mut response.body, limits).await {
             Ok(b) => b,
-            Err(message) => {
+            Err(e) => {
+                let message = e.to_string();
                 health.failure(&channel, "error", &message);
                 last = failed(&channel, message);
                 continue;

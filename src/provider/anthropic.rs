@@ -26,8 +26,6 @@ use std::time::Duration;
 
 /// The API version sent in `anthropic-version`.
 pub const API_VERSION: &str = "2023-06-01";
-/// Largest upstream body read whole (a non-streaming answer or an error).
-const MAX_WHOLE_BODY: usize = 32 * 1024 * 1024;
 
 /// An OpenAI error body with `status`, as an upstream response.
 fn openai_error(status: u16, kind: &str, message: &str) -> UpstreamResponse {
@@ -43,6 +41,7 @@ pub async fn chat(
     body: Vec<u8>,
     max_tokens: i64,
     first_byte_timeout: Duration,
+    limits: super::BodyLimits,
 ) -> Result<UpstreamResponse, UpstreamError> {
     let request: Value =
         serde_json::from_slice(&body).map_err(|e| UpstreamError::Other(e.to_string()))?;
@@ -63,7 +62,7 @@ pub async fn chat(
     let response = UpstreamResponse::from_reqwest(super::send(send, first_byte_timeout).await?);
     let status = response.status;
     let is_stream = response.is_event_stream();
-    let body = response.body;
+    let mut body = response.body;
     if (200..300).contains(&status) && stream && is_stream {
         return Ok(UpstreamResponse {
             status,
@@ -71,7 +70,9 @@ pub async fn chat(
             body: translate_stream(body, model, include_usage),
         });
     }
-    let whole = read_whole(body).await?;
+    let whole = super::read_whole(&mut body, limits)
+        .await
+        .map_err(|e| UpstreamError::Other(e.to_string()))?;
     let translated = if (200..300).contains(&status) {
         match serde_json::from_slice::<Value>(&whole) {
             Ok(message) => from_message(&message, &model, now_s()).to_string(),
@@ -85,21 +86,6 @@ pub async fn chat(
 
 fn now_s() -> i64 {
     crate::clock::now_ms() / 1000
-}
-
-async fn read_whole(
-    mut body: BoxStream<'static, Result<Bytes, UpstreamError>>,
-) -> Result<Vec<u8>, UpstreamError> {
-    let mut out = Vec::new();
-    while let Some(chunk) = body.next().await {
-        out.extend_from_slice(&chunk?);
-        if out.len() > MAX_WHOLE_BODY {
-            return Err(UpstreamError::Other(format!(
-                "upstream body is larger than {MAX_WHOLE_BODY} bytes"
-            )));
-        }
-    }
-    Ok(out)
 }
 
 /// An Anthropic error body (`{"type":"error","error":{"type","message"}}`) in OpenAI's shape.

@@ -69,6 +69,87 @@ impl UpstreamError {
     }
 }
 
+/// How much of a whole (non-streaming) upstream body is read, and for how long: silence between
+/// chunks, size, and the request's deadline.
+#[derive(Debug, Clone, Copy)]
+pub struct BodyLimits {
+    pub chunk_timeout: std::time::Duration,
+    pub max_bytes: usize,
+    pub deadline: tokio::time::Instant,
+}
+
+impl BodyLimits {
+    /// The configured limits (`[upstream]`) for a request that started at `started`.
+    pub fn for_request(
+        c: &crate::config::UpstreamConfig,
+        started: std::time::Instant,
+    ) -> BodyLimits {
+        BodyLimits {
+            chunk_timeout: std::time::Duration::from_millis(c.chunk_timeout_ms),
+            max_bytes: c.max_response_bytes,
+            deadline: tokio::time::Instant::from_std(started)
+                + std::time::Duration::from_millis(c.max_request_ms),
+        }
+    }
+}
+
+/// Why reading a whole upstream body stopped short.
+#[derive(Debug, thiserror::Error)]
+pub enum BodyError {
+    #[error("upstream body stalled for {0} ms")]
+    Stalled(u64),
+    #[error("upstream body did not end before the request's deadline")]
+    Deadline,
+    #[error("upstream response is larger than {0} bytes")]
+    TooLarge(usize),
+    #[error("{0}")]
+    Broken(String),
+}
+
+/// Reads a whole upstream body within `limits` (the one reader of whole bodies: chat, media,
+/// Anthropic's translation and the admin channel test all use it).
+pub async fn read_whole(
+    body: &mut BoxStream<'static, Result<Bytes, UpstreamError>>,
+    limits: BodyLimits,
+) -> Result<Bytes, BodyError> {
+    let mut first: Option<Bytes> = None;
+    let mut rest: Vec<u8> = Vec::new();
+    loop {
+        let next = tokio::select! {
+            next = tokio::time::timeout(limits.chunk_timeout, body.next()) => next,
+            _ = tokio::time::sleep_until(limits.deadline) => return Err(BodyError::Deadline),
+        };
+        match next {
+            Err(_) => {
+                return Err(BodyError::Stalled(limits.chunk_timeout.as_millis() as u64));
+            }
+            Ok(None) => break,
+            Ok(Some(Err(e))) => return Err(BodyError::Broken(e.to_string())),
+            Ok(Some(Ok(chunk))) => {
+                let have = first.as_ref().map_or(0, Bytes::len) + rest.len();
+                if have + chunk.len() > limits.max_bytes {
+                    return Err(BodyError::TooLarge(limits.max_bytes));
+                }
+                // One chunk is kept as it is; only a body of several is copied together.
+                match &first {
+                    None => first = Some(chunk),
+                    Some(f) => {
+                        if rest.is_empty() {
+                            rest.extend_from_slice(f);
+                        }
+                        rest.extend_from_slice(&chunk);
+                    }
+                }
+            }
+        }
+    }
+    Ok(if rest.is_empty() {
+        first.unwrap_or_default()
+    } else {
+        Bytes::from(rest)
+    })
+}
+
 /// A response (or the start of one) from an upstream.
 pub struct UpstreamResponse {
     pub status: u16,

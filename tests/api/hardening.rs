@@ -752,3 +752,70 @@ async fn what_a_request_logs_carries_its_request_id() {
     assert_eq!(failure["span"]["name"], "request");
     server.kill().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_upstream_body_that_stalls_is_cut_at_the_chunk_timeout_wherever_it_is_read_whole() {
+    // A body that starts and then goes silent.
+    let stalling = Script::Sse {
+        events: vec!["{\"id\":".into(), "\"x\"}".into()],
+        event_delay_ms: 0,
+        stall_after: Some(1),
+    };
+    let app = TestApp::spawn_with(&Backend::Sqlite, |c| c.upstream.chunk_timeout_ms = 300).await;
+    let fake = FakeUpstream::start(stalling).await;
+    // Anthropic's answer is read whole to be translated.
+    app.add_channel_of("anthropic", &fake.base_url, &["claude"], json!({}))
+        .await;
+    app.add_model("claude", json!("1"), json!("1"), json!("0"))
+        .await;
+    let channel = app.add_channel(&fake.base_url, &["m1"], json!({})).await;
+    let user = app.add_user(json!("1")).await;
+    let key = app.add_key(user, json!({})).await;
+    let started = Instant::now();
+    let resp = app
+        .chat(
+            &key,
+            json!({"model": "claude", "messages": [{"role": "user", "content": "hi"}]}),
+        )
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(resp.status(), 502);
+    let body: Value = resp.json().await.expect("json");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("stalled for 300 ms"),
+        "{body}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+    // So is the admin channel test's.
+    let started = Instant::now();
+    let (status, test) = app
+        .admin(
+            reqwest::Method::POST,
+            &format!("/api/v1/admin/channels/{channel}/test"),
+            Some(json!({})),
+        )
+        .await;
+    assert_eq!(status, 200, "{test}");
+    assert!(
+        test["data"]["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("stalled for 300 ms"),
+        "{test}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(app.balance_micros(user).await, 1_000_000);
+    app.stop().await;
+}

@@ -7,7 +7,7 @@
 use super::{iso, ok, parse_status, path_id, reload_catalog};
 use crate::db::{self, catalog::ChannelFields, catalog::ChannelRow};
 use crate::error::ApiError;
-use crate::provider::Provider;
+use crate::provider::{BodyLimits, Provider, read_whole};
 use crate::routes::extract::{AdminCaller, ApiJson};
 use crate::state::AppState;
 use axum::extract::{Path, State};
@@ -288,7 +288,6 @@ async fn test_channel(
 ) -> Result<Json<Value>, ApiError> {
     use crate::gateway::catalog::Channel;
     use crate::gateway::request::Endpoint;
-    use futures_util::StreamExt;
     let id = path_id(&id)?;
     let row = db::catalog::get_channel(&state.db, &state.secrets, id)
         .await?
@@ -314,12 +313,19 @@ async fn test_channel(
     let request = json!({"model": upstream_model, "max_tokens": 1,
         "messages": [{"role": "user", "content": "ping"}]});
     let started = std::time::Instant::now();
+    // A test call gets the first-byte timeout for its whole answer, not a request's 15 minutes.
+    let limits = BodyLimits {
+        deadline: tokio::time::Instant::now()
+            + std::time::Duration::from_millis(state.config.upstream.first_byte_timeout_ms),
+        ..BodyLimits::for_request(&state.config.upstream, started)
+    };
     let result = crate::gateway::chat::call_channel(
         &state,
         &channel,
         Endpoint::Chat,
         request.to_string().into_bytes(),
         1,
+        limits,
     )
     .await;
     let (status, error) = match result {
@@ -328,18 +334,20 @@ async fn test_channel(
             state.health.failure(&channel, e.outcome(), &msg);
             (None, Some(msg))
         }
-        Ok(mut r) => {
-            let mut text = Vec::new();
-            while let Some(Ok(chunk)) = r.body.next().await {
-                if text.len() < 2000 {
-                    text.extend_from_slice(&chunk);
-                }
+        Ok(mut r) => match read_whole(&mut r.body, limits).await {
+            Ok(text) => {
+                let snippet = crate::gateway::health::snippet(&text);
+                crate::gateway::health::judge(&state, &channel, r.status, &snippet).await;
+                let error = (!(200..300).contains(&r.status)).then_some(snippet);
+                (Some(r.status), error)
             }
-            let snippet = crate::gateway::health::snippet(&text);
-            crate::gateway::health::judge(&state, &channel, r.status, &snippet).await;
-            let error = (!(200..300).contains(&r.status)).then_some(snippet);
-            (Some(r.status), error)
-        }
+            Err(e) => {
+                // The answer began but never arrived whole: the channel is not working.
+                let msg = e.to_string();
+                state.health.failure(&channel, "error", &msg);
+                (Some(r.status), Some(msg))
+            }
+        },
     };
     if let Some(e) = &error {
         db::catalog::note_channel_error(&state.db, id, e).await?;
