@@ -782,18 +782,7 @@ async fn an_upstream_body_that_stalls_is_cut_at_the_chunk_timeout_wherever_it_is
         .expect("send");
     assert_eq!(resp.status(), 502);
     let body: Value = resp.json().await.expect("json");
-    assert!(
-        body["error"]["message"]
-            .as_str()
-            .unwrap_or_default()
-            .contains("stalled for 300 ms"),
-        "{body}"
-    );
-    assert!(
-        started.elapsed() < Duration::from_secs(3),
-        "{:?}",
-        started.elapsed()
-    );
+    assert_cut_in_time(&body["error"]["message"], started);
     // So is the admin channel test's.
     let started = Instant::now();
     let (status, test) = app
@@ -804,18 +793,18 @@ async fn an_upstream_body_that_stalls_is_cut_at_the_chunk_timeout_wherever_it_is
         )
         .await;
     assert_eq!(status, 200, "{test}");
-    assert!(
-        test["data"]["error"]
-            .as_str()
-            .unwrap_or_default()
-            .contains("stalled for 300 ms"),
-        "{test}"
-    );
+    assert_cut_in_time(&test["data"]["error"], started);
+    assert_eq!(app.balance_micros(user).await, 1_000_000);
+    app.stop().await;
+}
+
+/// The error says the body stalled at the 300 ms chunk timeout, and it came in time.
+fn assert_cut_in_time(error: &Value, started: Instant) {
+    let text = error.as_str().unwrap_or_default();
+    assert!(text.contains("stalled for 300 ms"), "{error}");
     assert!(
         started.elapsed() < Duration::from_secs(3),
         "{:?}",
         started.elapsed()
     );
-    assert_eq!(app.balance_micros(user).await, 1_000_000);
-    app.stop().await;
 }
