@@ -782,9 +782,11 @@ async fn stream(
     }
     metrics::gauge!(m::ACTIVE_STREAMS).increment(1.0);
     let state = &ctx.state;
-    let chunk_timeout = Duration::from_millis(state.config.upstream.chunk_timeout_ms);
-    let deadline = tokio::time::Instant::from_std(ctx.started)
-        + Duration::from_millis(state.config.upstream.max_request_ms);
+    let BodyLimits {
+        chunk_timeout,
+        deadline,
+        ..
+    } = BodyLimits::for_request(&state.config.upstream, ctx.started);
     let strip_usage = !ctx.req.client_wants_usage;
     let rename = upstream_model != ctx.model.name;
     let mut splitter = EventSplitter::default();

@@ -223,8 +223,9 @@ fn chat_prompt_bound(top: &TopLevel<'_>) -> Result<i64, InvalidRequest> {
     Ok(bound.saturating_add(tools))
 }
 
-/// Whether `body` is a JSON object (not an array that serde would read field by field).
-fn is_object(body: &[u8]) -> bool {
+/// Whether `body` is a JSON object (not an array that serde would read field by field into a
+/// struct); every request body parser checks it first.
+pub fn is_object(body: &[u8]) -> bool {
     body.trim_ascii_start().first() == Some(&b'{')
 }
 

@@ -279,6 +279,8 @@ pub struct Meter {
     pub malformed: u32,
     /// Bytes of generated text (answer and reasoning, every choice).
     generated_bytes: usize,
+    /// Of those, the bytes handed out by [`Meter::take_uncounted`].
+    handed_bytes: usize,
     /// The choices the last event added text to.
     last_touched: Vec<usize>,
 }
@@ -328,11 +330,6 @@ impl Meter {
         self.generated_bytes += added;
     }
 
-    /// Bytes of text generated so far (at least its tokens).
-    pub fn generated_bytes(&self) -> usize {
-        self.generated_bytes
-    }
-
     /// The text generated since the last call, as pieces to count apart, with how many bytes
     /// they cover.
     pub fn take_uncounted(&mut self) -> (Vec<String>, usize) {
@@ -348,6 +345,7 @@ impl Meter {
             }
             c.counted = (c.text.len(), c.reasoning.len());
         }
+        self.handed_bytes += bytes;
         (pieces, bytes)
     }
 
@@ -357,9 +355,11 @@ impl Meter {
             if let Some(c) = self.choices.get_mut(i) {
                 let (t, r) = c.before_last;
                 let removed = (c.text.len() - t) + (c.reasoning.len() - r);
+                let counted = (c.counted.0.min(t), c.counted.1.min(r));
+                self.handed_bytes -= (c.counted.0 - counted.0) + (c.counted.1 - counted.1);
                 c.text.truncate(t);
                 c.reasoning.truncate(r);
-                c.counted = (c.counted.0.min(t), c.counted.1.min(r));
+                c.counted = counted;
                 self.generated_bytes -= removed;
             }
         }
@@ -367,8 +367,7 @@ impl Meter {
 
     /// Bytes generated and not yet handed out by [`Meter::take_uncounted`].
     pub fn uncounted_bytes(&self) -> usize {
-        let handed: usize = self.choices.iter().map(|c| c.counted.0 + c.counted.1).sum();
-        self.generated_bytes - handed
+        self.generated_bytes - self.handed_bytes
     }
 
     /// The choices, for the final count (see [`count_generated`]).

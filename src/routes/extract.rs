@@ -135,7 +135,7 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
 /// Parses a JSON object body, naming the path of the field that failed (an array is refused,
 /// not read positionally into the fields).
 pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
-    if bytes.trim_ascii_start().first() != Some(&b'{') {
+    if !crate::gateway::request::is_object(bytes) {
         return Err(ApiError::InvalidInput(
             "the request body must be a JSON object".into(),
         ));

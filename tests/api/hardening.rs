@@ -76,23 +76,13 @@ async fn headers_trickled_a_byte_at_a_time_are_cut_at_the_header_timeout() {
         "at the timeout: {closed_after:?}"
     );
     // Counted by reason (the recorder is shared by every test app in this process: at least ours).
-    let metrics = app
-        .client
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text");
-    let cut = metrics
-        .lines()
-        .find(|l| {
-            l.starts_with("tollgate_connections_cut_total{")
-                && l.contains("reason=\"header_timeout\"")
-        })
-        .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok());
-    assert!(cut.is_some_and(|n| n >= 1.0), "{metrics}");
+    let cut = app
+        .metric_where(
+            "tollgate_connections_cut_total",
+            "reason=\"header_timeout\"",
+        )
+        .await;
+    assert!(cut.is_some_and(|n| n >= 1.0), "{cut:?}");
     app.stop().await;
 }
 
@@ -333,6 +323,18 @@ on_both_backends! {
     }
 }
 
+/// How long `/healthz` took to answer (200).
+async fn timed_healthz(client: &reqwest::Client, base: &str) -> Duration {
+    let t = Instant::now();
+    let r = client
+        .get(format!("{base}/healthz"))
+        .send()
+        .await
+        .expect("healthz");
+    assert_eq!(r.status(), 200);
+    t.elapsed()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn huge_single_word_prompts_and_floods_of_cut_streams_do_not_stall_the_gateway() {
     // A long answer without usage, in 64 KiB events, that each client hangs up on: settling it
@@ -426,14 +428,7 @@ async fn huge_single_word_prompts_and_floods_of_cut_streams_do_not_stall_the_gat
     let mut chats = Vec::new();
     let started = Instant::now();
     while !hostile.is_finished() {
-        let t = Instant::now();
-        let r = client
-            .get(format!("{base}/healthz"))
-            .send()
-            .await
-            .expect("healthz");
-        assert_eq!(r.status(), 200);
-        health.push(t.elapsed());
+        health.push(timed_healthz(&client, &base).await);
         let t = Instant::now();
         let r = s
             .app
@@ -453,14 +448,7 @@ async fn huge_single_word_prompts_and_floods_of_cut_streams_do_not_stall_the_gat
     hostile.await.expect("hostile clients");
     // The settlements of the cut streams (local counts of megabytes) are still running.
     for _ in 0..10 {
-        let t = Instant::now();
-        let r = client
-            .get(format!("{base}/healthz"))
-            .send()
-            .await
-            .expect("healthz");
-        assert_eq!(r.status(), 200);
-        health.push(t.elapsed());
+        health.push(timed_healthz(&client, &base).await);
     }
     assert!(chats.len() >= 5, "the hostile load lasted {hostile_ms} ms");
     health.sort();

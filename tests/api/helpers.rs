@@ -410,6 +410,11 @@ impl TestApp {
 
     /// A metric's value from `/metrics` (the sum over its label sets), if it is exported.
     pub async fn metric(&self, name: &str) -> Option<f64> {
+        self.metric_where(name, "").await
+    }
+
+    /// The sum of a metric's samples whose labels contain `label` (e.g. `reason="idle"`).
+    pub async fn metric_where(&self, name: &str, label: &str) -> Option<f64> {
         let text = self
             .client
             .get(self.url("/metrics"))
@@ -419,7 +424,7 @@ impl TestApp {
             .text()
             .await
             .expect("metrics text");
-        metric_value(&text, name)
+        metric_value_where(&text, name, label)
     }
 
     /// Runs `tollgate ledger verify` on this app's database: (success, what it printed).
@@ -435,14 +440,14 @@ impl TestApp {
     }
 }
 
-/// The sum of a metric's samples in a Prometheus text exposition.
-pub fn metric_value(text: &str, name: &str) -> Option<f64> {
+/// The sum of a metric's samples whose labels contain `label` (all of them for "").
+pub fn metric_value_where(text: &str, name: &str, label: &str) -> Option<f64> {
     let mut found = None;
     for line in text.lines().filter(|l| !l.starts_with('#')) {
         let Some(rest) = line.strip_prefix(name) else {
             continue;
         };
-        if !(rest.starts_with(' ') || rest.starts_with('{')) {
+        if !(rest.starts_with(' ') || rest.starts_with('{')) || !rest.contains(label) {
             continue;
         }
         let value: f64 = rest.rsplit(' ').next()?.parse().ok()?;

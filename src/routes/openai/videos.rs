@@ -148,7 +148,7 @@ pub async fn create_generation(
     OriginalUri(uri): OriginalUri,
     req: Request,
 ) -> Result<Response, OpenAiError> {
-    let req_headers = Some(req.headers().clone());
+    let root = api_root(&state, req.headers(), &uri);
     let map = fields(&state, req).await?;
     let aspect_ratio = text(&map, "aspect_ratio")?.unwrap_or_else(|| "16:9".into());
     let valid_ratio = aspect_ratio.split_once(':').is_some_and(|(w, h)| {
@@ -167,7 +167,6 @@ pub async fn create_generation(
         size: text(&map, "size")?,
         aspect_ratio: Some(aspect_ratio),
     };
-    let root = api_root(&state, req_headers.as_ref(), &uri);
     Ok(submit(&state, &caller, &request_id, req, |t| {
         videos::aggregator_json(t, &root)
     })
@@ -193,14 +192,14 @@ pub async fn retrieve_generation(
     headers: HeaderMap,
 ) -> Result<Json<Value>, OpenAiError> {
     let task = videos::own_task(&state, &caller, &id).await?;
-    let root = api_root(&state, Some(&headers), &uri);
+    let root = api_root(&state, &headers, &uri);
     Ok(Json(videos::aggregator_json(&task, &root)))
 }
 
 /// The Tollgate root the client called, absolute when the request names its host
 /// (`http://host:port/api/v1` or `…/v1`; the scheme from `X-Forwarded-Proto` behind a trusted
 /// proxy), so that a URL in an answer leads back to this gateway.
-fn api_root(state: &AppState, headers: Option<&HeaderMap>, uri: &axum::http::Uri) -> String {
+fn api_root(state: &AppState, headers: &HeaderMap, uri: &axum::http::Uri) -> String {
     let prefix = if uri.path().starts_with("/api/v1/") {
         "/api/v1"
     } else {
@@ -208,7 +207,7 @@ fn api_root(state: &AppState, headers: Option<&HeaderMap>, uri: &axum::http::Uri
     };
     let header = |name: &str| {
         headers
-            .and_then(|h| h.get(name))
+            .get(name)
             .and_then(|v| v.to_str().ok())
             .map(|v| v.split(',').next().unwrap_or(v).trim().to_owned())
             .filter(|v| !v.is_empty() && !v.contains(['/', ' ', '\\']))
