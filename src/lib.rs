@@ -27,3 +27,4 @@ pub mod secrets;
 pub mod serve;
 pub mod startup;
 pub mod state;
+pub mod tokens;

@@ -167,7 +167,7 @@ impl Application {
         let config = &state.config;
         let stop_workers = CancellationToken::new();
         // Load the tokenizer now, not on the first request that needs a local count.
-        tokio::task::spawn_blocking(|| crate::gateway::tokens::count_text("warm up"));
+        tokio::task::spawn_blocking(|| crate::tokens::count_text("warm up"));
         state.tasks.spawn(crate::billing::reconcile::run(
             state.db.clone(),
             Duration::from_millis(config.billing.reconcile_interval_ms),

@@ -5,47 +5,11 @@
 use super::request::Defaults;
 use crate::billing::TokenPrice;
 use crate::db::{self, Db};
-use crate::provider::Provider;
-use crate::secrets::Secret;
+use crate::provider::{Channel, Provider};
 use crate::secrets::Secrets;
 use rand::RngExt;
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, RwLock};
-
-/// An upstream channel, ready to call.
-#[derive(Debug)]
-pub struct Channel {
-    pub id: i64,
-    pub name: String,
-    pub provider: Provider,
-    /// The upstream's `/v1` root, without a trailing slash.
-    pub base_url: String,
-    pub api_key: Secret,
-    pub priority: i64,
-    pub weight: i64,
-    model_map: HashMap<String, String>,
-}
-
-impl Channel {
-    /// A stored channel, ready to call (`None` for a provider this build does not know).
-    pub fn from_row(row: &db::catalog::ChannelRow) -> Option<Channel> {
-        Some(Channel {
-            id: row.id,
-            name: row.name.clone(),
-            provider: Provider::parse(&row.provider)?,
-            base_url: row.base_url.trim_end_matches('/').to_owned(),
-            api_key: row.api_key.clone(),
-            priority: row.priority,
-            weight: row.weight,
-            model_map: serde_json::from_str(&row.model_map).unwrap_or_default(),
-        })
-    }
-
-    /// The name the upstream knows `model` by.
-    pub fn upstream_model<'a>(&'a self, model: &'a str) -> &'a str {
-        self.model_map.get(model).map_or(model, String::as_str)
-    }
-}
 
 /// What a model's images and video seconds cost, in micro-credits.
 #[derive(Debug, Default)]

@@ -11,12 +11,13 @@
 
 use super::Reply;
 use super::auth::Caller;
-use super::catalog::{Channel, Model, RouteError};
+use super::catalog::{Model, RouteError};
 use super::health::Judgement;
-use super::request::{ChatRequest, Endpoint};
-use super::sse::{ChoiceText, EventSplitter, Meter, Verdict, clean_event, rewrite_model};
+use super::request::ChatRequest;
+use super::sse::{ChoiceText, Meter, Verdict, rewrite_model};
+use crate::provider::sse::{EventSplitter, clean_event};
 use super::throttle::{self, RateHeaders};
-use super::tokens::Budget;
+use crate::tokens::Budget;
 use crate::billing::book::Held;
 use crate::billing::settle::settle;
 use crate::billing::{Micros, TokenUsage, UsageSource, UsageStatus};
@@ -25,7 +26,7 @@ use crate::error::OpenAiError;
 use crate::limits::Permit;
 use crate::metrics as m;
 use crate::provider::{
-    BodyError, BodyLimits, Provider, UpstreamError, UpstreamResponse, anthropic, demo, openai,
+    BodyError, BodyLimits, Channel, Endpoint, Provider, UpstreamError, UpstreamResponse, anthropic, demo, openai,
     read_whole,
 };
 use crate::state::AppState;

@@ -5,7 +5,7 @@
 //! instance (each instance sees its own view of an upstream); it survives catalog reloads
 //! because it is keyed by channel id, not held in the catalog snapshot.
 
-use super::catalog::Channel;
+use crate::provider::Channel;
 use crate::metrics as m;
 use std::collections::HashMap;
 use std::sync::Mutex;

@@ -3,7 +3,8 @@
 //! errors, 429 and 5xx try the next channel; 401/403 disable the channel; other 4xx pass
 //! through; timeouts end the request).
 
-use super::catalog::{Channel, Model};
+use super::catalog::Model;
+use crate::provider::Channel;
 use super::health::Judgement;
 use crate::error::OpenAiError;
 use crate::provider::{BodyLimits, UpstreamError, UpstreamResponse, read_whole};

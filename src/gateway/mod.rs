@@ -12,7 +12,6 @@ pub mod request;
 pub mod session;
 pub mod sse;
 pub mod throttle;
-pub mod tokens;
 pub mod videos;
 
 use bytes::Bytes;

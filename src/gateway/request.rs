@@ -4,6 +4,7 @@
 //! name, for streams `stream_options.include_usage` switched on so the upstream reports usage,
 //! and the model's configured `temperature` and `max_tokens` added where the client set none.
 
+use crate::provider::Endpoint;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use std::ops::Range;
@@ -49,26 +50,6 @@ struct TopLevel<'a> {
     best_of: Option<&'a RawValue>,
     #[serde(borrow)]
     temperature: Option<&'a RawValue>,
-}
-
-/// The OpenAI endpoints metered by tokens.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Endpoint {
-    Chat,
-    /// Legacy `completions` (a `prompt`, answers in `choices[].text`).
-    Completions,
-    Embeddings,
-}
-
-impl Endpoint {
-    /// The path under the upstream's `/v1` root, also the usage record's `endpoint`.
-    pub fn path(self) -> &'static str {
-        match self {
-            Endpoint::Chat => "chat/completions",
-            Endpoint::Completions => "completions",
-            Endpoint::Embeddings => "embeddings",
-        }
-    }
 }
 
 /// OpenAI's default `max_tokens` for legacy completions.
@@ -193,11 +174,11 @@ fn required_text(raw: Option<&RawValue>, param: &'static str) -> Result<i64, Inv
 
 /// Checks a chat body's `messages` (and `tools`) and bounds its prompt tokens.
 fn chat_prompt_bound(top: &TopLevel<'_>) -> Result<i64, InvalidRequest> {
-    use super::tokens::Messages;
+    use crate::tokens::Messages;
     let messages_raw = top
         .messages
         .ok_or_else(|| invalid("messages", "'messages' is a required property"))?;
-    let messages = super::tokens::chat_prompt_bound(messages_raw.get())
+    let messages = crate::tokens::chat_prompt_bound(messages_raw.get())
         .map_err(|e| invalid("messages", format!("'messages' is not valid JSON: {e}")))?;
     let bound = match messages {
         Messages::Bound(n) => n,
@@ -321,7 +302,7 @@ impl ChatRequest {
 
     /// Counts the prompt of `body` (the body this request was parsed from) locally, reading at
     /// most `budget`'s bytes; CPU-heavy, for the [`super::cpu`] pool.
-    pub fn count_prompt(&self, body: &[u8], budget: &mut super::tokens::Budget) -> i64 {
+    pub fn count_prompt(&self, body: &[u8], budget: &mut crate::tokens::Budget) -> i64 {
         let Ok(top) = serde_json::from_slice::<TopLevel>(body) else {
             return self.prompt_tokens_bound;
         };
@@ -331,7 +312,7 @@ impl ChatRequest {
         let counted = match self.endpoint {
             Endpoint::Chat => parse(top.messages).map(|messages| {
                 let tools = parse(top.tools).filter(|t| !t.is_null());
-                super::tokens::count_chat_prompt(&messages, tools.as_ref(), budget)
+                crate::tokens::count_chat_prompt(&messages, tools.as_ref(), budget)
             }),
             Endpoint::Completions => {
                 parse(top.prompt).and_then(|p| text_or_tokens(&p, &mut |s| budget.count(s)))

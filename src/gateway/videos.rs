@@ -6,7 +6,8 @@
 //! Spec of the client side: <https://platform.openai.com/docs/api-reference/videos>.
 
 use super::auth::Caller;
-use super::catalog::{Channel, Model};
+use super::catalog::Model;
+use crate::provider::Channel;
 use super::chat::{Payer, refused};
 use super::media::{self, Attempt};
 use super::throttle::{self, RateHeaders};

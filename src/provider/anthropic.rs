@@ -16,8 +16,8 @@
 //! <https://docs.anthropic.com/en/api/messages-streaming>.
 
 use super::{UpstreamError, UpstreamResponse};
-use crate::gateway::catalog::Channel;
-use crate::gateway::sse::{EventSplitter, event_data};
+use super::Channel;
+use super::sse::{EventSplitter, event_data};
 use bytes::Bytes;
 use futures_util::StreamExt;
 use futures_util::stream::BoxStream;

@@ -5,8 +5,8 @@
 //! proxy path.
 
 use super::{UpstreamError, UpstreamResponse};
-use crate::gateway::request::Endpoint;
-use crate::gateway::tokens::Budget;
+use super::Endpoint;
+use crate::tokens::Budget;
 
 /// Bytes of text one demo answer counts exactly (the rest is extrapolated).
 const DEMO_COUNT_BYTES: usize = 64 * 1024;
@@ -120,7 +120,7 @@ fn chat(body: &[u8], created: i64) -> Result<UpstreamResponse, UpstreamError> {
     // The demo answers on the request's own thread: its counts read a small budget.
     let mut budget = Budget::new(DEMO_COUNT_BYTES);
     let prompt_tokens = request.get("messages").map_or(0, |m| {
-        crate::gateway::tokens::count_chat_prompt(m, None, &mut budget)
+        crate::tokens::count_chat_prompt(m, None, &mut budget)
     });
     let completion_tokens = budget.count(&reply);
     let usage = json!({

@@ -8,11 +8,14 @@
 pub mod anthropic;
 pub mod demo;
 pub mod openai;
+pub mod sse;
 pub mod video;
 
+use crate::secrets::Secret;
 use bytes::Bytes;
 use futures_util::StreamExt;
 use futures_util::stream::BoxStream;
+use std::collections::HashMap;
 
 /// The provider types a channel may have.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -45,6 +48,61 @@ impl Provider {
 
     /// Every accepted name, for error messages.
     pub const NAMES: &'static str = "openai, anthropic, video, demo";
+}
+
+/// The OpenAI endpoints metered by tokens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Endpoint {
+    Chat,
+    /// Legacy `completions` (a `prompt`, answers in `choices[].text`).
+    Completions,
+    Embeddings,
+}
+
+impl Endpoint {
+    /// The path under the upstream's `/v1` root, also the usage record's `endpoint`.
+    pub fn path(self) -> &'static str {
+        match self {
+            Endpoint::Chat => "chat/completions",
+            Endpoint::Completions => "completions",
+            Endpoint::Embeddings => "embeddings",
+        }
+    }
+}
+
+/// An upstream channel, ready to call.
+#[derive(Debug)]
+pub struct Channel {
+    pub id: i64,
+    pub name: String,
+    pub provider: Provider,
+    /// The upstream's `/v1` root, without a trailing slash.
+    pub base_url: String,
+    pub api_key: Secret,
+    pub priority: i64,
+    pub weight: i64,
+    model_map: HashMap<String, String>,
+}
+
+impl Channel {
+    /// A stored channel, ready to call (`None` for a provider this build does not know).
+    pub fn from_row(row: &crate::db::catalog::ChannelRow) -> Option<Channel> {
+        Some(Channel {
+            id: row.id,
+            name: row.name.clone(),
+            provider: Provider::parse(&row.provider)?,
+            base_url: row.base_url.trim_end_matches('/').to_owned(),
+            api_key: row.api_key.clone(),
+            priority: row.priority,
+            weight: row.weight,
+            model_map: serde_json::from_str(&row.model_map).unwrap_or_default(),
+        })
+    }
+
+    /// The name the upstream knows `model` by.
+    pub fn upstream_model<'a>(&'a self, model: &'a str) -> &'a str {
+        self.model_map.get(model).map_or(model, String::as_str)
+    }
 }
 
 /// How an upstream call failed before a response could be read.

@@ -3,7 +3,7 @@
 //! back untouched. Spec: <https://platform.openai.com/docs/api-reference/chat>.
 
 use super::{UpstreamError, UpstreamResponse};
-use crate::gateway::catalog::Channel;
+use super::Channel;
 use std::time::Duration;
 
 /// POSTs `body` to `{base_url}/{path}` and waits up to `first_byte_timeout` for the headers.

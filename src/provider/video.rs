@@ -21,7 +21,7 @@
 //! The `demo` provider answers the same questions locally: its tasks finish at once.
 
 use super::{Provider, UpstreamError, error_text};
-use crate::gateway::catalog::Channel;
+use super::Channel;
 use serde_json::{Value, json};
 use std::time::Duration;
 

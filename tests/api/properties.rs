@@ -8,9 +8,11 @@ use proptest::prelude::*;
 use proptest::test_runner::{Config, TestRunner};
 use serde_json::{Value, json};
 use tollgate::billing::Micros;
-use tollgate::gateway::request::{ChatRequest, Defaults, Endpoint};
-use tollgate::gateway::sse::{EventSplitter, Meter, clean_event, count_generated};
-use tollgate::gateway::tokens::Budget;
+use tollgate::gateway::request::{ChatRequest, Defaults};
+use tollgate::provider::Endpoint;
+use tollgate::gateway::sse::{Meter, count_generated};
+use tollgate::provider::sse::{EventSplitter, clean_event};
+use tollgate::tokens::Budget;
 
 const ENDPOINTS: [Endpoint; 3] = [Endpoint::Chat, Endpoint::Completions, Endpoint::Embeddings];
 

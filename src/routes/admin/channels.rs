@@ -286,8 +286,8 @@ async fn test_channel(
     Path(id): Path<String>,
     body: axum::body::Bytes,
 ) -> Result<Json<Value>, ApiError> {
-    use crate::gateway::catalog::Channel;
-    use crate::gateway::request::Endpoint;
+    use crate::provider::Channel;
+    use crate::provider::Endpoint;
     let id = path_id(&id)?;
     let row = db::catalog::get_channel(&state.db, &state.secrets, id)
         .await?

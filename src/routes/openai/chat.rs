@@ -3,7 +3,7 @@
 
 use crate::error::OpenAiError;
 use crate::gateway::auth::Caller;
-use crate::gateway::request::Endpoint;
+use crate::provider::Endpoint;
 use crate::gateway::{self, Reply};
 use crate::routes::extract::{OpenAiCaller, RequestId};
 use crate::state::AppState;

@@ -2,7 +2,7 @@
 
 use super::chat::metered;
 use crate::error::OpenAiError;
-use crate::gateway::request::Endpoint;
+use crate::provider::Endpoint;
 use crate::routes::extract::{OpenAiCaller, RequestId};
 use crate::state::AppState;
 use axum::body::Bytes;
