@@ -5,7 +5,6 @@
 //! the safety net for a missed message, and a (re)subscription applies everything once.
 
 use crate::metrics as m;
-use crate::state::AppState;
 use anyhow::Context;
 use futures_util::StreamExt;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
@@ -99,34 +98,22 @@ impl Bus {
     }
 }
 
-/// Applies a change on this instance.
-pub async fn apply(state: &AppState, change: Change) -> Result<(), sqlx::Error> {
-    match change {
-        Change::Keys => {
-            state.keys.invalidate_all();
-            Ok(())
-        }
-        Change::Catalog => state.catalog.reload(&state.db, &state.secrets).await,
-    }
-}
-
-/// Applies a change here, then tells the other instances.
-pub async fn announce(state: &AppState, change: Change) -> Result<(), sqlx::Error> {
-    apply(state, change).await?;
-    state.bus.publish(change).await;
-    Ok(())
-}
-
-/// Listens for other instances' change notices until `stop`; reconnects after failures.
-pub async fn listen(state: AppState, client: redis::Client, stop: CancellationToken) {
-    let channel = state.bus.channel.clone();
+/// Listens for other instances' change notices on `bus`'s channel until `stop`, calling `apply`
+/// for each (and for every kind of change after each (re)subscription); reconnects after
+/// failures.
+pub async fn listen<F, Fut>(bus: &Bus, client: redis::Client, stop: CancellationToken, apply: F)
+where
+    F: Fn(Change) -> Fut,
+    Fut: std::future::Future<Output = Result<(), sqlx::Error>>,
+{
+    let channel = bus.channel.clone();
     loop {
         let session = async {
             let mut pubsub = client.get_async_pubsub().await?;
             pubsub.subscribe(&channel).await?;
             // Anything published while we were not listening is caught up now.
             for change in [Change::Keys, Change::Catalog] {
-                if let Err(e) = apply(&state, change).await {
+                if let Err(e) = apply(change).await {
                     tracing::warn!(error = %e, "catch-up after subscribing failed");
                 }
             }
@@ -138,14 +125,14 @@ pub async fn listen(state: AppState, client: redis::Client, stop: CancellationTo
                 let Some((name, origin)) = text.split_once(':') else {
                     continue;
                 };
-                if origin == state.bus.instance {
+                if origin == bus.instance {
                     continue;
                 }
                 let Some(change) = Change::parse(name) else {
                     continue;
                 };
                 metrics::counter!(m::INVALIDATIONS, "change" => change.name()).increment(1);
-                if let Err(e) = apply(&state, change).await {
+                if let Err(e) = apply(change).await {
                     tracing::warn!(error = %e, change = name, "applying a change notice failed");
                 }
             }

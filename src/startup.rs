@@ -188,11 +188,10 @@ impl Application {
             stop_workers.clone(),
         ));
         if let Some(client) = redis {
-            state.tasks.spawn(crate::cluster::listen(
-                state.clone(),
-                client,
-                stop_workers.clone(),
-            ));
+            let (state, stop) = (state.clone(), stop_workers.clone());
+            state.clone().tasks.spawn(async move {
+                crate::cluster::listen(&state.bus, client, stop, |change| state.apply(change)).await
+            });
         }
 
         let run = match crate::db::runs::start(&state.db).await {

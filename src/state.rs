@@ -1,7 +1,7 @@
 //! [`AppState`]: everything a request needs, cheap to clone (one `Arc`).
 
 use crate::billing::book::Book;
-use crate::cluster::Bus;
+use crate::cluster::{Bus, Change};
 use crate::config::Config;
 use crate::db::Db;
 use crate::gateway::auth::KeyCache;
@@ -51,6 +51,24 @@ pub struct Inner {
 impl AppState {
     pub fn new(inner: Inner) -> AppState {
         AppState(Arc::new(inner))
+    }
+
+    /// Applies a change on this instance: drops the cached keys, or reloads the catalog.
+    pub async fn apply(&self, change: Change) -> Result<(), sqlx::Error> {
+        match change {
+            Change::Keys => {
+                self.keys.invalidate_all();
+                Ok(())
+            }
+            Change::Catalog => self.catalog.reload(&self.db, &self.secrets).await,
+        }
+    }
+
+    /// Applies a change here, then tells the other instances.
+    pub async fn announce(&self, change: Change) -> Result<(), sqlx::Error> {
+        self.apply(change).await?;
+        self.bus.publish(change).await;
+        Ok(())
     }
 }
 

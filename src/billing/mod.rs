@@ -10,5 +10,5 @@ pub mod usage;
 pub mod verify;
 
 pub use money::Micros;
-pub use pricing::{TokenPrice, TokenUsage};
+pub use pricing::{Pricing, TokenPrice, TokenUsage, per_unit};
 pub use usage::{UsageSource, UsageStatus};

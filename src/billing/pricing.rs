@@ -70,6 +70,50 @@ impl TokenPrice {
     }
 }
 
+/// `count` units at `unit` micro-credits each plus a flat `request` price: what images (per
+/// image) and videos (per second) cost. Saturates rather than wraps.
+pub fn per_unit(unit: i64, count: i64, request: i64) -> Micros {
+    Micros(unit.saturating_mul(count).saturating_add(request))
+}
+
+/// How a metered request is priced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pricing {
+    /// By the model's token prices: the most it may use is reserved, what it used is charged.
+    Metered,
+    /// One amount (a platform feature's price), charged once the answer is delivered, nothing
+    /// otherwise.
+    Flat(Micros),
+}
+
+impl Pricing {
+    /// What to reserve: `flat`, or the most the tokens may cost (see [`TokenPrice::max_cost`]).
+    pub fn most(
+        self,
+        price: &TokenPrice,
+        prompt_tokens: i64,
+        max_output_tokens: i64,
+        cache_writes: bool,
+    ) -> Micros {
+        match self {
+            Pricing::Metered => price.max_cost(prompt_tokens, max_output_tokens, cache_writes),
+            Pricing::Flat(amount) => Micros(amount.0.max(0)),
+        }
+    }
+
+    /// What a request that ended with `usage` (`None`: nothing was generated) costs; `delivered`
+    /// says whether the whole answer reached its caller. A metered request pays for what was
+    /// generated either way; a flat one only for a delivered answer.
+    pub fn cost(self, price: &TokenPrice, usage: Option<&TokenUsage>, delivered: bool) -> Micros {
+        match (self, usage) {
+            (_, None) => Micros::ZERO,
+            (Pricing::Metered, Some(usage)) => price.cost(usage),
+            (Pricing::Flat(amount), Some(_)) if delivered => Micros(amount.0.max(0)),
+            (Pricing::Flat(_), Some(_)) => Micros::ZERO,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -122,6 +166,40 @@ mod tests {
         };
         // 100 × 2.5 + 600 × 1.25 + 300 × 3.125 = 250 + 750 + 937.5 = 1937.5 → 1938, + 7.
         assert_eq!(price.cost(&usage), Micros(1945));
+    }
+
+    #[test]
+    fn per_unit_prices_add_the_request_price_and_saturate() {
+        assert_eq!(per_unit(40_000, 3, 5), Micros(120_005));
+        assert_eq!(per_unit(i64::MAX, 2, 1), Micros(i64::MAX));
+    }
+
+    #[test]
+    fn a_flat_price_is_reserved_whole_and_charged_only_when_delivered() {
+        let flat = Pricing::Flat(Micros(10_000_000));
+        let usage = TokenUsage {
+            prompt_tokens: 1_000_000,
+            completion_tokens: 1_000_000,
+            ..Default::default()
+        };
+        assert_eq!(
+            flat.most(&PRICE, 1_000_000, 1_000_000, true),
+            Micros(10_000_000)
+        );
+        assert_eq!(flat.cost(&PRICE, Some(&usage), true), Micros(10_000_000));
+        assert_eq!(flat.cost(&PRICE, Some(&usage), false), Micros::ZERO);
+        assert_eq!(flat.cost(&PRICE, None, true), Micros::ZERO);
+        // Metered: what was generated is paid for, delivered or not.
+        let metered = Pricing::Metered;
+        assert_eq!(
+            metered.cost(&PRICE, Some(&usage), false),
+            PRICE.cost(&usage)
+        );
+        assert_eq!(metered.cost(&PRICE, None, false), Micros::ZERO);
+        assert_eq!(
+            metered.most(&PRICE, 10, 20, false),
+            PRICE.max_cost(10, 20, false)
+        );
     }
 
     #[test]

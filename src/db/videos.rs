@@ -258,23 +258,23 @@ pub struct Outcome<'a> {
     /// `completed` or `failed`.
     pub status: &'a str,
     pub billed_seconds: i64,
-    /// What is charged (at most the hold).
-    pub cost_micros: i64,
     pub result_url: Option<&'a str>,
     pub error: Option<&'a str>,
 }
 
-/// Settles a task exactly once: marks it ended, releases the hold, charges the cost and writes
-/// the usage record, in one transaction. `false` when it had been settled before.
+/// Settles a task exactly once: marks it ended, releases the hold, charges the record's cost
+/// (capped by the hold, [`UsageRecord::chargeable`]) and writes the usage record, in one
+/// transaction. The amount charged, or `None` when it had been settled before.
 pub async fn settle(
     db: &Db,
     task: &VideoTask,
     outcome: &Outcome<'_>,
     record: &UsageRecord,
-) -> Result<bool, sqlx::Error> {
+) -> Result<Option<i64>, sqlx::Error> {
     let now = now_ms();
-    let cost = outcome.cost_micros.clamp(0, task.held_micros);
-    let result: Result<bool, sqlx::Error> = write_pool!(db, p => {
+    // The hold is back in the balance when the charge is taken: it always fits.
+    let cost = record.chargeable(task.held_micros);
+    let result: Result<Option<i64>, sqlx::Error> = write_pool!(db, p => {
         let mut tx = p.begin().await?;
         let ended = sqlx::query(
             "UPDATE video_tasks SET settled = 1, status = $2, progress = CASE WHEN $2 = 'completed' THEN 100 ELSE progress END,
@@ -293,7 +293,7 @@ pub async fn settle(
         .await?
         .rows_affected();
         if ended == 0 {
-            return Ok(false);
+            return Ok(None);
         }
         let after_release: i64 = sqlx::query_scalar(
             "UPDATE users SET balance_micros = balance_micros + $2, updated_at_ms = $3 WHERE id = $1 RETURNING balance_micros",
@@ -338,10 +338,10 @@ pub async fn settle(
             .execute(&mut *tx)
             .await?;
         tx.commit().await?;
-        Ok(true)
+        Ok(Some(cost))
     });
     match result {
-        Err(e) if super::is_unique_violation(&e) => Ok(false),
+        Err(e) if super::is_unique_violation(&e) => Ok(None),
         other => other,
     }
 }

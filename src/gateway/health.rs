@@ -5,8 +5,8 @@
 //! instance (each instance sees its own view of an upstream); it survives catalog reloads
 //! because it is keyed by channel id, not held in the catalog snapshot.
 
-use crate::provider::Channel;
 use crate::metrics as m;
+use crate::provider::Channel;
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -158,7 +158,7 @@ impl Health {
         metrics::gauge!(m::CHANNEL_STATE, "channel" => channel.name.clone()).set(state.gauge());
     }
 
-    /// Records an upstream answer with HTTP `status` (401/403 are [`disable_for_credentials`]'s):
+    /// Records an upstream answer with HTTP `status` (401/403 disable the channel: see [`super::failover`]):
     /// 2xx and other 4xx (about the request) count as the channel working, 429 and 5xx as
     /// failures; `detail` is the error shown to admins.
     pub fn record_answer(&self, channel: &Channel, status: u16, detail: &str) {
@@ -200,79 +200,5 @@ impl Health {
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         entries.remove(&id);
-    }
-}
-
-/// The start of an upstream error body, as shown to admins and in logs.
-pub fn snippet(body: &[u8]) -> String {
-    String::from_utf8_lossy(body).chars().take(500).collect()
-}
-
-/// What an upstream answer's status means for the request.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Judgement {
-    /// 2xx: the answer.
-    Answer,
-    /// 401/403: the channel's credential was refused (the channel is now disabled); the
-    /// request is not at fault, try the next channel.
-    CredentialRefused,
-    /// 429 or 5xx: another channel may do better.
-    Retry,
-    /// Another 4xx, about the request itself: the client gets it as it is.
-    Reject,
-}
-
-/// Judges an upstream answer with HTTP `status` (`snippet`: the start of an error's body) and
-/// records it for `channel`: breaker and metrics, or disabling the channel on 401/403.
-pub async fn judge(
-    state: &crate::state::AppState,
-    channel: &Channel,
-    status: u16,
-    snippet: &str,
-) -> Judgement {
-    match status {
-        200..=299 => {
-            state.health.record_answer(channel, status, "");
-            Judgement::Answer
-        }
-        401 | 403 => {
-            disable_for_credentials(state, channel, status, snippet).await;
-            Judgement::CredentialRefused
-        }
-        _ => {
-            let detail = format!("upstream status {status}: {snippet}");
-            state.health.record_answer(channel, status, &detail);
-            if status == 429 || status >= 500 {
-                Judgement::Retry
-            } else {
-                Judgement::Reject
-            }
-        }
-    }
-}
-
-/// Takes a channel out of service because its upstream refused the credential (401/403):
-/// disabled in the database with the reason, on this instance at once and on the others
-/// through the change notice.
-pub async fn disable_for_credentials(
-    state: &crate::state::AppState,
-    channel: &Channel,
-    status: u16,
-    detail: &str,
-) {
-    let reason = format!(
-        "upstream answered {status} (credential refused): {}",
-        detail.chars().take(300).collect::<String>()
-    );
-    state.health.failure(channel, "auth_error", &reason);
-    tracing::error!(channel = %channel.name, status, "disabling channel: upstream refused its credential");
-    metrics::counter!(m::CHANNELS_DISABLED, "channel" => channel.name.clone()).increment(1);
-    match crate::db::catalog::disable_channel(&state.db, channel.id, &reason).await {
-        Ok(()) => {
-            if let Err(e) = crate::cluster::announce(state, crate::cluster::Change::Catalog).await {
-                tracing::warn!(error = %e, "catalog reload after disabling a channel failed");
-            }
-        }
-        Err(e) => tracing::error!(error = %e, channel = %channel.name, "could not disable channel"),
     }
 }

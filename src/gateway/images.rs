@@ -6,15 +6,13 @@
 use super::Reply;
 use super::auth::Caller;
 use super::catalog::Model;
-use super::chat::Payer;
-use super::media::{self, Attempt};
+use super::failover::{self, Attempt, Detached};
+use super::meter::{self, Ended, Payer};
 use super::throttle::{self, RateHeaders};
-use crate::billing::Micros;
 use crate::billing::settle::settle;
-use crate::billing::{TokenUsage, UsageSource, UsageStatus, book::Held};
-use crate::db::billing::UsageRecord;
+use crate::billing::{Micros, UsageSource, UsageStatus, book::Held, per_unit};
 use crate::error::OpenAiError;
-use crate::provider::{Provider, UpstreamResponse, demo, openai};
+use crate::provider::{self, BodyLimits, Call, read_whole};
 use crate::state::AppState;
 use bytes::Bytes;
 use serde_json::Value;
@@ -132,27 +130,21 @@ pub async fn generate(
     let result = match prepared {
         Err(e) => Err(e),
         Ok((req, model, user_id, unit)) => {
-            let amount = Micros(
-                unit.saturating_mul(req.n)
-                    .saturating_add(model.price.request_micros),
-            );
-            let payer = Payer {
-                caller,
-                request_id: &request_id,
+            let amount = per_unit(unit, req.n, model.price.request_micros);
+            let payer = Payer::new(
+                Arc::clone(&request_id),
                 user_id,
-                model: &model,
-                endpoint: ENDPOINT,
-                stream: false,
-                started,
-            };
-            match super::chat::reserve(state, &payer, amount).await {
+                caller.key_id,
+                &model,
+                ENDPOINT,
+                false,
+            );
+            match meter::reserve(state, &payer, amount, started).await {
                 Err(e) => Err(e),
                 Ok(held) => {
                     let task = Task {
                         state: state.clone(),
-                        request_id: Arc::clone(&request_id),
-                        user_id,
-                        key_id: caller.key_id,
+                        payer,
                         req,
                         model,
                         unit,
@@ -161,7 +153,7 @@ pub async fn generate(
                         started,
                         _permit: admitted.permit,
                     };
-                    media::in_tracked_task(state, &request_id, "image task", task.run()).await
+                    meter::in_tracked_task(state, &request_id, "image task", task.run()).await
                 }
             }
         }
@@ -176,7 +168,7 @@ fn prepare(
     body: &[u8],
 ) -> Result<(ImageRequest, Arc<Model>, i64, i64), OpenAiError> {
     let req = ImageRequest::parse(body)?;
-    let (user_id, model) = super::chat::route(state, caller, &req.model)?;
+    let (user_id, model) = meter::route(state, caller, &req.model)?;
     let unit = model.media.image(&req.size, &req.quality).ok_or_else(|| {
         invalid(
             "size",
@@ -193,9 +185,7 @@ fn prepare(
 /// cannot skip the settlement.
 struct Task {
     state: AppState,
-    request_id: Arc<str>,
-    user_id: i64,
-    key_id: Option<i64>,
+    payer: Payer,
     req: ImageRequest,
     model: Arc<Model>,
     /// Price of one image.
@@ -210,132 +200,103 @@ impl Task {
     async fn run(self) -> Result<Reply, OpenAiError> {
         let state = &self.state;
         let first_byte = Duration::from_millis(state.config.upstream.first_byte_timeout_ms);
-        let attempt = media::first_answer(state, &self.model, |channel| {
-            let mut body = self.req.body.clone();
-            let upstream = channel.upstream_model(&self.model.name).to_owned();
-            body.insert("model".into(), Value::String(upstream));
-            let body = serde_json::to_vec(&body).unwrap_or_default();
-            let state = state.clone();
-            async move {
-                match channel.provider {
-                    Provider::OpenAi => {
-                        openai::post(&state.http, &channel, ENDPOINT, body, first_byte).await
-                    }
-                    Provider::Demo => demo::images(&body, crate::clock::now_ms() / 1000),
-                    p => Ok(UpstreamResponse::unsupported(p, ENDPOINT)),
-                }
-            }
-        })
-        .await;
-        let (reply, channel, delivered, status, http_status, error) = match attempt {
+        let attempt =
+            failover::first_answer(state, &self.model, self.started, &mut Detached, |channel| {
+                let mut body = self.req.body.clone();
+                let upstream = channel.upstream_model(&self.model.name).to_owned();
+                body.insert("model".into(), Value::String(upstream));
+                let body = serde_json::to_vec(&body).unwrap_or_default();
+                let http = &state.http;
+                async move { provider::call(http, &channel, Call::Images { body }, first_byte).await }
+            })
+            .await;
+        let limits = BodyLimits::for_request(&state.config.upstream, self.started);
+        let (reply, channel, ended) = match attempt {
             Attempt::Answer {
                 channel,
-                status,
-                content_type,
-                body,
-            } => {
-                let parsed: Option<Value> = serde_json::from_slice(&body).ok();
-                match parsed.as_ref().and_then(|v| v["data"].as_array()) {
-                    Some(images) => {
-                        let delivered = (images.len() as i64).min(self.req.n);
-                        let reply = Reply::Full {
-                            status,
-                            content_type,
-                            body,
-                        };
-                        (
-                            Ok(reply),
-                            Some(channel),
-                            delivered,
-                            UsageStatus::Ok,
-                            status,
-                            None,
-                        )
-                    }
-                    None => {
-                        let message = "upstream returned an image response without data".to_owned();
-                        (
-                            Err(OpenAiError::Upstream {
-                                message: message.clone(),
-                            }),
-                            Some(channel),
-                            0,
-                            UsageStatus::UpstreamError,
-                            502,
-                            Some(message),
-                        )
+                mut response,
+            } => match read_whole(&mut response.body, limits).await {
+                Err(e) => {
+                    let message = e.to_string();
+                    state.health.failure(&channel, "error", &message);
+                    let ended =
+                        Ended::nothing(UsageStatus::UpstreamError, 502, Some(message.clone()));
+                    (Err(OpenAiError::Upstream { message }), Some(channel), ended)
+                }
+                Ok(body) => {
+                    let parsed: Option<Value> = serde_json::from_slice(&body).ok();
+                    match parsed.as_ref().and_then(|v| v["data"].as_array()) {
+                        Some(images) => {
+                            let delivered = (images.len() as i64).min(self.req.n);
+                            let reply = Reply::Full {
+                                status: response.status,
+                                content_type: response.content_type,
+                                body,
+                            };
+                            let ended = Ended {
+                                units: delivered,
+                                source: UsageSource::Provider,
+                                cost: if delivered > 0 {
+                                    per_unit(self.unit, delivered, self.model.price.request_micros)
+                                } else {
+                                    Micros::ZERO
+                                },
+                                http_status: response.status,
+                                ..Ended::nothing(UsageStatus::Ok, 200, None)
+                            };
+                            (Ok(reply), Some(channel), ended)
+                        }
+                        None => {
+                            let message =
+                                "upstream returned an image response without data".to_owned();
+                            let ended = Ended::nothing(
+                                UsageStatus::UpstreamError,
+                                502,
+                                Some(message.clone()),
+                            );
+                            (Err(OpenAiError::Upstream { message }), Some(channel), ended)
+                        }
                     }
                 }
-            }
+            },
             Attempt::Rejected {
                 channel,
                 status,
                 content_type,
                 body,
+                detail,
             } => {
-                let error = String::from_utf8_lossy(&body)
-                    .chars()
-                    .take(500)
-                    .collect::<String>();
                 let reply = Reply::Full {
                     status,
                     content_type,
                     body,
                 };
+                let ended = Ended::nothing(UsageStatus::UpstreamRejected, status, Some(detail));
+                (Ok(reply), Some(channel), ended)
+            }
+            Attempt::Failed {
+                channel,
+                error,
+                detail,
+            } => {
+                let (status, http) = Attempt::failure_status(&error);
                 (
-                    Ok(reply),
-                    Some(channel),
-                    0,
-                    UsageStatus::UpstreamRejected,
-                    status,
-                    Some(error),
+                    Err(error),
+                    channel,
+                    Ended::nothing(status, http, Some(detail)),
                 )
             }
-            Attempt::Failed { channel, error } => {
-                let (status, http) = match &error {
-                    OpenAiError::UpstreamTimeout { .. } => (UsageStatus::UpstreamTimeout, 504),
-                    _ => (UsageStatus::UpstreamError, 502),
-                };
-                let text = error.to_string();
-                (Err(error), channel, 0, status, http, Some(text))
+            // Detached: the loop never reports the client gone.
+            Attempt::ClientGone { channel } => {
+                let message = "client closed the connection".to_owned();
+                let ended =
+                    Ended::nothing(UsageStatus::ClientDisconnected, 499, Some(message.clone()));
+                (Err(OpenAiError::Upstream { message }), Some(channel), ended)
             }
         };
-        let cost = if delivered > 0 {
-            Micros(
-                self.unit
-                    .saturating_mul(delivered)
-                    .saturating_add(self.model.price.request_micros),
-            )
-        } else {
-            Micros::ZERO
-        };
-        let record = UsageRecord {
-            request_id: self.request_id.to_string(),
-            user_id: self.user_id,
-            key_id: self.key_id,
-            model: self.model.name.clone(),
-            upstream_model: channel
-                .as_ref()
-                .map(|c| c.upstream_model(&self.model.name).to_owned()),
-            channel_id: channel.as_ref().map(|c| c.id),
-            endpoint: ENDPOINT,
-            stream: false,
-            status,
-            http_status,
-            usage: TokenUsage::default(),
-            usage_source: if delivered > 0 {
-                UsageSource::Provider
-            } else {
-                UsageSource::None
-            },
-            reserved: self.reserved,
-            cost,
-            price_version: Some(self.model.price.version),
-            latency_ms: self.started.elapsed().as_millis() as i64,
-            ttft_ms: None,
-            error,
-            units: delivered,
-        };
+        let ended = ended.via(channel.as_deref(), &self.model.name);
+        let latency = self.started.elapsed().as_millis() as i64;
+        let record = self.payer.record(self.reserved, latency, ended);
         settle(&state.book, &state.db, Some(self.held), &record).await;
         reply
     }

@@ -7,17 +7,15 @@
 
 use super::auth::Caller;
 use super::catalog::Model;
-use crate::provider::Channel;
-use super::chat::{Payer, refused};
-use super::media::{self, Attempt};
+use super::failover::{self, Attempt, Detached};
+use super::meter::{self, Ended, Payer};
 use super::throttle::{self, RateHeaders};
-use crate::billing::{Micros, TokenUsage, UsageSource, UsageStatus};
-use crate::db::billing::UsageRecord;
+use crate::billing::{Micros, UsageSource, UsageStatus, per_unit};
 use crate::db::videos::{self, Outcome, VideoTask};
 use crate::error::OpenAiError;
 use crate::metrics as m;
 use crate::provider::video::{self as provider, NewTask, TaskState};
-use crate::provider::{Provider, UpstreamResponse};
+use crate::provider::{self as upstream, BodyLimits, Call, Channel, UpstreamResponse, read_whole};
 use crate::state::AppState;
 use rand::RngExt;
 use serde_json::{Value, json};
@@ -88,7 +86,7 @@ fn route(
     caller: &Caller,
     req: &VideoRequest,
 ) -> Result<(Arc<Model>, i64, i64), OpenAiError> {
-    let (user_id, model) = super::chat::route(state, caller, &req.model)?;
+    let (user_id, model) = meter::route(state, caller, &req.model)?;
     let per_second = model
         .media
         .video_second
@@ -112,9 +110,7 @@ async fn start(
     req: VideoRequest,
 ) -> Result<VideoTask, OpenAiError> {
     let started = Instant::now();
-    let held = per_second
-        .saturating_mul(req.seconds)
-        .saturating_add(model.price.request_micros);
+    let held = per_unit(per_second, req.seconds, model.price.request_micros).0;
     let now = crate::clock::now_ms();
     let id = format!("video_{:032x}", rand::rng().random::<u128>());
     let task = VideoTask {
@@ -149,28 +145,33 @@ async fn start(
         updated_at_ms: now,
         completed_at_ms: None,
     };
-    let payer = Payer {
-        caller,
-        request_id: &task.id,
-        user_id,
-        model,
-        endpoint: ENDPOINT,
-        stream: false,
-        started,
-    };
+    let payer = payer_of(&task);
     state
         .book
         .take(user_id, Micros(held))
-        .map_err(|e| refused(state, &payer, e))?;
+        .map_err(|e| meter::refused(state, &payer, started, e))?;
     if let Err(e) = videos::create_with_hold(&state.db, &task).await {
         state.book.give(user_id, Micros(held));
-        return Err(refused(state, &payer, e));
+        return Err(meter::refused(state, &payer, started, e));
     }
     metrics::gauge!(m::VIDEO_TASKS_OPEN).increment(1.0);
     // Creating it upstream runs in a tracked task: a client hanging up cannot strand the hold.
     let (state2, model2, id) = (state.clone(), Arc::clone(model), task.id.clone());
-    let work = async move { create_upstream(&state2, &model2, task).await };
-    media::in_tracked_task(state, &id, "video submission", work).await
+    let work = async move { create_upstream(&state2, &model2, task, started).await };
+    meter::in_tracked_task(state, &id, "video submission", work).await
+}
+
+/// Who pays for a task, as its hold and its usage record name it.
+fn payer_of(task: &VideoTask) -> Payer {
+    Payer {
+        request_id: Arc::from(task.id.as_str()),
+        user_id: task.user_id,
+        key_id: task.key_id,
+        model: task.model.clone(),
+        price_version: task.price_version,
+        endpoint: ENDPOINT,
+        stream: false,
+    }
 }
 
 /// Creates the task at the first provider that takes it; refunds at once if none does.
@@ -178,9 +179,10 @@ async fn create_upstream(
     state: &AppState,
     model: &Model,
     mut task: VideoTask,
+    started: Instant,
 ) -> Result<VideoTask, OpenAiError> {
     let timeout = Duration::from_millis(state.config.upstream.first_byte_timeout_ms);
-    let attempt = media::first_answer(state, model, |channel| {
+    let attempt = failover::first_answer(state, model, started, &mut Detached, |channel| {
         let upstream_model = channel.upstream_model(&model.name).to_owned();
         let body = provider::create_body(
             channel.provider,
@@ -192,26 +194,26 @@ async fn create_upstream(
                 aspect_ratio: task.aspect_ratio.as_deref(),
             },
         );
-        let (http, id) = (state.http.clone(), task.id.clone());
+        let (http, id) = (&state.http, task.id.as_str());
         async move {
-            match channel.provider {
-                Provider::Video | Provider::OpenAi => {
-                    provider::create(&http, &channel, body, timeout).await
-                }
-                Provider::Demo => Ok(UpstreamResponse::json(
-                    200,
-                    json!({"task_id": format!("demo-{id}")})
-                        .to_string()
-                        .into_bytes(),
-                )),
-                p => Ok(UpstreamResponse::unsupported(p, "video task")),
-            }
+            let call = Call::CreateVideo { body, task: id };
+            upstream::call(http, &channel, call, timeout).await
         }
     })
     .await;
-    let failure = match attempt {
-        Attempt::Answer { channel, body, .. } => {
-            let answer: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    let limits = BodyLimits::for_request(&state.config.upstream, started);
+    let (channel, error) = match attempt {
+        Attempt::Answer {
+            channel,
+            mut response,
+        } => {
+            let answer: Value = match read_whole(&mut response.body, limits).await {
+                Ok(body) => serde_json::from_slice(&body).unwrap_or(Value::Null),
+                Err(e) => {
+                    state.health.failure(&channel, "error", &e.to_string());
+                    Value::Null
+                }
+            };
             match provider::task_id(&answer) {
                 Some(upstream_id) => {
                     let upstream_model = channel.upstream_model(&model.name).to_owned();
@@ -261,16 +263,22 @@ async fn create_upstream(
                 },
             )
         }
-        Attempt::Failed { channel, error } => (channel, error),
+        Attempt::Failed { channel, error, .. } => (channel, error),
+        // Detached: the loop never reports the client gone.
+        Attempt::ClientGone { channel } => (
+            Some(channel),
+            OpenAiError::Upstream {
+                message: "the submission was interrupted".into(),
+            },
+        ),
     };
-    let (channel, error) = failure;
     let message = error.to_string();
-    settle_task(state, &task, channel.as_deref(), Ended::Failed(&message)).await;
+    settle_task(state, &task, channel.as_deref(), TaskEnd::Failed(&message)).await;
     Err(error)
 }
 
 /// How a task ended.
-enum Ended<'a> {
+enum TaskEnd<'a> {
     Completed { seconds: i64, url: Option<&'a str> },
     Failed(&'a str),
 }
@@ -280,62 +288,43 @@ async fn settle_task(
     state: &AppState,
     task: &VideoTask,
     channel: Option<&Channel>,
-    ended: Ended<'_>,
+    ended: TaskEnd<'_>,
 ) {
     let (status, billed, url, error) = match ended {
-        Ended::Completed { seconds, url } => {
+        TaskEnd::Completed { seconds, url } => {
             ("completed", seconds.clamp(0, task.seconds), url, None)
         }
-        Ended::Failed(e) => ("failed", 0, None, Some(e)),
+        TaskEnd::Failed(e) => ("failed", 0, None, Some(e)),
     };
-    let cost = if status == "completed" {
-        billed
-            .saturating_mul(task.second_micros)
-            .saturating_add(task.request_micros)
-            .min(task.held_micros)
+    let record_ended = if status == "completed" {
+        Ended {
+            source: UsageSource::Provider,
+            cost: per_unit(task.second_micros, billed, task.request_micros),
+            units: billed,
+            ..Ended::nothing(UsageStatus::Ok, 200, None)
+        }
     } else {
-        0
+        Ended::nothing(UsageStatus::Failed, 502, error.map(str::to_owned))
     };
-    let record = UsageRecord {
-        request_id: task.id.clone(),
-        user_id: task.user_id,
-        key_id: task.key_id,
-        model: task.model.clone(),
-        upstream_model: task.upstream_model.clone(),
-        channel_id: channel.map(|c| c.id).or(task.channel_id),
-        endpoint: ENDPOINT,
-        stream: false,
-        status: if status == "completed" {
-            UsageStatus::Ok
-        } else {
-            UsageStatus::Failed
-        },
-        http_status: if status == "completed" { 200 } else { 502 },
-        usage: TokenUsage::default(),
-        usage_source: if status == "completed" {
-            UsageSource::Provider
-        } else {
-            UsageSource::None
-        },
-        reserved: Micros(task.held_micros),
-        cost: Micros(cost),
-        price_version: Some(task.price_version),
-        latency_ms: crate::clock::now_ms() - task.created_at_ms,
-        ttft_ms: None,
-        error: error.map(str::to_owned),
-        units: billed,
+    let channel_id = channel.map(|c| c.id).or(task.channel_id);
+    let record_ended = Ended {
+        channel: channel_id.map(|id| (id, task.upstream_model.clone().unwrap_or_default())),
+        ..record_ended
     };
+    let latency = crate::clock::now_ms() - task.created_at_ms;
+    let mut record = payer_of(task).record(Micros(task.held_micros), latency, record_ended);
+    // A task that never reached a provider names no upstream model.
+    record.upstream_model = task.upstream_model.clone();
     let outcome = Outcome {
         status,
         billed_seconds: billed,
-        cost_micros: cost,
         result_url: url,
         error,
     };
     let mut delay = Duration::from_millis(50);
     for attempt in 1..=5 {
         match videos::settle(&state.db, task, &outcome, &record).await {
-            Ok(true) => {
+            Ok(Some(cost)) => {
                 state
                     .book
                     .give(task.user_id, Micros(task.held_micros - cost));
@@ -347,7 +336,7 @@ async fn settle_task(
                 }
                 return;
             }
-            Ok(false) => return,
+            Ok(None) => return,
             Err(e) => {
                 tracing::warn!(task = %task.id, error = %e, attempt, "video settlement failed, retrying");
                 tokio::time::sleep(delay).await;
@@ -368,12 +357,12 @@ async fn poll_one(state: &AppState, task: VideoTask) {
             "the task did not finish within {} s",
             cfg.task_timeout_ms / 1000
         );
-        return settle_task(state, &task, None, Ended::Failed(&msg)).await;
+        return settle_task(state, &task, None, TaskEnd::Failed(&msg)).await;
     }
     let (Some(upstream_id), Some(channel_id)) = (task.upstream_task_id.clone(), task.channel_id)
     else {
         let msg = "the submission was interrupted before a provider took the task";
-        return settle_task(state, &task, None, Ended::Failed(msg)).await;
+        return settle_task(state, &task, None, TaskEnd::Failed(msg)).await;
     };
     let channel = match crate::db::catalog::get_channel(&state.db, &state.secrets, channel_id).await
     {
@@ -394,21 +383,10 @@ async fn poll_one(state: &AppState, task: VideoTask) {
     };
     let Some(channel) = channel else {
         let msg = "the channel that took the task no longer exists";
-        return settle_task(state, &task, None, Ended::Failed(msg)).await;
+        return settle_task(state, &task, None, TaskEnd::Failed(msg)).await;
     };
     let timeout = Duration::from_millis(state.config.upstream.first_byte_timeout_ms.min(30_000));
-    let polled = match channel.provider {
-        Provider::Demo => Ok(TaskState::Succeeded {
-            url: None,
-            seconds: Some(task.seconds),
-        }),
-        Provider::Video | Provider::OpenAi => {
-            provider::poll(&state.http, &channel, &upstream_id, timeout).await
-        }
-        p => Ok(TaskState::Failed {
-            error: format!("a {} channel cannot run video tasks", p.as_str()),
-        }),
-    };
+    let polled = poll_state(state, &channel, &upstream_id, timeout).await;
     let next = now + cfg.poll_interval_ms as i64;
     let (status, progress) = match polled {
         Ok(TaskState::Succeeded { url, seconds }) => {
@@ -417,7 +395,7 @@ async fn poll_one(state: &AppState, task: VideoTask) {
                 state,
                 &task,
                 Some(&channel),
-                Ended::Completed {
+                TaskEnd::Completed {
                     seconds,
                     url: url.as_deref(),
                 },
@@ -425,7 +403,7 @@ async fn poll_one(state: &AppState, task: VideoTask) {
             .await;
         }
         Ok(TaskState::Failed { error }) => {
-            return settle_task(state, &task, Some(&channel), Ended::Failed(&error)).await;
+            return settle_task(state, &task, Some(&channel), TaskEnd::Failed(&error)).await;
         }
         Ok(TaskState::Queued) => ("queued", 0),
         Ok(TaskState::Running { progress }) => ("in_progress", progress),
@@ -437,6 +415,29 @@ async fn poll_one(state: &AppState, task: VideoTask) {
     if let Err(e) = videos::record_progress(&state.db, &task.id, status, progress, next).await {
         tracing::warn!(task = %task.id, error = %e, "video progress write failed");
     }
+}
+
+/// Asks the provider how a task is doing. `Err` is a failure to learn (retried later), not a
+/// failed task.
+async fn poll_state(
+    state: &AppState,
+    channel: &Channel,
+    upstream_id: &str,
+    timeout: Duration,
+) -> Result<TaskState, String> {
+    let call = Call::PollVideo { task: upstream_id };
+    let mut response = upstream::call(&state.http, channel, call, timeout)
+        .await
+        .map_err(|e| e.to_string())?;
+    let limits = BodyLimits {
+        chunk_timeout: timeout,
+        max_bytes: state.config.upstream.max_response_bytes,
+        deadline: tokio::time::Instant::now() + timeout,
+    };
+    let body = read_whole(&mut response.body, limits)
+        .await
+        .map_err(|e| e.to_string())?;
+    provider::read_state(channel, upstream_id, response.status, &body)
 }
 
 /// Polls due tasks until `stop`: claims a batch by lease, follows each a step.
@@ -491,14 +492,8 @@ pub async fn own_task(
     Ok(task)
 }
 
-/// The task's file, as a response to stream (or the demo's bytes).
-pub enum Content {
-    Bytes(&'static [u8]),
-    Upstream(reqwest::Response),
-}
-
-/// Opens a completed task's file.
-pub async fn content(state: &AppState, task: &VideoTask) -> Result<Content, OpenAiError> {
+/// Opens a completed task's file: the response to stream to the client.
+pub async fn content(state: &AppState, task: &VideoTask) -> Result<UpstreamResponse, OpenAiError> {
     if task.status != "completed" {
         return Err(OpenAiError::InvalidRequest {
             message: format!(
@@ -516,25 +511,27 @@ pub async fn content(state: &AppState, task: &VideoTask) -> Result<Content, Open
             .and_then(|r| Channel::from_row(&r)),
         None => None,
     };
-    match (&task.result_url, channel.as_ref().map(|c| c.provider)) {
-        (None, Some(Provider::Demo)) => Ok(Content::Bytes(provider::DEMO_VIDEO)),
-        (None, _) => Err(OpenAiError::Upstream {
+    let timeout = Duration::from_millis(state.config.upstream.first_byte_timeout_ms);
+    let url = task.result_url.as_deref();
+    let opened = match (&channel, url) {
+        (Some(channel), url) => {
+            upstream::call(&state.http, channel, Call::VideoFile { url }, timeout).await
+        }
+        // The channel is gone: a file elsewhere (a CDN link) is fetched without it.
+        (None, Some(url)) => provider::fetch(&state.http, None, url, timeout).await,
+        (None, None) => Ok(provider::no_file()),
+    };
+    let response = opened.map_err(|e| OpenAiError::Upstream {
+        message: e.to_string(),
+    })?;
+    match response.status {
+        200..=299 => Ok(response),
+        404 if url.is_none() => Err(OpenAiError::Upstream {
             message: "the provider reported no file for this video".into(),
         }),
-        (Some(url), _) => {
-            let timeout = Duration::from_millis(state.config.upstream.first_byte_timeout_ms);
-            let response = provider::fetch(&state.http, channel.as_ref(), url, timeout)
-                .await
-                .map_err(|e| OpenAiError::Upstream {
-                    message: e.to_string(),
-                })?;
-            if !response.status().is_success() {
-                return Err(OpenAiError::Upstream {
-                    message: format!("the video file answered {}", response.status()),
-                });
-            }
-            Ok(Content::Upstream(response))
-        }
+        status => Err(OpenAiError::Upstream {
+            message: format!("the video file answered {status}"),
+        }),
     }
 }
 

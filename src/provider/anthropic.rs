@@ -15,9 +15,9 @@
 //! Spec: <https://docs.anthropic.com/en/api/messages> and
 //! <https://docs.anthropic.com/en/api/messages-streaming>.
 
-use super::{UpstreamError, UpstreamResponse};
 use super::Channel;
 use super::sse::{EventSplitter, event_data};
+use super::{UpstreamError, UpstreamResponse};
 use bytes::Bytes;
 use futures_util::StreamExt;
 use futures_util::stream::BoxStream;

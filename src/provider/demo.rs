@@ -4,15 +4,39 @@
 //! documented feature for trying Tollgate, never a stand-in for an upstream in tests of the
 //! proxy path.
 
-use super::{UpstreamError, UpstreamResponse};
-use super::Endpoint;
+use super::{Call, Endpoint, UpstreamError, UpstreamResponse};
 use crate::tokens::Budget;
-
-/// Bytes of text one demo answer counts exactly (the rest is extrapolated).
-const DEMO_COUNT_BYTES: usize = 64 * 1024;
 use bytes::Bytes;
 use futures_util::StreamExt;
 use serde_json::{Value, json};
+
+/// Bytes of text one demo answer counts exactly (the rest is extrapolated).
+const DEMO_COUNT_BYTES: usize = 64 * 1024;
+
+/// Answers one call locally (`created`: the answer's timestamp, in seconds).
+pub fn call(call: Call<'_>, created: i64) -> Result<UpstreamResponse, UpstreamError> {
+    match call {
+        Call::Tokens { endpoint, body, .. } => answer(endpoint, &body, created),
+        Call::Images { body } => images(&body, created),
+        Call::CreateVideo { task, .. } => Ok(UpstreamResponse::json(
+            200,
+            json!({"task_id": format!("demo-{task}")})
+                .to_string()
+                .into_bytes(),
+        )),
+        // Demo tasks finish at once, with the seconds asked for.
+        Call::PollVideo { .. } => Ok(UpstreamResponse::json(
+            200,
+            br#"{"status":"succeeded"}"#.to_vec(),
+        )),
+        Call::VideoFile { .. } => Ok(UpstreamResponse {
+            status: 200,
+            content_type: Some("video/mp4".into()),
+            body: futures_util::stream::iter([Ok(Bytes::from_static(super::video::DEMO_VIDEO))])
+                .boxed(),
+        }),
+    }
+}
 
 /// The text of the last user message (string content or text parts).
 fn last_user_text(body: &Value) -> String {

@@ -105,6 +105,83 @@ impl Channel {
     }
 }
 
+/// What one upstream call asks for.
+pub enum Call<'a> {
+    /// A token-metered endpoint with its prepared body; `max_tokens` is the output cap for
+    /// providers that need one, `limits` bound what a provider reads whole (Anthropic's answer,
+    /// to translate it).
+    Tokens {
+        endpoint: Endpoint,
+        body: Vec<u8>,
+        max_tokens: i64,
+        limits: BodyLimits,
+    },
+    /// `images/generations`.
+    Images { body: Vec<u8> },
+    /// Create a video task: the body from [`video::create_body`] with its content type, and
+    /// Tollgate's id of the task.
+    CreateVideo {
+        body: (String, Vec<u8>),
+        task: &'a str,
+    },
+    /// How a video task is doing (the provider's id of it).
+    PollVideo { task: &'a str },
+    /// A finished video's file, at `url` as the provider reported it (`None`: it named none).
+    VideoFile { url: Option<&'a str> },
+}
+
+impl Call<'_> {
+    /// What the call is, for error messages.
+    fn name(&self) -> &'static str {
+        match self {
+            Call::Tokens { endpoint, .. } => endpoint.path(),
+            Call::Images { .. } => "images/generations",
+            Call::CreateVideo { .. } | Call::PollVideo { .. } | Call::VideoFile { .. } => {
+                "video task"
+            }
+        }
+    }
+}
+
+/// Makes one call to `channel`: the one place a provider is chosen. `first_byte` bounds the wait
+/// for the response headers.
+pub async fn call(
+    http: &reqwest::Client,
+    channel: &Channel,
+    call: Call<'_>,
+    first_byte: std::time::Duration,
+) -> Result<UpstreamResponse, UpstreamError> {
+    match (channel.provider, call) {
+        (Provider::Demo, call) => demo::call(call, crate::clock::now_ms() / 1000),
+        (Provider::OpenAi, Call::Tokens { endpoint, body, .. }) => {
+            openai::post(http, channel, endpoint.path(), body, first_byte).await
+        }
+        (Provider::OpenAi, Call::Images { body }) => {
+            openai::post(http, channel, "images/generations", body, first_byte).await
+        }
+        (
+            Provider::Anthropic,
+            Call::Tokens {
+                endpoint: Endpoint::Chat,
+                body,
+                max_tokens,
+                limits,
+            },
+        ) => anthropic::chat(http, channel, body, max_tokens, first_byte, limits).await,
+        (Provider::OpenAi | Provider::Video, Call::CreateVideo { body, .. }) => {
+            video::create(http, channel, body, first_byte).await
+        }
+        (Provider::OpenAi | Provider::Video, Call::PollVideo { task }) => {
+            video::poll(http, channel, task, first_byte).await
+        }
+        (Provider::OpenAi | Provider::Video, Call::VideoFile { url }) => match url {
+            Some(url) => video::fetch(http, Some(channel), url, first_byte).await,
+            None => Ok(video::no_file()),
+        },
+        (provider, call) => Ok(UpstreamResponse::unsupported(provider, call.name())),
+    }
+}
+
 /// How an upstream call failed before a response could be read.
 #[derive(Debug, thiserror::Error)]
 pub enum UpstreamError {

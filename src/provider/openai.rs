@@ -2,8 +2,8 @@
 //! compatible mode, vLLM, …). The prepared body is sent as it is; the response body is streamed
 //! back untouched. Spec: <https://platform.openai.com/docs/api-reference/chat>.
 
-use super::{UpstreamError, UpstreamResponse};
 use super::Channel;
+use super::{UpstreamError, UpstreamResponse};
 use std::time::Duration;
 
 /// POSTs `body` to `{base_url}/{path}` and waits up to `first_byte_timeout` for the headers.

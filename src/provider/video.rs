@@ -20,8 +20,7 @@
 //!
 //! The `demo` provider answers the same questions locally: its tasks finish at once.
 
-use super::{Provider, UpstreamError, error_text};
-use super::Channel;
+use super::{Channel, Provider, UpstreamError, UpstreamResponse};
 use serde_json::{Value, json};
 use std::time::Duration;
 
@@ -128,7 +127,7 @@ pub async fn create(
     channel: &Channel,
     (content_type, body): (String, Vec<u8>),
     timeout: Duration,
-) -> Result<super::UpstreamResponse, UpstreamError> {
+) -> Result<UpstreamResponse, UpstreamError> {
     let r = request(
         http,
         channel,
@@ -137,7 +136,7 @@ pub async fn create(
     )
     .header(reqwest::header::CONTENT_TYPE, content_type)
     .body(body);
-    Ok(super::UpstreamResponse::from_reqwest(
+    Ok(UpstreamResponse::from_reqwest(
         super::send(r, timeout).await?,
     ))
 }
@@ -196,36 +195,42 @@ pub fn parse_state(answer: &Value) -> Result<TaskState, String> {
     }
 }
 
-/// Asks the provider how a task is doing. `Err` is a failure to ask (retried later), not a
-/// failed task.
+/// Asks the provider how a task is doing; [`read_state`] reads the answer.
 pub async fn poll(
     http: &reqwest::Client,
     channel: &Channel,
     task_id: &str,
     timeout: Duration,
-) -> Result<TaskState, String> {
+) -> Result<UpstreamResponse, UpstreamError> {
     let r = request(
         http,
         channel,
         reqwest::Method::GET,
         task_url(channel, Some(task_id)),
     );
-    let response = super::send(r, timeout).await.map_err(|e| e.to_string())?;
-    let status = response.status();
-    let body = tokio::time::timeout(timeout, response.bytes())
-        .await
-        .map_err(|_| "status body timed out".to_owned())?
-        .map_err(|e| error_text(&e))?;
-    if status.as_u16() == 404 {
+    Ok(UpstreamResponse::from_reqwest(
+        super::send(r, timeout).await?,
+    ))
+}
+
+/// Reads a status answer (`status`, `body`) about the provider's task `task_id`. `Err` is a
+/// failure to learn (retried later), not a failed task.
+pub fn read_state(
+    channel: &Channel,
+    task_id: &str,
+    status: u16,
+    body: &[u8],
+) -> Result<TaskState, String> {
+    if status == 404 {
         return Ok(TaskState::Failed {
             error: "the provider does not know this task".into(),
         });
     }
-    if !status.is_success() {
+    if !(200..300).contains(&status) {
         return Err(format!("status call answered {status}"));
     }
     let answer: Value =
-        serde_json::from_slice(&body).map_err(|e| format!("status answer is not JSON: {e}"))?;
+        serde_json::from_slice(body).map_err(|e| format!("status answer is not JSON: {e}"))?;
     match parse_state(&answer)? {
         // OpenAI serves a finished video's file at a path of its own.
         TaskState::Succeeded { url: None, seconds } if channel.provider == Provider::OpenAi => {
@@ -238,22 +243,31 @@ pub async fn poll(
     }
 }
 
-/// Starts downloading a finished task's file.
+/// Starts downloading a finished task's file. The provider's own host gets the channel's
+/// credential (`channel`, when it still exists); a CDN link does not need it.
 pub async fn fetch(
     http: &reqwest::Client,
     channel: Option<&Channel>,
     url: &str,
     timeout: Duration,
-) -> Result<reqwest::Response, UpstreamError> {
+) -> Result<UpstreamResponse, UpstreamError> {
     let mut r = http.get(url);
-    // The provider's own host gets the channel's credential; a CDN link does not need it.
     if let Some(c) = channel
         && !c.api_key.is_empty()
         && url.starts_with(&c.base_url)
     {
         r = r.bearer_auth(c.api_key.expose());
     }
-    super::send(r, timeout).await
+    Ok(UpstreamResponse::from_reqwest(
+        super::send(r, timeout).await?,
+    ))
+}
+
+/// The answer for a finished task whose provider named no file.
+pub fn no_file() -> UpstreamResponse {
+    let body = json!({"error": {"message": "the provider reported no file for this video",
+        "type": "upstream_error", "code": "no_video_file", "param": null}});
+    UpstreamResponse::json(404, body.to_string().into_bytes())
 }
 
 /// The demo provider's file: a few bytes standing in for an MP4.

@@ -9,8 +9,8 @@ use proptest::test_runner::{Config, TestRunner};
 use serde_json::{Value, json};
 use tollgate::billing::Micros;
 use tollgate::gateway::request::{ChatRequest, Defaults};
-use tollgate::provider::Endpoint;
 use tollgate::gateway::sse::{Meter, count_generated};
+use tollgate::provider::Endpoint;
 use tollgate::provider::sse::{EventSplitter, clean_event};
 use tollgate::tokens::Budget;
 

@@ -7,6 +7,7 @@
 use super::{iso, ok, parse_status, path_id, reload_catalog};
 use crate::db::{self, catalog::ChannelFields, catalog::ChannelRow};
 use crate::error::ApiError;
+use crate::gateway::failover;
 use crate::provider::{BodyLimits, Provider, read_whole};
 use crate::routes::extract::{AdminCaller, ApiJson};
 use crate::state::AppState;
@@ -319,15 +320,14 @@ async fn test_channel(
             + std::time::Duration::from_millis(state.config.upstream.first_byte_timeout_ms),
         ..BodyLimits::for_request(&state.config.upstream, started)
     };
-    let result = crate::gateway::chat::call_channel(
-        &state,
-        &channel,
-        Endpoint::Chat,
-        request.to_string().into_bytes(),
-        1,
+    let call = crate::provider::Call::Tokens {
+        endpoint: Endpoint::Chat,
+        body: request.to_string().into_bytes(),
+        max_tokens: 1,
         limits,
-    )
-    .await;
+    };
+    let first_byte = std::time::Duration::from_millis(state.config.upstream.first_byte_timeout_ms);
+    let result = crate::provider::call(&state.http, &channel, call, first_byte).await;
     let (status, error) = match result {
         Err(e) => {
             let msg = e.to_string();
@@ -336,8 +336,8 @@ async fn test_channel(
         }
         Ok(mut r) => match read_whole(&mut r.body, limits).await {
             Ok(text) => {
-                let snippet = crate::gateway::health::snippet(&text);
-                crate::gateway::health::judge(&state, &channel, r.status, &snippet).await;
+                let snippet = failover::snippet(&text);
+                failover::record(&state, &channel, r.status, &snippet).await;
                 let error = (!(200..300).contains(&r.status)).then_some(snippet);
                 (Some(r.status), error)
             }

@@ -3,7 +3,7 @@
 //! carry its own `rpm`, `tpm`, `max_concurrency` (OpenAI surface) and a `plan` (platform API).
 
 use super::{iso, ok, parse_status, parse_time, path_id, present};
-use crate::cluster::{self, Change};
+use crate::cluster::Change;
 use crate::db::{self, keys::ApiKeyRow, keys::KeyLimits, keys::KeyPatch, keys::NewKey};
 use crate::error::ApiError;
 use crate::gateway::auth::{generate_key, hash_key, key_prefix};
@@ -218,7 +218,7 @@ async fn apply_patch(state: &AppState, id: i64, patch: KeyPatch) -> Result<Json<
     let key = db::keys::update(&state.db, id, patch)
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("key {id} not found")))?;
-    cluster::announce(state, Change::Keys).await?;
+    state.announce(Change::Keys).await?;
     Ok(ok(key_json(&key)))
 }
 

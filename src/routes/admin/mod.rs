@@ -28,7 +28,8 @@ pub fn router() -> Router<AppState> {
 
 /// Reloads the routing catalog so an admin change applies to the next request on this instance.
 pub async fn reload_catalog(state: &AppState) -> Result<(), ApiError> {
-    crate::cluster::announce(state, crate::cluster::Change::Catalog)
+    state
+        .announce(crate::cluster::Change::Catalog)
         .await
         .map_err(ApiError::from)
 }

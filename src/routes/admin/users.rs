@@ -4,7 +4,7 @@
 use super::{Page, iso, ok, paged, parse_status, parse_time, path_id};
 use crate::billing::Micros;
 use crate::billing::money::NonNegativeMicros;
-use crate::cluster::{self, Change};
+use crate::cluster::Change;
 use crate::db::{self, users::CreateUserError, users::LedgerEntry, users::User};
 use crate::error::ApiError;
 use crate::routes::extract::{AdminCaller, ApiJson};
@@ -201,7 +201,7 @@ async fn update_user(
             CreateUserError::Db(e) => e.into(),
         })?
         .ok_or_else(|| ApiError::NotFound(format!("user {id} not found")))?;
-    cluster::announce(&state, Change::Keys).await?;
+    state.announce(Change::Keys).await?;
     Ok(ok(user_json(&state, &user)))
 }
 

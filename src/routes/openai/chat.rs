@@ -3,8 +3,8 @@
 
 use crate::error::OpenAiError;
 use crate::gateway::auth::Caller;
-use crate::provider::Endpoint;
 use crate::gateway::{self, Reply};
+use crate::provider::Endpoint;
 use crate::routes::extract::{OpenAiCaller, RequestId};
 use crate::state::AppState;
 use axum::body::{Body, Bytes};

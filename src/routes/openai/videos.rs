@@ -6,7 +6,7 @@
 
 use crate::error::OpenAiError;
 use crate::gateway::auth::Caller;
-use crate::gateway::videos::{self, Content, VideoRequest, parse_seconds};
+use crate::gateway::videos::{self, VideoRequest, parse_seconds};
 use crate::routes::extract::{OpenAiCaller, RequestId};
 use crate::state::AppState;
 use axum::Json;
@@ -274,21 +274,9 @@ pub async fn video_content(
     Path(id): Path<String>,
 ) -> Result<Response, OpenAiError> {
     let task = videos::own_task(&state, &caller, &id).await?;
-    let (content_type, body) = match videos::content(&state, &task).await? {
-        Content::Bytes(b) => ("video/mp4".to_owned(), Body::from(b)),
-        Content::Upstream(r) => {
-            let ct = r
-                .headers()
-                .get(header::CONTENT_TYPE)
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or("video/mp4")
-                .to_owned();
-            (
-                ct,
-                Body::from_stream(r.bytes_stream().map(|c| c.map_err(std::io::Error::other))),
-            )
-        }
-    };
+    let file = videos::content(&state, &task).await?;
+    let content_type = file.content_type.unwrap_or_else(|| "video/mp4".to_owned());
+    let body = Body::from_stream(file.body.map(|c| c.map_err(std::io::Error::other)));
     Response::builder()
         .status(StatusCode::OK)
         .header(header::CONTENT_TYPE, content_type)
