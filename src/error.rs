@@ -266,11 +266,45 @@ pub fn retry_after(headers: &mut axum::http::HeaderMap, ms: u64) {
     }
 }
 
-/// An error on the platform and admin surfaces (the `success`/`code` envelope).
+/// An error on the platform and admin surfaces (the `success`/`code` envelope). The envelope's
+/// `code` is the platform catalogue's number where it has one (seed 001: 40001 insufficient
+/// credits … 40010 activity ended), the HTTP status otherwise; `error` is the string code.
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
     #[error("{0}")]
     InvalidInput(String),
+    /// 40001: the balance does not cover what the action may cost.
+    #[error(
+        "insufficient credits: this needs up to {needed} credits, {available} available; recharge or buy a membership"
+    )]
+    InsufficientCredits { needed: Micros, available: Micros },
+    /// 40002.
+    #[error("{0}")]
+    MembershipExpired(String),
+    /// 40003.
+    #[error("{0}")]
+    InvalidCoupon(String),
+    /// 40004.
+    #[error("{0}")]
+    OrderNotFound(String),
+    /// 40005.
+    #[error("{0}")]
+    PaymentFailed(String),
+    /// 40006: the model's upstream failed or did not answer in time.
+    #[error("{0}")]
+    AiServiceFailed(String),
+    /// 40007: an answer came but no usable content (empty, refused, cut).
+    #[error("{0}")]
+    GenerationFailed(String),
+    /// 40008.
+    #[error("{0}")]
+    AccountNotBound(String),
+    /// 40009.
+    #[error("{0}")]
+    PublishFailed(String),
+    /// 40010.
+    #[error("{0}")]
+    ActivityEnded(String),
     #[error("{0}")]
     Unauthorized(String),
     #[error("{0}")]
@@ -288,8 +322,40 @@ pub enum ApiError {
 }
 
 impl ApiError {
-    fn parts(&self) -> (StatusCode, &'static str) {
-        match self {
+    /// HTTP status, the envelope's numeric `code` and its string `error`.
+    pub fn parts(&self) -> (StatusCode, u16, &'static str) {
+        let catalogued = |status: StatusCode, code: u16, name: &'static str| (status, code, name);
+        let (status, name) = match self {
+            ApiError::InsufficientCredits { .. } => {
+                return catalogued(StatusCode::PAYMENT_REQUIRED, 40001, "INSUFFICIENT_CREDITS");
+            }
+            ApiError::MembershipExpired(_) => {
+                return catalogued(StatusCode::PAYMENT_REQUIRED, 40002, "MEMBERSHIP_EXPIRED");
+            }
+            ApiError::InvalidCoupon(_) => {
+                return catalogued(StatusCode::BAD_REQUEST, 40003, "INVALID_COUPON");
+            }
+            ApiError::OrderNotFound(_) => {
+                return catalogued(StatusCode::NOT_FOUND, 40004, "ORDER_NOT_FOUND");
+            }
+            ApiError::PaymentFailed(_) => {
+                return catalogued(StatusCode::BAD_REQUEST, 40005, "PAYMENT_FAILED");
+            }
+            ApiError::AiServiceFailed(_) => {
+                return catalogued(StatusCode::BAD_GATEWAY, 40006, "AI_SERVICE_FAILED");
+            }
+            ApiError::GenerationFailed(_) => {
+                return catalogued(StatusCode::BAD_GATEWAY, 40007, "GENERATION_FAILED");
+            }
+            ApiError::AccountNotBound(_) => {
+                return catalogued(StatusCode::BAD_REQUEST, 40008, "ACCOUNT_NOT_BOUND");
+            }
+            ApiError::PublishFailed(_) => {
+                return catalogued(StatusCode::BAD_GATEWAY, 40009, "PUBLISH_FAILED");
+            }
+            ApiError::ActivityEnded(_) => {
+                return catalogued(StatusCode::BAD_REQUEST, 40010, "ACTIVITY_ENDED");
+            }
             ApiError::InvalidInput(_) => (StatusCode::BAD_REQUEST, "INVALID_INPUT"),
             ApiError::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "UNAUTHORIZED"),
             ApiError::Forbidden(_) => (StatusCode::FORBIDDEN, "FORBIDDEN"),
@@ -298,6 +364,38 @@ impl ApiError {
             ApiError::RateLimited(_) => (StatusCode::TOO_MANY_REQUESTS, "RATE_LIMITED"),
             ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "SERVICE_UNAVAILABLE"),
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL_ERROR"),
+        };
+        (status, status.as_u16(), name)
+    }
+}
+
+/// A metered call a platform feature made through the gateway, failed: the platform's answer.
+impl From<OpenAiError> for ApiError {
+    fn from(e: OpenAiError) -> ApiError {
+        match e {
+            OpenAiError::InsufficientBalance { needed, available } => {
+                ApiError::InsufficientCredits { needed, available }
+            }
+            OpenAiError::Upstream { message } | OpenAiError::UpstreamTimeout { message } => {
+                ApiError::AiServiceFailed(format!("the AI service failed: {message}"))
+            }
+            OpenAiError::RateLimited { message, .. } => ApiError::RateLimited(message),
+            OpenAiError::LimiterUnavailable { message } => ApiError::Unavailable(message),
+            OpenAiError::ShuttingDown => ApiError::Unavailable(e.to_string()),
+            OpenAiError::Auth(a) => a.into(),
+            OpenAiError::ModelNotAllowed { .. } | OpenAiError::NoAccount => {
+                ApiError::Forbidden(e.to_string())
+            }
+            OpenAiError::ModelNotFound { .. }
+            | OpenAiError::NoChannel { .. }
+            | OpenAiError::NotFound { .. } => ApiError::NotFound(e.to_string()),
+            OpenAiError::InvalidRequest { .. }
+            | OpenAiError::BodyTooLarge { .. }
+            | OpenAiError::ModelNotPriced { .. } => ApiError::InvalidInput(e.to_string()),
+            // Already logged with its cause where it happened.
+            OpenAiError::Internal { request_id, cause } => {
+                ApiError::Internal(format!("{cause} (request id {request_id})"))
+            }
         }
     }
 }
@@ -321,18 +419,78 @@ impl From<AuthError> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let (status, code) = self.parts();
+        let (status, code, name) = self.parts();
         let message = match &self {
-            ApiError::Internal(_) => "internal error; see the server log".to_owned(),
+            ApiError::Internal(_) => {
+                "internal error; the server log has it under this response's x-request-id"
+                    .to_owned()
+            }
             other => other.to_string(),
         };
         let body = json!({
             "success": false,
-            "code": status.as_u16(),
+            "code": code,
             "message": clip(message),
-            "error": code,
+            "error": name,
             "data": null,
         });
         (status, axum::Json(body)).into_response()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn envelope(e: ApiError) -> (StatusCode, serde_json::Value) {
+        let response = e.into_response();
+        let status = response.status();
+        let body = axum::body::to_bytes(response.into_body(), 1 << 20)
+            .await
+            .expect("body");
+        (status, serde_json::from_slice(&body).expect("json"))
+    }
+
+    #[tokio::test]
+    async fn the_envelope_code_is_the_platform_number_where_the_catalogue_has_one() {
+        let refused = OpenAiError::InsufficientBalance {
+            needed: Micros(10_000_000),
+            available: Micros(1),
+        };
+        let (status, body) = envelope(refused.into()).await;
+        assert_eq!(status, StatusCode::PAYMENT_REQUIRED);
+        assert_eq!(body["code"], 40001);
+        assert_eq!(body["error"], "INSUFFICIENT_CREDITS");
+        assert_eq!(body["success"], false);
+        assert!(
+            body["message"]
+                .as_str()
+                .expect("text")
+                .contains("needs up to 10 credits")
+        );
+
+        let failed = OpenAiError::UpstreamTimeout {
+            message: "no response from upstream within 5000 ms".into(),
+        };
+        let (status, body) = envelope(failed.into()).await;
+        assert_eq!(
+            (status, body["code"].clone()),
+            (StatusCode::BAD_GATEWAY, json!(40006))
+        );
+        let (_, body) = envelope(ApiError::GenerationFailed("empty answer".into())).await;
+        assert_eq!(
+            (body["code"].clone(), body["error"].clone()),
+            (json!(40007), json!("GENERATION_FAILED"))
+        );
+
+        // Without a catalogue number the code is the HTTP status.
+        let (status, body) = envelope(ApiError::NotFound("draft 7 not found".into())).await;
+        assert_eq!(
+            (status, body["code"].clone()),
+            (StatusCode::NOT_FOUND, json!(404))
+        );
+        // An internal cause never reaches the client.
+        let (_, body) = envelope(ApiError::Internal("disk full at /var/lib".into())).await;
+        assert!(!body["message"].as_str().expect("text").contains("disk"));
     }
 }

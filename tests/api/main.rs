@@ -11,6 +11,7 @@ mod chat;
 mod cluster;
 mod crash;
 mod endings;
+mod features;
 mod hardening;
 mod ledger;
 mod limits;
