@@ -31,7 +31,7 @@ pub enum AuthError {
 /// field's value) is echoed only this far.
 const MAX_MESSAGE_CHARS: usize = 400;
 
-/// `message`, cut to [`MAX_MESSAGE_CHARS`] with a note of how much was left out.
+/// `message`, cut to `MAX_MESSAGE_CHARS` with a note of how much was left out.
 pub fn clip(message: String) -> String {
     match message.char_indices().nth(MAX_MESSAGE_CHARS) {
         None => message,

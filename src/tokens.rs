@@ -5,7 +5,7 @@
 //!   overheads are OpenAI's. A bound costs one pass over the JSON and cannot stall a worker.
 //! - **local counts** (tiktoken-compatible, `o200k_base`) for a response that arrives without
 //!   usage, which read at most a [`Budget`] of bytes (the rest is extrapolated from what was read)
-//!   and run on the bounded CPU pool ([`super::cpu`]), never on an async worker.
+//!   and run on the bounded CPU pool ([`crate::gateway::cpu`]), never on an async worker.
 
 use serde::de::{DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde_json::Value;

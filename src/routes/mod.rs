@@ -7,7 +7,11 @@
 //! - `/api/v1/admin/*` admin API in the platform envelope: [`admin`]
 //! - `/metrics`, `/healthz`, `/readyz`: [`ops`]
 //!
-//! Every response carries `x-request-id`; every request is counted by route template.
+//! - `/api/v1/images/*`, `/api/v1/videos/*` the aggregator's media routes: [`openai`] too
+//!
+//! Every request runs in a span carrying its request id (`track`); every response carries
+//! `x-request-id`; every request is counted by route template. Handlers only shape HTTP: the
+//! metered work is `gateway`'s.
 
 pub mod account;
 pub mod admin;

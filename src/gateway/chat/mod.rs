@@ -2,7 +2,7 @@
 //! `completions`, `embeddings`), and the same chat completion run in process for a platform
 //! feature ([`chat_as`]): validate, route, reserve the most the request can cost, call upstream
 //! channels through the failover loop, forward the answer (SSE events as they arrive:
-//! [`stream`]), and settle from the provider's usage or a local count (what each ending costs
+//! `stream`), and settle from the provider's usage or a local count (what each ending costs
 //! is [`ending`]'s pure decision).
 //!
 //! Everything after the reservation runs in one task on the [`TaskTracker`](tokio_util::task::TaskTracker):
@@ -11,7 +11,7 @@
 //! written before the last byte (or the full JSON body) goes out, so a client that has its
 //! answer also sees its balance changed.
 
-mod ending;
+pub mod ending;
 mod stream;
 
 use super::Reply;
