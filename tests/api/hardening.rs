@@ -4,8 +4,8 @@
 //! cut streams do not stall other requests, only JSON objects are requests, and small leaks
 //! (file modes, credentials, echoed input, the metrics page) are closed.
 
+use crate::both_backends;
 use crate::helpers::*;
-use crate::on_both_backends;
 use serde_json::{Value, json};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -244,84 +244,162 @@ fn slow_stream() -> Script {
     }
 }
 
-on_both_backends! {
-    async fn twenty_sigterms_with_settlements_in_flight_lose_none(b: Backend) {
-        let dir = tempfile::tempdir().expect("dir");
-        let (db_url, pg) = fresh_database(&b, &dir).await;
-        let fake = FakeUpstream::start(slow_stream()).await;
-        let mut key = String::new();
-        let client = reqwest::Client::new();
-        let mut admitted = 0_usize;
-        for round in 0..20 {
-            // Half the rounds let the streams finish within the grace, half cut them at it.
-            let grace = if round % 2 == 0 { "5000" } else { "300" };
-            let server = Server::start(&db_url, &[("TOLLGATE__SERVER__SHUTDOWN_GRACE_MS", grace)]).await;
-            if round == 0 {
-                server.admin(reqwest::Method::POST, "/api/v1/admin/channels", Some(json!({
-                    "name": "fake", "provider": "openai", "base_url": fake.base_url, "api_key": "k", "models": ["m1"], "model_map": {}}))).await;
-                server.admin(reqwest::Method::POST, "/api/v1/admin/models", Some(json!({
-                    "model": "m1", "input_price": "1", "output_price": "2", "cached_input_price": "0"}))).await;
-                let user = server.admin(reqwest::Method::POST, "/api/v1/admin/users", Some(json!({"email": "term@example.com", "balance": "10"}))).await["id"].as_i64().expect("id");
-                key = server.admin(reqwest::Method::POST, &format!("/api/v1/admin/users/{user}/keys"), Some(json!({}))).await["key"].as_str().expect("key").to_owned();
-            }
-            // Five streams, each admitted (its first event read) before the signal.
-            let url = format!("{}/v1/chat/completions", server.base);
-            let mut streams = Vec::new();
-            for _ in 0..5 {
-                let body = json!({"model": "m1", "stream": true, "max_tokens": 50, "messages": [{"role": "user", "content": "x"}]});
-                let resp = client.post(&url).bearer_auth(&key).json(&body).send().await.expect("send");
-                assert_eq!(resp.status(), 200);
-                let mut bytes = resp.bytes_stream();
-                use futures_util::StreamExt;
-                let first = bytes.next().await.expect("first event").expect("bytes");
-                assert!(!first.is_empty());
-                streams.push(tokio::spawn(async move { while let Some(Ok(_)) = bytes.next().await {} }));
-            }
-            admitted += streams.len();
-            assert!(server.terminate().await, "round {round}: tollgate exits cleanly");
-            for s in streams {
-                let _ = s.await;
-            }
-            let (ok, out) = ledger_verify_cli(&db_url).await;
-            assert!(ok, "round {round}: {out}");
-            assert!(out.contains(&format!("{admitted} usage records")), "round {round}: every admitted request settled: {out}");
-            assert!(out.contains("0 run(s) without a recorded clean stop"), "round {round}: {out}");
+async fn twenty_sigterms_with_settlements_in_flight_lose_none(b: Backend) {
+    let dir = tempfile::tempdir().expect("dir");
+    let (db_url, pg) = fresh_database(&b, &dir).await;
+    let fake = FakeUpstream::start(slow_stream()).await;
+    let mut key = String::new();
+    let client = reqwest::Client::new();
+    let mut admitted = 0_usize;
+    for round in 0..20 {
+        // Half the rounds let the streams finish within the grace, half cut them at it.
+        let grace = if round % 2 == 0 { "5000" } else { "300" };
+        let server =
+            Server::start(&db_url, &[("TOLLGATE__SERVER__SHUTDOWN_GRACE_MS", grace)]).await;
+        if round == 0 {
+            server.admin(reqwest::Method::POST, "/api/v1/admin/channels", Some(json!({
+                "name": "fake", "provider": "openai", "base_url": fake.base_url, "api_key": "k", "models": ["m1"], "model_map": {}}))).await;
+            server.admin(reqwest::Method::POST, "/api/v1/admin/models", Some(json!({
+                "model": "m1", "input_price": "1", "output_price": "2", "cached_input_price": "0"}))).await;
+            let user = server
+                .admin(
+                    reqwest::Method::POST,
+                    "/api/v1/admin/users",
+                    Some(json!({"email": "term@example.com", "balance": "10"})),
+                )
+                .await["id"]
+                .as_i64()
+                .expect("id");
+            key = server
+                .admin(
+                    reqwest::Method::POST,
+                    &format!("/api/v1/admin/users/{user}/keys"),
+                    Some(json!({})),
+                )
+                .await["key"]
+                .as_str()
+                .expect("key")
+                .to_owned();
         }
-        if let Some((url, name)) = pg {
-            drop_pg_database(&url, &name).await;
+        // Five streams, each admitted (its first event read) before the signal.
+        let url = format!("{}/v1/chat/completions", server.base);
+        let mut streams = Vec::new();
+        for _ in 0..5 {
+            let body = json!({"model": "m1", "stream": true, "max_tokens": 50, "messages": [{"role": "user", "content": "x"}]});
+            let resp = client
+                .post(&url)
+                .bearer_auth(&key)
+                .json(&body)
+                .send()
+                .await
+                .expect("send");
+            assert_eq!(resp.status(), 200);
+            let mut bytes = resp.bytes_stream();
+            use futures_util::StreamExt;
+            let first = bytes.next().await.expect("first event").expect("bytes");
+            assert!(!first.is_empty());
+            streams.push(tokio::spawn(async move {
+                while let Some(Ok(_)) = bytes.next().await {}
+            }));
         }
+        admitted += streams.len();
+        assert!(
+            server.terminate().await,
+            "round {round}: tollgate exits cleanly"
+        );
+        for s in streams {
+            let _ = s.await;
+        }
+        let (ok, out) = ledger_verify_cli(&db_url).await;
+        assert!(ok, "round {round}: {out}");
+        assert!(
+            out.contains(&format!("{admitted} usage records")),
+            "round {round}: every admitted request settled: {out}"
+        );
+        assert!(
+            out.contains("0 run(s) without a recorded clean stop"),
+            "round {round}: {out}"
+        );
     }
-
-    async fn a_run_that_shut_down_with_unsettled_requests_fails_ledger_verify(b: Backend) {
-        let app = TestApp::spawn(&b).await;
-        let (ok, out) = app.ledger_verify_cli().await;
-        assert!(ok, "{out}");
-        // This run, still going.
-        assert!(out.contains("1 run(s) without a recorded clean stop"), "{out}");
-        sql_i64(&app.state.db, "UPDATE runs SET stopped_at_ms = 1, unsettled = 2").await;
-        let (ok, out) = app.ledger_verify_cli().await;
-        assert!(!ok, "{out}");
-        assert!(out.contains("shut down with 2 admitted request(s) never settled"), "{out}");
-        app.stop().await;
-    }
-
-    async fn a_json_array_is_not_a_request(b: Backend) {
-        let s = Setup::provision(TestApp::spawn(&b).await, chat_script(&["hi"], 1, 1, 0), json!({}), ("1", "2", "0"), "1").await;
-        let array = json!(["m1", [{"role": "user", "content": "hi"}]]);
-        let resp = s.app.client.post(s.app.url("/v1/chat/completions")).bearer_auth(&s.key).json(&array).send().await.expect("send");
-        assert_eq!(resp.status(), 400);
-        let body: Value = resp.json().await.expect("json");
-        assert_eq!(body["error"]["message"], "request body must be a JSON object");
-        // The platform surface refuses one as well.
-        let (status, body) = s.app.admin(reqwest::Method::POST, "/api/v1/admin/users", Some(json!(["a@example.com", "5"]))).await;
-        assert_eq!(status, 400, "{body}");
-        assert_eq!(body["message"], "the request body must be a JSON object");
-        assert_eq!(s.fake.calls(), 0);
-        assert!(s.app.usage(s.user).await.is_empty());
-        assert_eq!(s.app.balance_micros(s.user).await, 1_000_000);
-        s.app.stop().await;
+    if let Some((url, name)) = pg {
+        drop_pg_database(&url, &name).await;
     }
 }
+
+async fn a_run_that_shut_down_with_unsettled_requests_fails_ledger_verify(b: Backend) {
+    let app = TestApp::spawn(&b).await;
+    let (ok, out) = app.ledger_verify_cli().await;
+    assert!(ok, "{out}");
+    // This run, still going.
+    assert!(
+        out.contains("1 run(s) without a recorded clean stop"),
+        "{out}"
+    );
+    sql_i64(
+        &app.state.db,
+        "UPDATE runs SET stopped_at_ms = 1, unsettled = 2",
+    )
+    .await;
+    let (ok, out) = app.ledger_verify_cli().await;
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains("shut down with 2 admitted request(s) never settled"),
+        "{out}"
+    );
+    app.stop().await;
+}
+
+async fn a_json_array_is_not_a_request(b: Backend) {
+    let s = Setup::provision(
+        TestApp::spawn(&b).await,
+        chat_script(&["hi"], 1, 1, 0),
+        json!({}),
+        Prices {
+            input: "1",
+            output: "2",
+            cached: "0",
+        },
+        "1",
+    )
+    .await;
+    let array = json!(["m1", [{"role": "user", "content": "hi"}]]);
+    let resp = s
+        .app
+        .client
+        .post(s.app.url("/v1/chat/completions"))
+        .bearer_auth(&s.key)
+        .json(&array)
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(resp.status(), 400);
+    let body: Value = resp.json().await.expect("json");
+    assert_eq!(
+        body["error"]["message"],
+        "request body must be a JSON object"
+    );
+    // The platform surface refuses one as well.
+    let (status, body) = s
+        .app
+        .admin(
+            reqwest::Method::POST,
+            "/api/v1/admin/users",
+            Some(json!(["a@example.com", "5"])),
+        )
+        .await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["message"], "the request body must be a JSON object");
+    assert_eq!(s.fake.calls(), 0);
+    assert!(s.app.usage(s.user).await.is_empty());
+    assert_eq!(s.app.balance_micros(s.user).await, 1_000_000);
+    s.app.stop().await;
+}
+
+both_backends!(
+    twenty_sigterms_with_settlements_in_flight_lose_none,
+    a_run_that_shut_down_with_unsettled_requests_fails_ledger_verify,
+    a_json_array_is_not_a_request
+);
 
 /// How long `/healthz` took to answer (200).
 async fn timed_healthz(client: &reqwest::Client, base: &str) -> Duration {
@@ -359,7 +437,11 @@ async fn huge_single_word_prompts_and_floods_of_cut_streams_do_not_stall_the_gat
         app,
         chat_script(&["fine"], 5, 1, 0),
         json!({}),
-        ("1", "1", "0"),
+        Prices {
+            input: "1",
+            output: "1",
+            cached: "0",
+        },
         "1000",
     )
     .await;
@@ -564,7 +646,11 @@ async fn the_official_sdk_reads_a_stream_with_bytes_between_events_that_are_not_
             body,
         },
         json!({}),
-        ("1", "2", "0"),
+        Prices {
+            input: "1",
+            output: "2",
+            cached: "0",
+        },
         "1",
     )
     .await;

@@ -3,8 +3,8 @@
 //! headers, 429s in OpenAI's shape, the platform API's route classes and plans, and what happens
 //! when Redis goes away (fail open, fail closed).
 
+use crate::both_backends;
 use crate::helpers::*;
-use crate::on_both_backends;
 use serde_json::{Value, json};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -30,7 +30,11 @@ async fn limited_setup(b: &Backend, adjust: impl FnOnce(&mut tollgate::config::C
         app,
         chat_script(&["ok"], 10, 5, 0),
         json!({}),
-        ("1", "1", "1"),
+        Prices {
+            input: "1",
+            output: "1",
+            cached: "1",
+        },
         "100",
     )
     .await
@@ -58,259 +62,470 @@ async fn only_key_id(app: &TestApp, user: i64) -> i64 {
     keys["data"][0]["id"].as_i64().expect("key id")
 }
 
-on_both_backends! {
-    async fn requests_per_window_are_counted_per_key_with_openai_headers(b: Backend) {
-        let s = limited_setup(&b, |_| {}).await;
-        let key_id = only_key_id(&s.app, s.user).await;
-        set_key_limits(&s.app, key_id, json!({"rpm": 5})).await;
-        for i in 0..5 {
-            let r = s.app.chat(&s.key, body(10)).send().await.expect("send");
-            assert_eq!(r.status(), 200);
-            assert_eq!(header(&r, "x-ratelimit-limit-requests"), Some("5"));
-            assert_eq!(header(&r, "x-ratelimit-remaining-requests"), Some((4 - i).to_string().as_str()));
-            let reset = header(&r, "x-ratelimit-reset-requests").expect("reset");
-            assert!(reset.ends_with('s'), "{reset}");
-            assert_eq!(header(&r, "x-ratelimit-limit-tokens"), Some("10000000"));
-            assert!(header(&r, "x-ratelimit-remaining-tokens").is_some());
-            assert!(header(&r, "x-ratelimit-reset-tokens").is_some());
-        }
+async fn requests_per_window_are_counted_per_key_with_openai_headers(b: Backend) {
+    let s = limited_setup(&b, |_| {}).await;
+    let key_id = only_key_id(&s.app, s.user).await;
+    set_key_limits(&s.app, key_id, json!({"rpm": 5})).await;
+    for i in 0..5 {
         let r = s.app.chat(&s.key, body(10)).send().await.expect("send");
-        assert_eq!(r.status(), 429);
-        assert_eq!(header(&r, "x-ratelimit-remaining-requests"), Some("0"));
-        let retry_s: u64 = header(&r, "retry-after").expect("Retry-After").parse().expect("seconds");
-        let retry_ms: u64 = header(&r, "retry-after-ms").expect("retry-after-ms").parse().expect("ms");
-        assert!((1..=60).contains(&retry_s) && retry_ms <= 60_000 && retry_ms > 50_000, "{retry_s} {retry_ms}");
-        let err: Value = r.json().await.expect("json");
-        assert_eq!(err["error"]["type"], "requests");
-        assert_eq!(err["error"]["code"], "rate_limit_exceeded");
-        assert!(err["error"]["message"].as_str().expect("message").contains("limit 5"));
-        // Refused requests reach no upstream and cost nothing.
-        assert_eq!(s.fake.calls(), 5);
-        assert_eq!(s.app.balance_micros(s.user).await, 100_000_000 - 5 * 15);
-        // Model listing counts too, and carries the same headers.
-        let r = s.app.client.get(s.app.url("/v1/models")).bearer_auth(&s.key).send().await.expect("send");
-        assert_eq!(r.status(), 429);
-        // Another key of the same user has its own counter.
-        let other = s.app.add_key(s.user, json!({})).await;
-        let r = s.app.client.get(s.app.url("/v1/models")).bearer_auth(&other).send().await.expect("send");
         assert_eq!(r.status(), 200);
-        assert_eq!(header(&r, "x-ratelimit-limit-requests"), Some("10000"));
-        assert_eq!(header(&r, "x-ratelimit-remaining-requests"), Some("9999"));
-        s.app.assert_books_balance(s.user).await;
-        s.app.stop().await;
+        assert_eq!(header(&r, "x-ratelimit-limit-requests"), Some("5"));
+        assert_eq!(
+            header(&r, "x-ratelimit-remaining-requests"),
+            Some((4 - i).to_string().as_str())
+        );
+        let reset = header(&r, "x-ratelimit-reset-requests").expect("reset");
+        assert!(reset.ends_with('s'), "{reset}");
+        assert_eq!(header(&r, "x-ratelimit-limit-tokens"), Some("10000000"));
+        assert!(header(&r, "x-ratelimit-remaining-tokens").is_some());
+        assert!(header(&r, "x-ratelimit-reset-tokens").is_some());
     }
-
-    async fn the_window_slides_and_retry_after_is_when_a_request_fits(b: Backend) {
-        let s = limited_setup(&b, |c| c.limits.window_ms = 1500).await;
-        let key_id = only_key_id(&s.app, s.user).await;
-        set_key_limits(&s.app, key_id, json!({"rpm": 3})).await;
-        for _ in 0..3 {
-            assert_eq!(status_of(s.app.chat(&s.key, body(10))).await, 200);
-        }
-        let r = s.app.chat(&s.key, body(10)).send().await.expect("send");
-        assert_eq!(r.status(), 429);
-        let wait: u64 = header(&r, "retry-after-ms").expect("retry-after-ms").parse().expect("ms");
-        assert!(wait <= 1500, "{wait}");
-        tokio::time::sleep(Duration::from_millis(wait + 50)).await;
-        assert_eq!(status_of(s.app.chat(&s.key, body(10))).await, 200);
-        s.app.stop().await;
-    }
-
-    async fn tokens_are_reserved_by_estimate_and_corrected_to_usage(b: Backend) {
-        let s = limited_setup(&b, |_| {}).await;
-        let key_id = only_key_id(&s.app, s.user).await;
-        // Each request may use its prompt (a few tokens) + 400: two fit in 1000, a third does not.
-        set_key_limits(&s.app, key_id, json!({"tpm": 1000})).await;
-        let r = s.app.chat(&s.key, body(400)).send().await.expect("send");
-        assert_eq!(r.status(), 200);
-        let left: u64 = header(&r, "x-ratelimit-remaining-tokens").expect("tokens").parse().expect("n");
-        assert!((580..600).contains(&left), "the estimate is taken at admission: {left}");
-        // Settled at 15 tokens of actual usage, the first request now holds only 15.
-        let r = s.app.chat(&s.key, body(400)).send().await.expect("send");
-        assert_eq!(r.status(), 200);
-        let left: u64 = header(&r, "x-ratelimit-remaining-tokens").expect("tokens").parse().expect("n");
-        assert!((570..=585).contains(&left), "first request corrected to 15 tokens: {left}");
-        let r = s.app.chat(&s.key, body(400)).send().await.expect("send");
-        assert_eq!(r.status(), 200, "fits only because earlier estimates were corrected");
-        // After settlement, three requests hold 45 tokens; 960 more cannot fit, 900 can.
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        let r = s.app.chat(&s.key, body(960)).send().await.expect("send");
-        assert_eq!(r.status(), 429);
-        assert!(header(&r, "retry-after").is_some());
-        let err: Value = r.json().await.expect("json");
-        assert_eq!(err["error"]["type"], "tokens");
-        assert_eq!(err["error"]["code"], "rate_limit_exceeded");
-        assert_eq!(status_of(s.app.chat(&s.key, body(900))).await, 200);
-        // Larger than the whole limit: waiting cannot help, and SDKs are told not to retry.
-        let r = s.app.chat(&s.key, body(5000)).send().await.expect("send");
-        assert_eq!(r.status(), 429);
-        assert_eq!(header(&r, "x-should-retry"), Some("false"));
-        assert!(header(&r, "retry-after").is_none());
-        let err: Value = r.json().await.expect("json");
-        assert_eq!(err["error"]["type"], "tokens");
-        assert!(err["error"]["message"].as_str().expect("message").contains("too large"));
-        assert_eq!(s.app.balance_micros(s.user).await, 100_000_000 - 4 * 15);
-        s.app.stop().await;
-    }
-
-    async fn concurrency_caps_hold_and_slots_come_back(b: Backend) {
-        let s = limited_setup(&b, |_| {}).await;
-        let key_id = only_key_id(&s.app, s.user).await;
-        set_key_limits(&s.app, key_id, json!({"max_concurrency": 2})).await;
-        s.fake.set_headers_delay(400);
-        let mut tasks = Vec::new();
-        for _ in 0..6 {
-            let req = s.app.chat(&s.key, body(10));
-            tasks.push(tokio::spawn(async move { req.send().await.expect("send").status().as_u16() }));
-        }
-        let mut statuses = Vec::new();
-        for t in tasks {
-            statuses.push(t.await.expect("task"));
-        }
-        statuses.sort_unstable();
-        assert_eq!(statuses, vec![200, 200, 429, 429, 429, 429]);
-        assert_eq!(s.fake.state.max_in_delay.load(Ordering::SeqCst), 2);
-        // The slots were given back when the requests ended (streams included).
-        s.fake.set_headers_delay(0);
-        let mut stream = body(10);
-        stream["stream"] = json!(true);
-        for _ in 0..3 {
-            let r = s.app.chat(&s.key, stream.clone()).send().await.expect("send");
-            assert_eq!(r.status(), 200);
-            r.bytes().await.expect("body");
-        }
-        s.app.stop().await;
-    }
-
-    async fn user_and_model_limits_apply_across_keys(b: Backend) {
-        let s = limited_setup(&b, |c| c.limits.user_rpm = 4).await;
-        let second = s.app.add_key(s.user, json!({"rpm": 100})).await;
-        for key in [&s.key, &second, &s.key, &second] {
-            assert_eq!(status_of(s.app.chat(key, body(10))).await, 200);
-        }
-        let r = s.app.chat(&second, body(10)).send().await.expect("send");
-        assert_eq!(r.status(), 429, "the user's limit covers all their keys");
-        assert_eq!(header(&r, "x-ratelimit-limit-requests"), Some("4"));
-
-        // A per-model limit applies per key on that model.
-        let other_user = s.app.add_user(json!("10")).await;
-        let key = s.app.add_key(other_user, json!({})).await;
-        let (_, models) = s.app.admin(reqwest::Method::GET, "/api/v1/admin/models", None).await;
-        let model_id = models["data"][0]["id"].as_i64().expect("model id");
-        let (status, m) = s.app.admin(reqwest::Method::PATCH, &format!("/api/v1/admin/models/{model_id}"), Some(json!({"rpm": 2}))).await;
-        assert_eq!(status, 200, "{m}");
-        assert_eq!(m["data"]["rpm"], 2);
-        for _ in 0..2 {
-            assert_eq!(status_of(s.app.chat(&key, body(10))).await, 200);
-        }
-        let r = s.app.chat(&key, body(10)).send().await.expect("send");
-        assert_eq!(r.status(), 429);
-        assert_eq!(header(&r, "x-ratelimit-limit-requests"), Some("2"));
-        s.app.stop().await;
-    }
-
-    async fn limit_fields_are_validated_and_shown(b: Backend) {
-        let app = TestApp::spawn(&b).await;
-        let user = app.add_user(json!("1")).await;
-        let (status, k) = app.admin(reqwest::Method::POST, &format!("/api/v1/admin/users/{user}/keys"),
-            Some(json!({"rpm": 60, "tpm": 1000, "max_concurrency": 3, "plan": "pro"}))).await;
-        assert_eq!(status, 200, "{k}");
-        assert_eq!((k["data"]["rpm"].clone(), k["data"]["tpm"].clone(), k["data"]["max_concurrency"].clone()), (json!(60), json!(1000), json!(3)));
-        assert_eq!(k["data"]["plan"], "pro");
-        let id = k["data"]["id"].as_i64().expect("id");
-        for (body, field) in [
-            (json!({"rpm": 0}), "rpm"),
-            (json!({"tpm": -5}), "tpm"),
-            (json!({"max_concurrency": "x"}), "max_concurrency"),
-            (json!({"plan": "gold"}), "plan"),
-            (json!({"plan": "custom"}), "plan_per_hour"),
-            (json!({"plan": "free", "plan_per_hour": 10}), "plan_per_hour"),
-        ] {
-            let (status, err) = app.admin(reqwest::Method::PATCH, &format!("/api/v1/admin/keys/{id}"), Some(body.clone())).await;
-            assert_eq!(status, 400, "{body} → {err}");
-            assert!(err["message"].as_str().expect("message").contains(field), "{err}");
-        }
-        let (status, k) = app.admin(reqwest::Method::PATCH, &format!("/api/v1/admin/keys/{id}"),
-            Some(json!({"rpm": null, "plan": "custom", "plan_per_hour": 5000}))).await;
-        assert_eq!(status, 200, "{k}");
-        assert_eq!(k["data"]["rpm"], Value::Null);
-        assert_eq!(k["data"]["tpm"], 1000);
-        assert_eq!((k["data"]["plan"].clone(), k["data"]["plan_per_hour"].clone()), (json!("custom"), json!(5000)));
-        app.stop().await;
-    }
-
-    async fn platform_routes_are_limited_by_class_and_plan(b: Backend) {
-        let app = TestApp::spawn_with(&b, |c| c.limits.query_per_minute = 3).await;
-        // Authentication routes: 10 a minute per client address.
-        for i in 0..10 {
-            let r = app.client.post(app.url("/api/v1/auth/login"))
-                .json(&json!({"username": "nobody", "password": "wrong-password"})).send().await.expect("send");
-            assert_eq!(r.status(), 401, "attempt {i}");
-            assert_eq!(header(&r, "x-ratelimit-limit"), Some("10"));
-            assert_eq!(header(&r, "x-ratelimit-remaining"), Some((9 - i).to_string().as_str()));
-            let reset: u64 = header(&r, "x-ratelimit-reset").expect("reset").parse().expect("unix seconds");
-            let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("time").as_secs();
-            assert!(reset > now && reset <= now + 61, "{reset} vs {now}");
-        }
-        let r = app.client.post(app.url("/api/v1/auth/login"))
-            .json(&json!({"username": "nobody", "password": "wrong-password"})).send().await.expect("send");
-        assert_eq!(r.status(), 429);
-        assert!(header(&r, "retry-after").is_some());
-        let err: Value = r.json().await.expect("json");
-        assert_eq!((err["success"].clone(), err["code"].clone(), err["error"].clone()), (json!(false), json!(429), json!("RATE_LIMITED")));
-
-        // Query routes, per user (config lowered to 3 a minute here).
-        let user = app.add_user(json!("1")).await;
-        let key = app.add_key(user, json!({})).await;
-        for i in 0..3 {
-            let r = app.client.get(app.url("/api/v1/credit/balance")).bearer_auth(&key).send().await.expect("send");
-            assert_eq!(r.status(), 200);
-            assert_eq!(header(&r, "x-ratelimit-remaining"), Some((2 - i).to_string().as_str()));
-        }
-        let r = app.client.get(app.url("/api/v1/usage")).bearer_auth(&key).send().await.expect("send");
-        assert_eq!(r.status(), 429);
-
-        // A key on a custom plan of 2 an hour: the plan is the tighter limit.
-        let planned = app.add_key(app.add_user(json!("1")).await, json!({"plan": "custom", "plan_per_hour": 2})).await;
-        for _ in 0..2 {
-            let r = app.client.get(app.url("/api/v1/credit/balance")).bearer_auth(&planned).send().await.expect("send");
-            assert_eq!(r.status(), 200);
-        }
-        let r = app.client.get(app.url("/api/v1/credit/balance")).bearer_auth(&planned).send().await.expect("send");
-        assert_eq!(r.status(), 429);
-        assert_eq!(header(&r, "x-ratelimit-limit"), Some("2"));
-        let retry: u64 = header(&r, "retry-after").expect("retry").parse().expect("s");
-        assert!(retry > 3000, "an hourly limit frees its first slot in about an hour: {retry}");
-        // The OpenAI surface of a plan key is not counted against the plan.
-        let r = app.client.get(app.url("/v1/models")).bearer_auth(&planned).send().await.expect("send");
-        assert_eq!(r.status(), 200);
-
-        // Admin calls are never limited by class.
-        for _ in 0..15 {
-            let (status, _) = app.admin(reqwest::Method::GET, "/api/v1/admin/users", None).await;
-            assert_eq!(status, 200);
-        }
-        app.stop().await;
-    }
-
-    async fn memberships_are_set_by_admins(b: Backend) {
-        let app = TestApp::spawn(&b).await;
-        let user = app.add_user(json!("1")).await;
-        assert_eq!(app.user(user).await["is_member"], false);
-        let (status, u) = app.admin(reqwest::Method::PATCH, &format!("/api/v1/admin/users/{user}"),
-            Some(json!({"membership_type": "monthly", "membership_end_date": "2099-02-22T10:00:00"}))).await;
-        assert_eq!(status, 200, "{u}");
-        assert_eq!((u["data"]["is_member"].clone(), u["data"]["membership_type"].clone()), (json!(true), json!("monthly")));
-        let (status, err) = app.admin(reqwest::Method::PATCH, &format!("/api/v1/admin/users/{user}"),
-            Some(json!({"membership_type": "monthly"}))).await;
-        assert_eq!(status, 400, "{err}");
-        let (status, u) = app.admin(reqwest::Method::PATCH, &format!("/api/v1/admin/users/{user}"),
-            Some(json!({"membership_type": null}))).await;
-        assert_eq!(status, 200);
-        assert_eq!(u["data"]["is_member"], false);
-        app.stop().await;
-    }
+    let r = s.app.chat(&s.key, body(10)).send().await.expect("send");
+    assert_eq!(r.status(), 429);
+    assert_eq!(header(&r, "x-ratelimit-remaining-requests"), Some("0"));
+    let retry_s: u64 = header(&r, "retry-after")
+        .expect("Retry-After")
+        .parse()
+        .expect("seconds");
+    let retry_ms: u64 = header(&r, "retry-after-ms")
+        .expect("retry-after-ms")
+        .parse()
+        .expect("ms");
+    assert!(
+        (1..=60).contains(&retry_s) && retry_ms <= 60_000 && retry_ms > 50_000,
+        "{retry_s} {retry_ms}"
+    );
+    let err: Value = r.json().await.expect("json");
+    assert_eq!(err["error"]["type"], "requests");
+    assert_eq!(err["error"]["code"], "rate_limit_exceeded");
+    assert!(
+        err["error"]["message"]
+            .as_str()
+            .expect("message")
+            .contains("limit 5")
+    );
+    // Refused requests reach no upstream and cost nothing.
+    assert_eq!(s.fake.calls(), 5);
+    assert_eq!(s.app.balance_micros(s.user).await, 100_000_000 - 5 * 15);
+    // Model listing counts too, and carries the same headers.
+    let r = s
+        .app
+        .client
+        .get(s.app.url("/v1/models"))
+        .bearer_auth(&s.key)
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(r.status(), 429);
+    // Another key of the same user has its own counter.
+    let other = s.app.add_key(s.user, json!({})).await;
+    let r = s
+        .app
+        .client
+        .get(s.app.url("/v1/models"))
+        .bearer_auth(&other)
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(r.status(), 200);
+    assert_eq!(header(&r, "x-ratelimit-limit-requests"), Some("10000"));
+    assert_eq!(header(&r, "x-ratelimit-remaining-requests"), Some("9999"));
+    s.app.assert_books_balance(s.user).await;
+    s.app.stop().await;
 }
+
+async fn the_window_slides_and_retry_after_is_when_a_request_fits(b: Backend) {
+    let s = limited_setup(&b, |c| c.limits.window_ms = 1500).await;
+    let key_id = only_key_id(&s.app, s.user).await;
+    set_key_limits(&s.app, key_id, json!({"rpm": 3})).await;
+    for _ in 0..3 {
+        assert_eq!(status_of(s.app.chat(&s.key, body(10))).await, 200);
+    }
+    let r = s.app.chat(&s.key, body(10)).send().await.expect("send");
+    assert_eq!(r.status(), 429);
+    let wait: u64 = header(&r, "retry-after-ms")
+        .expect("retry-after-ms")
+        .parse()
+        .expect("ms");
+    assert!(wait <= 1500, "{wait}");
+    tokio::time::sleep(Duration::from_millis(wait + 50)).await;
+    assert_eq!(status_of(s.app.chat(&s.key, body(10))).await, 200);
+    s.app.stop().await;
+}
+
+async fn tokens_are_reserved_by_estimate_and_corrected_to_usage(b: Backend) {
+    let s = limited_setup(&b, |_| {}).await;
+    let key_id = only_key_id(&s.app, s.user).await;
+    // Each request may use its prompt (a few tokens) + 400: two fit in 1000, a third does not.
+    set_key_limits(&s.app, key_id, json!({"tpm": 1000})).await;
+    let r = s.app.chat(&s.key, body(400)).send().await.expect("send");
+    assert_eq!(r.status(), 200);
+    let left: u64 = header(&r, "x-ratelimit-remaining-tokens")
+        .expect("tokens")
+        .parse()
+        .expect("n");
+    assert!(
+        (580..600).contains(&left),
+        "the estimate is taken at admission: {left}"
+    );
+    // Settled at 15 tokens of actual usage, the first request now holds only 15.
+    let r = s.app.chat(&s.key, body(400)).send().await.expect("send");
+    assert_eq!(r.status(), 200);
+    let left: u64 = header(&r, "x-ratelimit-remaining-tokens")
+        .expect("tokens")
+        .parse()
+        .expect("n");
+    assert!(
+        (570..=585).contains(&left),
+        "first request corrected to 15 tokens: {left}"
+    );
+    let r = s.app.chat(&s.key, body(400)).send().await.expect("send");
+    assert_eq!(
+        r.status(),
+        200,
+        "fits only because earlier estimates were corrected"
+    );
+    // After settlement, three requests hold 45 tokens; 960 more cannot fit, 900 can.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let r = s.app.chat(&s.key, body(960)).send().await.expect("send");
+    assert_eq!(r.status(), 429);
+    assert!(header(&r, "retry-after").is_some());
+    let err: Value = r.json().await.expect("json");
+    assert_eq!(err["error"]["type"], "tokens");
+    assert_eq!(err["error"]["code"], "rate_limit_exceeded");
+    assert_eq!(status_of(s.app.chat(&s.key, body(900))).await, 200);
+    // Larger than the whole limit: waiting cannot help, and SDKs are told not to retry.
+    let r = s.app.chat(&s.key, body(5000)).send().await.expect("send");
+    assert_eq!(r.status(), 429);
+    assert_eq!(header(&r, "x-should-retry"), Some("false"));
+    assert!(header(&r, "retry-after").is_none());
+    let err: Value = r.json().await.expect("json");
+    assert_eq!(err["error"]["type"], "tokens");
+    assert!(
+        err["error"]["message"]
+            .as_str()
+            .expect("message")
+            .contains("too large")
+    );
+    assert_eq!(s.app.balance_micros(s.user).await, 100_000_000 - 4 * 15);
+    s.app.stop().await;
+}
+
+async fn concurrency_caps_hold_and_slots_come_back(b: Backend) {
+    let s = limited_setup(&b, |_| {}).await;
+    let key_id = only_key_id(&s.app, s.user).await;
+    set_key_limits(&s.app, key_id, json!({"max_concurrency": 2})).await;
+    s.fake.set_headers_delay(400);
+    let mut tasks = Vec::new();
+    for _ in 0..6 {
+        let req = s.app.chat(&s.key, body(10));
+        tasks.push(tokio::spawn(async move {
+            req.send().await.expect("send").status().as_u16()
+        }));
+    }
+    let mut statuses = Vec::new();
+    for t in tasks {
+        statuses.push(t.await.expect("task"));
+    }
+    statuses.sort_unstable();
+    assert_eq!(statuses, vec![200, 200, 429, 429, 429, 429]);
+    assert_eq!(s.fake.state.max_in_delay.load(Ordering::SeqCst), 2);
+    // The slots were given back when the requests ended (streams included).
+    s.fake.set_headers_delay(0);
+    let mut stream = body(10);
+    stream["stream"] = json!(true);
+    for _ in 0..3 {
+        let r = s
+            .app
+            .chat(&s.key, stream.clone())
+            .send()
+            .await
+            .expect("send");
+        assert_eq!(r.status(), 200);
+        r.bytes().await.expect("body");
+    }
+    s.app.stop().await;
+}
+
+async fn user_and_model_limits_apply_across_keys(b: Backend) {
+    let s = limited_setup(&b, |c| c.limits.user_rpm = 4).await;
+    let second = s.app.add_key(s.user, json!({"rpm": 100})).await;
+    for key in [&s.key, &second, &s.key, &second] {
+        assert_eq!(status_of(s.app.chat(key, body(10))).await, 200);
+    }
+    let r = s.app.chat(&second, body(10)).send().await.expect("send");
+    assert_eq!(r.status(), 429, "the user's limit covers all their keys");
+    assert_eq!(header(&r, "x-ratelimit-limit-requests"), Some("4"));
+
+    // A per-model limit applies per key on that model.
+    let other_user = s.app.add_user(json!("10")).await;
+    let key = s.app.add_key(other_user, json!({})).await;
+    let (_, models) = s
+        .app
+        .admin(reqwest::Method::GET, "/api/v1/admin/models", None)
+        .await;
+    let model_id = models["data"][0]["id"].as_i64().expect("model id");
+    let (status, m) = s
+        .app
+        .admin(
+            reqwest::Method::PATCH,
+            &format!("/api/v1/admin/models/{model_id}"),
+            Some(json!({"rpm": 2})),
+        )
+        .await;
+    assert_eq!(status, 200, "{m}");
+    assert_eq!(m["data"]["rpm"], 2);
+    for _ in 0..2 {
+        assert_eq!(status_of(s.app.chat(&key, body(10))).await, 200);
+    }
+    let r = s.app.chat(&key, body(10)).send().await.expect("send");
+    assert_eq!(r.status(), 429);
+    assert_eq!(header(&r, "x-ratelimit-limit-requests"), Some("2"));
+    s.app.stop().await;
+}
+
+async fn limit_fields_are_validated_and_shown(b: Backend) {
+    let app = TestApp::spawn(&b).await;
+    let user = app.add_user(json!("1")).await;
+    let (status, k) = app
+        .admin(
+            reqwest::Method::POST,
+            &format!("/api/v1/admin/users/{user}/keys"),
+            Some(json!({"rpm": 60, "tpm": 1000, "max_concurrency": 3, "plan": "pro"})),
+        )
+        .await;
+    assert_eq!(status, 200, "{k}");
+    assert_eq!(
+        (
+            k["data"]["rpm"].clone(),
+            k["data"]["tpm"].clone(),
+            k["data"]["max_concurrency"].clone()
+        ),
+        (json!(60), json!(1000), json!(3))
+    );
+    assert_eq!(k["data"]["plan"], "pro");
+    let id = k["data"]["id"].as_i64().expect("id");
+    for (body, field) in [
+        (json!({"rpm": 0}), "rpm"),
+        (json!({"tpm": -5}), "tpm"),
+        (json!({"max_concurrency": "x"}), "max_concurrency"),
+        (json!({"plan": "gold"}), "plan"),
+        (json!({"plan": "custom"}), "plan_per_hour"),
+        (
+            json!({"plan": "free", "plan_per_hour": 10}),
+            "plan_per_hour",
+        ),
+    ] {
+        let (status, err) = app
+            .admin(
+                reqwest::Method::PATCH,
+                &format!("/api/v1/admin/keys/{id}"),
+                Some(body.clone()),
+            )
+            .await;
+        assert_eq!(status, 400, "{body} → {err}");
+        assert!(
+            err["message"].as_str().expect("message").contains(field),
+            "{err}"
+        );
+    }
+    let (status, k) = app
+        .admin(
+            reqwest::Method::PATCH,
+            &format!("/api/v1/admin/keys/{id}"),
+            Some(json!({"rpm": null, "plan": "custom", "plan_per_hour": 5000})),
+        )
+        .await;
+    assert_eq!(status, 200, "{k}");
+    assert_eq!(k["data"]["rpm"], Value::Null);
+    assert_eq!(k["data"]["tpm"], 1000);
+    assert_eq!(
+        (
+            k["data"]["plan"].clone(),
+            k["data"]["plan_per_hour"].clone()
+        ),
+        (json!("custom"), json!(5000))
+    );
+    app.stop().await;
+}
+
+async fn platform_routes_are_limited_by_class_and_plan(b: Backend) {
+    let app = TestApp::spawn_with(&b, |c| c.limits.query_per_minute = 3).await;
+    // Authentication routes: 10 a minute per client address.
+    for i in 0..10 {
+        let r = app
+            .client
+            .post(app.url("/api/v1/auth/login"))
+            .json(&json!({"username": "nobody", "password": "wrong-password"}))
+            .send()
+            .await
+            .expect("send");
+        assert_eq!(r.status(), 401, "attempt {i}");
+        assert_eq!(header(&r, "x-ratelimit-limit"), Some("10"));
+        assert_eq!(
+            header(&r, "x-ratelimit-remaining"),
+            Some((9 - i).to_string().as_str())
+        );
+        let reset: u64 = header(&r, "x-ratelimit-reset")
+            .expect("reset")
+            .parse()
+            .expect("unix seconds");
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("time")
+            .as_secs();
+        assert!(reset > now && reset <= now + 61, "{reset} vs {now}");
+    }
+    let r = app
+        .client
+        .post(app.url("/api/v1/auth/login"))
+        .json(&json!({"username": "nobody", "password": "wrong-password"}))
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(r.status(), 429);
+    assert!(header(&r, "retry-after").is_some());
+    let err: Value = r.json().await.expect("json");
+    assert_eq!(
+        (
+            err["success"].clone(),
+            err["code"].clone(),
+            err["error"].clone()
+        ),
+        (json!(false), json!(429), json!("RATE_LIMITED"))
+    );
+
+    // Query routes, per user (config lowered to 3 a minute here).
+    let user = app.add_user(json!("1")).await;
+    let key = app.add_key(user, json!({})).await;
+    for i in 0..3 {
+        let r = app
+            .client
+            .get(app.url("/api/v1/credit/balance"))
+            .bearer_auth(&key)
+            .send()
+            .await
+            .expect("send");
+        assert_eq!(r.status(), 200);
+        assert_eq!(
+            header(&r, "x-ratelimit-remaining"),
+            Some((2 - i).to_string().as_str())
+        );
+    }
+    let r = app
+        .client
+        .get(app.url("/api/v1/usage"))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(r.status(), 429);
+
+    // A key on a custom plan of 2 an hour: the plan is the tighter limit.
+    let planned = app
+        .add_key(
+            app.add_user(json!("1")).await,
+            json!({"plan": "custom", "plan_per_hour": 2}),
+        )
+        .await;
+    for _ in 0..2 {
+        let r = app
+            .client
+            .get(app.url("/api/v1/credit/balance"))
+            .bearer_auth(&planned)
+            .send()
+            .await
+            .expect("send");
+        assert_eq!(r.status(), 200);
+    }
+    let r = app
+        .client
+        .get(app.url("/api/v1/credit/balance"))
+        .bearer_auth(&planned)
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(r.status(), 429);
+    assert_eq!(header(&r, "x-ratelimit-limit"), Some("2"));
+    let retry: u64 = header(&r, "retry-after")
+        .expect("retry")
+        .parse()
+        .expect("s");
+    assert!(
+        retry > 3000,
+        "an hourly limit frees its first slot in about an hour: {retry}"
+    );
+    // The OpenAI surface of a plan key is not counted against the plan.
+    let r = app
+        .client
+        .get(app.url("/v1/models"))
+        .bearer_auth(&planned)
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(r.status(), 200);
+
+    // Admin calls are never limited by class.
+    for _ in 0..15 {
+        let (status, _) = app
+            .admin(reqwest::Method::GET, "/api/v1/admin/users", None)
+            .await;
+        assert_eq!(status, 200);
+    }
+    app.stop().await;
+}
+
+async fn memberships_are_set_by_admins(b: Backend) {
+    let app = TestApp::spawn(&b).await;
+    let user = app.add_user(json!("1")).await;
+    assert_eq!(app.user(user).await["is_member"], false);
+    let (status, u) = app
+        .admin(
+            reqwest::Method::PATCH,
+            &format!("/api/v1/admin/users/{user}"),
+            Some(
+                json!({"membership_type": "monthly", "membership_end_date": "2099-02-22T10:00:00"}),
+            ),
+        )
+        .await;
+    assert_eq!(status, 200, "{u}");
+    assert_eq!(
+        (
+            u["data"]["is_member"].clone(),
+            u["data"]["membership_type"].clone()
+        ),
+        (json!(true), json!("monthly"))
+    );
+    let (status, err) = app
+        .admin(
+            reqwest::Method::PATCH,
+            &format!("/api/v1/admin/users/{user}"),
+            Some(json!({"membership_type": "monthly"})),
+        )
+        .await;
+    assert_eq!(status, 400, "{err}");
+    let (status, u) = app
+        .admin(
+            reqwest::Method::PATCH,
+            &format!("/api/v1/admin/users/{user}"),
+            Some(json!({"membership_type": null})),
+        )
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(u["data"]["is_member"], false);
+    app.stop().await;
+}
+
+both_backends!(
+    requests_per_window_are_counted_per_key_with_openai_headers,
+    the_window_slides_and_retry_after_is_when_a_request_fits,
+    tokens_are_reserved_by_estimate_and_corrected_to_usage,
+    concurrency_caps_hold_and_slots_come_back,
+    user_and_model_limits_apply_across_keys,
+    limit_fields_are_validated_and_shown,
+    platform_routes_are_limited_by_class_and_plan,
+    memberships_are_set_by_admins
+);
 
 /// A TCP relay to Redis that can be cut (as if Redis went away) and restored.
 struct RedisRelay {
@@ -389,7 +604,11 @@ async fn redis_outage(mode: &str) {
         app,
         chat_script(&["ok"], 10, 5, 0),
         json!({}),
-        ("1", "1", "1"),
+        Prices {
+            input: "1",
+            output: "1",
+            cached: "1",
+        },
         "100",
     )
     .await;

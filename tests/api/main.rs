@@ -1,6 +1,7 @@
 //! Integration tests: the real server on port 0, real HTTP to a fake upstream that speaks
 //! OpenAI's protocol, SQLite always and PostgreSQL when `TEST_DATABASE_URL` is set.
 
+mod fakes;
 mod helpers;
 
 mod account;
