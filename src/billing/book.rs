@@ -21,7 +21,7 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use tokio::sync::{mpsc, oneshot};
 
 /// Settlements committed together at most.
-const MAX_BATCH: usize = 64;
+use crate::db::billing::MAX_BATCH;
 
 /// A decided settlement and where to say whether it was written (`true`), already written
 /// before (`false`), or failed.

@@ -427,6 +427,16 @@ const DECIDED_SQL: &str = concat!(
     ";"
 );
 
+/// The SQL of a batch of `members` (1 to `MAX_BATCH`), built once per size.
+fn decided_batch(members: usize) -> &'static str {
+    static SQL: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
+    let all = SQL.get_or_init(|| (0..=MAX_BATCH).map(decided_batch_sql).collect());
+    all.get(members).map_or("", String::as_str)
+}
+
+/// Settlements one batch writes at most.
+pub const MAX_BATCH: usize = 64;
+
 /// The SQL of a batch: one transaction holding each member's statements.
 fn decided_batch_sql(members: usize) -> String {
     let mut sql = String::from("BEGIN IMMEDIATE;");
@@ -460,9 +470,11 @@ pub async fn settle_decided(db: &Db, batch: &[Decided]) -> Result<(), sqlx::Erro
             "settle_decided is for SQLite".into(),
         ));
     };
-    let sql = decided_batch_sql(batch.len());
+    let mut query = match batch.len() {
+        n @ 1..=MAX_BATCH => sqlx::query(decided_batch(n)),
+        n => sqlx::query(sqlx::AssertSqlSafe(decided_batch_sql(n))),
+    };
     let now = now_ms();
-    let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
     for Decided { charged, record } in batch {
         query = bind_usage!(query, charged.0, now, record);
     }

@@ -16,10 +16,14 @@ use std::sync::Arc;
 pub struct RequestId(pub Arc<str>);
 
 impl RequestId {
-    /// A fresh id: `req_` + 24 hex digits.
+    /// A fresh id: `req_` + 24 hex digits, the first 11 the time in milliseconds and the rest
+    /// 52 random bits. Ids made later sort later, so the unique indexes on request ids (usage
+    /// records, ledger rows) grow at their right edge: a batch of settlements dirties a few index
+    /// pages instead of one per row.
     pub fn new() -> RequestId {
-        let n: u128 = rand::random();
-        RequestId(Arc::from(format!("req_{:024x}", n >> 32)))
+        let ms = crate::clock::now_ms().max(0) as u64 & ((1 << 44) - 1);
+        let random = rand::random::<u64>() >> 12;
+        RequestId(Arc::from(format!("req_{ms:011x}{random:013x}")))
     }
 }
 
