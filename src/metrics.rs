@@ -3,7 +3,8 @@
 //! user id or raw path.
 
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
-use std::sync::OnceLock;
+use std::collections::HashMap;
+use std::sync::{Arc, OnceLock, RwLock};
 
 /// Counter: HTTP requests, by `route` (template), `method` and `status` (class, e.g. `2xx`).
 pub const HTTP_REQUESTS: &str = "tollgate_http_requests_total";
@@ -61,6 +62,37 @@ pub const SSE_LINES_DROPPED: &str = "tollgate_sse_lines_dropped_total";
 pub const OUTPUT_CUTS: &str = "tollgate_output_limit_cuts_total";
 /// Counter: invalidation messages received from other instances, by `change`.
 pub const INVALIDATIONS: &str = "tollgate_invalidations_received_total";
+
+/// A settled request's counters for one model, looked up once per model instead of building a
+/// labelled key and searching the registry for each on every request.
+pub struct ModelCounters {
+    pub charged: metrics::Counter,
+    /// Tokens by kind: input, output, cached input, reasoning.
+    pub tokens: [metrics::Counter; 4],
+}
+
+/// The token kinds of [`ModelCounters::tokens`], in order.
+pub const TOKEN_KINDS: [&str; 4] = ["input", "output", "cached_input", "reasoning"];
+
+/// [`ModelCounters`] for `model` (model names are few: the registry's).
+pub fn model_counters(model: &str) -> Arc<ModelCounters> {
+    static MEMO: OnceLock<RwLock<HashMap<String, Arc<ModelCounters>>>> = OnceLock::new();
+    let memo = MEMO.get_or_init(RwLock::default);
+    if let Some(c) = memo.read().ok().and_then(|m| m.get(model).cloned()) {
+        return c;
+    }
+    let counters = Arc::new(ModelCounters {
+        charged: metrics::counter!(CREDITS_CHARGED, "model" => model.to_owned()),
+        tokens: TOKEN_KINDS
+            .map(|kind| metrics::counter!(TOKENS, "model" => model.to_owned(), "kind" => kind)),
+    });
+    if let Ok(mut m) = memo.write()
+        && m.len() < 10_000
+    {
+        m.insert(model.to_owned(), Arc::clone(&counters));
+    }
+    counters
+}
 
 const LATENCY_BUCKETS: &[f64] = &[
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,

@@ -45,21 +45,20 @@ pub async fn settle(
     {
         metrics::counter!(m::SETTLEMENTS, "outcome" => record.status.as_str(), "usage_source" => record.usage_source.as_str())
             .increment(1);
-        let model = record.model.clone();
+        let counters = m::model_counters(&record.model);
         if s.charged.0 > 0 {
-            metrics::counter!(m::CREDITS_CHARGED, "model" => model.clone())
-                .increment(s.charged.0 as u64);
+            counters.charged.increment(s.charged.0 as u64);
         }
         let u = &record.usage;
-        for (kind, n) in [
-            ("input", u.prompt_tokens),
-            ("output", u.completion_tokens),
-            ("cached_input", u.cached_tokens),
-            ("reasoning", u.reasoning_tokens),
-        ] {
+        let used = [
+            u.prompt_tokens,
+            u.completion_tokens,
+            u.cached_tokens,
+            u.reasoning_tokens,
+        ];
+        for (counter, n) in counters.tokens.iter().zip(used) {
             if n > 0 {
-                metrics::counter!(m::TOKENS, "model" => model.clone(), "kind" => kind)
-                    .increment(n as u64);
+                counter.increment(n as u64);
             }
         }
     }

@@ -19,28 +19,43 @@ macro_rules! usage_columns {
     };
 }
 
-/// The usage-record insert both settlement paths share. Parameters: $1 charged, $2 now,
-/// $3 user, $4 request id, then the record's fields in [`bind_usage!`]'s order.
-macro_rules! usage_insert {
-    () => {
+/// The values of a usage-record row, numbered as [`bind_usage!`] binds them, with what was
+/// charged given as an SQL expression (`$25` where it is bound, a CTE column where the
+/// statement decides it). The record's price is `$18`; what it did not charge is unbilled.
+macro_rules! usage_values {
+    ($charged:expr) => {
         concat!(
-            "INSERT INTO usage_records (",
-            usage_columns!(),
-            ") VALUES ($4, $3, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $1, $19, $20, $21, $22, $23, $2, $24, $25)"
+            "$3, $2, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, ",
+            $charged,
+            ", $18 - ",
+            $charged,
+            ", $19, $20, $21, $22, $1, $23, $24"
         )
     };
 }
 
-/// Parameters of the settlement statements, in the order [`usage_insert!`] numbers them.
+/// The usage-record insert with the charge bound as `$25` (after [`bind_usage!`]'s parameters).
+macro_rules! usage_insert {
+    () => {
+        concat!(
+            "INSERT INTO usage_records (",
+            $crate::db::billing::usage_columns!(),
+            ") VALUES (",
+            $crate::db::billing::usage_values!("$25"),
+            ")"
+        )
+    };
+}
+
+/// Parameters of one settlement: [`bind_usage!`]'s 24 and the one its caller binds after them.
 const SETTLE_PARAMS: usize = 25;
 
-/// Binds a settlement's [`SETTLE_PARAMS`] parameters (`$1`..`$25`) to `$query`.
+/// Binds a usage record's parameters `$1`..`$24` to `$query`: `$1` now, `$2` user, `$3` request
+/// id, `$5` model, `$8` endpoint, `$17` reserved, `$18` price, then the rest of its fields.
 macro_rules! bind_usage {
-    ($query:expr, $charged:expr, $now:expr, $rec:expr) => {{
+    ($query:expr, $now:expr, $rec:expr) => {{
         let rec: &UsageRecord = $rec;
-        let charged: i64 = $charged;
         $query
-            .bind(charged)
             .bind($now)
             .bind(rec.user_id)
             .bind(rec.request_id.clone())
@@ -58,7 +73,7 @@ macro_rules! bind_usage {
             .bind(rec.usage.reasoning_tokens)
             .bind(rec.usage_source.as_str())
             .bind(rec.reserved.0)
-            .bind(rec.cost.0 - charged)
+            .bind(rec.cost.0)
             .bind(rec.price_version)
             .bind(rec.latency_ms)
             .bind(rec.ttft_ms)
@@ -68,7 +83,7 @@ macro_rules! bind_usage {
     }};
 }
 
-pub(crate) use {bind_usage, usage_columns, usage_insert};
+pub(crate) use {bind_usage, usage_columns, usage_insert, usage_values};
 
 /// Why a reservation was refused.
 #[derive(Debug, thiserror::Error)]
@@ -92,51 +107,48 @@ pub struct NewReservation<'a> {
     pub expires_at_ms: i64,
 }
 
-/// Atomically holds `amount` of the user's spendable balance; returns the reservation id.
+/// PostgreSQL: the hold and its row in one statement. The outer `SELECT` reads the user as the
+/// statement found it, to say why a hold was refused.
+const RESERVE_SQL: &str = "
+    WITH held AS (
+        UPDATE users SET reserved_micros = reserved_micros + $2
+        WHERE id = $1 AND status = 'active' AND balance_micros - reserved_micros >= $2
+        RETURNING id
+    ), reservation AS (
+        INSERT INTO reservations (request_id, user_id, key_id, model, amount_micros, price_version, created_at_ms, expires_at_ms)
+        SELECT $3, $1, $4, $5, $2, $6, $7, $8 FROM held
+        RETURNING id
+    )
+    SELECT (SELECT id FROM reservation), status, balance_micros, reserved_micros FROM users WHERE id = $1";
+
+/// PostgreSQL only: atomically holds `amount` of the user's spendable balance and records the
+/// reservation, in one round trip; returns the reservation id. (On SQLite the in-memory
+/// [`crate::billing::book::Book`] holds reservations.)
 pub async fn reserve(db: &Db, r: &NewReservation<'_>) -> Result<i64, ReserveError> {
-    let now = now_ms();
-    write_pool!(db, p => {
-        let mut tx = p.begin().await?;
-        let held: Option<i64> = sqlx::query_scalar(
-            "UPDATE users SET reserved_micros = reserved_micros + $2
-             WHERE id = $1 AND status = 'active' AND balance_micros - reserved_micros >= $2
-             RETURNING id",
-        )
+    let Db::Postgres(p) = db else {
+        return Err(
+            sqlx::Error::Configuration("database reservations are for PostgreSQL".into()).into(),
+        );
+    };
+    let row: Option<(Option<i64>, String, i64, i64)> = sqlx::query_as(RESERVE_SQL)
         .bind(r.user_id)
         .bind(r.amount.0)
-        .fetch_optional(&mut *tx)
-        .await?;
-        if held.is_none() {
-            let row: Option<(String, i64, i64)> =
-                sqlx::query_as("SELECT status, balance_micros, reserved_micros FROM users WHERE id = $1")
-                    .bind(r.user_id)
-                    .fetch_optional(&mut *tx)
-                    .await?;
-            return Err(match row {
-                Some((status, b, res)) if status == "active" => ReserveError::Insufficient {
-                    needed: r.amount,
-                    available: Micros(b - res),
-                },
-                _ => ReserveError::UserInactive,
-            });
-        }
-        let id: i64 = sqlx::query_scalar(
-            "INSERT INTO reservations (request_id, user_id, key_id, model, amount_micros, price_version, created_at_ms, expires_at_ms)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING id",
-        )
         .bind(r.request_id)
-        .bind(r.user_id)
         .bind(r.key_id)
         .bind(r.model)
-        .bind(r.amount.0)
         .bind(r.price_version)
-        .bind(now)
+        .bind(now_ms())
         .bind(r.expires_at_ms)
-        .fetch_one(&mut *tx)
+        .fetch_optional(p)
         .await?;
-        tx.commit().await?;
-        Ok(id)
-    })
+    match row {
+        Some((Some(id), ..)) => Ok(id),
+        Some((None, status, b, res)) if status == "active" => Err(ReserveError::Insufficient {
+            needed: r.amount,
+            available: Micros(b - res),
+        }),
+        _ => Err(ReserveError::UserInactive),
+    }
 }
 
 /// One request's outcome, as written to `usage_records`.
@@ -182,69 +194,68 @@ pub struct Settled {
     pub first_time: bool,
 }
 
-/// Drops the reservation (if any), debits the cost, appends the ledger row and the usage record,
-/// all in one transaction. Idempotent on `request_id`.
+/// PostgreSQL: a whole settlement in one statement, numbered as [`bind_usage!`] binds, with
+/// the reservation id as `$25`. The user's row is locked first (`FOR UPDATE` reads the newest
+/// committed balance), so the charge is decided from the balance it is taken from; a second
+/// settlement of a request id fails on the unique indexes and changes nothing.
+const SETTLE_SQL: &str = concat!(
+    "
+    WITH released AS (
+        DELETE FROM reservations WHERE id = $25 RETURNING amount_micros
+    ), account AS (
+        SELECT balance_micros,
+               reserved_micros - COALESCE((SELECT amount_micros FROM released), 0) AS reserved_after
+        FROM users WHERE id = $2 AND ($25 IS NOT NULL OR $18 > 0)
+        FOR UPDATE
+    ), charge AS (
+        SELECT balance_micros - c.charged AS balance_after, reserved_after, c.charged
+        FROM account, LATERAL (SELECT LEAST($18, $17, GREATEST(balance_micros - reserved_after, 0)) AS charged) c
+    ), debit AS (
+        UPDATE users SET balance_micros = charge.balance_after, reserved_micros = charge.reserved_after,
+                         updated_at_ms = $1
+        FROM charge WHERE users.id = $2
+    ), ledger AS (
+        INSERT INTO ledger_entries (user_id, kind, amount_micros, balance_after_micros, description, request_id, created_at_ms)
+        SELECT $2, 'charge', -charged, balance_after, $8 || ' ' || $5, $3, $1 FROM charge WHERE charged > 0
+    ), usage AS (
+        INSERT INTO usage_records (",
+    usage_columns!(),
+    ") SELECT ",
+    usage_values!("d.charged"),
+    " FROM (SELECT COALESCE((SELECT charged FROM charge), 0) AS charged) d
+    )
+    SELECT COALESCE((SELECT charged FROM charge), 0)"
+);
+
+/// PostgreSQL only: drops the reservation (if any), debits the cost (never more than the user
+/// has), appends the ledger row and the usage record, in one statement and one round trip.
+/// Idempotent on `request_id`. (On SQLite the in-memory book decides the charge and
+/// [`settle_decided`] writes it.)
 pub async fn settle(
     db: &Db,
     reservation_id: Option<i64>,
     rec: &UsageRecord,
 ) -> Result<Settled, sqlx::Error> {
-    let now = now_ms();
-    let result: Result<Settled, sqlx::Error> = write_pool!(db, p => {
-        let mut tx = p.begin().await?;
-        let released: Option<i64> = match reservation_id {
-            Some(id) => sqlx::query_scalar("DELETE FROM reservations WHERE id = $1 RETURNING amount_micros")
-                .bind(id)
-                .fetch_optional(&mut *tx)
-                .await?,
-            None => None,
-        };
-        let mut charged = 0_i64;
-        if released.is_some() || rec.cost.0 > 0 {
-            let (balance, reserved): (i64, i64) = sqlx::query_as(
-                "UPDATE users SET reserved_micros = reserved_micros - $2, updated_at_ms = $3
-                 WHERE id = $1 RETURNING balance_micros, reserved_micros",
-            )
-            .bind(rec.user_id)
-            .bind(released.unwrap_or(0))
-            .bind(now)
-            .fetch_one(&mut *tx)
-            .await?;
-            charged = rec.chargeable(balance - reserved);
-            if charged > 0 {
-                let balance_after: i64 = sqlx::query_scalar(
-                    "UPDATE users SET balance_micros = balance_micros - $2 WHERE id = $1 RETURNING balance_micros",
-                )
-                .bind(rec.user_id)
-                .bind(charged)
-                .fetch_one(&mut *tx)
-                .await?;
-                sqlx::query(
-                    "INSERT INTO ledger_entries (user_id, kind, amount_micros, balance_after_micros, description, request_id, created_at_ms)
-                     VALUES ($1, 'charge', $2, $3, $4, $5, $6)",
-                )
-                .bind(rec.user_id)
-                .bind(-charged)
-                .bind(balance_after)
-                .bind(format!("{} {}", rec.endpoint, rec.model))
-                .bind(&rec.request_id)
-                .bind(now)
-                .execute(&mut *tx)
-                .await?;
-            }
-        }
-        bind_usage!(sqlx::query(usage_insert!()), charged, now, rec)
-            .execute(&mut *tx)
-            .await?;
-        tx.commit().await?;
-        Ok(Settled { charged: Micros(charged), first_time: true })
-    });
+    let Db::Postgres(p) = db else {
+        return Err(sqlx::Error::Configuration(
+            "database settlement is for PostgreSQL".into(),
+        ));
+    };
+    let result: Result<i64, sqlx::Error> =
+        bind_usage!(sqlx::query_scalar(SETTLE_SQL), now_ms(), rec)
+            .bind(reservation_id)
+            .fetch_one(p)
+            .await;
     match result {
+        Ok(charged) => Ok(Settled {
+            charged: Micros(charged),
+            first_time: true,
+        }),
         Err(e) if super::is_unique_violation(&e) => Ok(Settled {
             charged: Micros::ZERO,
             first_time: false,
         }),
-        other => other,
+        Err(e) => Err(e),
     }
 }
 
@@ -419,9 +430,9 @@ pub struct Decided {
 /// The statements of one decided settlement; its `$n` placeholders are shifted per batch member.
 const DECIDED_SQL: &str = concat!(
     "
-    UPDATE users SET balance_micros = balance_micros - $1, updated_at_ms = $2 WHERE id = $3;
+    UPDATE users SET balance_micros = balance_micros - $25, updated_at_ms = $1 WHERE id = $2;
     INSERT INTO ledger_entries (user_id, kind, amount_micros, balance_after_micros, description, request_id, created_at_ms)
-        SELECT id, 'charge', -$1, balance_micros, $9 || ' ' || $6, $4, $2 FROM users WHERE id = $3 AND $1 > 0;
+        SELECT id, 'charge', -$25, balance_micros, $8 || ' ' || $5, $3, $1 FROM users WHERE id = $2 AND $25 > 0;
     ",
     usage_insert!(),
     ";"
@@ -476,7 +487,7 @@ pub async fn settle_decided(db: &Db, batch: &[Decided]) -> Result<(), sqlx::Erro
     };
     let now = now_ms();
     for Decided { charged, record } in batch {
-        query = bind_usage!(query, charged.0, now, record);
+        query = bind_usage!(query, now, record).bind(charged.0);
     }
     let mut conn = writer.acquire().await?;
     match query.execute(&mut *conn).await {
@@ -502,7 +513,7 @@ mod tests {
     fn batch_members_get_their_own_placeholders() {
         let sql = decided_batch_sql(2);
         assert!(sql.starts_with("BEGIN IMMEDIATE;") && sql.ends_with("COMMIT;"));
-        assert!(sql.contains("WHERE id = $3;") && sql.contains("WHERE id = $28;"));
+        assert!(sql.contains("WHERE id = $2;") && sql.contains("WHERE id = $27;"));
         assert!(sql.contains("$50") && !sql.contains("$51"));
         assert_eq!(sql.matches("INSERT INTO usage_records").count(), 2);
     }

@@ -116,7 +116,14 @@ impl Db {
                 .journal_mode(SqliteJournalMode::Wal)
                 .synchronous(SqliteSynchronous::Normal)
                 .busy_timeout(Duration::from_secs(10))
-                .foreign_keys(true);
+                .foreign_keys(true)
+                // Settlement batches come in up to `billing::MAX_BATCH` sizes, each one
+                // statement: keep them all prepared.
+                .statement_cache_capacity(256)
+                // Checkpoint every 4,000 pages (16 MB of WAL) rather than 1,000: the hot pages
+                // (balances, the right edges of the usage indexes) are written back once per
+                // checkpoint, not once per commit, so fewer checkpoints write fewer pages.
+                .pragma("wal_autocheckpoint", "4000");
             let file = options.get_filename().to_path_buf();
             if let Some(parent) = file.parent()
                 && !parent.as_os_str().is_empty()

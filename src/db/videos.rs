@@ -5,7 +5,7 @@
 //! record. Pollers claim tasks by taking a lease, so several instances never poll one task at
 //! the same moment and a dead instance's tasks are picked up after the lease runs out.
 
-use super::billing::{ReserveError, UsageRecord, bind_usage, usage_columns, usage_insert};
+use super::billing::{ReserveError, UsageRecord, bind_usage, usage_insert};
 use super::{Db, read_pool, write_pool};
 use crate::billing::Micros;
 use crate::clock::now_ms;
@@ -334,7 +334,8 @@ pub async fn settle(
                 .execute(&mut *tx)
                 .await?;
         }
-        bind_usage!(sqlx::query(usage_insert!()), cost, now, record)
+        bind_usage!(sqlx::query(usage_insert!()), now, record)
+            .bind(cost)
             .execute(&mut *tx)
             .await?;
         tx.commit().await?;

@@ -20,22 +20,31 @@ pub struct RateHeaders {
     tokens: Option<Status>,
 }
 
+/// `x-ratelimit-{limit,remaining,reset}-{requests,tokens}`, by kind.
+const HEADER_NAMES: [[HeaderName; 3]; 2] = [
+    [
+        HeaderName::from_static("x-ratelimit-limit-requests"),
+        HeaderName::from_static("x-ratelimit-remaining-requests"),
+        HeaderName::from_static("x-ratelimit-reset-requests"),
+    ],
+    [
+        HeaderName::from_static("x-ratelimit-limit-tokens"),
+        HeaderName::from_static("x-ratelimit-remaining-tokens"),
+        HeaderName::from_static("x-ratelimit-reset-tokens"),
+    ],
+];
+
 impl RateHeaders {
     /// Adds `x-ratelimit-{limit,remaining,reset}-{requests,tokens}`.
     pub fn apply(&self, headers: &mut HeaderMap) {
-        for (suffix, status) in [("requests", self.requests), ("tokens", self.tokens)] {
+        for (names, status) in HEADER_NAMES.iter().zip([self.requests, self.tokens]) {
             let Some(s) = status else { continue };
-            for (name, value) in [
-                ("limit", s.limit.to_string()),
-                ("remaining", s.remaining.to_string()),
-                ("reset", reset_text(s.reset_ms)),
-            ] {
-                if let (Ok(n), Ok(v)) = (
-                    HeaderName::try_from(format!("x-ratelimit-{name}-{suffix}")),
-                    HeaderValue::try_from(value),
-                ) {
-                    headers.insert(n, v);
-                }
+            let [limit, remaining, reset] = names;
+            headers.reserve(3);
+            headers.insert(limit.clone(), HeaderValue::from(s.limit));
+            headers.insert(remaining.clone(), HeaderValue::from(s.remaining));
+            if let Ok(v) = HeaderValue::try_from(reset_text(s.reset_ms)) {
+                headers.insert(reset.clone(), v);
             }
         }
     }

@@ -82,6 +82,10 @@ pub struct Channel {
     pub priority: i64,
     pub weight: i64,
     model_map: HashMap<String, String>,
+    /// `Bearer {api_key}`, built once (`None` without a key or when it is no header value).
+    bearer: Option<reqwest::header::HeaderValue>,
+    /// `{base_url}/{path}` parsed, per path posted to (a handful: the endpoints).
+    urls: std::sync::RwLock<HashMap<String, reqwest::Url>>,
 }
 
 impl Channel {
@@ -96,7 +100,55 @@ impl Channel {
             priority: row.priority,
             weight: row.weight,
             model_map: serde_json::from_str(&row.model_map).unwrap_or_default(),
+            bearer: (!row.api_key.is_empty())
+                .then(|| {
+                    let mut v = reqwest::header::HeaderValue::try_from(format!(
+                        "Bearer {}",
+                        row.api_key.expose()
+                    ))
+                    .ok()?;
+                    v.set_sensitive(true);
+                    Some(v)
+                })
+                .flatten(),
+            urls: std::sync::RwLock::default(),
         })
+    }
+
+    /// A POST of `body` (JSON) to `{base_url}/{path}`, with the channel's key. The URL is parsed
+    /// once per path; one that does not parse is left to reqwest, which reports it.
+    pub fn post_json(
+        &self,
+        http: &reqwest::Client,
+        path: &str,
+        body: Vec<u8>,
+    ) -> reqwest::RequestBuilder {
+        let cached = self
+            .urls
+            .read()
+            .ok()
+            .and_then(|urls| urls.get(path).cloned());
+        let url = cached.or_else(|| {
+            let url = reqwest::Url::parse(&format!("{}/{}", self.base_url, path)).ok()?;
+            if let Ok(mut urls) = self.urls.write()
+                && urls.len() < 16
+            {
+                urls.insert(path.to_owned(), url.clone());
+            }
+            Some(url)
+        });
+        let request = match url {
+            Some(url) => http.post(url),
+            None => http.post(format!("{}/{}", self.base_url, path)),
+        };
+        let request = request
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .body(body);
+        match &self.bearer {
+            Some(auth) => request.header(reqwest::header::AUTHORIZATION, auth.clone()),
+            None if !self.api_key.is_empty() => request.bearer_auth(self.api_key.expose()),
+            None => request,
+        }
     }
 
     /// The name the upstream knows `model` by.

@@ -14,14 +14,7 @@ pub async fn post(
     body: Vec<u8>,
     first_byte_timeout: Duration,
 ) -> Result<UpstreamResponse, UpstreamError> {
-    let url = format!("{}/{}", channel.base_url, path);
-    let mut request = http
-        .post(url)
-        .header(reqwest::header::CONTENT_TYPE, "application/json")
-        .body(body);
-    if !channel.api_key.is_empty() {
-        request = request.bearer_auth(channel.api_key.expose());
-    }
+    let request = channel.post_json(http, path, body);
     let response = super::send(request, first_byte_timeout).await?;
     Ok(UpstreamResponse::from_reqwest(response))
 }
