@@ -29,12 +29,14 @@ use axum::http::{HeaderValue, StatusCode, Uri};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use extract::RequestId;
+use std::collections::HashMap;
+use std::sync::{Arc, OnceLock, RwLock};
 use std::time::Instant;
 use tracing::Instrument;
 
 /// The route template a request matched, handed from the inner layer to the outer one.
 #[derive(Clone)]
-struct RouteLabel(String);
+struct RouteLabel(Arc<str>);
 
 /// Builds the whole application router.
 pub fn router(state: AppState) -> Router {
@@ -59,12 +61,41 @@ pub fn router(state: AppState) -> Router {
 
 /// Inner layer (matched routes only): remember the route template for metrics.
 async fn label_route(path: Option<MatchedPath>, req: Request, next: Next) -> Response {
-    let label = path.map(|p| p.as_str().to_owned());
+    let label = path.map(|p| route_label(p.as_str()));
     let mut response = next.run(req).await;
     if let Some(label) = label {
         response.extensions_mut().insert(RouteLabel(label));
     }
     response
+}
+
+/// The shared label of a route template (templates are few: one per route).
+fn route_label(template: &str) -> Arc<str> {
+    static LABELS: OnceLock<RwLock<HashMap<String, Arc<str>>>> = OnceLock::new();
+    let labels = LABELS.get_or_init(RwLock::default);
+    if let Some(l) = labels.read().ok().and_then(|m| m.get(template).cloned()) {
+        return l;
+    }
+    let label: Arc<str> = Arc::from(template);
+    if let Ok(mut m) = labels.write() {
+        m.insert(template.to_owned(), Arc::clone(&label));
+    }
+    label
+}
+
+/// A method as a metric label: the standard ones by name, anything else as `other`.
+fn method_label(method: &axum::http::Method) -> &'static str {
+    use axum::http::Method;
+    match *method {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::PATCH => "PATCH",
+        Method::DELETE => "DELETE",
+        Method::HEAD => "HEAD",
+        Method::OPTIONS => "OPTIONS",
+        _ => "other",
+    }
 }
 
 /// Outer layer: request id in, `x-request-id` out, request count and latency by route; the
@@ -73,8 +104,8 @@ async fn label_route(path: Option<MatchedPath>, req: Request, next: Next) -> Res
 async fn track(mut req: Request, next: Next) -> Response {
     let started = Instant::now();
     let id = RequestId::new();
-    let method = req.method().as_str().to_owned();
-    let span = tracing::info_span!("request", request_id = %id.0, method = %method);
+    let method = method_label(req.method());
+    let span = tracing::info_span!("request", request_id = %id.0, method = %req.method());
     req.extensions_mut().insert(id.clone());
     let mut response = next.run(req).instrument(span).await;
     if let Ok(v) = HeaderValue::from_str(&id.0) {
@@ -83,9 +114,9 @@ async fn track(mut req: Request, next: Next) -> Response {
     let route = response
         .extensions()
         .get::<RouteLabel>()
-        .map_or_else(|| "unmatched".to_owned(), |r| r.0.clone());
+        .map_or_else(|| Arc::from("unmatched"), |r| Arc::clone(&r.0));
     let status = m::status_class(response.status().as_u16());
-    metrics::counter!(m::HTTP_REQUESTS, "route" => route.clone(), "method" => method, "status" => status).increment(1);
+    metrics::counter!(m::HTTP_REQUESTS, "route" => Arc::clone(&route), "method" => method, "status" => status).increment(1);
     metrics::histogram!(m::HTTP_DURATION, "route" => route, "status" => status)
         .record(started.elapsed().as_secs_f64());
     response
