@@ -6,7 +6,8 @@ use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use std::collections::HashMap;
 use std::sync::{Arc, OnceLock, RwLock};
 
-/// Counter: HTTP requests, by `route` (template), `method` and `status` (class, e.g. `2xx`).
+/// Counter: HTTP requests, by `route` (template), `method` (a non-standard one as `other`) and
+/// `status` (class, e.g. `2xx`).
 pub const HTTP_REQUESTS: &str = "tollgate_http_requests_total";
 /// Histogram (seconds): time to response headers, by `route` and `status`.
 pub const HTTP_DURATION: &str = "tollgate_http_request_duration_seconds";
