@@ -36,6 +36,7 @@ pub mod db;
 pub mod error;
 pub mod gateway;
 pub mod limits;
+pub mod memo;
 pub mod metrics;
 pub mod provider;
 pub mod routes;

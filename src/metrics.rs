@@ -2,9 +2,9 @@
 //! Labels are bounded: route template, method, status class, model, outcome. Never a key,
 //! user id or raw path.
 
+use crate::memo::Memo;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
-use std::collections::HashMap;
-use std::sync::{Arc, OnceLock, RwLock};
+use std::sync::{Arc, OnceLock};
 
 /// Counter: HTTP requests, by `route` (template), `method` (a non-standard one as `other`) and
 /// `status` (class, e.g. `2xx`).
@@ -77,22 +77,14 @@ pub const TOKEN_KINDS: [&str; 4] = ["input", "output", "cached_input", "reasonin
 
 /// [`ModelCounters`] for `model` (model names are few: the registry's).
 pub fn model_counters(model: &str) -> Arc<ModelCounters> {
-    static MEMO: OnceLock<RwLock<HashMap<String, Arc<ModelCounters>>>> = OnceLock::new();
-    let memo = MEMO.get_or_init(RwLock::default);
-    if let Some(c) = memo.read().ok().and_then(|m| m.get(model).cloned()) {
-        return c;
-    }
-    let counters = Arc::new(ModelCounters {
-        charged: metrics::counter!(CREDITS_CHARGED, "model" => model.to_owned()),
-        tokens: TOKEN_KINDS
-            .map(|kind| metrics::counter!(TOKENS, "model" => model.to_owned(), "kind" => kind)),
-    });
-    if let Ok(mut m) = memo.write()
-        && m.len() < 10_000
-    {
-        m.insert(model.to_owned(), Arc::clone(&counters));
-    }
-    counters
+    static MEMO: Memo<Arc<ModelCounters>> = Memo::new(10_000);
+    MEMO.get(model, || {
+        Arc::new(ModelCounters {
+            charged: metrics::counter!(CREDITS_CHARGED, "model" => model.to_owned()),
+            tokens: TOKEN_KINDS
+                .map(|kind| metrics::counter!(TOKENS, "model" => model.to_owned(), "kind" => kind)),
+        })
+    })
 }
 
 const LATENCY_BUCKETS: &[f64] = &[

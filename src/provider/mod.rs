@@ -70,6 +70,17 @@ impl Endpoint {
     }
 }
 
+/// `Bearer {key}` as a sensitive header value (`None` without a key, or for a key that is no
+/// header value: reqwest then reports it when the request is built).
+fn bearer(key: &Secret) -> Option<reqwest::header::HeaderValue> {
+    if key.is_empty() {
+        return None;
+    }
+    let mut v = reqwest::header::HeaderValue::try_from(format!("Bearer {}", key.expose())).ok()?;
+    v.set_sensitive(true);
+    Some(v)
+}
+
 /// An upstream channel, ready to call.
 #[derive(Debug)]
 pub struct Channel {
@@ -84,8 +95,9 @@ pub struct Channel {
     model_map: HashMap<String, String>,
     /// `Bearer {api_key}`, built once (`None` without a key or when it is no header value).
     bearer: Option<reqwest::header::HeaderValue>,
-    /// `{base_url}/{path}` parsed, per path posted to (a handful: the endpoints).
-    urls: std::sync::RwLock<HashMap<String, reqwest::Url>>,
+    /// `{base_url}/{path}` parsed (`None`: it does not parse), per path posted to (a handful:
+    /// the endpoints).
+    urls: crate::memo::Memo<Option<reqwest::Url>>,
 }
 
 impl Channel {
@@ -100,18 +112,8 @@ impl Channel {
             priority: row.priority,
             weight: row.weight,
             model_map: serde_json::from_str(&row.model_map).unwrap_or_default(),
-            bearer: (!row.api_key.is_empty())
-                .then(|| {
-                    let mut v = reqwest::header::HeaderValue::try_from(format!(
-                        "Bearer {}",
-                        row.api_key.expose()
-                    ))
-                    .ok()?;
-                    v.set_sensitive(true);
-                    Some(v)
-                })
-                .flatten(),
-            urls: std::sync::RwLock::default(),
+            bearer: bearer(&row.api_key),
+            urls: crate::memo::Memo::new(16),
         })
     }
 
@@ -123,19 +125,8 @@ impl Channel {
         path: &str,
         body: Vec<u8>,
     ) -> reqwest::RequestBuilder {
-        let cached = self
-            .urls
-            .read()
-            .ok()
-            .and_then(|urls| urls.get(path).cloned());
-        let url = cached.or_else(|| {
-            let url = reqwest::Url::parse(&format!("{}/{}", self.base_url, path)).ok()?;
-            if let Ok(mut urls) = self.urls.write()
-                && urls.len() < 16
-            {
-                urls.insert(path.to_owned(), url.clone());
-            }
-            Some(url)
+        let url = self.urls.get(path, || {
+            reqwest::Url::parse(&format!("{}/{}", self.base_url, path)).ok()
         });
         let request = match url {
             Some(url) => http.post(url),

@@ -29,8 +29,7 @@ use axum::http::{HeaderValue, StatusCode, Uri};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use extract::RequestId;
-use std::collections::HashMap;
-use std::sync::{Arc, OnceLock, RwLock};
+use std::sync::Arc;
 use std::time::Instant;
 use tracing::Instrument;
 
@@ -71,16 +70,8 @@ async fn label_route(path: Option<MatchedPath>, req: Request, next: Next) -> Res
 
 /// The shared label of a route template (templates are few: one per route).
 fn route_label(template: &str) -> Arc<str> {
-    static LABELS: OnceLock<RwLock<HashMap<String, Arc<str>>>> = OnceLock::new();
-    let labels = LABELS.get_or_init(RwLock::default);
-    if let Some(l) = labels.read().ok().and_then(|m| m.get(template).cloned()) {
-        return l;
-    }
-    let label: Arc<str> = Arc::from(template);
-    if let Ok(mut m) = labels.write() {
-        m.insert(template.to_owned(), Arc::clone(&label));
-    }
-    label
+    static LABELS: crate::memo::Memo<Arc<str>> = crate::memo::Memo::new(1_000);
+    LABELS.get(template, || Arc::from(template))
 }
 
 /// A method as a metric label: the standard ones by name, anything else as `other`.
