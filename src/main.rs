@@ -6,6 +6,13 @@ use std::path::PathBuf;
 use tollgate::config::Config;
 use tracing_subscriber::EnvFilter;
 
+/// jemalloc instead of the C allocator, measured with `benches/load.rs` (README, Benchmark):
+/// about 10 % less CPU per request, and memory that comes back after a burst (glibc's arenas
+/// keep their peak; 9,000 slow streams left 491 MB held with it, 137 MB with jemalloc). Its
+/// purge settings are in `.cargo/config.toml`.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 #[derive(Parser)]
 #[command(
     name = "tollgate",
