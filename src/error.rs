@@ -345,7 +345,7 @@ impl ApiError {
                 return catalogued(StatusCode::BAD_GATEWAY, 40006, "AI_SERVICE_FAILED");
             }
             ApiError::GenerationFailed(_) => {
-                return catalogued(StatusCode::BAD_GATEWAY, 40007, "GENERATION_FAILED");
+                return catalogued(StatusCode::UNPROCESSABLE_ENTITY, 40007, "GENERATION_FAILED");
             }
             ApiError::AccountNotBound(_) => {
                 return catalogued(StatusCode::BAD_REQUEST, 40008, "ACCOUNT_NOT_BOUND");

@@ -44,4 +44,5 @@ pub mod secrets;
 pub mod serve;
 pub mod startup;
 pub mod state;
+pub mod studio;
 pub mod tokens;

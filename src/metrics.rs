@@ -63,6 +63,10 @@ pub const SSE_LINES_DROPPED: &str = "tollgate_sse_lines_dropped_total";
 pub const OUTPUT_CUTS: &str = "tollgate_output_limit_cuts_total";
 /// Counter: invalidation messages received from other instances, by `change`.
 pub const INVALIDATIONS: &str = "tollgate_invalidations_received_total";
+/// Studio generations by tool and outcome (`ok`, `refused` before any upstream call, `failed`).
+pub const ADDON_GENERATIONS: &str = "tollgate_addon_generations_total";
+/// Micro-credits the add-ons charged, by add-on (`writing`, …).
+pub const ADDON_CHARGED: &str = "tollgate_addon_credits_charged_micros_total";
 
 /// A settled request's counters for one model, looked up once per model instead of building a
 /// labelled key and searching the registry for each on every request.
@@ -132,6 +136,14 @@ fn spawn_upkeep(handle: PrometheusHandle) {
 
 fn describe() {
     use metrics::{describe_counter, describe_gauge, describe_histogram};
+    describe_counter!(
+        ADDON_GENERATIONS,
+        "Studio generations by tool and outcome (ok, refused, failed)"
+    );
+    describe_counter!(
+        ADDON_CHARGED,
+        "Micro-credits charged by add-on features, by add-on"
+    );
     describe_counter!(
         HTTP_REQUESTS,
         "HTTP requests by route template, method and status class"

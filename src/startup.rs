@@ -36,6 +36,9 @@ impl Application {
         let metrics = crate::metrics::install();
         let db = Db::connect(&config.database.url, config.database.max_connections).await?;
         db.migrate().await?;
+        crate::studio::tools::seed(&db)
+            .await
+            .context("writing the studio's default tools")?;
         let secrets = Secrets::load(
             config.master_key.as_ref().map(Secret::expose),
             &config.secrets.master_key_file,

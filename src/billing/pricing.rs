@@ -103,12 +103,17 @@ impl Pricing {
 
     /// What a request that ended with `usage` (`None`: nothing was generated) costs; `delivered`
     /// says whether the whole answer reached its caller. A metered request pays for what was
-    /// generated either way; a flat one only for a delivered answer.
+    /// generated either way; a flat one only for a delivered answer with visible output (an
+    /// empty answer, or one of reasoning alone, is worth nothing to the feature that asked).
     pub fn cost(self, price: &TokenPrice, usage: Option<&TokenUsage>, delivered: bool) -> Micros {
         match (self, usage) {
             (_, None) => Micros::ZERO,
             (Pricing::Metered, Some(usage)) => price.cost(usage),
-            (Pricing::Flat(amount), Some(_)) if delivered => Micros(amount.0.max(0)),
+            (Pricing::Flat(amount), Some(u))
+                if delivered && u.completion_tokens > u.reasoning_tokens =>
+            {
+                Micros(amount.0.max(0))
+            }
             (Pricing::Flat(_), Some(_)) => Micros::ZERO,
         }
     }

@@ -7,10 +7,12 @@
 pub mod audit;
 pub mod billing;
 pub mod catalog;
+pub mod creations;
 pub mod keys;
 pub mod runs;
 pub mod users;
 pub mod videos;
+pub mod writing_tools;
 
 use anyhow::Context;
 use sqlx::migrate::{Migration, MigrationType, Migrator};
@@ -84,6 +86,12 @@ const MIGRATIONS: &[(i64, &str, &str, &str)] = &[
         "runs",
         include_str!("../../migrations/sqlite/0005_runs.sql"),
         include_str!("../../migrations/postgres/0005_runs.sql"),
+    ),
+    (
+        6,
+        "studio",
+        include_str!("../../migrations/sqlite/0006_studio.sql"),
+        include_str!("../../migrations/postgres/0006_studio.sql"),
     ),
 ];
 

@@ -115,11 +115,27 @@ impl FromRequestParts<AppState> for UserCaller {
         parts: &mut Parts,
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
+        let PlatformUser(caller, user_id) = PlatformUser::from_request_parts(parts, state).await?;
+        drop(caller);
+        Ok(UserCaller(user_id))
+    }
+}
+
+/// A user on the platform surface, with what their credential allows (for the metered
+/// features, which run under the key's models and limits), and their account's id.
+pub struct PlatformUser(pub Caller, pub i64);
+
+impl FromRequestParts<AppState> for PlatformUser {
+    type Rejection = ApiError;
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
         let caller = authenticate(parts, state).await?;
         let user_id = caller.user_id.ok_or_else(|| {
             ApiError::Forbidden("the admin credential has no account; use a user's API key".into())
         })?;
-        Ok(UserCaller(user_id))
+        Ok(PlatformUser(caller, user_id))
     }
 }
 

@@ -3,7 +3,9 @@
 //! - `/v1/*` and `/api/v1/*` OpenAI-compatible: [`openai`] (chat completions, models)
 //! - `/api/v1/auth/*` password accounts and login tokens: [`auth`]
 //! - `/api/v1/credit/*`, `/api/v1/usage` a user's own balance, ledger and usage: [`account`]
-//!   (these and the auth routes are the platform API, limited by [`platform_limits`])
+//! - `/api/v1/writing/*` the studio's writing tools: [`writing`]; `/api/v1/creations` what users
+//!   made: [`creations`] (these, the account and the auth routes are the platform API, limited
+//!   by [`platform_limits`])
 //! - `/api/v1/admin/*` admin API in the platform envelope: [`admin`]
 //! - `/metrics`, `/healthz`, `/readyz`: [`ops`]
 //!
@@ -16,10 +18,12 @@
 pub mod account;
 pub mod admin;
 pub mod auth;
+pub mod creations;
 pub mod extract;
 pub mod openai;
 pub mod ops;
 pub mod platform_limits;
+pub mod writing;
 
 use crate::metrics as m;
 use crate::state::AppState;
@@ -45,9 +49,16 @@ pub fn router(state: AppState) -> Router {
         .nest("/v1", openai.clone())
         .nest(
             "/api/v1",
-            openai.merge(account::router().merge(auth::router()).route_layer(
-                middleware::from_fn_with_state(state.clone(), platform_limits::limit),
-            )),
+            openai.merge(
+                account::router()
+                    .merge(auth::router())
+                    .merge(writing::router())
+                    .merge(creations::router())
+                    .route_layer(middleware::from_fn_with_state(
+                        state.clone(),
+                        platform_limits::limit,
+                    )),
+            ),
         )
         .nest("/api/v1/admin", admin::router())
         .merge(ops::router())
@@ -121,6 +132,8 @@ async fn not_found(uri: Uri) -> Response {
         "/api/v1/auth",
         "/api/v1/credit",
         "/api/v1/usage",
+        "/api/v1/writing",
+        "/api/v1/creations",
     ];
     if path.starts_with("/v1/")
         || (path.starts_with("/api/v1/") && !platform.iter().any(|p| path.starts_with(p)))

@@ -22,4 +22,5 @@ mod providers;
 mod registry;
 mod routing;
 mod streaming;
+mod studio;
 mod videos;

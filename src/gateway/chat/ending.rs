@@ -336,4 +336,23 @@ mod tests {
         assert_eq!(e.cost(Pricing::Metered, &PRICE), Micros::ZERO);
         assert_eq!(e.cost(Pricing::Flat(Micros(9)), &PRICE), Micros::ZERO);
     }
+
+    #[test]
+    fn a_flat_price_is_not_paid_for_an_answer_without_visible_output() {
+        let empty = TokenUsage {
+            prompt_tokens: 10,
+            ..Default::default()
+        };
+        let thinking_only = TokenUsage {
+            prompt_tokens: 10,
+            completion_tokens: 7,
+            reasoning_tokens: 7,
+            ..Default::default()
+        };
+        for used in [empty, thinking_only] {
+            let ok = ending(UsageStatus::Ok, Some(used));
+            assert_eq!(ok.cost(Pricing::Flat(Micros(500)), &PRICE), Micros::ZERO);
+            assert!(ok.cost(Pricing::Metered, &PRICE) > Micros::ZERO);
+        }
+    }
 }

@@ -9,6 +9,7 @@ mod models;
 pub mod registry;
 pub mod usage;
 pub mod users;
+mod writing;
 
 use crate::error::ApiError;
 use crate::state::AppState;
@@ -24,6 +25,7 @@ pub fn router() -> Router<AppState> {
         .merge(channels::router())
         .merge(models::router())
         .merge(usage::router())
+        .merge(writing::router())
 }
 
 /// Reloads the routing catalog so an admin change applies to the next request on this instance.
