@@ -23,7 +23,8 @@
 //!    disconnects still settle.
 //!
 //! A platform feature runs a chat completion through the same door in process:
-//! `gateway::chat::chat_as` with a flat or metered `billing::Pricing`.
+//! `gateway::chat::chat_as` with a flat or metered `billing::Pricing` — the studio's writing
+//! tools do (`studio::generate`, behind `routes::writing`).
 //! Around the path: `startup` (build, run, drain), `cluster` (change notices through Redis),
 //! `db` (SQL for SQLite and PostgreSQL), `metrics`, `secrets`, `config`, `clock`.
 #![forbid(unsafe_code)]

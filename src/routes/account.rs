@@ -41,9 +41,9 @@ async fn balance(
         "reserved_micros": reserved,
         "available": Micros(available),
         "available_micros": available,
-        "is_member": false,
-        "membership_type": null,
-        "membership_end_date": null,
+        "is_member": user.is_member(crate::clock::now_ms()),
+        "membership_type": user.membership_type,
+        "membership_end_date": user.membership_expires_at_ms.map(super::admin::iso),
     })))
 }
 

@@ -457,6 +457,21 @@ async fn members_pay_nothing_and_only_non_members_meet_the_hourly_generation_lim
         .await;
     assert_eq!(status, 200);
     let member_key = s.app.add_key(member, json!({})).await;
+    let (_, balance) = call(
+        &s.app,
+        &member_key,
+        reqwest::Method::GET,
+        "/api/v1/credit/balance",
+    )
+    .await;
+    assert_eq!(
+        (
+            balance["data"]["is_member"].clone(),
+            balance["data"]["membership_type"].clone()
+        ),
+        (json!(true), json!("monthly")),
+        "{balance}"
+    );
     for _ in 0..4 {
         let (status, answer) = post(&s.app, &member_key, path, json!({"title": "咖啡"})).await;
         assert_eq!(status, 200, "{answer}");
