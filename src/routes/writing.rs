@@ -157,7 +157,7 @@ fn sse_event(v: &Value) -> Bytes {
     Bytes::from(format!("data: {v}\n\n"))
 }
 
-/// The SSE event that ends a stream as `p` says.
+/// The SSE event that tells the client `p` (a delta, or the end: the creation or the error).
 fn end_event(p: Progress) -> Bytes {
     match p {
         Progress::Delta(text) => sse_event(&json!({"type": "delta", "content": text})),
