@@ -35,6 +35,7 @@ pub mod cluster;
 pub mod config;
 pub mod db;
 pub mod error;
+pub mod files;
 pub mod gateway;
 pub mod limits;
 pub mod memo;

@@ -83,6 +83,8 @@ pub struct OpenError(&'static str);
 #[derive(Clone)]
 pub struct Secrets {
     cipher: Aes256Gcm,
+    /// The HMAC key of signed URLs (derived from the master key, so every instance agrees).
+    url_key: [u8; 32],
 }
 
 impl std::fmt::Debug for Secrets {
@@ -97,7 +99,37 @@ impl Secrets {
         let key = Sha256::digest(master_key.as_bytes());
         let cipher = Aes256Gcm::new_from_slice(key.as_slice())
             .unwrap_or_else(|_| unreachable!("SHA-256 gives 32 bytes, AES-256's key size"));
-        Secrets { cipher }
+        let mut url_key = [0u8; 32];
+        url_key.copy_from_slice(
+            Sha256::new()
+                .chain_update(b"tollgate signed urls\0")
+                .chain_update(master_key.as_bytes())
+                .finalize()
+                .as_slice(),
+        );
+        Secrets { cipher, url_key }
+    }
+
+    /// The HMAC-SHA256 (hex) of `message` under the URL-signing key.
+    pub fn url_signature(&self, message: &str) -> String {
+        let mut mac = self.url_mac();
+        hmac::Mac::update(&mut mac, message.as_bytes());
+        encode_hex(hmac::Mac::finalize(mac).into_bytes().as_slice())
+    }
+
+    /// Whether `signature` (hex) is `message`'s, compared in constant time.
+    pub fn url_signature_matches(&self, message: &str, signature: &str) -> bool {
+        let Some(bytes) = decode_hex(signature) else {
+            return false;
+        };
+        let mut mac = self.url_mac();
+        hmac::Mac::update(&mut mac, message.as_bytes());
+        hmac::Mac::verify_slice(mac, &bytes).is_ok()
+    }
+
+    fn url_mac(&self) -> hmac::Hmac<Sha256> {
+        <hmac::Hmac<Sha256> as hmac::KeyInit>::new_from_slice(&self.url_key)
+            .unwrap_or_else(|_| unreachable!("HMAC takes a key of any length"))
     }
 
     /// The configured master key: `master_key` if given, else the one in `key_file`, which is
@@ -136,12 +168,9 @@ impl Secrets {
             .cipher
             .encrypt(&Nonce::from(nonce), payload)
             .unwrap_or_else(|_| unreachable!("AES-GCM encrypts any message under 64 GiB"));
-        let mut out = String::with_capacity(PREFIX.len() + 2 * (NONCE_LEN + sealed.len()));
-        out.push_str(PREFIX);
-        for b in nonce.iter().chain(&sealed) {
-            out.push_str(&format!("{b:02x}"));
-        }
-        out
+        let mut raw = nonce.to_vec();
+        raw.extend_from_slice(&sealed);
+        format!("{PREFIX}{}", encode_hex(&raw))
     }
 
     /// The plain text of a stored value (legacy plain text is returned as it is).
@@ -173,6 +202,15 @@ impl Secrets {
 /// Whether a stored value is sealed (or empty, which needs no sealing).
 pub fn is_sealed(stored: &str) -> bool {
     stored.is_empty() || stored.starts_with(PREFIX)
+}
+
+fn encode_hex(bytes: &[u8]) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::with_capacity(2 * bytes.len());
+    for b in bytes {
+        let _ = write!(out, "{b:02x}");
+    }
+    out
 }
 
 fn decode_hex(hex: &str) -> Option<Vec<u8>> {

@@ -17,6 +17,8 @@ pub struct Creation {
     pub credits_micros: i64,
     pub upstream_cost_micros: i64,
     pub paid_by: String,
+    /// The stored file of an image, deck or video.
+    pub file_id: Option<String>,
     pub created_at_ms: i64,
     pub updated_at_ms: i64,
 }
@@ -24,7 +26,7 @@ pub struct Creation {
 macro_rules! columns {
     () => {
         "id, user_id, kind, tool_type, title, content, model, request_id, credits_micros, \
-         upstream_cost_micros, paid_by, created_at_ms, updated_at_ms"
+         upstream_cost_micros, paid_by, file_id, created_at_ms, updated_at_ms"
     };
 }
 
@@ -41,6 +43,7 @@ pub struct NewCreation<'a> {
     pub credits_micros: i64,
     pub upstream_cost_micros: i64,
     pub paid_by: &'a str,
+    pub file_id: Option<&'a str>,
 }
 
 /// Writes `c`; a second write for the same request id returns the first one's row.
@@ -48,8 +51,8 @@ pub async fn insert(db: &Db, c: &NewCreation<'_>) -> Result<Creation, sqlx::Erro
     let now = now_ms();
     let inserted = write_pool!(db, p => sqlx::query_as::<_, Creation>(concat!(
         "INSERT INTO creations (user_id, kind, tool_type, title, content, model, request_id, credits_micros,
-                                upstream_cost_micros, paid_by, created_at_ms, updated_at_ms)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $11)
+                                upstream_cost_micros, paid_by, file_id, created_at_ms, updated_at_ms)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $12, $11, $11)
          ON CONFLICT (request_id) DO NOTHING
          RETURNING ", columns!()))
         .bind(c.user_id)
@@ -63,6 +66,7 @@ pub async fn insert(db: &Db, c: &NewCreation<'_>) -> Result<Creation, sqlx::Erro
         .bind(c.upstream_cost_micros)
         .bind(c.paid_by)
         .bind(now)
+        .bind(c.file_id)
         .fetch_optional(p)
         .await?);
     match (inserted, c.request_id) {
@@ -134,15 +138,23 @@ pub async fn update(
         .await)
 }
 
-/// Deletes the user's creation; whether there was one.
+/// Deletes the user's creation and its stored file; whether there was one.
 pub async fn delete(db: &Db, user_id: i64, id: i64) -> Result<bool, sqlx::Error> {
-    let done = write_pool!(db, p => sqlx::query("DELETE FROM creations WHERE id = $1 AND user_id = $2")
+    let deleted: Option<(Option<String>,)> = write_pool!(db, p => sqlx::query_as(
+        "DELETE FROM creations WHERE id = $1 AND user_id = $2 RETURNING file_id")
         .bind(id)
         .bind(user_id)
-        .execute(p)
-        .await?
-        .rows_affected());
-    Ok(done == 1)
+        .fetch_optional(p)
+        .await?);
+    match deleted {
+        None => Ok(false),
+        Some((file,)) => {
+            if let Some(file) = file {
+                super::files::delete(db, &file).await?;
+            }
+            Ok(true)
+        }
+    }
 }
 
 /// Per tool: generations, credits charged and what their tokens cost upstream.

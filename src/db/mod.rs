@@ -8,6 +8,7 @@ pub mod audit;
 pub mod billing;
 pub mod catalog;
 pub mod creations;
+pub mod files;
 pub mod keys;
 pub mod runs;
 pub mod users;
@@ -92,6 +93,12 @@ const MIGRATIONS: &[(i64, &str, &str, &str)] = &[
         "studio",
         include_str!("../../migrations/sqlite/0006_studio.sql"),
         include_str!("../../migrations/postgres/0006_studio.sql"),
+    ),
+    (
+        7,
+        "files",
+        include_str!("../../migrations/sqlite/0007_files.sql"),
+        include_str!("../../migrations/postgres/0007_files.sql"),
     ),
 ];
 

@@ -119,8 +119,30 @@ pub async fn generate(
     request_id: Arc<str>,
     body: Bytes,
 ) -> (Result<Reply, OpenAiError>, RateHeaders) {
+    generate_priced(state, caller, request_id, body, None).await
+}
+
+/// Runs one image generation for a platform feature, in process, at `flat` per image delivered
+/// (instead of the model's image prices): the same limits, failover, reservation and settlement.
+pub async fn generate_as(
+    state: &AppState,
+    caller: &Caller,
+    request_id: Arc<str>,
+    body: Bytes,
+    flat: Micros,
+) -> (Result<Reply, OpenAiError>, RateHeaders) {
+    generate_priced(state, caller, request_id, body, Some(flat)).await
+}
+
+async fn generate_priced(
+    state: &AppState,
+    caller: &Caller,
+    request_id: Arc<str>,
+    body: Bytes,
+    flat: Option<Micros>,
+) -> (Result<Reply, OpenAiError>, RateHeaders) {
     let started = Instant::now();
-    let prepared = prepare(state, caller, &body);
+    let prepared = prepare(state, caller, &body, flat);
     let model = prepared.as_ref().ok().map(|p| &*p.1);
     let admitted =
         match throttle::admit(state, caller, &request_id, model, 0, model.is_some()).await {
@@ -130,7 +152,13 @@ pub async fn generate(
     let result = match prepared {
         Err(e) => Err(e),
         Ok((req, model, user_id, unit)) => {
-            let amount = per_unit(unit, req.n, model.price.request_micros);
+            // A flat price is the whole price of an image; the model's request price is not added.
+            let request_micros = if flat.is_some() {
+                0
+            } else {
+                model.price.request_micros
+            };
+            let amount = per_unit(unit, req.n, request_micros);
             let payer = Payer::new(
                 Arc::clone(&request_id),
                 user_id,
@@ -148,6 +176,7 @@ pub async fn generate(
                         req,
                         model,
                         unit,
+                        request_micros,
                         held,
                         reserved: amount,
                         started,
@@ -161,14 +190,18 @@ pub async fn generate(
     (result, admitted.headers)
 }
 
-/// Checks the request, routes it and finds its image price.
+/// Checks the request, routes it and finds its image price (`flat` when given).
 fn prepare(
     state: &AppState,
     caller: &Caller,
     body: &[u8],
+    flat: Option<Micros>,
 ) -> Result<(ImageRequest, Arc<Model>, i64, i64), OpenAiError> {
     let req = ImageRequest::parse(body)?;
     let (user_id, model) = meter::route(state, caller, &req.model)?;
+    if let Some(flat) = flat {
+        return Ok((req, model, user_id, flat.0.max(0)));
+    }
     let unit = model.media.image(&req.size, &req.quality).ok_or_else(|| {
         invalid(
             "size",
@@ -190,6 +223,8 @@ struct Task {
     model: Arc<Model>,
     /// Price of one image.
     unit: i64,
+    /// Added once to what the images cost.
+    request_micros: i64,
     held: Held,
     reserved: Micros,
     started: Instant,
@@ -237,7 +272,7 @@ impl Task {
                                 units: delivered,
                                 source: UsageSource::Provider,
                                 cost: if delivered > 0 {
-                                    per_unit(self.unit, delivered, self.model.price.request_micros)
+                                    per_unit(self.unit, delivered, self.request_micros)
                                 } else {
                                     Micros::ZERO
                                 },

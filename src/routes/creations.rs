@@ -10,6 +10,7 @@ use crate::db::{self, creations::Creation};
 use crate::error::ApiError;
 use crate::state::AppState;
 use axum::extract::{Path, Query, State};
+use axum::http::HeaderMap;
 use axum::routing::get;
 use axum::{Json, Router};
 use serde::Deserialize;
@@ -28,8 +29,14 @@ pub fn router() -> Router<AppState> {
         .route("/creations/{id}", get(one).put(change).delete(remove))
 }
 
-pub fn creation_json(c: &Creation) -> Value {
+/// A creation as its owner sees it; an image, deck or video carries a fresh signed `file_url`.
+pub fn creation_json(state: &AppState, headers: &HeaderMap, c: &Creation) -> Value {
+    let file_url = c
+        .file_id
+        .as_deref()
+        .map(|f| crate::files::download_url(&state.secrets, headers, f));
     json!({
+        "file_url": file_url,
         "id": c.id,
         "type": c.kind,
         "tool_type": c.tool_type,
@@ -55,6 +62,7 @@ struct ListQuery {
 async fn list(
     State(state): State<AppState>,
     UserCaller(user_id): UserCaller,
+    headers: HeaderMap,
     Query(q): Query<ListQuery>,
 ) -> Result<Json<Value>, ApiError> {
     let (page, size, offset) = q.page.resolve()?;
@@ -73,7 +81,9 @@ async fn list(
         total,
         page,
         size,
-        rows.iter().map(creation_json).collect(),
+        rows.iter()
+            .map(|c| creation_json(&state, &headers, c))
+            .collect(),
     ))
 }
 
@@ -90,13 +100,14 @@ fn not_found(id: i64) -> ApiError {
 async fn one(
     State(state): State<AppState>,
     UserCaller(user_id): UserCaller,
+    headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     let id = creation_id(&id)?;
     let c = db::creations::get(&state.db, user_id, id)
         .await?
         .ok_or_else(|| not_found(id))?;
-    Ok(ok(creation_json(&c)))
+    Ok(ok(creation_json(&state, &headers, &c)))
 }
 
 #[derive(Deserialize)]
@@ -109,6 +120,7 @@ struct Change {
 async fn change(
     State(state): State<AppState>,
     UserCaller(user_id): UserCaller,
+    headers: HeaderMap,
     Path(id): Path<String>,
     ApiJson(body): ApiJson<Change>,
 ) -> Result<Json<Value>, ApiError> {
@@ -144,7 +156,7 @@ async fn change(
     )
     .await?
     .ok_or_else(|| not_found(id))?;
-    Ok(ok(creation_json(&c)))
+    Ok(ok(creation_json(&state, &headers, &c)))
 }
 
 async fn remove(

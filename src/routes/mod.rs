@@ -3,9 +3,10 @@
 //! - `/v1/*` and `/api/v1/*` OpenAI-compatible: [`openai`] (chat completions, models)
 //! - `/api/v1/auth/*` password accounts and login tokens: [`auth`]
 //! - `/api/v1/credit/*`, `/api/v1/usage` a user's own balance, ledger and usage: [`account`]
-//! - `/api/v1/writing/*` the studio's writing tools: [`writing`]; `/api/v1/creations` what users
-//!   made: [`creations`] (these, the account and the auth routes are the platform API, limited
-//!   by [`platform_limits`])
+//! - `/api/v1/writing/*` the studio's writing tools: [`writing`]; `/api/v1/image/generate`:
+//!   [`image`]; `/api/v1/creations` what users made: [`creations`] (these, the account and the
+//!   auth routes are the platform API, limited by [`platform_limits`])
+//! - `/api/v1/files/{id}` stored files through signed URLs, no credential: [`files`]
 //! - `/api/v1/admin/*` admin API in the platform envelope: [`admin`]
 //! - `/metrics`, `/healthz`, `/readyz`: [`ops`]
 //!
@@ -20,6 +21,8 @@ pub mod admin;
 pub mod auth;
 pub mod creations;
 pub mod extract;
+pub mod files;
+pub mod image;
 pub mod openai;
 pub mod ops;
 pub mod platform_limits;
@@ -54,12 +57,14 @@ pub fn router(state: AppState) -> Router {
                     .merge(auth::router())
                     .merge(writing::router())
                     .merge(creations::router())
+                    .merge(image::router())
                     .route_layer(middleware::from_fn_with_state(
                         state.clone(),
                         platform_limits::limit,
                     )),
             ),
         )
+        .nest("/api/v1", files::router())
         .nest("/api/v1/admin", admin::router())
         .merge(ops::router())
         .route_layer(middleware::from_fn(label_route))
@@ -134,6 +139,8 @@ async fn not_found(uri: Uri) -> Response {
         "/api/v1/usage",
         "/api/v1/writing",
         "/api/v1/creations",
+        "/api/v1/image",
+        "/api/v1/files",
     ];
     if path.starts_with("/v1/")
         || (path.starts_with("/api/v1/") && !platform.iter().any(|p| path.starts_with(p)))

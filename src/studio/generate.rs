@@ -207,6 +207,7 @@ async fn run(
         credits_micros: charged.charged.0,
         upstream_cost_micros: upstream_cost.0,
         paid_by: job.paid_by.as_str(),
+        file_id: None,
     };
     let saved = save(state, &creation).await.map_err(|e| {
         tracing::error!(request_id = %request_id, error = %e, "a paid generation could not be saved");
@@ -221,7 +222,7 @@ async fn run(
 
 /// Writes the creation, retrying a few times (the generation is paid for; losing it is worse
 /// than waiting). A retry of a write that did land returns that row (`request_id` is unique).
-async fn save(
+pub(crate) async fn save(
     state: &AppState,
     c: &NewCreation<'_>,
 ) -> Result<db::creations::Creation, sqlx::Error> {

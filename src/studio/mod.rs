@@ -3,6 +3,7 @@
 //! (`gateway::chat::chat_as`, in process) and saved as a creation (`db::creations`).
 
 pub mod generate;
+pub mod image;
 pub mod tools;
 
 use crate::db;

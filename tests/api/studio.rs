@@ -766,6 +766,232 @@ async fn admins_set_a_tools_price_default_model_template_and_availability(b: Bac
     s.app.stop().await;
 }
 
+/// A PNG's signature and a few bytes: what the fake's image is.
+const PNG: &[u8] = b"\x89PNG\r\n\x1a\n0123456789 not really pixels";
+
+/// A gateway whose fake upstream returns one base64 PNG, with `img` priced at 20 credits.
+async fn image_setup(b: &Backend) -> (TestApp, FakeUpstream, i64, String) {
+    use base64::Engine;
+    let app = TestApp::spawn(b).await;
+    let b64 = base64::engine::general_purpose::STANDARD.encode(PNG);
+    let fake = FakeUpstream::start(Script::Raw {
+        status: 200,
+        content_type: "application/json",
+        body: json!({"created": 1, "data": [{"b64_json": b64}]})
+            .to_string()
+            .into_bytes(),
+    })
+    .await;
+    app.add_channel(&fake.base_url, &["img"], json!({"img": "dall-e-3"}))
+        .await;
+    app.admin_post(
+        "/api/v1/admin/models",
+        json!({"model": "img", "credits_cost": "20"}),
+    )
+    .await;
+    let user = app.add_user(json!("100")).await;
+    let key = app.add_key(user, json!({})).await;
+    (app, fake, user, key)
+}
+
+async fn an_image_is_stored_by_tollgate_and_served_through_a_signed_url(b: Backend) {
+    let (app, fake, user, key) = image_setup(&b).await;
+    let (status, answer) = post(
+        &app,
+        &key,
+        "/api/v1/image/generate",
+        json!({"prompt": "一只可爱的猫咪在花园里玩耍", "size": "1024x1024", "model_id": "img"}),
+    )
+    .await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["data"]["credits_used"], json!(20));
+    let sent: Value = serde_json::from_slice(&fake.last_body()).expect("upstream body");
+    assert_eq!(
+        (sent["model"].clone(), sent["n"].clone()),
+        (json!("dall-e-3"), json!(1))
+    );
+    let url = answer["data"]["image_url"]
+        .as_str()
+        .expect("url")
+        .to_owned();
+    assert!(url.starts_with(&app.url("/api/v1/files/f_")), "{url}");
+    // No credential needed: an <img src> can load it.
+    let resp = reqwest::get(&url).await.expect("download");
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["content-type"], "image/png");
+    assert_eq!(resp.bytes().await.expect("bytes").as_ref(), PNG);
+    // A changed signature, id or expiry is refused; so is an expired URL.
+    let last = url.chars().last().expect("a signature");
+    let flipped = format!(
+        "{}{}",
+        &url[..url.len() - 1],
+        if last == '0' { '1' } else { '0' }
+    );
+    let file_id = answer["data"]["file_id"]
+        .as_str()
+        .expect("file id")
+        .to_owned();
+    let other_id = url.replace(&file_id, "f_00000000000000000000000000000000");
+    let later = url.replacen("expires=", "expires=9", 1);
+    let expired = app.url(&tollgate::files::signed_path(
+        &app.state.secrets,
+        &file_id,
+        1_000,
+    ));
+    for bad in [
+        flipped,
+        other_id,
+        later,
+        expired.clone(),
+        app.url(&format!("/api/v1/files/{file_id}")),
+    ] {
+        let resp = reqwest::get(&bad).await.expect("download");
+        assert_eq!(resp.status(), 403, "{bad}");
+    }
+    let e: Value = reqwest::get(&expired)
+        .await
+        .expect("download")
+        .json()
+        .await
+        .expect("json");
+    assert!(
+        e["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("expired"),
+        "{e}"
+    );
+    // The creation carries a fresh signed URL; deleting it deletes the file.
+    let (_, list) = call(
+        &app,
+        &key,
+        reqwest::Method::GET,
+        "/api/v1/creations?type=image",
+    )
+    .await;
+    assert_eq!(list["data"]["total"], 1);
+    let creation = &list["data"]["items"][0];
+    assert_eq!(creation["content"], "一只可爱的猫咪在花园里玩耍");
+    let fresh = creation["file_url"].as_str().expect("file url").to_owned();
+    assert_eq!(reqwest::get(&fresh).await.expect("download").status(), 200);
+    assert_eq!(app.balance_micros(user).await, 80_000_000);
+    let usage = app.wait_for_usage(user, 1).await;
+    assert_eq!(
+        (
+            usage[0]["endpoint"].clone(),
+            usage[0]["cost_micros"].clone()
+        ),
+        (json!("images/generations"), json!(20_000_000))
+    );
+    let path = format!("/api/v1/creations/{}", creation["id"]);
+    assert_eq!(
+        call(&app, &key, reqwest::Method::DELETE, &path).await.0,
+        200
+    );
+    assert_eq!(reqwest::get(&fresh).await.expect("download").status(), 404);
+    app.assert_books_balance(user).await;
+    app.stop().await;
+}
+
+async fn a_failed_or_bad_image_request_charges_nothing(b: Backend) {
+    let (app, fake, user, key) = image_setup(&b).await;
+    for (body, want) in [
+        (json!({"size": "1024x1024"}), "prompt: required"),
+        (json!({"prompt": "猫", "size": "big"}), "size"),
+        (
+            json!({"prompt": "猫", "model_id": 4242}),
+            "no model has id 4242",
+        ),
+        (
+            json!({"prompt": "x".repeat(4_001)}),
+            "prompt: 4001 characters",
+        ),
+    ] {
+        let (status, e) = post(&app, &key, "/api/v1/image/generate", body).await;
+        assert_eq!(status, 400, "{e}");
+        assert!(
+            e["message"].as_str().unwrap_or_default().contains(want),
+            "{e}"
+        );
+    }
+    assert_eq!(fake.calls(), 0);
+    fake.set_script(Script::Raw {
+        status: 500,
+        content_type: "application/json",
+        body: br#"{"error":{"message":"boom"}}"#.to_vec(),
+    });
+    let (status, e) = post(
+        &app,
+        &key,
+        "/api/v1/image/generate",
+        json!({"prompt": "猫", "model_id": "img"}),
+    )
+    .await;
+    assert_eq!((status, e["code"].clone()), (502, json!(40006)), "{e}");
+    fake.set_script(Script::Raw {
+        status: 200,
+        content_type: "application/json",
+        body: br#"{"created":1,"data":[]}"#.to_vec(),
+    });
+    let (status, e) = post(
+        &app,
+        &key,
+        "/api/v1/image/generate",
+        json!({"prompt": "猫", "model_id": "img"}),
+    )
+    .await;
+    assert_eq!((status, e["code"].clone()), (422, json!(40007)), "{e}");
+    let poor = app.add_user(json!("19.999999")).await;
+    let poor_key = app.add_key(poor, json!({})).await;
+    let calls = fake.calls();
+    let (status, e) = post(
+        &app,
+        &poor_key,
+        "/api/v1/image/generate",
+        json!({"prompt": "猫", "model_id": "img"}),
+    )
+    .await;
+    assert_eq!((status, e["code"].clone()), (402, json!(40001)), "{e}");
+    assert_eq!(fake.calls(), calls);
+    assert_eq!(app.balance_micros(user).await, 100_000_000);
+    assert_eq!(app.balance_micros(poor).await, 19_999_999);
+    let (_, list) = call(&app, &key, reqwest::Method::GET, "/api/v1/creations").await;
+    assert_eq!(list["data"]["total"], 0);
+    app.assert_books_balance(user).await;
+    app.assert_books_balance(poor).await;
+    app.stop().await;
+}
+
+/// On PostgreSQL every instance serves a file another one stored (the bytes are in the shared
+/// database and the URL key comes from the shared master key).
+async fn a_file_made_on_one_instance_downloads_from_another(b: Backend) {
+    if !matches!(b, Backend::Postgres(_)) {
+        return; // one SQLite file serves one process
+    }
+    let (app, _fake, _user, key) = image_setup(&b).await;
+    let (status, answer) = post(
+        &app,
+        &key,
+        "/api/v1/image/generate",
+        json!({"prompt": "猫", "model_id": "img"}),
+    )
+    .await;
+    assert_eq!(status, 200, "{answer}");
+    let url = answer["data"]["image_url"]
+        .as_str()
+        .expect("url")
+        .to_owned();
+    let shared = app.db_url.clone();
+    let second = TestApp::spawn_with(&b, |c| c.database.url = shared).await;
+    let there = url.replace(&app.base, &second.base);
+    assert_ne!(there, url);
+    let resp = reqwest::get(&there).await.expect("download");
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.bytes().await.expect("bytes").as_ref(), PNG);
+    second.stop().await;
+    app.stop().await;
+}
+
 both_backends!(
     every_tool_generates_and_saves_a_creation_charged_its_price,
     a_streamed_generation_sends_its_deltas_then_the_creation,
@@ -775,5 +1001,8 @@ both_backends!(
     members_pay_nothing_and_only_non_members_meet_the_hourly_generation_limit,
     bad_input_is_named_and_charges_nothing,
     creations_are_private_editable_and_deletable,
-    admins_set_a_tools_price_default_model_template_and_availability
+    admins_set_a_tools_price_default_model_template_and_availability,
+    an_image_is_stored_by_tollgate_and_served_through_a_signed_url,
+    a_failed_or_bad_image_request_charges_nothing,
+    a_file_made_on_one_instance_downloads_from_another
 );

@@ -1,0 +1,13 @@
+-- Files Tollgate made or fetched (generated images, decks, videos), kept in the database so that
+-- every instance serves a file any of them stored. Downloads go through signed, expiring URLs.
+CREATE TABLE files (
+    id             TEXT PRIMARY KEY,
+    user_id        INTEGER NOT NULL REFERENCES users(id),
+    kind           TEXT    NOT NULL,
+    content_type   TEXT    NOT NULL,
+    size_bytes     INTEGER NOT NULL,
+    data           BLOB    NOT NULL,
+    created_at_ms  INTEGER NOT NULL
+);
+
+ALTER TABLE creations ADD COLUMN file_id TEXT REFERENCES files(id);
