@@ -8,13 +8,12 @@ use super::extract::{PlatformUser, RequestId, parse_json};
 use crate::billing::Micros;
 use crate::error::ApiError;
 use crate::state::AppState;
-use crate::studio::generate::PaidBy;
 use crate::studio::image::{self, ImageJob};
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::HeaderMap;
-use axum::response::{IntoResponse, Json, Response};
+use axum::response::Response;
 use axum::routing::post;
 use serde_json::{Map, Value, json};
 
@@ -90,11 +89,7 @@ async fn generate(
             ))
         })?,
     };
-    let (price, paid_by) = if caller.is_member {
-        (Micros::ZERO, PaidBy::Membership)
-    } else {
-        (Micros(price), PaidBy::Credits)
-    };
+    let (price, paid_by) = crate::studio::payment(&caller, Micros(price));
     let job = ImageJob {
         prompt,
         size,
@@ -108,12 +103,11 @@ async fn generate(
             ApiError::Internal("the image generation stopped without an answer".into())
         })??;
     let url = crate::files::download_url(&state.secrets, &headers, &done.file_id);
-    let body = json!({"success": true, "code": 200, "message": "生成成功", "data": {
+    Ok(super::writing::generated(json!({
         "image_url": url,
         "credits_used": done.credits_used,
         "credits_used_micros": done.credits_used.0,
         "creation_id": done.creation_id,
         "file_id": done.file_id,
-    }});
-    Ok(Json(body).into_response())
+    })))
 }

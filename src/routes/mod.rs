@@ -3,9 +3,10 @@
 //! - `/v1/*` and `/api/v1/*` OpenAI-compatible: [`openai`] (chat completions, models)
 //! - `/api/v1/auth/*` password accounts and login tokens: [`auth`]
 //! - `/api/v1/credit/*`, `/api/v1/usage` a user's own balance, ledger and usage: [`account`]
-//! - `/api/v1/writing/*` the studio's writing tools: [`writing`]; `/api/v1/image/generate`:
-//!   [`image`]; `/api/v1/creations` what users made: [`creations`] (these, the account and the
-//!   auth routes are the platform API, limited by [`platform_limits`])
+//! - the studio: `/api/v1/writing/*` writing tools: [`writing`]; `/api/v1/image/generate`:
+//!   [`image`]; `/api/v1/ppt/generate`: [`ppt`]; `/api/v1/creations` what users made:
+//!   [`creations`] (these, the account and the auth routes are the platform API, limited by
+//!   [`platform_limits`])
 //! - `/api/v1/files/{id}` stored files through signed URLs, no credential: [`files`]
 //! - `/api/v1/admin/*` admin API in the platform envelope: [`admin`]
 //! - `/metrics`, `/healthz`, `/readyz`: [`ops`]
@@ -26,6 +27,7 @@ pub mod image;
 pub mod openai;
 pub mod ops;
 pub mod platform_limits;
+pub mod ppt;
 pub mod writing;
 
 use crate::metrics as m;
@@ -58,6 +60,7 @@ pub fn router(state: AppState) -> Router {
                     .merge(writing::router())
                     .merge(creations::router())
                     .merge(image::router())
+                    .merge(ppt::router())
                     .route_layer(middleware::from_fn_with_state(
                         state.clone(),
                         platform_limits::limit,
@@ -140,6 +143,7 @@ async fn not_found(uri: Uri) -> Response {
         "/api/v1/writing",
         "/api/v1/creations",
         "/api/v1/image",
+        "/api/v1/ppt",
         "/api/v1/files",
     ];
     if path.starts_with("/v1/")

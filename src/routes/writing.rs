@@ -11,7 +11,7 @@ use crate::billing::Micros;
 use crate::db::{self, writing_tools::ToolRow};
 use crate::error::ApiError;
 use crate::state::AppState;
-use crate::studio::generate::{self, Job, PaidBy, Progress};
+use crate::studio::generate::{self, Job, Progress};
 use crate::studio::tools::{self, Field};
 use axum::Json;
 use axum::Router;
@@ -59,7 +59,7 @@ async fn list_tools(State(state): State<AppState>) -> Result<Json<Value>, ApiErr
     let rows = tools::in_seed_order(db::writing_tools::list(&state.db).await?);
     let items: Vec<Value> = rows
         .iter()
-        .filter(|t| t.enabled != 0)
+        .filter(|t| t.enabled != 0 && tools::is_writing(&t.tool_type))
         .map(tool_json)
         .collect();
     Ok(super::admin::ok(items))
@@ -69,12 +69,13 @@ async fn list_tools(State(state): State<AppState>) -> Result<Json<Value>, ApiErr
 async fn offered_tool(state: &AppState, tool_type: &str) -> Result<ToolRow, ApiError> {
     if let Some(t) = db::writing_tools::get(&state.db, tool_type).await?
         && t.enabled != 0
+        && tools::is_writing(&t.tool_type)
     {
         return Ok(t);
     }
     let offered: Vec<String> = tools::in_seed_order(db::writing_tools::list(&state.db).await?)
         .into_iter()
-        .filter(|t| t.enabled != 0)
+        .filter(|t| t.enabled != 0 && tools::is_writing(&t.tool_type))
         .map(|t| t.tool_type)
         .collect();
     Err(ApiError::NotFound(format!(
@@ -109,11 +110,7 @@ async fn generate_with(
         "" => tool.name.clone(),
         t => t.to_owned(),
     };
-    let (price, paid_by) = if caller.is_member {
-        (Micros::ZERO, PaidBy::Membership)
-    } else {
-        (Micros(tool.credits_cost_micros), PaidBy::Credits)
-    };
+    let (price, paid_by) = crate::studio::payment(&caller, Micros(tool.credits_cost_micros));
     let job = Job {
         tool_type: tool.tool_type.clone(),
         title,
@@ -131,19 +128,23 @@ async fn generate_with(
     }
 }
 
+/// A generation's answer in the platform envelope, with seed 001's message.
+pub fn generated(data: Value) -> Response {
+    Json(json!({"success": true, "code": 200, "message": "生成成功", "data": data})).into_response()
+}
+
 /// Waits for the end and answers it whole.
 async fn whole(mut progress: mpsc::UnboundedReceiver<Progress>) -> Result<Response, ApiError> {
     while let Some(p) = progress.recv().await {
         match p {
             Progress::Delta(_) => {}
             Progress::Done(done) => {
-                let body = json!({"success": true, "code": 200, "message": "生成成功", "data": {
+                return Ok(generated(json!({
                     "creation_id": done.creation_id,
                     "content": done.content,
                     "credits_used": done.credits_used,
                     "credits_used_micros": done.credits_used.0,
-                }});
-                return Ok(Json(body).into_response());
+                })));
             }
             Progress::Failed(e) => return Err(e),
         }

@@ -10,7 +10,6 @@ use crate::error::ApiError;
 use crate::gateway::Reply;
 use crate::gateway::auth::Caller;
 use crate::gateway::chat::{FeatureCall, chat_as};
-use crate::metrics as m;
 use crate::state::AppState;
 use bytes::Bytes;
 use serde_json::{Value, json};
@@ -83,25 +82,11 @@ pub fn start(
     let work = async move {
         let state = state_for_task;
         let outcome = run(&state, &caller, request_id, &job, &tx).await;
-        let label = match &outcome {
-            Ok(_) => "ok",
-            Err(
-                ApiError::InsufficientCredits { .. }
-                | ApiError::RateLimited(_)
-                | ApiError::InvalidInput(_)
-                | ApiError::Forbidden(_)
-                | ApiError::NotFound(_),
-            ) => "refused",
-            Err(_) => "failed",
-        };
-        metrics::counter!(m::ADDON_GENERATIONS, "tool" => job.tool_type.clone(), "outcome" => label)
-            .increment(1);
-        if let Ok(done) = &outcome
-            && done.credits_used.0 > 0
-        {
-            metrics::counter!(m::ADDON_CHARGED, "addon" => "writing")
-                .increment(done.credits_used.0 as u64);
-        }
+        super::count_outcome(
+            job.tool_type.clone(),
+            "writing",
+            outcome.as_ref().map(|done| done.credits_used),
+        );
         let _ = tx.send(match outcome {
             Ok(done) => Progress::Done(done),
             Err(e) => Progress::Failed(e),
@@ -133,6 +118,7 @@ async fn run(
         feature: FEATURE,
         pricing: Pricing::Flat(job.price),
         body: Bytes::from(body.to_string()),
+        accept: None,
     };
     let (answer, _) = chat_as(state, call).await;
     let answer = answer.map_err(ApiError::from)?;

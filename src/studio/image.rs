@@ -10,7 +10,6 @@ use crate::db::creations::NewCreation;
 use crate::error::ApiError;
 use crate::gateway::Reply;
 use crate::gateway::auth::Caller;
-use crate::metrics as m;
 use crate::state::AppState;
 use base64::Engine;
 use bytes::Bytes;
@@ -50,18 +49,11 @@ pub fn start(
     let work = async move {
         let state = state_for_task;
         let outcome = run(&state, &caller, request_id, &job).await;
-        let label = match &outcome {
-            Ok(_) => "ok",
-            Err(ApiError::InsufficientCredits { .. } | ApiError::RateLimited(_)) => "refused",
-            Err(_) => "failed",
-        };
-        metrics::counter!(m::ADDON_GENERATIONS, "tool" => "image", "outcome" => label).increment(1);
-        if let Ok(done) = &outcome
-            && done.credits_used.0 > 0
-        {
-            metrics::counter!(m::ADDON_CHARGED, "addon" => "image")
-                .increment(done.credits_used.0 as u64);
-        }
+        super::count_outcome(
+            "image".to_owned(),
+            "image",
+            outcome.as_ref().map(|done| done.credits_used),
+        );
         let _ = tx.send(outcome);
     };
     state.tasks.spawn(work.in_current_span());

@@ -4,12 +4,50 @@
 
 pub mod generate;
 pub mod image;
+pub mod ppt;
+pub mod pptx;
 pub mod tools;
 
+use crate::billing::Micros;
 use crate::db;
 use crate::error::ApiError;
+use crate::gateway::auth::Caller;
+use crate::metrics as m;
 use crate::state::AppState;
+use generate::PaidBy;
 use serde_json::Value;
+
+/// What `caller` pays for something priced `price`, and how: a member pays nothing (seed 001:
+/// members use their membership first).
+pub fn payment(caller: &Caller, price: Micros) -> (Micros, PaidBy) {
+    if caller.is_member {
+        (Micros::ZERO, PaidBy::Membership)
+    } else {
+        (price, PaidBy::Credits)
+    }
+}
+
+/// Counts one finished generation of `tool` (of `addon`): `ok` with what it charged, `refused`
+/// before any upstream call (balance, limits, input), or `failed`.
+pub fn count_outcome(tool: String, addon: &'static str, outcome: Result<Micros, &ApiError>) {
+    let label = match outcome {
+        Ok(_) => "ok",
+        Err(
+            ApiError::InsufficientCredits { .. }
+            | ApiError::RateLimited(_)
+            | ApiError::InvalidInput(_)
+            | ApiError::Forbidden(_)
+            | ApiError::NotFound(_),
+        ) => "refused",
+        Err(_) => "failed",
+    };
+    metrics::counter!(m::ADDON_GENERATIONS, "tool" => tool, "outcome" => label).increment(1);
+    if let Ok(charged) = outcome
+        && charged.0 > 0
+    {
+        metrics::counter!(m::ADDON_CHARGED, "addon" => addon).increment(charged.0 as u64);
+    }
+}
 
 /// The public model name a generation runs on: `model_id` as a registry id (a number, or a
 /// string of digits), a registry name, or a model name; without it, `default` (the tool's),

@@ -244,9 +244,37 @@ pub const DEFAULTS: &[Shipped] = &[
     },
 ];
 
-/// The shipped definition of `tool_type`.
+/// The PPT generator, stored and priced like a writing tool (admins change it under the same
+/// route) but not listed among them: its answer is a deck outline in JSON, written as a .pptx.
+pub const PPT: Shipped = Shipped {
+    tool_type: "ppt_deck",
+    name: "PPT生成",
+    description: "根据主题和大纲生成演示文稿（.pptx）",
+    fields: &[
+        field("topic", "演示主题", true),
+        field("outline", "大纲（字符串数组）", false),
+        REQUIREMENTS,
+    ],
+    system: "你是专业的演示文稿策划。根据用户的主题和大纲写一份演示文稿，只输出一个JSON对象，不要任何解释或Markdown代码块。\
+             格式：{\"title\": 封面标题, \"subtitle\": 封面副标题, \"slides\": [{\"title\": 页标题, \"bullets\": [3到6条要点，每条不超过40字], \"notes\": 演讲者备注}]}。\
+             大纲的每一项至少对应一页（内容多时可拆成多页），按大纲顺序排列；没有大纲时自拟5到8页。",
+    user: "主题：{{topic}}\n大纲：{{outline}}\n要求：{{requirements}}",
+};
+
+/// A deck's default price: seed 001's example, 30 credits.
+pub const PPT_COST: Micros = Micros(30_000_000);
+
+/// The shipped definition of `tool_type` (a writing tool, or the PPT generator).
 pub fn default_of(tool_type: &str) -> Option<&'static Shipped> {
-    DEFAULTS.iter().find(|d| d.tool_type == tool_type)
+    DEFAULTS
+        .iter()
+        .chain(std::iter::once(&PPT))
+        .find(|d| d.tool_type == tool_type)
+}
+
+/// Whether `tool_type` is one of the writing tools (not the PPT generator).
+pub fn is_writing(tool_type: &str) -> bool {
+    DEFAULTS.iter().any(|d| d.tool_type == tool_type)
 }
 
 /// Every tool type, for a 404 that lists them.
@@ -257,14 +285,19 @@ pub fn tool_types() -> Vec<&'static str> {
 /// Writes the default of every tool that has no row yet.
 pub async fn seed(db: &Db) -> Result<(), sqlx::Error> {
     let now = crate::clock::now_ms();
-    for d in DEFAULTS {
+    for d in DEFAULTS.iter().chain(std::iter::once(&PPT)) {
+        let cost = if d.tool_type == PPT.tool_type {
+            PPT_COST
+        } else {
+            DEFAULT_COST
+        };
         db::writing_tools::insert_missing(
             db,
             &ToolRow {
                 tool_type: d.tool_type.to_owned(),
                 name: d.name.to_owned(),
                 description: d.description.to_owned(),
-                credits_cost_micros: DEFAULT_COST.0,
+                credits_cost_micros: cost.0,
                 model: None,
                 system_prompt: d.system.to_owned(),
                 user_template: d.user.to_owned(),
@@ -282,6 +315,7 @@ pub fn in_seed_order(mut rows: Vec<ToolRow>) -> Vec<ToolRow> {
     let position = |t: &str| {
         DEFAULTS
             .iter()
+            .chain(std::iter::once(&PPT))
             .position(|d| d.tool_type == t)
             .unwrap_or(usize::MAX)
     };

@@ -37,6 +37,7 @@ async fn run(
         feature: "writing/generate",
         pricing,
         body: Bytes::from(body.to_string()),
+        accept: None,
     };
     chat_as(&app.state, call).await.0
 }

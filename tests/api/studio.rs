@@ -992,6 +992,195 @@ async fn a_file_made_on_one_instance_downloads_from_another(b: Backend) {
     app.stop().await;
 }
 
+/// A Python that has python-pptx: `TOLLGATE_TEST_PYTHON` (CI's venv has it, so there it must
+/// work), else `python3` if it has it; `None` (that check skipped) otherwise.
+fn python_with_pptx() -> Option<String> {
+    let has = |python: &str| {
+        std::process::Command::new(python)
+            .args(["-c", "import pptx"])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
+    match std::env::var("TOLLGATE_TEST_PYTHON") {
+        Ok(p) if !p.is_empty() => {
+            assert!(has(&p), "TOLLGATE_TEST_PYTHON={p} cannot import pptx");
+            Some(p)
+        }
+        _ => has("python3").then(|| "python3".to_owned()),
+    }
+}
+
+/// The pages of the PDF LibreOffice makes of `pptx`, or `None` where `soffice` is not installed.
+fn pdf_pages_by_libreoffice(pptx: &[u8]) -> Option<usize> {
+    let dir = tempfile::tempdir().expect("dir");
+    let file = dir.path().join("deck.pptx");
+    std::fs::write(&file, pptx).expect("write");
+    let out = std::process::Command::new("soffice")
+        .arg(format!(
+            "-env:UserInstallation=file://{}/profile",
+            dir.path().display()
+        ))
+        .args(["--headless", "--convert-to", "pdf", "--outdir"])
+        .arg(dir.path())
+        .arg(&file)
+        .output()
+        .ok()?;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let pdf = std::fs::read(dir.path().join("deck.pdf")).expect("LibreOffice wrote no PDF");
+    let text = String::from_utf8_lossy(&pdf);
+    let pages = text.matches("/Type/Page").count() + text.matches("/Type /Page").count();
+    let trees = text.matches("/Type/Pages").count() + text.matches("/Type /Pages").count();
+    Some(pages - trees)
+}
+
+fn deck_answer() -> String {
+    json!({"title": "产品发布会", "subtitle": "2026 春季",
+           "slides": [
+               {"title": "产品介绍", "bullets": ["更快", "更稳"], "notes": "先讲故事"},
+               {"title": "核心功能", "bullets": ["一键生成", "多平台发布", "A&B <测试>"], "notes": "演示"},
+               {"title": "市场分析", "bullets": ["规模", "竞品"], "notes": ""}]})
+    .to_string()
+}
+
+async fn a_deck_is_a_real_pptx_with_the_slides_the_model_wrote(b: Backend) {
+    let answer = format!("```json\n{}\n```", deck_answer());
+    let s = setup(&b, chat_script(&[&answer], 50, 200, 0), PRICES, "100").await;
+    let (status, done) = post(
+        &s.app,
+        &s.key,
+        "/api/v1/ppt/generate",
+        json!({"topic": "产品发布会", "outline": ["产品介绍", "核心功能", "市场分析"]}),
+    )
+    .await;
+    assert_eq!(status, 200, "{done}");
+    assert_eq!(done["data"]["credits_used"], json!(30));
+    assert_eq!(done["data"]["slides"], 4);
+    let (_, user) = last_prompt(&s.fake);
+    assert!(
+        user.contains("大纲：产品介绍、核心功能、市场分析"),
+        "{user}"
+    );
+    let url = done["data"]["download_url"]
+        .as_str()
+        .expect("url")
+        .to_owned();
+    let resp = reqwest::get(&url).await.expect("download");
+    assert_eq!(resp.status(), 200);
+    assert_eq!(
+        resp.headers()["content-type"],
+        "application/vnd.openxmlformats-officedocument.presentationml.presentation"
+    );
+    let bytes = resp.bytes().await.expect("bytes");
+    assert!(bytes.starts_with(b"PK"));
+    if let Some(python) = python_with_pptx() {
+        let dir = tempfile::tempdir().expect("dir");
+        let file = dir.path().join("deck.pptx");
+        std::fs::write(&file, &bytes).expect("write");
+        let script = "import sys, json\nfrom pptx import Presentation\np = Presentation(sys.argv[1])\n\
+                      print(json.dumps([{'texts': [sh.text_frame.text for sh in s.shapes if sh.has_text_frame], \
+                      'notes': s.notes_slide.notes_text_frame.text} for s in p.slides], ensure_ascii=False))";
+        let out = std::process::Command::new(python)
+            .args(["-c", script, &file.to_string_lossy()])
+            .output()
+            .expect("python");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let slides: Value = serde_json::from_slice(&out.stdout).expect("json");
+        assert_eq!(
+            slides,
+            json!([
+                {"texts": ["产品发布会", "2026 春季"], "notes": "2026 春季"},
+                {"texts": ["产品介绍", "更快\n更稳"], "notes": "先讲故事"},
+                {"texts": ["核心功能", "一键生成\n多平台发布\nA&B <测试>"], "notes": "演示"},
+                {"texts": ["市场分析", "规模\n竞品"], "notes": ""}
+            ])
+        );
+    }
+    // LibreOffice converts it (where it is installed; CI installs it): one PDF page a slide.
+    if let Some(pages) = pdf_pages_by_libreoffice(&bytes) {
+        assert_eq!(pages, 4);
+    }
+    let (_, list) = call(
+        &s.app,
+        &s.key,
+        reqwest::Method::GET,
+        "/api/v1/creations?type=ppt",
+    )
+    .await;
+    assert_eq!(list["data"]["total"], 1);
+    assert_eq!(list["data"]["items"][0]["id"], done["data"]["ppt_id"]);
+    assert_eq!(s.app.balance_micros(s.user).await, 70_000_000);
+    s.app.assert_books_balance(s.user).await;
+    s.app.stop().await;
+}
+
+async fn a_deck_the_model_cannot_write_gets_one_repair_then_40007_and_no_charge(b: Backend) {
+    let s = setup(&b, chat_script(&["这不是JSON"], 50, 20, 0), PRICES, "100").await;
+    let (status, e) = post(
+        &s.app,
+        &s.key,
+        "/api/v1/ppt/generate",
+        json!({"topic": "年会"}),
+    )
+    .await;
+    assert_eq!((status, e["code"].clone()), (422, json!(40007)), "{e}");
+    // The first answer, then one repair attempt that shows the model its answer.
+    assert_eq!(s.fake.calls(), 2);
+    let sent: Value = serde_json::from_slice(&s.fake.last_body()).expect("body");
+    assert_eq!(sent["messages"][2]["content"], "这不是JSON");
+    assert_eq!(s.app.balance_micros(s.user).await, 100_000_000);
+    let usage = s.app.wait_for_usage(s.user, 2).await;
+    assert!(
+        usage
+            .iter()
+            .all(|u| u["cost_micros"] == 0 && u["endpoint"] == "ppt/generate"),
+        "{usage:?}"
+    );
+    let (status, e) = post(
+        &s.app,
+        &s.key,
+        "/api/v1/ppt/generate",
+        json!({"outline": ["a"]}),
+    )
+    .await;
+    assert_eq!(status, 400, "{e}");
+    assert!(
+        e["message"].as_str().unwrap_or_default().contains("topic"),
+        "{e}"
+    );
+    // The deck's price is set like a tool's.
+    let (status, _) = s
+        .app
+        .admin(
+            reqwest::Method::PUT,
+            "/api/v1/admin/writing/tools/ppt_deck",
+            Some(json!({"credits_cost": 5})),
+        )
+        .await;
+    assert_eq!(status, 200);
+    s.fake
+        .set_script(chat_script(&[&deck_answer()], 50, 200, 0));
+    let (status, done) = post(
+        &s.app,
+        &s.key,
+        "/api/v1/ppt/generate",
+        json!({"topic": "年会"}),
+    )
+    .await;
+    assert_eq!(status, 200, "{done}");
+    assert_eq!(done["data"]["credits_used"], json!(5));
+    assert_eq!(s.app.balance_micros(s.user).await, 95_000_000);
+    s.app.assert_books_balance(s.user).await;
+    s.app.stop().await;
+}
+
 both_backends!(
     every_tool_generates_and_saves_a_creation_charged_its_price,
     a_streamed_generation_sends_its_deltas_then_the_creation,
@@ -1004,5 +1193,7 @@ both_backends!(
     admins_set_a_tools_price_default_model_template_and_availability,
     an_image_is_stored_by_tollgate_and_served_through_a_signed_url,
     a_failed_or_bad_image_request_charges_nothing,
-    a_file_made_on_one_instance_downloads_from_another
+    a_file_made_on_one_instance_downloads_from_another,
+    a_deck_is_a_real_pptx_with_the_slides_the_model_wrote,
+    a_deck_the_model_cannot_write_gets_one_repair_then_40007_and_no_charge
 );

@@ -47,6 +47,8 @@ struct Ctx {
     req: ChatRequest,
     body: Bytes,
     pricing: Pricing,
+    /// A feature's check of a whole answer (see [`FeatureCall::accept`]).
+    accept: Option<fn(&[u8]) -> bool>,
     held: Held,
     reserved: Micros,
     /// Output tokens reserved (every choice): a stream is cut when its output passes this.
@@ -80,6 +82,9 @@ pub struct FeatureCall<'a> {
     pub pricing: Pricing,
     /// An OpenAI chat completion request (`stream` chooses the kind of reply).
     pub body: Bytes,
+    /// For a whole (non-streamed) answer at a flat price: whether the feature can use it. An
+    /// answer it cannot use is not charged (its usage record still says what it used).
+    pub accept: Option<fn(&[u8]) -> bool>,
 }
 
 /// The reply to a [`FeatureCall`], and what it was charged once settled (for a stream: before
@@ -163,6 +168,7 @@ fn prepare(
 struct Terms {
     feature: Option<&'static str>,
     pricing: Pricing,
+    accept: Option<fn(&[u8]) -> bool>,
     settled: Option<oneshot::Sender<Charged>>,
 }
 
@@ -178,6 +184,7 @@ pub async fn complete(
     let terms = Terms {
         feature: None,
         pricing: Pricing::Metered,
+        accept: None,
         settled: None,
     };
     start(state, caller, request_id, endpoint, body, terms).await
@@ -192,6 +199,7 @@ pub async fn chat_as(
     let terms = Terms {
         feature: Some(call.feature),
         pricing: call.pricing,
+        accept: call.accept,
         settled: Some(tx),
     };
     let (result, headers) = start(
@@ -285,6 +293,7 @@ async fn run_prepared(
         req,
         body,
         pricing: terms.pricing,
+        accept: terms.accept,
         held,
         reserved: amount,
         allowance,
@@ -482,13 +491,18 @@ async fn whole(
         .then(|| rewrite_model(&body, upstream_model, &ctx.model.name))
         .flatten();
     let body = renamed.map_or(body, Bytes::from);
+    let rejected =
+        matches!(ctx.pricing, Pricing::Flat(_)) && ctx.accept.is_some_and(|accept| !accept(&body));
+    if rejected {
+        ctx.pricing = Pricing::Flat(Micros::ZERO);
+    }
     let ending = Ending {
         status: UsageStatus::Ok,
         http_status: response.status,
         channel: Some(channel),
         usage: Some(usage),
         ttft_ms: None,
-        error: None,
+        error: rejected.then(|| "the feature could not use this answer: not charged".to_owned()),
     };
     finish(&mut ctx, ending).await;
     let _ = reply_tx.send(Ok(Reply::Full {
