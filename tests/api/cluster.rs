@@ -151,7 +151,8 @@ async fn one_rate_limit_holds_across_three_instances() {
                 match r.status().as_u16() {
                     200 => {
                         assert!(r.headers().contains_key("x-ratelimit-remaining-requests"));
-                        admitted.push(sent);
+                        // The decision fell between sending and the answer.
+                        admitted.push((sent, started.elapsed()));
                     }
                     429 => {
                         let retry = r
@@ -185,29 +186,39 @@ async fn one_rate_limit_holds_across_three_instances() {
     admitted.sort();
     // Under load above the limit, the first window (from the first admission) admits the limit
     // and the next window admits it again as the first window's entries slide out: the admitted
-    // rate is the limit. Client-side send times lead the decisions slightly, hence the tolerance.
+    // rate is the limit. Each decision is known only to lie between a request's sending and its
+    // answer (tens of ms apart on a loaded machine), so a window holds at most the limit of the
+    // admissions surely decided inside it, and at least the limit of those possibly inside it.
     let tolerance = (limit / 100).max(1);
     let total = admitted.len() as u64;
-    let first = admitted[0];
+    let first = admitted[0].0;
     let window = Duration::from_millis(WINDOW_MS);
-    let in_window = |k: u32| {
-        admitted
+    let counts = |k: u32| {
+        let (start, end) = (first + window * k, first + window * (k + 1));
+        let surely = admitted
             .iter()
-            .filter(|t| **t >= first + window * k && **t < first + window * (k + 1))
-            .count() as u64
+            .filter(|(sent, answered)| *sent >= start && *answered < end)
+            .count() as u64;
+        let possibly = admitted
+            .iter()
+            .filter(|(sent, answered)| *answered >= start && *sent < end)
+            .count() as u64;
+        (surely, possibly)
     };
-    let (w1, w2) = (in_window(0), in_window(1));
+    let (w1, w2) = (counts(0), counts(1));
     eprintln!(
-        "three instances, limit {limit} per {WINDOW_MS} ms: admitted {w1} in the first window, {w2} in the second, {total} in all; refused {refused}"
+        "three instances, limit {limit} per {WINDOW_MS} ms: admitted {w1:?} (surely, possibly) in the first window, {w2:?} in the second, {total} in all; refused {refused}"
     );
-    assert!(
-        w1.abs_diff(limit) <= tolerance,
-        "first window: {w1} of {limit}"
-    );
-    assert!(
-        w2.abs_diff(limit) <= tolerance,
-        "second window: {w2} of {limit}"
-    );
+    for (name, (surely, possibly)) in [("first", w1), ("second", w2)] {
+        assert!(
+            surely <= limit + tolerance,
+            "{name} window: {surely} surely admitted in it, limit {limit}"
+        );
+        assert!(
+            possibly + tolerance >= limit,
+            "{name} window: only {possibly} admitted, limit {limit}"
+        );
+    }
     assert!(total <= 3 * limit + tolerance, "{total} in 2.5 windows");
     assert!(
         refused > total,
@@ -215,8 +226,9 @@ async fn one_rate_limit_holds_across_three_instances() {
     );
     // No span of a window (less the client-side lead) held more than the limit.
     let span = window - Duration::from_millis(200);
-    for (i, t) in admitted.iter().enumerate() {
-        let n = admitted[i..].iter().take_while(|u| **u - *t < span).count() as u64;
+    let sent: Vec<Duration> = admitted.iter().map(|(sent, _)| *sent).collect();
+    for (i, t) in sent.iter().enumerate() {
+        let n = sent[i..].iter().take_while(|u| **u - *t < span).count() as u64;
         assert!(
             n <= limit + tolerance,
             "{n} admitted within {span:?} from {t:?}"
