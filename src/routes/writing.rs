@@ -37,12 +37,8 @@ pub fn fields_json(fields: &[Field]) -> Value {
         .collect()
 }
 
-fn fields_of(tool_type: &str) -> &'static [Field] {
-    tools::default_of(tool_type).map_or(&[], |d| d.fields)
-}
-
 /// A tool as users see it.
-fn tool_json(t: &ToolRow) -> Value {
+pub fn tool_json(t: &ToolRow) -> Value {
     json!({
         "type": t.tool_type,
         "name": t.name,
@@ -50,7 +46,7 @@ fn tool_json(t: &ToolRow) -> Value {
         "credits_cost": Micros(t.credits_cost_micros),
         "credits_cost_micros": t.credits_cost_micros,
         "default_model": t.model,
-        "fields": fields_json(fields_of(&t.tool_type)),
+        "fields": fields_json(tools::fields_of(&t.tool_type)),
         "updated_at": iso(t.updated_at_ms),
     })
 }
@@ -102,8 +98,8 @@ async fn generate_with(
             )));
         }
     };
-    let inputs =
-        tools::read_inputs(fields_of(&tool.tool_type), &body).map_err(ApiError::InvalidInput)?;
+    let inputs = tools::read_inputs(tools::fields_of(&tool.tool_type), &body)
+        .map_err(ApiError::InvalidInput)?;
     let model =
         crate::studio::resolve_model(&state, body.get("model_id"), tool.model.as_deref()).await?;
     let title = match inputs.get("title") {

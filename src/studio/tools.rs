@@ -404,23 +404,38 @@ impl Inputs {
 
     fn fill_line(&self, line: &str) -> Option<String> {
         let mut out = String::with_capacity(line.len());
-        let mut rest = line;
-        while let Some(open) = rest.find("{{") {
-            let Some(close) = rest[open + 2..].find("}}") else {
-                break;
-            };
-            let name = rest[open + 2..open + 2 + close].trim();
+        let mut copied = 0;
+        for (start, end, name) in placeholders(line) {
             let value = self.get(name);
             if value.is_empty() {
                 return None;
             }
-            out.push_str(&rest[..open]);
+            out.push_str(&line[copied..start]);
             out.push_str(value);
-            rest = &rest[open + 2 + close + 2..];
+            copied = end;
         }
-        out.push_str(rest);
+        out.push_str(&line[copied..]);
         Some(out)
     }
+}
+
+/// The `{{name}}` placeholders of `text`: where each starts and ends, and its name (trimmed).
+pub fn placeholders(text: &str) -> Vec<(usize, usize, &str)> {
+    let mut out = Vec::new();
+    let mut from = 0;
+    while let Some(open) = text[from..].find("{{").map(|o| from + o) {
+        let Some(close) = text[open + 2..].find("}}").map(|c| open + 2 + c) else {
+            break;
+        };
+        out.push((open, close + 2, text[open + 2..close].trim()));
+        from = close + 2;
+    }
+    out
+}
+
+/// The input fields of `tool_type` (none for a type the defaults do not know).
+pub fn fields_of(tool_type: &str) -> &'static [Field] {
+    default_of(tool_type).map_or(&[], |d| d.fields)
 }
 
 #[cfg(test)]
@@ -429,27 +444,19 @@ mod tests {
     use serde_json::json;
 
     fn inputs(tool: &str, body: Value) -> Result<Inputs, String> {
-        let fields = default_of(tool).map(|d| d.fields).unwrap_or(&[]);
-        read_inputs(fields, body.as_object().unwrap_or(&Map::new()))
+        read_inputs(fields_of(tool), body.as_object().unwrap_or(&Map::new()))
     }
 
     #[test]
     fn there_are_the_fourteen_tools_of_seed_001_each_with_placeholders_it_knows() {
         assert_eq!(DEFAULTS.len(), 14);
         for d in DEFAULTS {
-            for line in d.user.lines() {
-                let mut rest = line;
-                while let Some(open) = rest.find("{{") {
-                    let close = rest[open..].find("}}").map(|c| open + c);
-                    let Some(close) = close else { break };
-                    let name = &rest[open + 2..close];
-                    assert!(
-                        d.fields.iter().any(|f| f.name == name),
-                        "{}: {{{{{name}}}}} is not one of its fields",
-                        d.tool_type
-                    );
-                    rest = &rest[close + 2..];
-                }
+            for (_, _, name) in placeholders(d.user) {
+                assert!(
+                    d.fields.iter().any(|f| f.name == name),
+                    "{}: {{{{{name}}}}} is not one of its fields",
+                    d.tool_type
+                );
             }
         }
     }

@@ -9,9 +9,8 @@ use crate::billing::Micros;
 use crate::billing::money::NonNegativeMicros;
 use crate::db::{self, writing_tools::ToolChange, writing_tools::ToolRow};
 use crate::error::ApiError;
-use crate::routes::admin::iso;
 use crate::routes::extract::{AdminCaller, ApiJson};
-use crate::routes::writing::fields_json;
+use crate::routes::writing::tool_json;
 use crate::state::AppState;
 use crate::studio::tools;
 use axum::extract::{Path, State};
@@ -27,20 +26,16 @@ pub fn router() -> Router<AppState> {
         .route("/writing/report", get(report))
 }
 
+/// A tool as admins see it: the users' view and what they may change.
 fn admin_tool_json(t: &ToolRow) -> Value {
-    json!({
-        "type": t.tool_type,
-        "name": t.name,
-        "description": t.description,
-        "credits_cost": Micros(t.credits_cost_micros),
-        "credits_cost_micros": t.credits_cost_micros,
-        "model": t.model,
-        "system_prompt": t.system_prompt,
-        "user_template": t.user_template,
-        "enabled": t.enabled != 0,
-        "fields": fields_json(tools::default_of(&t.tool_type).map_or(&[], |d| d.fields)),
-        "updated_at": iso(t.updated_at_ms),
-    })
+    let mut v = tool_json(t);
+    if let Some(fields) = v.as_object_mut() {
+        fields.insert("model".into(), json!(t.model));
+        fields.insert("system_prompt".into(), json!(t.system_prompt));
+        fields.insert("user_template".into(), json!(t.user_template));
+        fields.insert("enabled".into(), json!(t.enabled != 0));
+    }
+    v
 }
 
 async fn list(State(state): State<AppState>, _: AdminCaller) -> Result<Json<Value>, ApiError> {
@@ -63,13 +58,8 @@ struct Change {
 
 /// A template may name only the tool's own fields.
 fn check_template(tool_type: &str, what: &str, template: &str) -> Result<(), ApiError> {
-    let fields = tools::default_of(tool_type).map_or(&[][..], |d| d.fields);
-    let mut rest = template;
-    while let Some(open) = rest.find("{{") {
-        let Some(close) = rest[open + 2..].find("}}") else {
-            break;
-        };
-        let name = rest[open + 2..open + 2 + close].trim();
+    let fields = tools::fields_of(tool_type);
+    for (_, _, name) in tools::placeholders(template) {
         if !fields.iter().any(|f| f.name == name) {
             let known: Vec<&str> = fields.iter().map(|f| f.name).collect();
             return Err(ApiError::InvalidInput(format!(
@@ -77,7 +67,6 @@ fn check_template(tool_type: &str, what: &str, template: &str) -> Result<(), Api
                 known.join(", ")
             )));
         }
-        rest = &rest[open + 2 + close + 2..];
     }
     if template.trim().is_empty() {
         return Err(ApiError::InvalidInput(format!("{what}: must not be empty")));
