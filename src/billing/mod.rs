@@ -11,4 +11,4 @@ pub mod verify;
 
 pub use money::Micros;
 pub use pricing::{Pricing, TokenPrice, TokenUsage, per_unit};
-pub use usage::{UsageSource, UsageStatus};
+pub use usage::{PaidBy, UsageSource, UsageStatus};

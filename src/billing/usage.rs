@@ -43,6 +43,33 @@ impl UsageStatus {
     }
 }
 
+/// How a charge is paid (`usage_records.paid_by`, a creation's `paid_by`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PaidBy {
+    /// From the prepaid balance.
+    Credits,
+    /// By a membership (seed 001: a member's generations cost nothing from the balance).
+    Membership,
+}
+
+impl PaidBy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PaidBy::Credits => "credits",
+            PaidBy::Membership => "membership",
+        }
+    }
+
+    /// The value as stored (anything else reads as [`PaidBy::Credits`]).
+    pub fn parse(s: &str) -> PaidBy {
+        if s == "membership" {
+            PaidBy::Membership
+        } else {
+            PaidBy::Credits
+        }
+    }
+}
+
 /// Where a usage record's numbers come from (`usage_source`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum UsageSource {

@@ -6,7 +6,7 @@
 //! unique index on `usage_records.request_id` makes a second settlement roll back whole.
 
 use super::{Db, read_pool, write_pool};
-use crate::billing::{Micros, TokenUsage, UsageSource, UsageStatus};
+use crate::billing::{Micros, PaidBy, TokenUsage, UsageSource, UsageStatus};
 use crate::clock::now_ms;
 
 /// The columns a settlement writes to `usage_records`, in the order the inserts bind them.
@@ -15,12 +15,12 @@ macro_rules! usage_columns {
         "request_id, user_id, key_id, model, upstream_model, channel_id, endpoint, stream, status, http_status, \
          prompt_tokens, completion_tokens, cached_tokens, reasoning_tokens, usage_source, reserved_micros, \
          cost_micros, unbilled_micros, price_version, latency_ms, ttft_ms, error, created_at_ms, \
-         cache_write_tokens, units"
+         cache_write_tokens, units, paid_by"
     };
 }
 
 /// The values of a usage-record row, numbered as [`bind_usage!`] binds them, with what was
-/// charged given as an SQL expression (`$25` where it is bound, a CTE column where the
+/// charged given as an SQL expression (`$26` where it is bound, a CTE column where the
 /// statement decides it). The record's price is `$18`; what it did not charge is unbilled.
 macro_rules! usage_values {
     ($charged:expr) => {
@@ -29,28 +29,28 @@ macro_rules! usage_values {
             $charged,
             ", $18 - ",
             $charged,
-            ", $19, $20, $21, $22, $1, $23, $24"
+            ", $19, $20, $21, $22, $1, $23, $24, $25"
         )
     };
 }
 
-/// The usage-record insert with the charge bound as `$25` (after [`bind_usage!`]'s parameters).
+/// The usage-record insert with the charge bound as `$26` (after [`bind_usage!`]'s parameters).
 macro_rules! usage_insert {
     () => {
         concat!(
             "INSERT INTO usage_records (",
             $crate::db::billing::usage_columns!(),
             ") VALUES (",
-            $crate::db::billing::usage_values!("$25"),
+            $crate::db::billing::usage_values!("$26"),
             ")"
         )
     };
 }
 
-/// Parameters of one settlement: [`bind_usage!`]'s 24 and the one its caller binds after them.
-const SETTLE_PARAMS: usize = 25;
+/// Parameters of one settlement: [`bind_usage!`]'s 25 and the one its caller binds after them.
+const SETTLE_PARAMS: usize = 26;
 
-/// Binds a usage record's parameters `$1`..`$24` to `$query`: `$1` now, `$2` user, `$3` request
+/// Binds a usage record's parameters `$1`..`$25` to `$query`: `$1` now, `$2` user, `$3` request
 /// id, `$5` model, `$8` endpoint, `$17` reserved, `$18` price, then the rest of its fields.
 macro_rules! bind_usage {
     ($query:expr, $now:expr, $rec:expr) => {{
@@ -80,6 +80,7 @@ macro_rules! bind_usage {
             .bind(rec.error.clone())
             .bind(rec.usage.cache_write_tokens)
             .bind(rec.units)
+            .bind(rec.paid_by.as_str())
     }};
 }
 
@@ -175,6 +176,7 @@ pub struct UsageRecord {
     pub error: Option<String>,
     /// Images returned or video seconds billed (0 for token-metered endpoints).
     pub units: i64,
+    pub paid_by: PaidBy,
 }
 
 impl UsageRecord {
@@ -195,17 +197,17 @@ pub struct Settled {
 }
 
 /// PostgreSQL: a whole settlement in one statement, numbered as [`bind_usage!`] binds, with
-/// the reservation id as `$25`. The user's row is locked first (`FOR UPDATE` reads the newest
+/// the reservation id as `$26`. The user's row is locked first (`FOR UPDATE` reads the newest
 /// committed balance), so the charge is decided from the balance it is taken from; a second
 /// settlement of a request id fails on the unique indexes and changes nothing.
 const SETTLE_SQL: &str = concat!(
     "
     WITH released AS (
-        DELETE FROM reservations WHERE id = $25 RETURNING amount_micros
+        DELETE FROM reservations WHERE id = $26 RETURNING amount_micros
     ), account AS (
         SELECT balance_micros,
                reserved_micros - COALESCE((SELECT amount_micros FROM released), 0) AS reserved_after
-        FROM users WHERE id = $2 AND ($25 IS NOT NULL OR $18 > 0)
+        FROM users WHERE id = $2 AND ($26 IS NOT NULL OR $18 > 0)
         FOR UPDATE
     ), charge AS (
         SELECT balance_micros - c.charged AS balance_after, reserved_after, c.charged
@@ -325,6 +327,7 @@ pub struct UsageRow {
     pub created_at_ms: i64,
     pub cache_write_tokens: i64,
     pub units: i64,
+    pub paid_by: String,
 }
 
 /// A page of usage records (all users, or one), newest first, and the total count.
@@ -430,9 +433,9 @@ pub struct Decided {
 /// The statements of one decided settlement; its `$n` placeholders are shifted per batch member.
 const DECIDED_SQL: &str = concat!(
     "
-    UPDATE users SET balance_micros = balance_micros - $25, updated_at_ms = $1 WHERE id = $2;
+    UPDATE users SET balance_micros = balance_micros - $26, updated_at_ms = $1 WHERE id = $2;
     INSERT INTO ledger_entries (user_id, kind, amount_micros, balance_after_micros, description, request_id, created_at_ms)
-        SELECT id, 'charge', -$25, balance_micros, $8 || ' ' || $5, $3, $1 FROM users WHERE id = $2 AND $25 > 0;
+        SELECT id, 'charge', -$26, balance_micros, $8 || ' ' || $5, $3, $1 FROM users WHERE id = $2 AND $26 > 0;
     ",
     usage_insert!(),
     ";"

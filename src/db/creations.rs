@@ -46,27 +46,42 @@ pub struct NewCreation<'a> {
     pub file_id: Option<&'a str>,
 }
 
+/// The insert of a [`NewCreation`], numbered as [`bind_creation!`] binds it.
+macro_rules! creation_insert {
+    () => {
+        "INSERT INTO creations (user_id, kind, tool_type, title, content, model, request_id, credits_micros,
+                                upstream_cost_micros, paid_by, file_id, created_at_ms, updated_at_ms)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $12, $11, $11)"
+    };
+}
+
+/// Binds a [`NewCreation`] `$c` written at `$now` to [`creation_insert!`]'s `$1`..`$12`.
+macro_rules! bind_creation {
+    ($query:expr, $now:expr, $c:expr) => {{
+        let c: &$crate::db::creations::NewCreation<'_> = $c;
+        $query
+            .bind(c.user_id)
+            .bind(c.kind)
+            .bind(c.tool_type)
+            .bind(c.title)
+            .bind(c.content)
+            .bind(c.model)
+            .bind(c.request_id)
+            .bind(c.credits_micros)
+            .bind(c.upstream_cost_micros)
+            .bind(c.paid_by)
+            .bind($now)
+            .bind(c.file_id)
+    }};
+}
+
+pub(crate) use {bind_creation, creation_insert};
+
 /// Writes `c`; a second write for the same request id returns the first one's row.
 pub async fn insert(db: &Db, c: &NewCreation<'_>) -> Result<Creation, sqlx::Error> {
     let now = now_ms();
-    let inserted = write_pool!(db, p => sqlx::query_as::<_, Creation>(concat!(
-        "INSERT INTO creations (user_id, kind, tool_type, title, content, model, request_id, credits_micros,
-                                upstream_cost_micros, paid_by, file_id, created_at_ms, updated_at_ms)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $12, $11, $11)
-         ON CONFLICT (request_id) DO NOTHING
-         RETURNING ", columns!()))
-        .bind(c.user_id)
-        .bind(c.kind)
-        .bind(c.tool_type)
-        .bind(c.title)
-        .bind(c.content)
-        .bind(c.model)
-        .bind(c.request_id)
-        .bind(c.credits_micros)
-        .bind(c.upstream_cost_micros)
-        .bind(c.paid_by)
-        .bind(now)
-        .bind(c.file_id)
+    let inserted = write_pool!(db, p => bind_creation!(sqlx::query_as::<_, Creation>(concat!(
+        creation_insert!(), " ON CONFLICT (request_id) DO NOTHING RETURNING ", columns!())), now, c)
         .fetch_optional(p)
         .await?);
     match (inserted, c.request_id) {

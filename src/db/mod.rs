@@ -100,6 +100,12 @@ const MIGRATIONS: &[(i64, &str, &str, &str)] = &[
         include_str!("../../migrations/sqlite/0007_files.sql"),
         include_str!("../../migrations/postgres/0007_files.sql"),
     ),
+    (
+        8,
+        "kept_videos",
+        include_str!("../../migrations/sqlite/0008_kept_videos.sql"),
+        include_str!("../../migrations/postgres/0008_kept_videos.sql"),
+    ),
 ];
 
 /// Whether a database error is a unique-constraint violation (portable across backends).

@@ -6,6 +6,7 @@
 //! the same moment and a dead instance's tasks are picked up after the lease runs out.
 
 use super::billing::{ReserveError, UsageRecord, bind_usage, usage_insert};
+use super::creations::{NewCreation, bind_creation, creation_insert};
 use super::{Db, read_pool, write_pool};
 use crate::billing::Micros;
 use crate::clock::now_ms;
@@ -42,6 +43,12 @@ pub struct VideoTask {
     pub created_at_ms: i64,
     pub updated_at_ms: i64,
     pub completed_at_ms: Option<i64>,
+    /// A task made through the platform route: who pays (`credits` or `membership`), and its
+    /// file is stored and saved as a `video` creation when it completes.
+    pub keep_as: Option<String>,
+    /// The stored file of a kept task (set by its settlement).
+    pub file_id: Option<String>,
+    pub creation_id: Option<i64>,
 }
 
 /// The columns of a [`VideoTask`].
@@ -50,7 +57,7 @@ macro_rules! columns {
         "id, user_id, key_id, model, channel_id, upstream_model, upstream_task_id, prompt, seconds, size, \
          aspect_ratio, status, progress, held_micros, second_micros, request_micros, price_version, billed_seconds, \
          cost_micros, result_url, error, settled, lease_owner, lease_until_ms, next_poll_at_ms, expires_at_ms, \
-         created_at_ms, updated_at_ms, completed_at_ms"
+         created_at_ms, updated_at_ms, completed_at_ms, keep_as, file_id, creation_id"
     };
 }
 
@@ -97,7 +104,7 @@ pub async fn create_with_hold(db: &Db, t: &VideoTask) -> Result<(), ReserveError
         .await?;
         sqlx::query(concat!(
             "INSERT INTO video_tasks (", columns!(), ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14,
-             $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, $25, $26, $27, $28, $29)"
+             $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, $25, $26, $27, $28, $29, $30, $31, $32)"
         ))
         .bind(&t.id)
         .bind(t.user_id)
@@ -128,6 +135,9 @@ pub async fn create_with_hold(db: &Db, t: &VideoTask) -> Result<(), ReserveError
         .bind(t.created_at_ms)
         .bind(t.updated_at_ms)
         .bind(t.completed_at_ms)
+        .bind(&t.keep_as)
+        .bind(&t.file_id)
+        .bind(t.creation_id)
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
@@ -260,11 +270,20 @@ pub struct Outcome<'a> {
     pub billed_seconds: i64,
     pub result_url: Option<&'a str>,
     pub error: Option<&'a str>,
+    /// A kept task's stored file and the creation to save with it (its `credits_micros` is
+    /// set to what the settlement charges).
+    pub kept: Option<Kept<'a>>,
+}
+
+/// The file a kept task delivered, and its creation.
+pub struct Kept<'a> {
+    pub file_id: &'a str,
+    pub creation: NewCreation<'a>,
 }
 
 /// Settles a task exactly once: marks it ended, releases the hold, charges the record's cost
-/// (capped by the hold, [`UsageRecord::chargeable`]) and writes the usage record, in one
-/// transaction. The amount charged, or `None` when it had been settled before.
+/// (capped by the hold, [`UsageRecord::chargeable`]), writes the usage record and, for a kept
+/// task, its creation, in one transaction. The amount charged, or `None` when it had been settled before.
 pub async fn settle(
     db: &Db,
     task: &VideoTask,
@@ -338,6 +357,19 @@ pub async fn settle(
             .bind(cost)
             .execute(&mut *tx)
             .await?;
+        if let Some(kept) = &outcome.kept {
+            let creation = NewCreation { credits_micros: cost, file_id: Some(kept.file_id), ..kept.creation.clone() };
+            let creation_id: i64 = bind_creation!(
+                sqlx::query_scalar(concat!(creation_insert!(), " RETURNING id")), now, &creation)
+                .fetch_one(&mut *tx)
+                .await?;
+            sqlx::query("UPDATE video_tasks SET file_id = $2, creation_id = $3 WHERE id = $1")
+                .bind(&task.id)
+                .bind(kept.file_id)
+                .bind(creation_id)
+                .execute(&mut *tx)
+                .await?;
+        }
         tx.commit().await?;
         Ok(Some(cost))
     });

@@ -10,7 +10,7 @@ use super::failover::{self, Attempt, Detached};
 use super::meter::{self, Ended, Payer};
 use super::throttle::{self, RateHeaders};
 use crate::billing::settle::settle;
-use crate::billing::{Micros, UsageSource, UsageStatus, book::Held, per_unit};
+use crate::billing::{Micros, PaidBy, UsageSource, UsageStatus, book::Held, per_unit};
 use crate::error::OpenAiError;
 use crate::provider::{self, BodyLimits, Call, read_whole};
 use crate::state::AppState;
@@ -119,7 +119,7 @@ pub async fn generate(
     request_id: Arc<str>,
     body: Bytes,
 ) -> (Result<Reply, OpenAiError>, RateHeaders) {
-    generate_priced(state, caller, request_id, body, None).await
+    generate_priced(state, caller, request_id, body, None, PaidBy::Credits).await
 }
 
 /// Runs one image generation for a platform feature, in process, at `flat` per image delivered
@@ -130,8 +130,9 @@ pub async fn generate_as(
     request_id: Arc<str>,
     body: Bytes,
     flat: Micros,
+    paid_by: PaidBy,
 ) -> (Result<Reply, OpenAiError>, RateHeaders) {
-    generate_priced(state, caller, request_id, body, Some(flat)).await
+    generate_priced(state, caller, request_id, body, Some(flat), paid_by).await
 }
 
 async fn generate_priced(
@@ -140,6 +141,7 @@ async fn generate_priced(
     request_id: Arc<str>,
     body: Bytes,
     flat: Option<Micros>,
+    paid_by: PaidBy,
 ) -> (Result<Reply, OpenAiError>, RateHeaders) {
     let started = Instant::now();
     let prepared = prepare(state, caller, &body, flat);
@@ -159,7 +161,7 @@ async fn generate_priced(
                 model.price.request_micros
             };
             let amount = per_unit(unit, req.n, request_micros);
-            let payer = Payer::new(
+            let mut payer = Payer::new(
                 Arc::clone(&request_id),
                 user_id,
                 caller.key_id,
@@ -167,6 +169,7 @@ async fn generate_priced(
                 ENDPOINT,
                 false,
             );
+            payer.paid_by = paid_by;
             match meter::reserve(state, &payer, amount, started).await {
                 Err(e) => Err(e),
                 Ok(held) => {

@@ -8,7 +8,7 @@ use super::auth::Caller;
 use super::catalog::{Model, RouteError};
 use crate::billing::book::Held;
 use crate::billing::settle::settle;
-use crate::billing::{Micros, TokenUsage, UsageSource, UsageStatus};
+use crate::billing::{Micros, PaidBy, TokenUsage, UsageSource, UsageStatus};
 use crate::db::billing::{NewReservation, ReserveError, UsageRecord};
 use crate::error::OpenAiError;
 use crate::metrics as m;
@@ -55,6 +55,8 @@ pub struct Payer {
     /// The usage record's `endpoint` (`chat/completions`, `images/generations`, …).
     pub endpoint: &'static str,
     pub stream: bool,
+    /// From the balance, or by a membership (a platform feature's member call, charged nothing).
+    pub paid_by: PaidBy,
 }
 
 impl Payer {
@@ -74,6 +76,7 @@ impl Payer {
             price_version: model.price.version,
             endpoint,
             stream,
+            paid_by: PaidBy::Credits,
         }
     }
 
@@ -104,6 +107,7 @@ impl Payer {
             ttft_ms: ended.ttft_ms,
             error: ended.error,
             units: ended.units,
+            paid_by: self.paid_by,
         }
     }
 }

@@ -10,13 +10,15 @@ use super::catalog::Model;
 use super::failover::{self, Attempt, Detached};
 use super::meter::{self, Ended, Payer};
 use super::throttle::{self, RateHeaders};
-use crate::billing::{Micros, UsageSource, UsageStatus, per_unit};
-use crate::db::videos::{self, Outcome, VideoTask};
+use crate::billing::{Micros, PaidBy, UsageSource, UsageStatus, per_unit};
+use crate::db::creations::NewCreation;
+use crate::db::videos::{self, Kept, Outcome, VideoTask};
 use crate::error::OpenAiError;
 use crate::metrics as m;
 use crate::provider::video::{self as provider, NewTask, TaskState};
 use crate::provider::{self as upstream, BodyLimits, Call, Channel, UpstreamResponse, read_whole};
 use crate::state::AppState;
+use futures_util::StreamExt;
 use rand::RngExt;
 use serde_json::{Value, json};
 use std::sync::Arc;
@@ -38,6 +40,12 @@ pub struct VideoRequest {
     pub seconds: i64,
     pub size: Option<String>,
     pub aspect_ratio: Option<String>,
+    /// The whole price if it delivers, instead of the model's price per second (a platform
+    /// feature's `credits_cost`; zero for a member).
+    pub flat_price: Option<Micros>,
+    /// `Some`: a platform task, paid so; its file is stored by Tollgate and saved as a `video`
+    /// creation before it is charged.
+    pub keep_as: Option<PaidBy>,
 }
 
 /// Reads a duration given as a number or a numeric string.
@@ -87,16 +95,19 @@ fn route(
     req: &VideoRequest,
 ) -> Result<(Arc<Model>, i64, i64), OpenAiError> {
     let (user_id, model) = meter::route(state, caller, &req.model)?;
-    let per_second = model
-        .media
-        .video_second
-        .ok_or_else(|| OpenAiError::InvalidRequest {
-            message: format!(
-                "model {} has no price per video second, so it cannot make videos",
-                req.model
-            ),
-            param: Some("model"),
-        })?;
+    let per_second = match (req.flat_price, model.media.video_second) {
+        (Some(_), _) => 0,
+        (None, Some(per_second)) => per_second,
+        (None, None) => {
+            return Err(OpenAiError::InvalidRequest {
+                message: format!(
+                    "model {} has no price per video second, so it cannot make videos",
+                    req.model
+                ),
+                param: Some("model"),
+            });
+        }
+    };
     Ok((model, user_id, per_second))
 }
 
@@ -110,7 +121,11 @@ async fn start(
     req: VideoRequest,
 ) -> Result<VideoTask, OpenAiError> {
     let started = Instant::now();
-    let held = per_unit(per_second, req.seconds, model.price.request_micros).0;
+    let request_micros = match req.flat_price {
+        Some(flat) => flat.0,
+        None => model.price.request_micros,
+    };
+    let held = per_unit(per_second, req.seconds, request_micros).0;
     let now = crate::clock::now_ms();
     let id = format!("video_{:032x}", rand::rng().random::<u128>());
     let task = VideoTask {
@@ -129,7 +144,7 @@ async fn start(
         progress: 0,
         held_micros: held,
         second_micros: per_second,
-        request_micros: model.price.request_micros,
+        request_micros,
         price_version: model.price.version,
         billed_seconds: None,
         cost_micros: None,
@@ -144,6 +159,9 @@ async fn start(
         created_at_ms: now,
         updated_at_ms: now,
         completed_at_ms: None,
+        keep_as: req.keep_as.map(|p| p.as_str().to_owned()),
+        file_id: None,
+        creation_id: None,
     };
     let payer = payer_of(&task);
     state
@@ -171,6 +189,10 @@ fn payer_of(task: &VideoTask) -> Payer {
         price_version: task.price_version,
         endpoint: ENDPOINT,
         stream: false,
+        paid_by: task
+            .keep_as
+            .as_deref()
+            .map_or(PaidBy::Credits, PaidBy::parse),
     }
 }
 
@@ -279,7 +301,12 @@ async fn create_upstream(
 
 /// How a task ended.
 enum TaskEnd<'a> {
-    Completed { seconds: i64, url: Option<&'a str> },
+    Completed {
+        seconds: i64,
+        url: Option<&'a str>,
+        /// A kept task's stored file.
+        file: Option<&'a str>,
+    },
     Failed(&'a str),
 }
 
@@ -290,11 +317,11 @@ async fn settle_task(
     channel: Option<&Channel>,
     ended: TaskEnd<'_>,
 ) {
-    let (status, billed, url, error) = match ended {
-        TaskEnd::Completed { seconds, url } => {
-            ("completed", seconds.clamp(0, task.seconds), url, None)
+    let (status, billed, url, file, error) = match ended {
+        TaskEnd::Completed { seconds, url, file } => {
+            ("completed", seconds.clamp(0, task.seconds), url, file, None)
         }
-        TaskEnd::Failed(e) => ("failed", 0, None, Some(e)),
+        TaskEnd::Failed(e) => ("failed", 0, None, None, Some(e)),
     };
     let record_ended = if status == "completed" {
         Ended {
@@ -315,11 +342,32 @@ async fn settle_task(
     let mut record = payer_of(task).record(Micros(task.held_micros), latency, record_ended);
     // A task that never reached a provider names no upstream model.
     record.upstream_model = task.upstream_model.clone();
+    let title: String = task.prompt.chars().take(100).collect();
+    let kept = match (file, task.keep_as.as_deref()) {
+        (Some(file_id), Some(paid_by)) => Some(Kept {
+            file_id,
+            creation: NewCreation {
+                user_id: task.user_id,
+                kind: "video",
+                tool_type: None,
+                title: &title,
+                content: &task.prompt,
+                model: Some(&task.model),
+                request_id: Some(&task.id),
+                credits_micros: 0,
+                upstream_cost_micros: 0,
+                paid_by,
+                file_id: None,
+            },
+        }),
+        _ => None,
+    };
     let outcome = Outcome {
         status,
         billed_seconds: billed,
         result_url: url,
         error,
+        kept,
     };
     let mut delay = Duration::from_millis(50);
     for attempt in 1..=5 {
@@ -333,6 +381,19 @@ async fn settle_task(
                 if cost > 0 {
                     metrics::counter!(m::CREDITS_CHARGED, "model" => task.model.clone())
                         .increment(cost as u64);
+                }
+                if task.keep_as.is_some() {
+                    let outcome = if status == "completed" {
+                        "ok"
+                    } else {
+                        "failed"
+                    };
+                    metrics::counter!(m::ADDON_GENERATIONS, "tool" => "video", "outcome" => outcome)
+                        .increment(1);
+                    if cost > 0 {
+                        metrics::counter!(m::ADDON_CHARGED, "addon" => "video")
+                            .increment(cost as u64);
+                    }
                 }
                 return;
             }
@@ -391,16 +452,27 @@ async fn poll_one(state: &AppState, task: VideoTask) {
     let (status, progress) = match polled {
         Ok(TaskState::Succeeded { url, seconds }) => {
             let seconds = seconds.unwrap_or(task.seconds);
-            return settle_task(
-                state,
-                &task,
-                Some(&channel),
-                TaskEnd::Completed {
-                    seconds,
-                    url: url.as_deref(),
+            let file = match &task.keep_as {
+                None => None,
+                Some(_) => match keep_file(state, &task, &channel, url.as_deref()).await {
+                    Ok(file) => Some(file),
+                    Err(e) => {
+                        // Not charged until it is kept: tried again at the next poll, refunded
+                        // if that never works before the task expires.
+                        tracing::warn!(task = %task.id, error = %e, "storing a finished video failed; will retry");
+                        let _ =
+                            videos::record_progress(&state.db, &task.id, "in_progress", 99, next)
+                                .await;
+                        return;
+                    }
                 },
-            )
-            .await;
+            };
+            let ended = TaskEnd::Completed {
+                seconds,
+                url: url.as_deref(),
+                file: file.as_deref(),
+            };
+            return settle_task(state, &task, Some(&channel), ended).await;
         }
         Ok(TaskState::Failed { error }) => {
             return settle_task(state, &task, Some(&channel), TaskEnd::Failed(&error)).await;
@@ -492,7 +564,39 @@ pub async fn own_task(
     Ok(task)
 }
 
-/// Opens a completed task's file: the response to stream to the client.
+/// Fetches a finished kept task's file from its provider and stores it; the file's id.
+async fn keep_file(
+    state: &AppState,
+    task: &VideoTask,
+    channel: &Channel,
+    url: Option<&str>,
+) -> Result<String, String> {
+    let mut response = open(state, Some(channel), url)
+        .await
+        .map_err(|e| e.to_string())?;
+    let timeout = Duration::from_secs(60);
+    let limits = BodyLimits {
+        chunk_timeout: timeout,
+        max_bytes: crate::files::MAX_FILE_BYTES,
+        deadline: tokio::time::Instant::now() + 5 * timeout,
+    };
+    let data = read_whole(&mut response.body, limits)
+        .await
+        .map_err(|e| e.to_string())?;
+    if data.is_empty() {
+        return Err("the provider's video file is empty".into());
+    }
+    let content_type = response
+        .content_type
+        .filter(|t| t.starts_with("video/"))
+        .unwrap_or_else(|| "video/mp4".to_owned());
+    crate::files::store(&state.db, task.user_id, "video", &content_type, &data)
+        .await
+        .map_err(|e| e.to_string())
+}
+
+/// Opens a completed task's file: the response to stream to the client (the stored file of a
+/// kept task, else the provider's).
 pub async fn content(state: &AppState, task: &VideoTask) -> Result<UpstreamResponse, OpenAiError> {
     if task.status != "completed" {
         return Err(OpenAiError::InvalidRequest {
@@ -503,6 +607,22 @@ pub async fn content(state: &AppState, task: &VideoTask) -> Result<UpstreamRespo
             param: None,
         });
     }
+    if let Some(file_id) = &task.file_id {
+        let file = crate::db::files::get(&state.db, file_id)
+            .await
+            .map_err(|e| OpenAiError::internal(&task.id, e))?
+            .ok_or_else(|| OpenAiError::NotFound {
+                what: format!(
+                    "the file of video {} (it was deleted with its creation)",
+                    task.id
+                ),
+            })?;
+        return Ok(UpstreamResponse {
+            status: 200,
+            content_type: Some(file.content_type),
+            body: futures_util::stream::iter([Ok(bytes::Bytes::from(file.data))]).boxed(),
+        });
+    }
     let channel = match task.channel_id {
         Some(id) => crate::db::catalog::get_channel(&state.db, &state.secrets, id)
             .await
@@ -511,9 +631,18 @@ pub async fn content(state: &AppState, task: &VideoTask) -> Result<UpstreamRespo
             .and_then(|r| Channel::from_row(&r)),
         None => None,
     };
+    open(state, channel.as_ref(), task.result_url.as_deref()).await
+}
+
+/// Starts downloading a finished task's file at `url` (as its provider reported it) through
+/// `channel` (the one that made it, when it still exists).
+async fn open(
+    state: &AppState,
+    channel: Option<&Channel>,
+    url: Option<&str>,
+) -> Result<UpstreamResponse, OpenAiError> {
     let timeout = Duration::from_millis(state.config.upstream.first_byte_timeout_ms);
-    let url = task.result_url.as_deref();
-    let opened = match (&channel, url) {
+    let opened = match (channel, url) {
         (Some(channel), url) => {
             upstream::call(&state.http, channel, Call::VideoFile { url }, timeout).await
         }
@@ -598,6 +727,34 @@ pub fn aggregator_json(t: &VideoTask, api_root: &str) -> Value {
         "reserved": Micros(t.held_micros),
         "cost": t.cost_micros.map(Micros),
         "billed_seconds": t.billed_seconds,
+        "error": t.error,
+        "created_at": t.created_at_ms / 1000,
+        "completed_at": t.completed_at_ms.map(|ms| ms / 1000),
+    })
+}
+
+/// The platform's task shape (seed 001, `GET /api/v1/video/{task_id}/status`): `processing`
+/// until it is settled (a kept task: until its file is stored), then `completed` with
+/// `video_url` (a signed Tollgate URL of the stored file, made by the route) or `failed`.
+pub fn platform_json(t: &VideoTask, video_url: Option<String>) -> Value {
+    let status = match (t.settled != 0, t.status.as_str()) {
+        (true, "completed") => "completed",
+        (true, _) => "failed",
+        (false, _) => "processing",
+    };
+    let charged = t.cost_micros.unwrap_or(0);
+    let reserved = if t.settled != 0 { 0 } else { t.held_micros };
+    json!({
+        "task_id": t.id,
+        "status": status,
+        "video_url": video_url,
+        "credits_used": Micros(charged),
+        "credits_used_micros": charged,
+        "credits_reserved": Micros(reserved),
+        "progress": reported_progress(t),
+        "duration": reported_seconds(t),
+        "model": t.model,
+        "creation_id": t.creation_id,
         "error": t.error,
         "created_at": t.created_at_ms / 1000,
         "completed_at": t.completed_at_ms.map(|ms| ms / 1000),

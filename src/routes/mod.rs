@@ -4,7 +4,8 @@
 //! - `/api/v1/auth/*` password accounts and login tokens: [`auth`]
 //! - `/api/v1/credit/*`, `/api/v1/usage` a user's own balance, ledger and usage: [`account`]
 //! - the studio: `/api/v1/writing/*` writing tools: [`writing`]; `/api/v1/image/generate`:
-//!   [`image`]; `/api/v1/ppt/generate`: [`ppt`]; `/api/v1/creations` what users made:
+//!   [`image`]; `/api/v1/video/generate` and `/api/v1/video/{task_id}/status`: [`video`];
+//!   `/api/v1/ppt/generate`: [`ppt`]; `/api/v1/creations` what users made:
 //!   [`creations`] (these, the account and the auth routes are the platform API, limited by
 //!   [`platform_limits`])
 //! - `/api/v1/files/{id}` stored files through signed URLs, no credential: [`files`]
@@ -28,6 +29,7 @@ pub mod openai;
 pub mod ops;
 pub mod platform_limits;
 pub mod ppt;
+pub mod video;
 pub mod writing;
 
 use crate::metrics as m;
@@ -60,6 +62,7 @@ pub fn router(state: AppState) -> Router {
                     .merge(writing::router())
                     .merge(creations::router())
                     .merge(image::router())
+                    .merge(video::router())
                     .merge(ppt::router())
                     .route_layer(middleware::from_fn_with_state(
                         state.clone(),
@@ -142,7 +145,9 @@ async fn not_found(uri: Uri) -> Response {
         "/api/v1/usage",
         "/api/v1/writing",
         "/api/v1/creations",
-        "/api/v1/image",
+        // Not `/api/v1/images/…` or `/api/v1/videos/…`: those are the aggregator's.
+        "/api/v1/image/",
+        "/api/v1/video/",
         "/api/v1/ppt",
         "/api/v1/files",
     ];

@@ -21,22 +21,7 @@ use tracing::Instrument;
 /// The usage record's endpoint and the ledger row's description of a writing generation.
 pub const FEATURE: &str = "writing/generate";
 
-/// Who pays for a generation.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum PaidBy {
-    Credits,
-    /// A member's generation, paid by the membership (nothing leaves the balance).
-    Membership,
-}
-
-impl PaidBy {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            PaidBy::Credits => "credits",
-            PaidBy::Membership => "membership",
-        }
-    }
-}
+pub use crate::billing::PaidBy;
 
 /// A generation, ready to run.
 #[derive(Debug, Clone)]
@@ -119,6 +104,7 @@ async fn run(
         pricing: Pricing::Flat(job.price),
         body: Bytes::from(body.to_string()),
         accept: None,
+        paid_by: job.paid_by,
     };
     let (answer, _) = chat_as(state, call).await;
     let answer = answer.map_err(ApiError::from)?;

@@ -74,6 +74,7 @@ async fn run(
         Arc::clone(&request_id),
         Bytes::from(body.to_string()),
         job.price,
+        job.paid_by,
     )
     .await;
     let Reply::Full { status, body, .. } = answer.map_err(ApiError::from)? else {

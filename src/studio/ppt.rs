@@ -152,6 +152,7 @@ async fn attempt(
         pricing: Pricing::Flat(job.price),
         body: Bytes::from(body.to_string()),
         accept: Some(usable),
+        paid_by: job.paid_by,
     };
     let (answer, _) = chat_as(state, call).await;
     let answer = answer.map_err(ApiError::from)?;

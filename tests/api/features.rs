@@ -38,6 +38,7 @@ async fn run(
         pricing,
         body: Bytes::from(body.to_string()),
         accept: None,
+        paid_by: tollgate::billing::PaidBy::Credits,
     };
     chat_as(&app.state, call).await.0
 }

@@ -495,10 +495,15 @@ async fn members_pay_nothing_and_only_non_members_meet_the_hourly_generation_lim
     assert_eq!(s.app.balance_micros(member).await, 0);
     let usage = s.app.wait_for_usage(member, 4).await;
     assert!(
-        usage
-            .iter()
-            .all(|u| u["completion_tokens"] == 2 && u["cost_micros"] == 0),
+        usage.iter().all(|u| u["completion_tokens"] == 2
+            && u["cost_micros"] == 0
+            && u["paid_by"] == "membership"),
         "{usage:?}"
+    );
+    let paying = s.app.wait_for_usage(s.user, 2).await;
+    assert!(
+        paying.iter().all(|u| u["paid_by"] == "credits"),
+        "{paying:?}"
     );
     s.app.assert_books_balance(member).await;
     s.app.assert_books_balance(s.user).await;

@@ -542,3 +542,488 @@ async fn an_openai_channel_runs_videos_through_openais_videos_api(b: Backend) {
 }
 
 both_backends!(an_openai_channel_runs_videos_through_openais_videos_api);
+
+// Video in the platform's shape (seed 001): `POST /api/v1/video/generate`, then
+// `GET /api/v1/video/{task_id}/status`; the file stored by Tollgate and saved as a creation.
+
+/// Admin setup for the platform routes: one `video` channel serving `vid` (0.1 credits per
+/// second) and `clip` (a flat `credits_cost` of 0.5); a user with 2 credits and a key.
+async fn provision_platform(
+    admin: impl AsyncFn(reqwest::Method, &str, Value) -> Value,
+    base: &str,
+) -> (i64, String) {
+    admin(
+        reqwest::Method::POST,
+        "/api/v1/admin/channels",
+        json!({"name": "videos", "provider": "video",
+        "base_url": base, "api_key": "vk-123456789", "models": ["vid", "clip"],
+        "model_map": {"vid": "gen-3", "clip": "gen-3"}}),
+    )
+    .await;
+    admin(
+        reqwest::Method::POST,
+        "/api/v1/admin/models",
+        json!({"model": "clip", "credits_cost": "0.5"}),
+    )
+    .await;
+    provision(admin, base).await
+}
+
+/// A platform request with `key`: (status, body).
+async fn platform(
+    client: &reqwest::Client,
+    method: reqwest::Method,
+    url: &str,
+    key: &str,
+    body: Option<Value>,
+) -> (u16, Value) {
+    let mut req = client.request(method, url).bearer_auth(key);
+    if let Some(body) = body {
+        req = req.json(&body);
+    }
+    let resp = req.send().await.expect("request");
+    let status = resp.status().as_u16();
+    (status, resp.json().await.unwrap_or(Value::Null))
+}
+
+/// Polls a platform task's status until `done` holds; its `data`.
+async fn wait_for_status(
+    client: &reqwest::Client,
+    base: &str,
+    task: &str,
+    key: &str,
+    done: impl Fn(&Value) -> bool,
+) -> Value {
+    let url = format!("{base}/api/v1/video/{task}/status");
+    let v = wait_until(client, &url, key, |v| done(&v["data"])).await;
+    v["data"].clone()
+}
+
+async fn a_platform_video_is_stored_saved_and_charged_its_credits_cost(b: Backend) {
+    let app = TestApp::spawn_with(&b, fast_polls).await;
+    let (fake, base) = start_fake(Plan {
+        running_polls: 1,
+        delivers: Some(6),
+    })
+    .await;
+    let admin = async |m, p: &str, body| {
+        let (status, v) = app.admin(m, p, Some(body)).await;
+        assert_eq!(status, 200, "{p}: {v}");
+        v["data"].clone()
+    };
+    let (user, key) = provision_platform(admin, &base).await;
+    let create = app.url("/api/v1/video/generate");
+    let (status, created) = platform(
+        &app.client,
+        reqwest::Method::POST,
+        &create,
+        &key,
+        Some(json!({"script": "海边日落的延时摄影", "duration": 8, "model_id": "clip"})),
+    )
+    .await;
+    assert_eq!(status, 200, "{created}");
+    assert_eq!(created["message"], "任务已创建");
+    assert_eq!(created["data"]["status"], "processing");
+    let task = created["data"]["task_id"]
+        .as_str()
+        .expect("task id")
+        .to_owned();
+    assert_eq!(
+        fake.bodies.lock().expect("lock")[0],
+        json!({"model": "gen-3", "prompt": "海边日落的延时摄影", "duration": 8})
+    );
+    // The flat price is held at once, whatever the duration.
+    assert_eq!(app.balance_micros(user).await, 1_500_000);
+
+    let done = wait_for_status(&app.client, &app.url(""), &task, &key, |d| {
+        d["status"] != "processing"
+    })
+    .await;
+    assert_eq!(done["status"], "completed", "{done}");
+    assert_eq!(done["credits_used"], json!(0.5));
+    assert_eq!(done["credits_used_micros"], 500_000);
+    assert_eq!(done["duration"], 6);
+    let url = done["video_url"].as_str().expect("video url").to_owned();
+    assert!(url.starts_with(&app.url("/api/v1/files/f_")), "{url}");
+    // Plays in a <video>: no credential, a video type, and the parts it asks for to seek.
+    let resp = reqwest::get(&url).await.expect("download");
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["content-type"], "video/mp4");
+    assert_eq!(resp.headers()["accept-ranges"], "bytes");
+    assert_eq!(resp.bytes().await.expect("bytes").as_ref(), FILE);
+    let part = app
+        .client
+        .get(&url)
+        .header("range", "bytes=4-11")
+        .send()
+        .await
+        .expect("range");
+    assert_eq!(part.status(), 206);
+    assert_eq!(
+        part.headers()["content-range"],
+        format!("bytes 4-11/{}", FILE.len()).as_str()
+    );
+    assert_eq!(part.bytes().await.expect("bytes").as_ref(), &FILE[4..12]);
+    let beyond = app
+        .client
+        .get(&url)
+        .header("range", format!("bytes={}-", FILE.len()))
+        .send()
+        .await
+        .expect("range");
+    assert_eq!(beyond.status(), 416);
+    let tampered = url.replacen("expires=", "expires=9", 1);
+    assert_eq!(reqwest::get(&tampered).await.expect("get").status(), 403);
+    // Stored by Tollgate: the provider is not asked again, also through the OpenAI route.
+    let fetched = fake.file_fetches.load(Ordering::SeqCst);
+    let content = app
+        .client
+        .get(app.url(&format!("/v1/videos/{task}/content")))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .expect("content");
+    assert_eq!(content.bytes().await.expect("bytes").as_ref(), FILE);
+    assert_eq!(fake.file_fetches.load(Ordering::SeqCst), fetched);
+
+    // Saved as a video creation, charged once at the flat price.
+    let (_, list) = platform(
+        &app.client,
+        reqwest::Method::GET,
+        &app.url("/api/v1/creations?type=video"),
+        &key,
+        None,
+    )
+    .await;
+    assert_eq!(list["data"]["total"], 1, "{list}");
+    let creation = &list["data"]["items"][0];
+    assert_eq!(creation["id"], done["creation_id"]);
+    assert_eq!(creation["content"], "海边日落的延时摄影");
+    let fresh = creation["file_url"].as_str().expect("file url");
+    assert_eq!(reqwest::get(fresh).await.expect("get").status(), 200);
+    assert_eq!(app.balance_micros(user).await, 1_500_000);
+    let usage = app.wait_for_usage(user, 1).await;
+    assert_eq!(
+        (
+            &usage[0]["endpoint"],
+            &usage[0]["cost_micros"],
+            &usage[0]["paid_by"]
+        ),
+        (&json!("videos"), &json!(500_000), &json!("credits"))
+    );
+
+    // Someone else's task is not found; bad input is named and holds nothing.
+    let other = app.add_user(json!("1")).await;
+    let other_key = app.add_key(other, json!({})).await;
+    let status_url = app.url(&format!("/api/v1/video/{task}/status"));
+    let (status, _) = platform(
+        &app.client,
+        reqwest::Method::GET,
+        &status_url,
+        &other_key,
+        None,
+    )
+    .await;
+    assert_eq!(status, 404);
+    for (body, want, code) in [
+        (json!({"duration": 5, "model_id": "clip"}), "script", 400),
+        (
+            json!({"script": "x", "duration": 0, "model_id": "clip"}),
+            "duration",
+            400,
+        ),
+        (
+            json!({"script": "x", "duration": "long", "model_id": "clip"}),
+            "duration",
+            400,
+        ),
+        (json!({"script": "x", "model_id": "nope"}), "model_id", 400),
+        (json!({"script": "x", "model_id": 999_999}), "model_id", 400),
+        (
+            json!({"script": "x".repeat(10_001), "model_id": "clip"}),
+            "script",
+            400,
+        ),
+    ] {
+        let (status, e) = platform(
+            &app.client,
+            reqwest::Method::POST,
+            &create,
+            &key,
+            Some(body.clone()),
+        )
+        .await;
+        assert_eq!(status, code, "{body}: {e}");
+        assert!(
+            e["message"].as_str().unwrap_or_default().contains(want),
+            "{body}: {e}"
+        );
+    }
+    // 1.5 left; a 20 s video at 0.1 per second does not fit: 40001, no provider call.
+    let (status, e) = platform(
+        &app.client,
+        reqwest::Method::POST,
+        &create,
+        &key,
+        Some(json!({"script": "x", "duration": 20, "model_id": "vid"})),
+    )
+    .await;
+    assert_eq!((status, e["code"].clone()), (402, json!(40001)), "{e}");
+    assert_eq!(fake.created.load(Ordering::SeqCst), 1);
+    assert_eq!(app.balance_micros(user).await, 1_500_000);
+    app.assert_books_balance(user).await;
+    app.stop().await;
+}
+
+async fn a_platform_video_that_fails_is_refunded_and_a_members_costs_nothing(b: Backend) {
+    let app = TestApp::spawn_with(&b, fast_polls).await;
+    let (fake, base) = start_fake(Plan {
+        running_polls: 0,
+        delivers: None,
+    })
+    .await;
+    let admin = async |m, p: &str, body| {
+        let (status, v) = app.admin(m, p, Some(body)).await;
+        assert_eq!(status, 200, "{p}: {v}");
+        v["data"].clone()
+    };
+    let (user, key) = provision_platform(admin, &base).await;
+    let create = app.url("/api/v1/video/generate");
+    let body = json!({"script": "城市夜景", "duration": 5, "model_id": "clip"});
+    let (status, created) = platform(
+        &app.client,
+        reqwest::Method::POST,
+        &create,
+        &key,
+        Some(body.clone()),
+    )
+    .await;
+    assert_eq!(status, 200, "{created}");
+    let task = created["data"]["task_id"].as_str().expect("id").to_owned();
+    let failed = wait_for_status(&app.client, &app.url(""), &task, &key, |d| {
+        d["status"] != "processing"
+    })
+    .await;
+    assert_eq!(
+        (
+            &failed["status"],
+            &failed["credits_used"],
+            &failed["video_url"]
+        ),
+        (&json!("failed"), &json!(0), &Value::Null),
+        "{failed}"
+    );
+    assert_eq!(failed["error"], "content policy");
+    assert_eq!(
+        app.balance_micros(user).await,
+        2_000_000,
+        "refunded in full"
+    );
+
+    // Metered by the second when the model has no credits_cost: 5 asked, 4 delivered.
+    *fake.plan.lock().expect("lock") = Some(Plan {
+        running_polls: 0,
+        delivers: Some(4),
+    });
+    fake.polls.store(0, Ordering::SeqCst);
+    let vid = json!({"script": "森林", "duration": 5, "model_id": "vid"});
+    let (status, created) = platform(
+        &app.client,
+        reqwest::Method::POST,
+        &create,
+        &key,
+        Some(vid.clone()),
+    )
+    .await;
+    assert_eq!(status, 200, "{created}");
+    assert_eq!(created["data"]["credits_reserved"], json!(0.5));
+    let task = created["data"]["task_id"].as_str().expect("id").to_owned();
+    let done = wait_for_status(&app.client, &app.url(""), &task, &key, |d| {
+        d["status"] != "processing"
+    })
+    .await;
+    assert_eq!(
+        (&done["status"], &done["credits_used_micros"]),
+        (&json!("completed"), &json!(400_000))
+    );
+    assert_eq!(app.balance_micros(user).await, 1_600_000);
+
+    // A member pays nothing, and the usage record says so.
+    let member = app.add_user(json!("0")).await;
+    let (status, _) = app
+        .admin(
+            reqwest::Method::PATCH,
+            &format!("/api/v1/admin/users/{member}"),
+            Some(
+                json!({"membership_type": "monthly", "membership_end_date": "2099-02-22T10:00:00"}),
+            ),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let member_key = app.add_key(member, json!({})).await;
+    let (status, created) = platform(
+        &app.client,
+        reqwest::Method::POST,
+        &create,
+        &member_key,
+        Some(body),
+    )
+    .await;
+    assert_eq!(status, 200, "{created}");
+    let task = created["data"]["task_id"].as_str().expect("id").to_owned();
+    let done = wait_for_status(&app.client, &app.url(""), &task, &member_key, |d| {
+        d["status"] != "processing"
+    })
+    .await;
+    assert_eq!(
+        (&done["status"], &done["credits_used"]),
+        (&json!("completed"), &json!(0))
+    );
+    let usage = app.wait_for_usage(member, 1).await;
+    assert_eq!(usage[0]["paid_by"], "membership");
+    let (_, list) = platform(
+        &app.client,
+        reqwest::Method::GET,
+        &app.url("/api/v1/creations?type=video"),
+        &member_key,
+        None,
+    )
+    .await;
+    assert_eq!(list["data"]["items"][0]["paid_by"], "membership", "{list}");
+    assert_eq!(app.balance_micros(member).await, 0);
+    app.assert_books_balance(user).await;
+    app.assert_books_balance(member).await;
+    app.stop().await;
+}
+
+async fn a_finished_video_is_charged_only_once_tollgate_has_stored_it(b: Backend) {
+    let app = TestApp::spawn_with(&b, fast_polls).await;
+    let (fake, base) = start_fake(Plan {
+        running_polls: 0,
+        delivers: Some(5),
+    })
+    .await;
+    // The first downloads fail: the task stays processing and its price stays held.
+    fake.file_failures.store(3, Ordering::SeqCst);
+    let admin = async |m, p: &str, body| {
+        let (status, v) = app.admin(m, p, Some(body)).await;
+        assert_eq!(status, 200, "{p}: {v}");
+        v["data"].clone()
+    };
+    let (user, key) = provision_platform(admin, &base).await;
+    let (status, created) = platform(
+        &app.client,
+        reqwest::Method::POST,
+        &app.url("/api/v1/video/generate"),
+        &key,
+        Some(json!({"script": "山间云海", "duration": 5, "model_id": "clip"})),
+    )
+    .await;
+    assert_eq!(status, 200, "{created}");
+    let task = created["data"]["task_id"].as_str().expect("id").to_owned();
+    let done = wait_for_status(&app.client, &app.url(""), &task, &key, |d| {
+        d["status"] != "processing"
+    })
+    .await;
+    assert_eq!(done["status"], "completed", "{done}");
+    assert_eq!(fake.file_fetches.load(Ordering::SeqCst), 4);
+    let url = done["video_url"].as_str().expect("url");
+    assert_eq!(
+        reqwest::get(url)
+            .await
+            .expect("get")
+            .bytes()
+            .await
+            .expect("bytes")
+            .as_ref(),
+        FILE
+    );
+    assert_eq!(app.balance_micros(user).await, 1_500_000);
+    let (_, list) = platform(
+        &app.client,
+        reqwest::Method::GET,
+        &app.url("/api/v1/creations?type=video"),
+        &key,
+        None,
+    )
+    .await;
+    assert_eq!(list["data"]["total"], 1);
+    app.assert_books_balance(user).await;
+    app.stop().await;
+}
+
+async fn a_platform_video_outlives_a_sigkill_and_is_kept_once_after_the_restart(b: Backend) {
+    let dir = tempfile::tempdir().expect("dir");
+    let (db_url, pg) = fresh_database(&b, &dir).await;
+    let (fake, base) = start_fake(Plan {
+        running_polls: 1000,
+        delivers: Some(5),
+    })
+    .await;
+    let env = [
+        ("TOLLGATE__VIDEO__POLL_INTERVAL_MS", "50"),
+        ("TOLLGATE__VIDEO__LEASE_MS", "500"),
+    ];
+    let server = Server::start(&db_url, &env).await;
+    let (user, key) = provision_platform(
+        async |m, p, body| server.admin(m, p, Some(body)).await,
+        &base,
+    )
+    .await;
+    let client = reqwest::Client::new();
+    let (status, created) = platform(
+        &client,
+        reqwest::Method::POST,
+        &format!("{}/api/v1/video/generate", server.base),
+        &key,
+        Some(json!({"script": "长镜头", "duration": 5, "model_id": "clip"})),
+    )
+    .await;
+    assert_eq!(status, 200, "{created}");
+    let task = created["data"]["task_id"].as_str().expect("id").to_owned();
+    wait_for_status(&client, &server.base, &task, &key, |d| d["progress"] == 40).await;
+    server.kill().await;
+
+    // While it is down the provider finishes; the restarted gateway stores and charges it.
+    fake.polls.store(1000, Ordering::SeqCst);
+    let server = Server::start(&db_url, &env).await;
+    let done = wait_for_status(&client, &server.base, &task, &key, |d| {
+        d["status"] != "processing"
+    })
+    .await;
+    assert_eq!(done["status"], "completed", "{done}");
+    let file = reqwest::get(done["video_url"].as_str().expect("url"))
+        .await
+        .expect("get");
+    assert_eq!(file.bytes().await.expect("bytes").as_ref(), FILE);
+    let user_now = server
+        .admin(
+            reqwest::Method::GET,
+            &format!("/api/v1/admin/users/{user}"),
+            None,
+        )
+        .await;
+    assert_eq!(user_now["balance_micros"], 1_500_000, "charged once");
+    let (_, list) = platform(
+        &client,
+        reqwest::Method::GET,
+        &format!("{}/api/v1/creations?type=video", server.base),
+        &key,
+        None,
+    )
+    .await;
+    assert_eq!(list["data"]["total"], 1);
+    server.kill().await;
+    let (ok, report) = ledger_verify_cli(&db_url).await;
+    assert!(ok, "{report}");
+    if let Some((url, name)) = pg {
+        drop_pg_database(&url, &name).await;
+    }
+}
+
+both_backends!(
+    a_platform_video_is_stored_saved_and_charged_its_credits_cost,
+    a_platform_video_that_fails_is_refunded_and_a_members_costs_nothing,
+    a_finished_video_is_charged_only_once_tollgate_has_stored_it,
+    a_platform_video_outlives_a_sigkill_and_is_kept_once_after_the_restart
+);

@@ -24,7 +24,7 @@ use super::sse::{ChoiceText, Meter, rewrite_model};
 use super::throttle::{self, RateHeaders};
 use crate::billing::book::Held;
 use crate::billing::settle::settle;
-use crate::billing::{Micros, Pricing, TokenUsage, UsageSource, UsageStatus};
+use crate::billing::{Micros, PaidBy, Pricing, TokenUsage, UsageSource, UsageStatus};
 use crate::error::OpenAiError;
 use crate::limits::Permit;
 use crate::provider::{
@@ -85,6 +85,8 @@ pub struct FeatureCall<'a> {
     /// For a whole (non-streamed) answer at a flat price: whether the feature can use it. An
     /// answer it cannot use is not charged (its usage record still says what it used).
     pub accept: Option<fn(&[u8]) -> bool>,
+    /// How the usage record says it was paid (a member's call is priced zero and says so).
+    pub paid_by: PaidBy,
 }
 
 /// The reply to a [`FeatureCall`], and what it was charged once settled (for a stream: before
@@ -170,6 +172,7 @@ struct Terms {
     pricing: Pricing,
     accept: Option<fn(&[u8]) -> bool>,
     settled: Option<oneshot::Sender<Charged>>,
+    paid_by: PaidBy,
 }
 
 /// Runs one request to a token-metered `endpoint` for `caller`: the answer, and the rate-limit
@@ -186,6 +189,7 @@ pub async fn complete(
         pricing: Pricing::Metered,
         accept: None,
         settled: None,
+        paid_by: PaidBy::Credits,
     };
     start(state, caller, request_id, endpoint, body, terms).await
 }
@@ -201,6 +205,7 @@ pub async fn chat_as(
         pricing: call.pricing,
         accept: call.accept,
         settled: Some(tx),
+        paid_by: call.paid_by,
     };
     let (result, headers) = start(
         state,
@@ -268,7 +273,7 @@ async fn run_prepared(
         ..
     } = p;
     let endpoint = terms.feature.unwrap_or(req.endpoint.path());
-    let payer = Payer::new(
+    let mut payer = Payer::new(
         Arc::clone(&request_id),
         user_id,
         caller.key_id,
@@ -276,6 +281,7 @@ async fn run_prepared(
         endpoint,
         req.stream,
     );
+    payer.paid_by = terms.paid_by;
     let held = match meter::reserve(state, &payer, amount, started).await {
         Ok(held) => held,
         Err(e) => {

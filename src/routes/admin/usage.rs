@@ -45,6 +45,7 @@ pub fn usage_json(u: &UsageRow) -> Value {
         "cost": Micros(u.cost_micros),
         "cost_micros": u.cost_micros,
         "unbilled_micros": u.unbilled_micros,
+        "paid_by": u.paid_by,
         "price_version": u.price_version,
         "latency_ms": u.latency_ms,
         "ttft_ms": u.ttft_ms,

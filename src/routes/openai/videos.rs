@@ -136,6 +136,8 @@ pub async fn create_video(
         seconds: parse_seconds("seconds", map.get("seconds"), OPENAI_DEFAULT_SECONDS)?,
         size: Some(size),
         aspect_ratio: None,
+        flat_price: None,
+        keep_as: None,
     };
     Ok(submit(&state, &caller, &request_id, req, videos::openai_json).await)
 }
@@ -166,6 +168,8 @@ pub async fn create_generation(
         seconds: parse_seconds("duration", map.get("duration"), 10)?,
         size: text(&map, "size")?,
         aspect_ratio: Some(aspect_ratio),
+        flat_price: None,
+        keep_as: None,
     };
     Ok(submit(&state, &caller, &request_id, req, |t| {
         videos::aggregator_json(t, &root)

@@ -24,6 +24,9 @@ pub struct Fake {
     pub polls: AtomicUsize,
     pub bodies: Mutex<Vec<Value>>,
     pub base: Mutex<String>,
+    /// File downloads to answer 503 before serving the file.
+    pub file_failures: AtomicUsize,
+    pub file_fetches: AtomicUsize,
 }
 
 pub const FILE: &[u8] = b"\x00\x00\x00\x18ftypmp42 fake video bytes";
@@ -53,13 +56,26 @@ pub async fn status(State(f): State<Arc<Fake>>, Path(id): Path<String>) -> Json<
     }
 }
 
+pub async fn file(State(f): State<Arc<Fake>>) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    f.file_fetches.fetch_add(1, Ordering::SeqCst);
+    let failing = f
+        .file_failures
+        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+        .is_ok();
+    if failing {
+        return axum::http::StatusCode::SERVICE_UNAVAILABLE.into_response();
+    }
+    ([("content-type", "video/mp4")], FILE).into_response()
+}
+
 pub async fn start_fake(plan: Plan) -> (Arc<Fake>, String) {
     let fake = Arc::new(Fake::default());
     *fake.plan.lock().expect("lock") = Some(plan);
     let app = Router::new()
         .route("/v1/tasks", post(create))
         .route("/v1/tasks/{id}", get(status))
-        .route("/v1/files/{name}", get(|| async { FILE }))
+        .route("/v1/files/{name}", get(file))
         .with_state(Arc::clone(&fake));
     let base = serve_fake(app).await;
     *fake.base.lock().expect("lock") = base.clone();
