@@ -516,8 +516,9 @@ mod tests {
     fn batch_members_get_their_own_placeholders() {
         let sql = decided_batch_sql(2);
         assert!(sql.starts_with("BEGIN IMMEDIATE;") && sql.ends_with("COMMIT;"));
-        assert!(sql.contains("WHERE id = $2;") && sql.contains("WHERE id = $27;"));
-        assert!(sql.contains("$50") && !sql.contains("$51"));
+        assert_eq!(SETTLE_PARAMS, 26);
+        assert!(sql.contains("WHERE id = $2;") && sql.contains("WHERE id = $28;"));
+        assert!(sql.contains("$52") && !sql.contains("$53"));
         assert_eq!(sql.matches("INSERT INTO usage_records").count(), 2);
     }
 }
