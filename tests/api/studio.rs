@@ -1186,6 +1186,114 @@ async fn a_deck_the_model_cannot_write_gets_one_repair_then_40007_and_no_charge(
     s.app.stop().await;
 }
 
+/// A fake chat upstream answering whole completions: `answers` in turn (the last one again
+/// after that); how many it was asked.
+async fn answering_in_turn(
+    answers: Vec<String>,
+) -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let asked = std::sync::Arc::new(AtomicUsize::new(0));
+    let counter = std::sync::Arc::clone(&asked);
+    let app = axum::Router::new().route(
+        "/v1/chat/completions",
+        axum::routing::post(move || {
+            let n = counter.fetch_add(1, Ordering::SeqCst);
+            let content = answers[n.min(answers.len() - 1)].clone();
+            async move {
+                axum::Json(
+                    json!({"id": format!("c{n}"), "object": "chat.completion", "created": 1,
+                    "model": "upstream-m1",
+                    "choices": [{"index": 0, "message": {"role": "assistant", "content": content},
+                                 "finish_reason": "stop"}],
+                    "usage": {"prompt_tokens": 50, "completion_tokens": 200, "total_tokens": 250}}),
+                )
+            }
+        }),
+    );
+    (crate::fakes::serve_fake(app).await, asked)
+}
+
+async fn a_deck_the_model_repairs_is_charged_once_for_the_repaired_answer(b: Backend) {
+    let app = TestApp::spawn(&b).await;
+    let (base, asked) =
+        answering_in_turn(vec!["```json\n{\"slides\": [".into(), deck_answer()]).await;
+    app.add_channel(&base, &["m1"], json!({"m1": "upstream-m1"}))
+        .await;
+    app.add_model("m1", json!("1"), json!("2"), json!("0"))
+        .await;
+    let user = app.add_user(json!("100")).await;
+    let key = app.add_key(user, json!({})).await;
+    let (status, done) = post(
+        &app,
+        &key,
+        "/api/v1/ppt/generate",
+        json!({"topic": "产品发布会", "outline": ["产品介绍", "核心功能"]}),
+    )
+    .await;
+    assert_eq!(status, 200, "{done}");
+    assert_eq!(asked.load(std::sync::atomic::Ordering::SeqCst), 2);
+    assert_eq!(done["data"]["credits_used"], json!(30));
+    assert_eq!(app.balance_micros(user).await, 70_000_000);
+    let mut usage = app.wait_for_usage(user, 2).await;
+    usage.sort_by_key(|u| u["cost_micros"].as_i64());
+    assert_eq!(
+        usage
+            .iter()
+            .map(|u| u["cost_micros"].clone())
+            .collect::<Vec<_>>(),
+        vec![json!(0), json!(30_000_000)],
+        "the unusable answer is not charged, the repaired one is"
+    );
+    let url = done["data"]["download_url"].as_str().expect("url");
+    let deck = reqwest::get(url).await.expect("get");
+    assert_eq!(deck.status(), 200);
+    assert!(deck.bytes().await.expect("bytes").starts_with(b"PK"));
+    app.assert_books_balance(user).await;
+    app.stop().await;
+}
+
+async fn an_image_the_upstream_answers_by_url_is_fetched_and_stored(b: Backend) {
+    let files = axum::Router::new().route(
+        "/v1/out/cat.png",
+        axum::routing::get(|| async { ([("content-type", "image/png")], PNG) }),
+    );
+    let files_base = crate::fakes::serve_fake(files).await;
+    let app = TestApp::spawn(&b).await;
+    let fake = FakeUpstream::start(Script::Raw {
+        status: 200,
+        content_type: "application/json",
+        body: json!({"created": 1, "data": [{"url": format!("{files_base}/out/cat.png")}]})
+            .to_string()
+            .into_bytes(),
+    })
+    .await;
+    app.add_channel(&fake.base_url, &["img"], json!({"img": "dall-e-3"}))
+        .await;
+    app.admin_post(
+        "/api/v1/admin/models",
+        json!({"model": "img", "credits_cost": "20"}),
+    )
+    .await;
+    let user = app.add_user(json!("100")).await;
+    let key = app.add_key(user, json!({})).await;
+    let (status, answer) = post(
+        &app,
+        &key,
+        "/api/v1/image/generate",
+        json!({"prompt": "猫", "model_id": "img"}),
+    )
+    .await;
+    assert_eq!(status, 200, "{answer}");
+    let url = answer["data"]["image_url"].as_str().expect("url");
+    assert!(url.starts_with(&app.url("/api/v1/files/f_")), "{url}");
+    let resp = reqwest::get(url).await.expect("download");
+    assert_eq!(resp.headers()["content-type"], "image/png");
+    assert_eq!(resp.bytes().await.expect("bytes").as_ref(), PNG);
+    assert_eq!(app.balance_micros(user).await, 80_000_000);
+    app.assert_books_balance(user).await;
+    app.stop().await;
+}
+
 both_backends!(
     every_tool_generates_and_saves_a_creation_charged_its_price,
     a_streamed_generation_sends_its_deltas_then_the_creation,
@@ -1200,5 +1308,7 @@ both_backends!(
     a_failed_or_bad_image_request_charges_nothing,
     a_file_made_on_one_instance_downloads_from_another,
     a_deck_is_a_real_pptx_with_the_slides_the_model_wrote,
-    a_deck_the_model_cannot_write_gets_one_repair_then_40007_and_no_charge
+    a_deck_the_model_cannot_write_gets_one_repair_then_40007_and_no_charge,
+    a_deck_the_model_repairs_is_charged_once_for_the_repaired_answer,
+    an_image_the_upstream_answers_by_url_is_fetched_and_stored
 );
