@@ -1,7 +1,9 @@
 //! Typed configuration, layered: the built-in `config/default.toml`, then an optional file,
-//! then `TOLLGATE__SECTION__KEY` environment variables (and `TOLLGATE_DATABASE_URL`).
+//! then `TOLLGATE__SECTION__KEY` environment variables (nested sections too:
+//! `TOLLGATE__SOCIAL__X__CLIENT_ID`), and `TOLLGATE_DATABASE_URL`.
 //! Unknown keys are errors; [`Config::validate`] runs at start.
 
+use crate::billing::Micros;
 use crate::secrets::Secret;
 use anyhow::{Context, bail};
 use serde::Deserialize;
@@ -23,6 +25,8 @@ pub struct Config {
     pub redis: RedisConfig,
     pub limits: LimitsConfig,
     pub video: VideoConfig,
+    pub social: SocialConfig,
+    pub publishing: PublishingConfig,
     pub secrets: SecretsConfig,
     pub log: LogConfig,
     /// The bootstrap admin credential (from `TOLLGATE_ADMIN_KEY`, never from a file).
@@ -95,6 +99,114 @@ pub struct VideoConfig {
     pub task_timeout_ms: u64,
     /// How long one instance's claim on a task lasts (renewed while it polls).
     pub lease_ms: u64,
+}
+
+/// Connecting social accounts: each OAuth platform's app and endpoints (the real services by
+/// default; tests point them at local fakes).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SocialConfig {
+    /// How long a connection's auth session (and its `state`) stays open.
+    pub auth_session_ttl_ms: u64,
+    /// Refresh an access token this long before it expires.
+    pub refresh_ahead_ms: u64,
+    pub x: OAuthApp,
+    pub threads: OAuthApp,
+    pub linkedin: OAuthApp,
+    pub mastodon: MastodonConfig,
+    pub bluesky: BlueskyConfig,
+}
+
+/// One platform's OAuth app. Without a `client_id` its connect route answers
+/// `OAUTH_NOT_CONFIGURED`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OAuthApp {
+    pub api_base: String,
+    pub authorize_url: String,
+    pub token_url: String,
+    #[serde(deserialize_with = "text")]
+    pub client_id: String,
+    #[serde(default, deserialize_with = "secret_from_string")]
+    pub client_secret: Secret,
+    /// The callback registered with the platform; it must match exactly.
+    pub redirect_uri: String,
+    /// Space-separated scopes asked for.
+    pub scopes: String,
+    /// LinkedIn's `LinkedIn-Version` header (`YYYYMM`); unused elsewhere.
+    #[serde(default, deserialize_with = "text")]
+    pub version: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MastodonConfig {
+    /// The name the app is registered under on each instance.
+    pub client_name: String,
+    /// Tollgate's Mastodon callback (`…/api/v1/mastodon/callback`).
+    pub redirect_uri: String,
+    pub scopes: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BlueskyConfig {
+    /// The PDS a handle logs in at when the user names none.
+    pub default_service: String,
+}
+
+/// What one publish costs per platform, in credits (seed 000: 10 each).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PublishingConfig {
+    #[serde(deserialize_with = "credits")]
+    pub price_x: Micros,
+    #[serde(deserialize_with = "credits")]
+    pub price_bluesky: Micros,
+    #[serde(deserialize_with = "credits")]
+    pub price_mastodon: Micros,
+    #[serde(deserialize_with = "credits")]
+    pub price_threads: Micros,
+    #[serde(deserialize_with = "credits")]
+    pub price_linkedin: Micros,
+}
+
+/// A non-negative credits amount written as a number (`10`, `2.5`) or a string (`"2.5"`), read
+/// exactly.
+fn credits<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Micros, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        Whole(i64),
+        Decimal(f64),
+        Text(String),
+    }
+    let parsed = match Raw::deserialize(d)? {
+        Raw::Whole(n) => n.checked_mul(1_000_000).map(Micros),
+        Raw::Decimal(f) => Micros::parse_decimal(&f.to_string()).ok(),
+        Raw::Text(s) => Micros::parse_decimal(s.trim()).ok(),
+    };
+    parsed.filter(|m| m.0 >= 0).ok_or_else(|| {
+        serde::de::Error::custom("expected a non-negative amount of credits, like 10 or \"2.5\"")
+    })
+}
+
+/// A string that may arrive as a number (an environment value like a numeric client id).
+fn text<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        Text(String),
+        Whole(i64),
+    }
+    Ok(match Raw::deserialize(d)? {
+        Raw::Text(s) => s,
+        Raw::Whole(n) => n.to_string(),
+    })
+}
+
+fn secret_from_string<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Secret, D::Error> {
+    text(d).map(Secret::from)
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -265,8 +377,10 @@ impl Config {
         for (name, value) in env {
             if let Some(rest) = name.strip_prefix("TOLLGATE__") {
                 let path: Vec<String> = rest.split("__").map(|s| s.to_ascii_lowercase()).collect();
-                if path.len() != 2 || path.iter().any(String::is_empty) {
-                    bail!("environment variable {name} must look like TOLLGATE__SECTION__KEY");
+                if path.len() < 2 || path.iter().any(String::is_empty) {
+                    bail!(
+                        "environment variable {name} must look like TOLLGATE__SECTION__KEY (or TOLLGATE__SECTION__SUBSECTION__KEY)"
+                    );
                 }
                 set_path(&mut table, &path, env_value(&value))
                     .with_context(|| format!("applying {name}"))?;
@@ -459,6 +573,33 @@ mod tests {
             c.admin_key.as_ref().map(Secret::expose),
             Some("a-long-admin-secret")
         );
+    }
+
+    #[test]
+    fn nested_sections_are_set_from_the_environment() {
+        let c = Config::load_from(
+            None,
+            env(&[
+                ("TOLLGATE__SOCIAL__X__CLIENT_ID", "x-client"),
+                ("TOLLGATE__SOCIAL__X__CLIENT_SECRET", "x-secret-value"),
+                ("TOLLGATE__SOCIAL__LINKEDIN__VERSION", "202605"),
+                ("TOLLGATE__PUBLISHING__PRICE_BLUESKY", "2.5"),
+                ("TOLLGATE__PUBLISHING__PRICE_X", "\"0.25\""),
+            ]),
+        )
+        .map_err(|e| format!("{e:#}"))
+        .expect("config");
+        assert_eq!(c.social.x.client_id, "x-client");
+        assert_eq!(c.social.x.client_secret.expose(), "x-secret-value");
+        assert!(!format!("{c:?}").contains("x-secret-value"));
+        assert_eq!(c.social.linkedin.version, "202605");
+        assert_eq!(c.publishing.price_bluesky, Micros(2_500_000));
+        assert_eq!(c.publishing.price_x, Micros(250_000));
+        assert_eq!(c.publishing.price_mastodon, Micros(10_000_000));
+        let bad = Config::load_from(None, env(&[("TOLLGATE__PUBLISHING__PRICE_X", "-1")]));
+        assert!(bad.is_err());
+        let unknown = Config::load_from(None, env(&[("TOLLGATE__SOCIAL__X__CLIENT", "x")]));
+        assert!(unknown.is_err(), "unknown nested keys are errors too");
     }
 
     #[test]

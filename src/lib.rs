@@ -44,6 +44,7 @@ pub mod provider;
 pub mod routes;
 pub mod secrets;
 pub mod serve;
+pub mod social;
 pub mod startup;
 pub mod state;
 pub mod studio;

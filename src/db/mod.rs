@@ -8,9 +8,11 @@ pub mod audit;
 pub mod billing;
 pub mod catalog;
 pub mod creations;
+pub mod drafts;
 pub mod files;
 pub mod keys;
 pub mod runs;
+pub mod social;
 pub mod users;
 pub mod videos;
 pub mod writing_tools;
@@ -105,6 +107,12 @@ const MIGRATIONS: &[(i64, &str, &str, &str)] = &[
         "kept_videos",
         include_str!("../../migrations/sqlite/0008_kept_videos.sql"),
         include_str!("../../migrations/postgres/0008_kept_videos.sql"),
+    ),
+    (
+        9,
+        "social",
+        include_str!("../../migrations/sqlite/0009_social.sql"),
+        include_str!("../../migrations/postgres/0009_social.sql"),
     ),
 ];
 

@@ -8,6 +8,8 @@
 //!   `/api/v1/ppt/generate`: [`ppt`]; `/api/v1/creations` what users made:
 //!   [`creations`] (these, the account and the auth routes are the platform API, limited by
 //!   [`platform_limits`])
+//! - publishing (seed 000's bodies): `/api/v1/twitter/drafts`: [`drafts`];
+//!   `/api/v1/social-sets`: [`social_sets`]
 //! - `/api/v1/files/{id}` stored files through signed URLs, no credential: [`files`]
 //! - `/api/v1/admin/*` admin API in the platform envelope: [`admin`]
 //! - `/metrics`, `/healthz`, `/readyz`: [`ops`]
@@ -22,6 +24,7 @@ pub mod account;
 pub mod admin;
 pub mod auth;
 pub mod creations;
+pub mod drafts;
 pub mod extract;
 pub mod files;
 pub mod image;
@@ -29,6 +32,7 @@ pub mod openai;
 pub mod ops;
 pub mod platform_limits;
 pub mod ppt;
+pub mod social_sets;
 pub mod video;
 pub mod writing;
 
@@ -64,6 +68,8 @@ pub fn router(state: AppState) -> Router {
                     .merge(image::router())
                     .merge(video::router())
                     .merge(ppt::router())
+                    .merge(drafts::router())
+                    .merge(social_sets::router())
                     .route_layer(middleware::from_fn_with_state(
                         state.clone(),
                         platform_limits::limit,
@@ -149,6 +155,8 @@ async fn not_found(uri: Uri) -> Response {
         "/api/v1/image/",
         "/api/v1/video/",
         "/api/v1/ppt",
+        "/api/v1/twitter",
+        "/api/v1/social-sets",
         "/api/v1/files",
     ];
     if path.starts_with("/v1/")

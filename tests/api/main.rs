@@ -19,6 +19,7 @@ mod limits;
 mod ops;
 mod properties;
 mod providers;
+mod publishing;
 mod registry;
 mod routing;
 mod streaming;
