@@ -307,6 +307,12 @@ pub enum ApiError {
     ActivityEnded(String),
     #[error("{0}")]
     Unauthorized(String),
+    /// A social account's token was refused and could not be refreshed: connect it again.
+    #[error("{0}")]
+    TokenExpired(String),
+    /// A platform's OAuth app is not configured (`[social.*]`).
+    #[error("{0}")]
+    OAuthNotConfigured(String),
     #[error("{0}")]
     Forbidden(String),
     #[error("{0}")]
@@ -358,6 +364,10 @@ impl ApiError {
             }
             ApiError::InvalidInput(_) => (StatusCode::BAD_REQUEST, "INVALID_INPUT"),
             ApiError::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "UNAUTHORIZED"),
+            ApiError::TokenExpired(_) => (StatusCode::UNAUTHORIZED, "TOKEN_EXPIRED"),
+            ApiError::OAuthNotConfigured(_) => {
+                (StatusCode::SERVICE_UNAVAILABLE, "OAUTH_NOT_CONFIGURED")
+            }
             ApiError::Forbidden(_) => (StatusCode::FORBIDDEN, "FORBIDDEN"),
             ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "NOT_FOUND"),
             ApiError::Conflict(_) => (StatusCode::CONFLICT, "CONFLICT"),

@@ -62,12 +62,19 @@ impl std::fmt::Debug for Secret {
 #[derive(Debug, Clone, Copy)]
 pub enum Purpose {
     ChannelCredential,
+    /// A connected social account's access or refresh token.
+    SocialToken,
+    /// What an open account-connection session keeps (a PKCE verifier, tokens awaiting a
+    /// selection).
+    AuthSession,
 }
 
 impl Purpose {
     fn label(self) -> &'static [u8] {
         match self {
             Purpose::ChannelCredential => b"tollgate channel credential",
+            Purpose::SocialToken => b"tollgate social token",
+            Purpose::AuthSession => b"tollgate social auth session",
         }
     }
 }
@@ -180,6 +187,8 @@ impl Secrets {
         };
         let what = match purpose {
             Purpose::ChannelCredential => "channel credential",
+            Purpose::SocialToken => "social token",
+            Purpose::AuthSession => "auth session secret",
         };
         let bytes = decode_hex(hex).ok_or(OpenError(what))?;
         if bytes.len() < NONCE_LEN {

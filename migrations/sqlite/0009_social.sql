@@ -18,6 +18,9 @@ CREATE TABLE social_accounts (
     refresh_token        TEXT    NOT NULL DEFAULT '',
     token_expires_at_ms  INTEGER,
     status               TEXT    NOT NULL DEFAULT 'active',
+    -- One token refresh at a time per account, across instances: a lease.
+    refresh_lock_owner   TEXT,
+    refresh_lock_until_ms INTEGER NOT NULL DEFAULT 0,
     created_at_ms        INTEGER NOT NULL,
     updated_at_ms        INTEGER NOT NULL
 );
@@ -56,3 +59,30 @@ CREATE TABLE drafts (
     updated_at_ms         INTEGER NOT NULL
 );
 CREATE INDEX drafts_by_user ON drafts (user_id, created_at_ms);
+
+-- Connecting an account (seed 003's polled session): started by the user, ended by the
+-- platform's callback (tied to it by the single-use `state`), polled until completed or failed.
+-- `code_verifier` (PKCE) and `pending_tokens` (tokens awaiting an account selection) are sealed.
+CREATE TABLE social_auth_sessions (
+    id                  TEXT PRIMARY KEY,
+    user_id             INTEGER NOT NULL REFERENCES users(id),
+    platform            TEXT    NOT NULL,
+    state               TEXT    NOT NULL UNIQUE,
+    code_verifier       TEXT    NOT NULL DEFAULT '',
+    mode                TEXT    NOT NULL DEFAULT 'add_to_existing',
+    social_set_id       TEXT,
+    follow_on_x         INTEGER NOT NULL DEFAULT 0,
+    instance            TEXT,
+    status              TEXT    NOT NULL DEFAULT 'pending',
+    error_code          INTEGER,
+    error_message       TEXT,
+    requires_selection  INTEGER NOT NULL DEFAULT 0,
+    selectable          TEXT    NOT NULL DEFAULT '[]',
+    pending_tokens      TEXT    NOT NULL DEFAULT '',
+    account_ids         TEXT    NOT NULL DEFAULT '[]',
+    used_at_ms          INTEGER,
+    expires_at_ms       INTEGER NOT NULL,
+    created_at_ms       INTEGER NOT NULL,
+    updated_at_ms       INTEGER NOT NULL
+);
+CREATE INDEX social_auth_sessions_by_user ON social_auth_sessions (user_id, created_at_ms);

@@ -13,6 +13,7 @@ pub mod files;
 pub mod keys;
 pub mod runs;
 pub mod social;
+pub mod social_auth;
 pub mod users;
 pub mod videos;
 pub mod writing_tools;

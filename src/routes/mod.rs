@@ -9,7 +9,9 @@
 //!   [`creations`] (these, the account and the auth routes are the platform API, limited by
 //!   [`platform_limits`])
 //! - publishing (seed 000's bodies): `/api/v1/twitter/drafts`: [`drafts`];
-//!   `/api/v1/social-sets`: [`social_sets`]
+//!   `/api/v1/social-sets`: [`social_sets`]; connecting accounts (`/api/v1/twitter/auth`,
+//!   `/api/v1/twitter/callback`, `/api/v1/social/accounts`, seed 003's `/api/v2/channels/…`):
+//!   [`social_accounts`]
 //! - `/api/v1/files/{id}` stored files through signed URLs, no credential: [`files`]
 //! - `/api/v1/admin/*` admin API in the platform envelope: [`admin`]
 //! - `/metrics`, `/healthz`, `/readyz`: [`ops`]
@@ -32,6 +34,7 @@ pub mod openai;
 pub mod ops;
 pub mod platform_limits;
 pub mod ppt;
+pub mod social_accounts;
 pub mod social_sets;
 pub mod video;
 pub mod writing;
@@ -70,11 +73,19 @@ pub fn router(state: AppState) -> Router {
                     .merge(ppt::router())
                     .merge(drafts::router())
                     .merge(social_sets::router())
+                    .merge(social_accounts::router())
                     .route_layer(middleware::from_fn_with_state(
                         state.clone(),
                         platform_limits::limit,
                     )),
             ),
+        )
+        .nest(
+            "/api/v2",
+            social_accounts::v2_router().route_layer(middleware::from_fn_with_state(
+                state.clone(),
+                platform_limits::limit,
+            )),
         )
         .nest("/api/v1", files::router())
         .nest("/api/v1/admin", admin::router())
@@ -157,6 +168,8 @@ async fn not_found(uri: Uri) -> Response {
         "/api/v1/ppt",
         "/api/v1/twitter",
         "/api/v1/social-sets",
+        "/api/v1/social/",
+        "/api/v2/",
         "/api/v1/files",
     ];
     if path.starts_with("/v1/")

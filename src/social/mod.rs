@@ -1,5 +1,11 @@
 //! Publishing to social platforms (seed 000, seed 003, seed 004): the text rules every platform
-//! counts by ([`text`]), social sets and drafts ([`drafts`]).
+//! counts by ([`text`]), drafts ([`drafts`]), connecting accounts through polled sessions
+//! ([`connect`], [`oauth`], one client per platform in [`platforms`]) and keeping their tokens
+//! alive ([`tokens`]).
 
+pub mod connect;
 pub mod drafts;
+pub mod oauth;
+pub mod platforms;
 pub mod text;
+pub mod tokens;

@@ -4,6 +4,7 @@
 
 pub mod openai;
 pub mod video;
+pub mod x;
 
 use axum::Router;
 

@@ -1,0 +1,188 @@
+//! Connecting and managing social accounts. X (seed 000, seed 004): `POST /api/v1/twitter/auth`
+//! `{"socialSetId","mode","followOnX"}` → `{"authUrl","sessionId"}`, and the browser redirect
+//! `GET /api/v1/twitter/callback?code&state` (no API key: the single-use `state` ties it to the
+//! user and the session) → `{"success","accountUuid","socialSetId"}`. Any platform's session is
+//! polled at `GET /api/v2/channels/accounts/auth/{platform}/status/{sessionId}` in seed 003's
+//! shape. The user's accounts: `GET /api/v1/social/accounts`, `PATCH /api/v1/social/accounts/{id}`
+//! `{"name"}`, `DELETE /api/v1/social/accounts/{id}` (revoked at the platform where it can be).
+
+use super::extract::{PlatformUser, parse_json};
+use crate::db;
+use crate::error::ApiError;
+use crate::secrets::Purpose;
+use crate::social::connect::{self, Callback, Mode, Start};
+use crate::state::AppState;
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::routing::{get, patch, post};
+use axum::{Json, Router};
+use serde_json::{Map, Value, json};
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/twitter/auth", post(start_x))
+        .route("/twitter/callback", get(x_callback))
+        .route("/social/accounts", get(list))
+        .route("/social/accounts/{id}", patch(rename).delete(disconnect))
+}
+
+/// Routes under `/api/v2` (seed 003).
+pub fn v2_router() -> Router<AppState> {
+    Router::new().route(
+        "/channels/accounts/auth/{platform}/status/{session_id}",
+        get(session_status),
+    )
+}
+
+async fn start_x(
+    State(state): State<AppState>,
+    PlatformUser(_, user_id): PlatformUser,
+    body: Bytes,
+) -> Result<Json<Value>, ApiError> {
+    let body: Map<String, Value> = if body.iter().all(u8::is_ascii_whitespace) {
+        Map::new()
+    } else {
+        parse_json(&body)?
+    };
+    let social_set_id = match body.get("socialSetId") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) if s.is_empty() => None,
+        Some(Value::String(s)) => Some(s.clone()),
+        Some(_) => {
+            return Err(ApiError::InvalidInput(
+                "socialSetId: must be a string".into(),
+            ));
+        }
+    };
+    let follow_on_x = match body.get("followOnX") {
+        None | Some(Value::Null) => false,
+        Some(Value::Bool(b)) => *b,
+        Some(_) => {
+            return Err(ApiError::InvalidInput(
+                "followOnX: must be true or false".into(),
+            ));
+        }
+    };
+    let start = Start {
+        social_set_id,
+        mode: Mode::parse(body.get("mode"))?,
+        follow_on_x,
+    };
+    let started = connect::start_x(&state, user_id, start).await?;
+    Ok(Json(json!({
+        "success": true,
+        "authUrl": started.auth_url,
+        "sessionId": started.session_id,
+        "expiresAt": super::admin::iso(started.expires_at_ms),
+    })))
+}
+
+async fn x_callback(
+    State(state): State<AppState>,
+    Query(cb): Query<Callback>,
+) -> Result<Json<Value>, ApiError> {
+    let (account, set_id) = connect::finish_x(&state, &cb).await?;
+    Ok(Json(json!({
+        "success": true,
+        "accountUuid": account.id,
+        "socialSetId": set_id,
+        "username": account.username,
+    })))
+}
+
+async fn session_status(
+    State(state): State<AppState>,
+    PlatformUser(_, user_id): PlatformUser,
+    Path((platform, session_id)): Path<(String, String)>,
+) -> Result<Json<Value>, ApiError> {
+    let not_found = || ApiError::NotFound(format!("no {platform} connection session {session_id}"));
+    let session = db::social_auth::get(&state.db, user_id, &session_id)
+        .await?
+        .ok_or_else(not_found)?;
+    let named = crate::social::text::Platform::parse(&platform).map(|p| p.as_str());
+    if named != Some(session.platform.as_str()) {
+        return Err(not_found());
+    }
+    let accounts = db::social::accounts(&state.db, user_id).await?;
+    Ok(Json(json!({
+        "code": 0,
+        "message": "请求成功",
+        "data": connect::session_json(&session, &accounts, super::admin::iso),
+    })))
+}
+
+fn account_json(a: &db::social::Account) -> Value {
+    json!({
+        "accountId": a.id,
+        "accountUuid": a.id,
+        "platform": a.platform,
+        "platformUid": a.platform_uid,
+        "username": a.username,
+        "displayName": a.display_name,
+        "avatarUrl": a.avatar_url,
+        "instance": a.instance,
+        "status": a.status,
+        "tokenExpiresAt": a.token_expires_at_ms.map(super::admin::iso),
+        "createdAt": super::admin::iso(a.created_at_ms),
+    })
+}
+
+async fn list(
+    State(state): State<AppState>,
+    PlatformUser(_, user_id): PlatformUser,
+) -> Result<Json<Value>, ApiError> {
+    let accounts = db::social::accounts(&state.db, user_id).await?;
+    Ok(Json(
+        json!({"success": true, "accounts": accounts.iter().map(account_json).collect::<Vec<_>>()}),
+    ))
+}
+
+async fn rename(
+    State(state): State<AppState>,
+    PlatformUser(_, user_id): PlatformUser,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> Result<Json<Value>, ApiError> {
+    let body: Map<String, Value> = parse_json(&body)?;
+    let name = match body.get("name") {
+        Some(Value::String(s)) if !s.trim().is_empty() && s.trim().chars().count() <= 100 => {
+            s.trim()
+        }
+        _ => {
+            return Err(ApiError::InvalidInput(
+                "name: required, at most 100 characters".into(),
+            ));
+        }
+    };
+    let account = db::social::rename_account(&state.db, user_id, &id, name)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("account {id} not found")))?;
+    Ok(Json(
+        json!({"success": true, "account": account_json(&account)}),
+    ))
+}
+
+async fn disconnect(
+    State(state): State<AppState>,
+    PlatformUser(_, user_id): PlatformUser,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let account = db::social::account(&state.db, user_id, &id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("account {id} not found")))?;
+    if !db::social::disconnect(&state.db, user_id, &id).await? {
+        return Err(ApiError::NotFound(format!("account {id} not found")));
+    }
+    // Revoked at the platform after the tokens are gone here (best effort).
+    if account.platform == "twitter"
+        && let Ok(token) = state
+            .secrets
+            .open(Purpose::SocialToken, &account.refresh_token)
+        && !token.is_empty()
+    {
+        crate::social::platforms::x::revoke(&state.http, &state.config.social.x, &token).await;
+    }
+    Ok(Json(
+        json!({"success": true, "message": "账号已断开", "accountId": id}),
+    ))
+}

@@ -1,0 +1,330 @@
+//! Connecting an account (seed 003's polled session, seed 004's X OAuth rules): the user starts
+//! a session and is sent to the platform with a single-use `state` (bound to the user, the
+//! session and its expiry) and a PKCE challenge; the platform's browser redirect to the callback
+//! carries no API key, only that `state`; the callback trades the code for tokens, reads who the
+//! user is there, stores the account with its tokens sealed, puts it in a social set and ends the
+//! session, which the user polls.
+
+use super::drafts::new_uuid;
+use super::oauth::{self, TokenError};
+use super::platforms::x;
+use crate::db::social::{Account, Connected};
+use crate::db::social_auth::{AuthSession, NewSession};
+use crate::db::{self};
+use crate::error::ApiError;
+use crate::secrets::Purpose;
+use crate::state::AppState;
+use serde_json::{Value, json};
+
+/// Seed 003's `errorCode` of a failed session.
+pub mod error_code {
+    /// The user refused, or the platform answered the redirect with an error.
+    pub const DENIED: i64 = 1;
+    /// The session ran out before the callback came.
+    pub const EXPIRED: i64 = 2;
+    /// The platform refused the authorization code.
+    pub const CODE_REFUSED: i64 = 3;
+    /// The platform could not be reached, or its profile could not be read.
+    pub const PLATFORM_FAILED: i64 = 4;
+}
+
+/// Where a new account goes: a new set of its own, or an existing one (the one named, else the
+/// user's first, made when they have none).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    CreateNew,
+    AddToExisting,
+}
+
+impl Mode {
+    pub fn parse(v: Option<&Value>) -> Result<Mode, ApiError> {
+        match v {
+            None | Some(Value::Null) => Ok(Mode::AddToExisting),
+            Some(Value::String(s)) if s == "add_to_existing" => Ok(Mode::AddToExisting),
+            Some(Value::String(s)) if s == "create_new" => Ok(Mode::CreateNew),
+            Some(other) => Err(ApiError::InvalidInput(format!(
+                "mode: must be \"create_new\" or \"add_to_existing\", got {other}"
+            ))),
+        }
+    }
+
+    fn as_str(self) -> &'static str {
+        match self {
+            Mode::CreateNew => "create_new",
+            Mode::AddToExisting => "add_to_existing",
+        }
+    }
+}
+
+/// How a connection is asked for.
+#[derive(Debug, Clone)]
+pub struct Start {
+    pub social_set_id: Option<String>,
+    pub mode: Mode,
+    pub follow_on_x: bool,
+}
+
+/// A started session: where to send the user, and the session to poll.
+pub struct Started {
+    pub auth_url: String,
+    pub session_id: String,
+    pub expires_at_ms: i64,
+}
+
+/// Starts connecting an X account for `user_id`.
+pub async fn start_x(state: &AppState, user_id: i64, start: Start) -> Result<Started, ApiError> {
+    let app = &state.config.social.x;
+    if app.client_id.is_empty() {
+        return Err(ApiError::OAuthNotConfigured(
+            "X OAuth is not configured: set [social.x] client_id, client_secret and redirect_uri \
+             (TOLLGATE__SOCIAL__X__CLIENT_ID, …)"
+                .into(),
+        ));
+    }
+    oauth::check_redirect_uri(&app.redirect_uri).map_err(ApiError::OAuthNotConfigured)?;
+    if let Some(set) = &start.social_set_id {
+        db::social::set(&state.db, user_id, set)
+            .await?
+            .ok_or_else(|| {
+                ApiError::InvalidInput(format!("socialSetId: no social set of yours is {set:?}"))
+            })?;
+    }
+    let (id, st, verifier) = (new_uuid(), oauth::random_token(), oauth::random_token());
+    let expires_at_ms = crate::clock::now_ms() + state.config.social.auth_session_ttl_ms as i64;
+    let sealed = state.secrets.seal(Purpose::AuthSession, &verifier);
+    db::social_auth::insert(
+        &state.db,
+        &NewSession {
+            id: &id,
+            user_id,
+            platform: "twitter",
+            state: &st,
+            code_verifier: &sealed,
+            mode: start.mode.as_str(),
+            social_set_id: start.social_set_id.as_deref(),
+            follow_on_x: start.follow_on_x,
+            instance: None,
+            expires_at_ms,
+        },
+    )
+    .await?;
+    Ok(Started {
+        auth_url: x::authorize_url(app, &st, &verifier),
+        session_id: id,
+        expires_at_ms,
+    })
+}
+
+/// A callback's query: `code` and `state`, or the platform's `error`.
+#[derive(Debug, Clone, Default, serde::Deserialize)]
+pub struct Callback {
+    pub code: Option<String>,
+    pub state: Option<String>,
+    pub error: Option<String>,
+    pub error_description: Option<String>,
+}
+
+/// The session a callback's `state` names, used up by this call (a second use, an unknown or
+/// another platform's state, or an ended or expired session is refused).
+async fn take_session(
+    state: &AppState,
+    platform: &str,
+    cb: &Callback,
+) -> Result<AuthSession, ApiError> {
+    let st = cb
+        .state
+        .as_deref()
+        .filter(|s| !s.is_empty())
+        .ok_or_else(|| ApiError::InvalidInput("state: required".into()))?;
+    let Some(session) = db::social_auth::take_by_state(&state.db, st).await? else {
+        return Err(match db::social_auth::by_state(&state.db, st).await? {
+            Some(_) => ApiError::InvalidInput(
+                "state: this authorization was already used; start the connection again".into(),
+            ),
+            None => {
+                ApiError::InvalidInput("state: no connection was started with this state".into())
+            }
+        });
+    };
+    if session.platform != platform {
+        return Err(ApiError::InvalidInput(format!(
+            "state: this state belongs to a {} connection",
+            session.platform
+        )));
+    }
+    if session.status != "pending" {
+        return Err(ApiError::InvalidInput(format!(
+            "state: the connection session has already {}",
+            session.status
+        )));
+    }
+    if crate::clock::now_ms() > session.expires_at_ms {
+        let message = "the connection session expired before the platform answered";
+        db::social_auth::fail(&state.db, &session.id, error_code::EXPIRED, message).await?;
+        return Err(ApiError::InvalidInput(format!("{message}; start again")));
+    }
+    if let Some(e) = &cb.error {
+        let message = format!(
+            "the platform answered {e}{}",
+            cb.error_description
+                .as_deref()
+                .map(|d| format!(": {d}"))
+                .unwrap_or_default()
+        );
+        db::social_auth::fail(&state.db, &session.id, error_code::DENIED, &message).await?;
+        return Err(ApiError::InvalidInput(message));
+    }
+    Ok(session)
+}
+
+/// Fails `session` for `e` and gives the client's error.
+async fn failed(state: &AppState, session: &AuthSession, code: i64, e: ApiError) -> ApiError {
+    if let Err(db_error) = db::social_auth::fail(&state.db, &session.id, code, &e.to_string()).await
+    {
+        tracing::warn!(error = %db_error, "marking a connection session failed");
+    }
+    e
+}
+
+/// Finishes an X connection from its callback: the account and the set it went into.
+pub async fn finish_x(state: &AppState, cb: &Callback) -> Result<(Account, String), ApiError> {
+    let session = take_session(state, "twitter", cb).await?;
+    let Some(code) = cb.code.as_deref().filter(|c| !c.is_empty()) else {
+        let e = ApiError::InvalidInput("code: required".into());
+        return Err(failed(state, &session, error_code::DENIED, e).await);
+    };
+    let app = &state.config.social.x;
+    let verifier = match state
+        .secrets
+        .open(Purpose::AuthSession, &session.code_verifier)
+    {
+        Ok(v) => v,
+        Err(e) => {
+            let e = ApiError::Internal(e.to_string());
+            return Err(failed(state, &session, error_code::PLATFORM_FAILED, e).await);
+        }
+    };
+    let tokens = match x::exchange_code(&state.http, app, code, &verifier).await {
+        Ok(t) => t,
+        Err(TokenError::Refused { error, .. }) => {
+            let e = ApiError::InvalidInput(format!("X refused the authorization code: {error}"));
+            return Err(failed(state, &session, error_code::CODE_REFUSED, e).await);
+        }
+        Err(TokenError::Unavailable(m)) => {
+            let e = ApiError::Unavailable(format!("X's token endpoint failed: {m}"));
+            return Err(failed(state, &session, error_code::PLATFORM_FAILED, e).await);
+        }
+    };
+    let me = match x::me(&state.http, app, &tokens.access_token).await {
+        Ok(me) => me,
+        Err(m) => {
+            let e = ApiError::Unavailable(format!("X did not say who the user is: {m}"));
+            return Err(failed(state, &session, error_code::PLATFORM_FAILED, e).await);
+        }
+    };
+    let sealed_access = state
+        .secrets
+        .seal(Purpose::SocialToken, &tokens.access_token);
+    let sealed_refresh = state
+        .secrets
+        .seal(Purpose::SocialToken, &tokens.refresh_token);
+    let expires = tokens
+        .expires_in_s
+        .map(|s| crate::clock::now_ms() + s.saturating_mul(1000));
+    let account = db::social::upsert_account(
+        &state.db,
+        &new_uuid(),
+        &Connected {
+            user_id: session.user_id,
+            platform: "twitter",
+            platform_uid: &me.id,
+            username: &me.username,
+            display_name: me.name.as_deref(),
+            avatar_url: me.avatar_url.as_deref(),
+            instance: None,
+            char_limit: None,
+            access_token: &sealed_access,
+            refresh_token: &sealed_refresh,
+            token_expires_at_ms: expires,
+        },
+    )
+    .await?;
+    let set_id = place(state, &session, &account).await?;
+    db::social_auth::complete(&state.db, &session.id, &json!([account.id]).to_string()).await?;
+    Ok((account, set_id))
+}
+
+/// Puts a newly connected account in its set: the session's, a new one (`create_new`), or the
+/// user's first (made when there is none).
+async fn place(
+    state: &AppState,
+    session: &AuthSession,
+    account: &Account,
+) -> Result<String, ApiError> {
+    let user_id = session.user_id;
+    let set_id = match (&session.social_set_id, session.mode.as_str()) {
+        (Some(id), _) if db::social::set(&state.db, user_id, id).await?.is_some() => id.clone(),
+        (_, "create_new") => {
+            let id = new_uuid();
+            db::social::create_set(&state.db, user_id, &id, &format!("@{}", account.username))
+                .await?;
+            id
+        }
+        _ => match db::social::sets(&state.db, user_id)
+            .await?
+            .into_iter()
+            .next()
+        {
+            Some(first) => first.id,
+            None => {
+                let id = new_uuid();
+                db::social::create_set(&state.db, user_id, &id, "Default").await?;
+                id
+            }
+        },
+    };
+    db::social::add_to_set(&state.db, &set_id, &account.id).await?;
+    Ok(set_id)
+}
+
+/// One account in seed 003's shape.
+pub fn account_json(a: &Account) -> Value {
+    json!({
+        "accountId": a.id,
+        "platform": a.platform,
+        "platformUid": a.platform_uid,
+        "displayName": a.display_name.clone().unwrap_or_else(|| a.username.clone()),
+        "account": a.username,
+        "avatarUrl": a.avatar_url,
+    })
+}
+
+/// A session in seed 003's shape (`accounts`: the user's accounts it connected).
+pub fn session_json(s: &AuthSession, accounts: &[Account], iso: impl Fn(i64) -> Value) -> Value {
+    let ids: Vec<String> = serde_json::from_str(&s.account_ids).unwrap_or_default();
+    let connected: Vec<Value> = ids
+        .iter()
+        .filter_map(|id| accounts.iter().find(|a| a.id == *id))
+        .map(account_json)
+        .collect();
+    let selectable: Value = serde_json::from_str(&s.selectable).unwrap_or(json!([]));
+    // An open session past its end reads as failed (its callback can no longer complete it).
+    let expired = s.status == "pending" && crate::clock::now_ms() > s.expires_at_ms;
+    let (status, error_code) = if expired {
+        ("failed", Some(error_code::EXPIRED))
+    } else {
+        (s.status.as_str(), s.error_code)
+    };
+    json!({
+        "sessionId": s.id,
+        "status": status,
+        "requiresSelection": s.requires_selection != 0,
+        "errorCode": error_code,
+        "errorMessage": if expired { Some("the connection session expired") } else { s.error_message.as_deref() },
+        "expiresAt": iso(s.expires_at_ms),
+        "accountId": ids.first(),
+        "accountIds": ids,
+        "accounts": connected,
+        "selectableAccounts": selectable,
+    })
+}

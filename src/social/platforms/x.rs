@@ -1,0 +1,107 @@
+//! X (Twitter) API v2: OAuth 2.0 Authorization Code with PKCE as a confidential client (HTTP
+//! Basic on the token endpoint), rotating refresh tokens (`offline.access`), the user lookup
+//! `GET /2/users/me`, revocation.
+//! Spec: <https://docs.x.com/fundamentals/authentication/oauth-2-0/user-access-token>.
+
+use crate::config::OAuthApp;
+use crate::social::oauth::{self, TokenError, Tokens};
+use serde_json::Value;
+
+/// The authorize URL (scopes space-separated, PKCE S256).
+pub fn authorize_url(app: &OAuthApp, state: &str, verifier: &str) -> String {
+    oauth::authorize_url(app, " ", state, Some(verifier))
+}
+
+fn basic(app: &OAuthApp) -> Option<(&str, &str)> {
+    (!app.client_secret.is_empty()).then(|| (app.client_id.as_str(), app.client_secret.expose()))
+}
+
+/// Trades an authorization code for tokens.
+pub async fn exchange_code(
+    http: &reqwest::Client,
+    app: &OAuthApp,
+    code: &str,
+    verifier: &str,
+) -> Result<Tokens, TokenError> {
+    let mut form = vec![
+        ("code", code),
+        ("grant_type", "authorization_code"),
+        ("redirect_uri", app.redirect_uri.as_str()),
+        ("code_verifier", verifier),
+    ];
+    if basic(app).is_none() {
+        form.push(("client_id", app.client_id.as_str()));
+    }
+    oauth::token_request(http, &app.token_url, basic(app), &form).await
+}
+
+/// Trades a refresh token for new tokens (X rotates it: the old one is spent).
+pub async fn refresh(
+    http: &reqwest::Client,
+    app: &OAuthApp,
+    refresh_token: &str,
+) -> Result<Tokens, TokenError> {
+    let mut form = vec![
+        ("grant_type", "refresh_token"),
+        ("refresh_token", refresh_token),
+    ];
+    if basic(app).is_none() {
+        form.push(("client_id", app.client_id.as_str()));
+    }
+    oauth::token_request(http, &app.token_url, basic(app), &form).await
+}
+
+/// Revokes a token (best effort: disconnecting does not wait on it).
+pub async fn revoke(http: &reqwest::Client, app: &OAuthApp, token: &str) {
+    let url = format!("{}/2/oauth2/revoke", app.api_base.trim_end_matches('/'));
+    let mut form = vec![("token", token), ("token_type_hint", "refresh_token")];
+    if basic(app).is_none() {
+        form.push(("client_id", app.client_id.as_str()));
+    }
+    if let Err(e) = oauth::token_request(http, &url, basic(app), &form).await {
+        tracing::debug!(error = %e, "revoking an X token");
+    }
+}
+
+/// The user a token belongs to.
+#[derive(Debug, Clone)]
+pub struct Me {
+    pub id: String,
+    pub username: String,
+    pub name: Option<String>,
+    pub avatar_url: Option<String>,
+}
+
+/// `GET /2/users/me`.
+pub async fn me(http: &reqwest::Client, app: &OAuthApp, access_token: &str) -> Result<Me, String> {
+    let url = format!(
+        "{}/2/users/me?user.fields=profile_image_url",
+        app.api_base.trim_end_matches('/')
+    );
+    let resp = http
+        .get(&url)
+        .bearer_auth(access_token)
+        .timeout(oauth::CALL_TIMEOUT)
+        .send()
+        .await
+        .map_err(|e| e.to_string())?;
+    let status = resp.status().as_u16();
+    let body = resp.bytes().await.map_err(|e| e.to_string())?;
+    let v: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    let data = &v["data"];
+    match (status, data["id"].as_str(), data["username"].as_str()) {
+        (200, Some(id), Some(username)) => Ok(Me {
+            id: id.to_owned(),
+            username: username.to_owned(),
+            name: data["name"].as_str().map(str::to_owned),
+            avatar_url: data["profile_image_url"].as_str().map(str::to_owned),
+        }),
+        _ => Err(format!(
+            "users/me answered {status}: {}",
+            v["detail"]
+                .as_str()
+                .or(v["title"].as_str())
+                .unwrap_or("no user")
+        )),
+    }
+}

@@ -1,0 +1,292 @@
+//! A fake of X's OAuth 2.0 and API v2 (docs.x.com): the authorize page (redirect URI matched
+//! exactly, else error 415's body), PKCE S256 and plain, codes that live 30 s and are used once,
+//! the token endpoint with HTTP Basic client auth, rotating single-use refresh tokens (reusing
+//! one revokes the family), 2 h access tokens (shorter when told), `GET /2/users/me` with
+//! `401` problem JSON for a bad token, and revocation. It counts what it was asked.
+
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Redirect, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use base64::Engine;
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+pub const CLIENT_ID: &str = "x-client-id";
+pub const CLIENT_SECRET: &str = "x-client-secret";
+
+#[derive(Clone)]
+struct Code {
+    redirect_uri: String,
+    challenge: String,
+    method: String,
+    scope: String,
+    issued: Instant,
+}
+
+#[derive(Clone)]
+struct Token {
+    user: String,
+    expires: Instant,
+}
+
+#[derive(Default)]
+pub struct FakeX {
+    /// Callback URLs registered for the app.
+    pub registered: Mutex<Vec<String>>,
+    codes: Mutex<HashMap<String, Code>>,
+    access: Mutex<HashMap<String, Token>>,
+    /// Refresh token → (user, spent, family).
+    refresh: Mutex<HashMap<String, (String, bool, u64)>>,
+    revoked_families: Mutex<Vec<u64>>,
+    pub token_calls: AtomicUsize,
+    pub refresh_calls: AtomicUsize,
+    pub revocations: AtomicUsize,
+    /// Lifetime of new access tokens, in seconds.
+    pub access_ttl_s: AtomicI64,
+    counter: AtomicUsize,
+    /// The user id and username the next approval is for.
+    pub user: Mutex<(String, String)>,
+}
+
+impl FakeX {
+    fn next(&self, prefix: &str) -> String {
+        format!("{prefix}{}", self.counter.fetch_add(1, Ordering::SeqCst))
+    }
+
+    fn issue(&self, user: &str, family: u64, offline: bool) -> Value {
+        let access = self.next("xat-");
+        let ttl = self.access_ttl_s.load(Ordering::SeqCst);
+        self.access.lock().expect("lock").insert(
+            access.clone(),
+            Token {
+                user: user.to_owned(),
+                expires: Instant::now() + Duration::from_secs(ttl.max(0) as u64),
+            },
+        );
+        let mut body = json!({"token_type": "bearer", "expires_in": ttl, "access_token": access,
+            "scope": "tweet.read tweet.write users.read media.write offline.access"});
+        if offline {
+            let refresh = self.next("xrt-");
+            self.refresh
+                .lock()
+                .expect("lock")
+                .insert(refresh.clone(), (user.to_owned(), false, family));
+            body["refresh_token"] = json!(refresh);
+        }
+        body
+    }
+
+    /// Expires every access token now (as two hours passing would).
+    pub fn expire_access_tokens(&self) {
+        let past = Instant::now() - Duration::from_secs(1);
+        for t in self.access.lock().expect("lock").values_mut() {
+            t.expires = past;
+        }
+    }
+
+    /// Revokes every token of every user (the user removed the app).
+    pub fn revoke_all(&self) {
+        self.access.lock().expect("lock").clear();
+        let mut r = self.refresh.lock().expect("lock");
+        let families: Vec<u64> = r.values().map(|(_, _, f)| *f).collect();
+        r.clear();
+        self.revoked_families.lock().expect("lock").extend(families);
+    }
+
+    /// The user a bearer token belongs to, if it is live.
+    pub fn user_of(&self, headers: &HeaderMap) -> Option<String> {
+        let auth = headers.get("authorization")?.to_str().ok()?;
+        let token = auth.strip_prefix("Bearer ")?;
+        let map = self.access.lock().expect("lock");
+        let t = map.get(token)?;
+        (t.expires > Instant::now()).then(|| t.user.clone())
+    }
+}
+
+fn problem(status: StatusCode, title: &str, detail: &str) -> Response {
+    (
+        status,
+        Json(json!({"title": title, "detail": detail, "type": "about:blank", "status": status.as_u16()})),
+    )
+        .into_response()
+}
+
+fn oauth_error(error: &str, description: &str) -> Response {
+    (
+        StatusCode::BAD_REQUEST,
+        Json(json!({"error": error, "error_description": description})),
+    )
+        .into_response()
+}
+
+async fn authorize(
+    State(f): State<Arc<FakeX>>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
+    let get = |k: &str| q.get(k).cloned().unwrap_or_default();
+    let redirect = get("redirect_uri");
+    if get("client_id") != CLIENT_ID {
+        return (StatusCode::BAD_REQUEST, "unknown client").into_response();
+    }
+    if !f.registered.lock().expect("lock").contains(&redirect) {
+        return (
+            StatusCode::BAD_REQUEST,
+            Json(json!({"errors": [{"code": 415, "message": "Callback URL not approved for this client application."}]})),
+        )
+            .into_response();
+    }
+    let state = get("state");
+    if get("response_type") != "code" || state.is_empty() || state.len() > 500 {
+        return (StatusCode::BAD_REQUEST, "bad request").into_response();
+    }
+    let method = q
+        .get("code_challenge_method")
+        .cloned()
+        .unwrap_or_else(|| "plain".into());
+    let code = f.next("code-");
+    f.codes.lock().expect("lock").insert(
+        code.clone(),
+        Code {
+            redirect_uri: redirect.clone(),
+            challenge: get("code_challenge"),
+            method,
+            scope: get("scope"),
+            issued: Instant::now(),
+        },
+    );
+    let sep = if redirect.contains('?') { '&' } else { '?' };
+    Redirect::to(&format!("{redirect}{sep}state={state}&code={code}")).into_response()
+}
+
+fn basic_ok(headers: &HeaderMap) -> bool {
+    let expected =
+        base64::engine::general_purpose::STANDARD.encode(format!("{CLIENT_ID}:{CLIENT_SECRET}"));
+    headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v == format!("Basic {expected}"))
+}
+
+async fn token(State(f): State<Arc<FakeX>>, headers: HeaderMap, body: String) -> Response {
+    f.token_calls.fetch_add(1, Ordering::SeqCst);
+    if !basic_ok(&headers) {
+        return (
+            StatusCode::UNAUTHORIZED,
+            Json(json!({"error": "invalid_client"})),
+        )
+            .into_response();
+    }
+    let form: HashMap<String, String> = url::form_urlencoded::parse(body.as_bytes())
+        .into_owned()
+        .collect();
+    let get = |k: &str| form.get(k).cloned().unwrap_or_default();
+    match get("grant_type").as_str() {
+        "authorization_code" => {
+            let Some(code) = f.codes.lock().expect("lock").remove(&get("code")) else {
+                return oauth_error(
+                    "invalid_request",
+                    "Value passed for the authorization code was invalid.",
+                );
+            };
+            if code.issued.elapsed() > Duration::from_secs(30) {
+                return oauth_error("invalid_request", "authorization code expired");
+            }
+            if code.redirect_uri != get("redirect_uri") {
+                return oauth_error("invalid_request", "redirect_uri does not match");
+            }
+            let verifier = get("code_verifier");
+            let derived = match code.method.as_str() {
+                "S256" => base64::engine::general_purpose::URL_SAFE_NO_PAD
+                    .encode(Sha256::digest(verifier.as_bytes())),
+                _ => verifier,
+            };
+            if derived != code.challenge {
+                return oauth_error(
+                    "invalid_request",
+                    "code_verifier does not match the challenge",
+                );
+            }
+            let (user, _) = f.user.lock().expect("lock").clone();
+            let family = f.counter.fetch_add(1, Ordering::SeqCst) as u64;
+            let offline = code.scope.split(' ').any(|s| s == "offline.access");
+            Json(f.issue(&user, family, offline)).into_response()
+        }
+        "refresh_token" => {
+            f.refresh_calls.fetch_add(1, Ordering::SeqCst);
+            let presented = get("refresh_token");
+            let mut map = f.refresh.lock().expect("lock");
+            let Some((user, spent, family)) = map.get(&presented).cloned() else {
+                return oauth_error("invalid_request", "Value passed for the token was invalid.");
+            };
+            if f.revoked_families.lock().expect("lock").contains(&family) {
+                return oauth_error("invalid_request", "Value passed for the token was invalid.");
+            }
+            if spent {
+                // Reuse of a rotated token: the whole family is revoked.
+                f.revoked_families.lock().expect("lock").push(family);
+                return oauth_error("invalid_request", "Value passed for the token was invalid.");
+            }
+            map.insert(presented, (user.clone(), true, family));
+            drop(map);
+            Json(f.issue(&user, family, true)).into_response()
+        }
+        _ => oauth_error("unsupported_grant_type", "grant_type"),
+    }
+}
+
+async fn revoke(State(f): State<Arc<FakeX>>, headers: HeaderMap, body: String) -> Response {
+    if !basic_ok(&headers) {
+        return (
+            StatusCode::UNAUTHORIZED,
+            Json(json!({"error": "invalid_client"})),
+        )
+            .into_response();
+    }
+    f.revocations.fetch_add(1, Ordering::SeqCst);
+    let form: HashMap<String, String> = url::form_urlencoded::parse(body.as_bytes())
+        .into_owned()
+        .collect();
+    if let Some(t) = form.get("token") {
+        f.refresh.lock().expect("lock").remove(t);
+        f.access.lock().expect("lock").remove(t);
+    }
+    Json(json!({"revoked": true})).into_response()
+}
+
+async fn me(State(f): State<Arc<FakeX>>, headers: HeaderMap) -> Response {
+    let Some(user) = f.user_of(&headers) else {
+        return problem(StatusCode::UNAUTHORIZED, "Unauthorized", "Unauthorized");
+    };
+    let (id, username) = f.user.lock().expect("lock").clone();
+    let username = if user == id {
+        username
+    } else {
+        format!("user{user}")
+    };
+    Json(
+        json!({"data": {"id": user, "name": format!("Name of {username}"), "username": username,
+        "profile_image_url": format!("https://pbs.example/{user}.jpg")}}),
+    )
+    .into_response()
+}
+
+/// Starts the fake; its root (`http://127.0.0.1:port`, without `/v1`).
+pub async fn start_fake_x() -> (Arc<FakeX>, String) {
+    let fake = Arc::new(FakeX::default());
+    fake.access_ttl_s.store(7200, Ordering::SeqCst);
+    *fake.user.lock().expect("lock") = ("2244994945".into(), "tollgate_dev".into());
+    let app = Router::new()
+        .route("/i/oauth2/authorize", get(authorize))
+        .route("/2/oauth2/token", post(token))
+        .route("/2/oauth2/revoke", post(revoke))
+        .route("/2/users/me", get(me))
+        .with_state(Arc::clone(&fake));
+    let base = super::serve_fake(app).await;
+    (fake, base.trim_end_matches("/v1").to_owned())
+}
