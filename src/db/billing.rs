@@ -84,7 +84,114 @@ macro_rules! bind_usage {
     }};
 }
 
-pub(crate) use {bind_usage, usage_columns, usage_insert, usage_values};
+/// Takes a durable hold inside transaction `$tx`: debits `$amount` from `$user`'s spendable
+/// balance (an active user's only) and writes the `hold` ledger row under `$request_id`, so the
+/// money is set aside whatever happens to the process. Evaluates to `Result<(), ReserveError>`.
+/// The hold ends with [`settle_hold!`].
+macro_rules! take_hold {
+    ($tx:expr, $user:expr, $amount:expr, $request_id:expr, $description:expr, $now:expr) => {{
+        let (user, amount): (i64, i64) = ($user, $amount);
+        let balance: Option<i64> = sqlx::query_scalar(
+            "UPDATE users SET balance_micros = balance_micros - $2, updated_at_ms = $3
+             WHERE id = $1 AND status = 'active' AND balance_micros - reserved_micros >= $2
+             RETURNING balance_micros",
+        )
+        .bind(user)
+        .bind(amount)
+        .bind($now)
+        .fetch_optional(&mut *$tx)
+        .await?;
+        match balance {
+            None => {
+                let row: Option<(String, i64, i64)> = sqlx::query_as(
+                    "SELECT status, balance_micros, reserved_micros FROM users WHERE id = $1",
+                )
+                .bind(user)
+                .fetch_optional(&mut *$tx)
+                .await?;
+                Err(match row {
+                    Some((s, b, r)) if s == "active" => $crate::db::billing::ReserveError::Insufficient {
+                        needed: $crate::billing::Micros(amount),
+                        available: $crate::billing::Micros(b - r),
+                    },
+                    _ => $crate::db::billing::ReserveError::UserInactive,
+                })
+            }
+            Some(balance) => {
+                sqlx::query(
+                    "INSERT INTO ledger_entries (user_id, kind, amount_micros, balance_after_micros, description, request_id, created_at_ms)
+                     VALUES ($1, 'hold', $2, $3, $4, $5, $6)",
+                )
+                .bind(user)
+                .bind(-amount)
+                .bind(balance)
+                .bind($description)
+                .bind($request_id)
+                .bind($now)
+                .execute(&mut *$tx)
+                .await?;
+                Ok(())
+            }
+        }
+    }};
+}
+
+/// Ends a [`take_hold!`] hold inside transaction `$tx`: gives the `$held` amount back
+/// (`release`, at most once per `$request_id`: a second release fails on the unique index),
+/// charges `$cost` (`charge`, when positive) and writes usage record `$record` with it.
+/// `$what` describes both ledger rows. Evaluates to `Result<(), sqlx::Error>`.
+macro_rules! settle_hold {
+    ($tx:expr, $user:expr, $held:expr, $cost:expr, $request_id:expr, $what:expr, $now:expr, $record:expr) => {{
+        let (user, held, cost): (i64, i64, i64) = ($user, $held, $cost);
+        let what: &str = $what;
+        let after_release: i64 = sqlx::query_scalar(
+            "UPDATE users SET balance_micros = balance_micros + $2, updated_at_ms = $3 WHERE id = $1 RETURNING balance_micros",
+        )
+        .bind(user)
+        .bind(held)
+        .bind($now)
+        .fetch_one(&mut *$tx)
+        .await?;
+        sqlx::query(
+            "INSERT INTO ledger_entries (user_id, kind, amount_micros, balance_after_micros, description, request_id, created_at_ms)
+             VALUES ($1, 'release', $2, $3, $4, $5, $6)",
+        )
+        .bind(user)
+        .bind(held)
+        .bind(after_release)
+        .bind(format!("{what} hold released"))
+        .bind($request_id)
+        .bind($now)
+        .execute(&mut *$tx)
+        .await?;
+        if cost > 0 {
+            sqlx::query(
+                "INSERT INTO ledger_entries (user_id, kind, amount_micros, balance_after_micros, description, request_id, created_at_ms)
+                 VALUES ($1, 'charge', $2, $3, $4, $5, $6)",
+            )
+            .bind(user)
+            .bind(-cost)
+            .bind(after_release - cost)
+            .bind(what)
+            .bind($request_id)
+            .bind($now)
+            .execute(&mut *$tx)
+            .await?;
+            sqlx::query("UPDATE users SET balance_micros = balance_micros - $2 WHERE id = $1")
+                .bind(user)
+                .bind(cost)
+                .execute(&mut *$tx)
+                .await?;
+        }
+        $crate::db::billing::bind_usage!(sqlx::query($crate::db::billing::usage_insert!()), $now, $record)
+            .bind(cost)
+            .execute(&mut *$tx)
+            .await?;
+        Ok::<(), sqlx::Error>(())
+    }};
+}
+
+pub(crate) use {bind_usage, settle_hold, take_hold, usage_columns, usage_insert, usage_values};
 
 /// Why a reservation was refused.
 #[derive(Debug, thiserror::Error)]

@@ -5,10 +5,9 @@
 //! record. Pollers claim tasks by taking a lease, so several instances never poll one task at
 //! the same moment and a dead instance's tasks are picked up after the lease runs out.
 
-use super::billing::{ReserveError, UsageRecord, bind_usage, usage_insert};
+use super::billing::{ReserveError, UsageRecord, settle_hold, take_hold};
 use super::creations::{NewCreation, bind_creation, creation_insert};
 use super::{Db, read_pool, write_pool};
-use crate::billing::Micros;
 use crate::clock::now_ms;
 
 /// A task as stored.
@@ -66,42 +65,8 @@ pub async fn create_with_hold(db: &Db, t: &VideoTask) -> Result<(), ReserveError
     let now = now_ms();
     write_pool!(db, p => {
         let mut tx = p.begin().await?;
-        let balance: Option<i64> = sqlx::query_scalar(
-            "UPDATE users SET balance_micros = balance_micros - $2, updated_at_ms = $3
-             WHERE id = $1 AND status = 'active' AND balance_micros - reserved_micros >= $2
-             RETURNING balance_micros",
-        )
-        .bind(t.user_id)
-        .bind(t.held_micros)
-        .bind(now)
-        .fetch_optional(&mut *tx)
-        .await?;
-        let Some(balance) = balance else {
-            let row: Option<(String, i64, i64)> =
-                sqlx::query_as("SELECT status, balance_micros, reserved_micros FROM users WHERE id = $1")
-                    .bind(t.user_id)
-                    .fetch_optional(&mut *tx)
-                    .await?;
-            return Err(match row {
-                Some((s, b, r)) if s == "active" => ReserveError::Insufficient {
-                    needed: Micros(t.held_micros),
-                    available: Micros(b - r),
-                },
-                _ => ReserveError::UserInactive,
-            });
-        };
-        sqlx::query(
-            "INSERT INTO ledger_entries (user_id, kind, amount_micros, balance_after_micros, description, request_id, created_at_ms)
-             VALUES ($1, 'hold', $2, $3, $4, $5, $6)",
-        )
-        .bind(t.user_id)
-        .bind(-t.held_micros)
-        .bind(balance)
-        .bind(format!("videos {} (held until the task ends)", t.model))
-        .bind(&t.id)
-        .bind(now)
-        .execute(&mut *tx)
-        .await?;
+        let description = format!("videos {} (held until the task ends)", t.model);
+        take_hold!(tx, t.user_id, t.held_micros, &t.id, &description, now)?;
         sqlx::query(concat!(
             "INSERT INTO video_tasks (", columns!(), ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14,
              $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, $25, $26, $27, $28, $29, $30, $31, $32)"
@@ -314,49 +279,8 @@ pub async fn settle(
         if ended == 0 {
             return Ok(None);
         }
-        let after_release: i64 = sqlx::query_scalar(
-            "UPDATE users SET balance_micros = balance_micros + $2, updated_at_ms = $3 WHERE id = $1 RETURNING balance_micros",
-        )
-        .bind(task.user_id)
-        .bind(task.held_micros)
-        .bind(now)
-        .fetch_one(&mut *tx)
-        .await?;
-        sqlx::query(
-            "INSERT INTO ledger_entries (user_id, kind, amount_micros, balance_after_micros, description, request_id, created_at_ms)
-             VALUES ($1, 'release', $2, $3, $4, $5, $6)",
-        )
-        .bind(task.user_id)
-        .bind(task.held_micros)
-        .bind(after_release)
-        .bind(format!("videos {} hold released ({})", task.model, outcome.status))
-        .bind(&task.id)
-        .bind(now)
-        .execute(&mut *tx)
-        .await?;
-        if cost > 0 {
-            sqlx::query(
-                "INSERT INTO ledger_entries (user_id, kind, amount_micros, balance_after_micros, description, request_id, created_at_ms)
-                 VALUES ($1, 'charge', $2, $3, $4, $5, $6)",
-            )
-            .bind(task.user_id)
-            .bind(-cost)
-            .bind(after_release - cost)
-            .bind(format!("videos {}", task.model))
-            .bind(&task.id)
-            .bind(now)
-            .execute(&mut *tx)
-            .await?;
-            sqlx::query("UPDATE users SET balance_micros = balance_micros - $2 WHERE id = $1")
-                .bind(task.user_id)
-                .bind(cost)
-                .execute(&mut *tx)
-                .await?;
-        }
-        bind_usage!(sqlx::query(usage_insert!()), now, record)
-            .bind(cost)
-            .execute(&mut *tx)
-            .await?;
+        let what = format!("videos {} ({})", task.model, outcome.status);
+        settle_hold!(tx, task.user_id, task.held_micros, cost, &task.id, &what, now, record)?;
         if let Some(kept) = &outcome.kept {
             let creation = NewCreation { credits_micros: cost, file_id: Some(kept.file_id), ..kept.creation.clone() };
             let creation_id: i64 = bind_creation!(
