@@ -427,24 +427,31 @@ impl From<AuthError> for ApiError {
     }
 }
 
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        let (status, code, name) = self.parts();
-        let message = match &self {
+impl ApiError {
+    /// The envelope this error answers with.
+    pub fn body(&self) -> serde_json::Value {
+        let (_, code, name) = self.parts();
+        let message = match self {
             ApiError::Internal(_) => {
                 "internal error; the server log has it under this response's x-request-id"
                     .to_owned()
             }
             other => other.to_string(),
         };
-        let body = json!({
+        json!({
             "success": false,
             "code": code,
             "message": clip(message),
             "error": name,
             "data": null,
-        });
-        (status, axum::Json(body)).into_response()
+        })
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, _, _) = self.parts();
+        (status, axum::Json(self.body())).into_response()
     }
 }
 

@@ -67,6 +67,8 @@ pub const INVALIDATIONS: &str = "tollgate_invalidations_received_total";
 pub const ADDON_GENERATIONS: &str = "tollgate_addon_generations_total";
 /// Micro-credits the add-ons charged, by add-on (`writing`, …).
 pub const ADDON_CHARGED: &str = "tollgate_addon_credits_charged_micros_total";
+/// Publishes to one account, by `platform` and `outcome` (`published`, `failed`, `unconfirmed`).
+pub const PUBLISHES: &str = "tollgate_publishes_total";
 
 /// A settled request's counters for one model, looked up once per model instead of building a
 /// labelled key and searching the registry for each on every request.
@@ -143,6 +145,10 @@ fn describe() {
     describe_counter!(
         ADDON_CHARGED,
         "Micro-credits charged by add-on features, by add-on"
+    );
+    describe_counter!(
+        PUBLISHES,
+        "Publishes to one account, by platform and outcome (published, failed, unconfirmed)"
     );
     describe_counter!(
         HTTP_REQUESTS,

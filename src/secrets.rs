@@ -213,7 +213,7 @@ pub fn is_sealed(stored: &str) -> bool {
     stored.is_empty() || stored.starts_with(PREFIX)
 }
 
-fn encode_hex(bytes: &[u8]) -> String {
+pub fn encode_hex(bytes: &[u8]) -> String {
     use std::fmt::Write as _;
     let mut out = String::with_capacity(2 * bytes.len());
     for b in bytes {

@@ -11,6 +11,7 @@ pub mod creations;
 pub mod drafts;
 pub mod files;
 pub mod keys;
+pub mod publishing;
 pub mod runs;
 pub mod social;
 pub mod social_auth;
@@ -114,6 +115,12 @@ const MIGRATIONS: &[(i64, &str, &str, &str)] = &[
         "social",
         include_str!("../../migrations/sqlite/0009_social.sql"),
         include_str!("../../migrations/postgres/0009_social.sql"),
+    ),
+    (
+        10,
+        "publishing",
+        include_str!("../../migrations/sqlite/0010_publishing.sql"),
+        include_str!("../../migrations/postgres/0010_publishing.sql"),
     ),
 ];
 

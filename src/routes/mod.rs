@@ -11,7 +11,8 @@
 //! - publishing (seed 000's bodies): `/api/v1/twitter/drafts`: [`drafts`];
 //!   `/api/v1/social-sets`: [`social_sets`]; connecting accounts (`/api/v1/twitter/auth`,
 //!   `/api/v1/twitter/callback`, `/api/v1/social/accounts`, seed 003's `/api/v2/channels/…`):
-//!   [`social_accounts`]
+//!   [`social_accounts`]; publishing (`/api/v1/twitter/publish`, `/api/v1/twitter/quote`,
+//!   `/api/v1/publish/*`): [`publish`]
 //! - `/api/v1/files/{id}` stored files through signed URLs, no credential: [`files`]
 //! - `/api/v1/admin/*` admin API in the platform envelope: [`admin`]
 //! - `/metrics`, `/healthz`, `/readyz`: [`ops`]
@@ -34,6 +35,7 @@ pub mod openai;
 pub mod ops;
 pub mod platform_limits;
 pub mod ppt;
+pub mod publish;
 pub mod social_accounts;
 pub mod social_sets;
 pub mod video;
@@ -74,6 +76,7 @@ pub fn router(state: AppState) -> Router {
                     .merge(drafts::router())
                     .merge(social_sets::router())
                     .merge(social_accounts::router())
+                    .merge(publish::router())
                     .route_layer(middleware::from_fn_with_state(
                         state.clone(),
                         platform_limits::limit,
@@ -169,6 +172,7 @@ async fn not_found(uri: Uri) -> Response {
         "/api/v1/twitter",
         "/api/v1/social-sets",
         "/api/v1/social/",
+        "/api/v1/publish/",
         "/api/v2/",
         "/api/v1/files",
     ];

@@ -7,5 +7,6 @@ pub mod connect;
 pub mod drafts;
 pub mod oauth;
 pub mod platforms;
+pub mod publish;
 pub mod text;
 pub mod tokens;

@@ -344,7 +344,13 @@ async fn x_setup(b: &Backend) -> (TestApp, Arc<FakeX>) {
         .lock()
         .expect("lock")
         .push(X_CALLBACK.to_owned());
-    let app = TestApp::spawn_with(b, |c| x_app(c, &base)).await;
+    let app = TestApp::spawn_with(b, |c| {
+        x_app(c, &base);
+        // These scenarios publish faster than a person: the per-minute class would stop them.
+        c.limits.other_per_minute = 1_000_000;
+        c.limits.query_per_minute = 1_000_000;
+    })
+    .await;
     (app, fake)
 }
 
@@ -725,4 +731,561 @@ both_backends!(
     an_x_account_connects_through_pkce_and_a_polled_session,
     connection_sessions_expire_and_need_a_configured_app,
     fifty_callers_on_an_expiring_x_token_cause_one_refresh
+);
+
+use crate::fakes::x::Fault;
+
+/// A user with `balance` credits, a key, an X account connected and a draft of `items`.
+async fn x_user(app: &TestApp, balance: &str) -> (i64, String, String) {
+    let id = app.add_user(json!(balance)).await;
+    let key = app.add_key(id, json!({})).await;
+    let (account, _) = connect_x(app, &key, json!({})).await;
+    (id, key, account)
+}
+
+async fn draft(app: &TestApp, key: &str, items: &[&str]) -> String {
+    let tweets: Vec<Value> = items
+        .iter()
+        .map(|t| json!({"content": format!("<p>{t}</p>")}))
+        .collect();
+    let (status, d) = xai(
+        app,
+        key,
+        reqwest::Method::POST,
+        "/api/v1/twitter/drafts",
+        Some(json!({"title": "t", "tweets": tweets})),
+    )
+    .await;
+    assert_eq!(status, 200, "{d}");
+    d["draft"]["id"].as_str().expect("id").to_owned()
+}
+
+async fn publish(
+    app: &TestApp,
+    key: &str,
+    draft: &str,
+    account: &str,
+    idempotency: Option<&str>,
+) -> (u16, Value) {
+    let mut req = app
+        .client
+        .post(app.url("/api/v1/twitter/publish"))
+        .header("xai-key", key)
+        .json(&json!({"draftId": draft, "accountIds": [account]}));
+    if let Some(k) = idempotency {
+        req = req.header("idempotency-key", k);
+    }
+    let resp = req.send().await.expect("publish");
+    let status = resp.status().as_u16();
+    (status, resp.json().await.unwrap_or(Value::Null))
+}
+
+async fn a_cjk_thread_goes_out_as_a_reply_chain_charged_once_and_never_twice(b: Backend) {
+    let (app, fake) = x_setup(&b).await;
+    let (user, key, account) = x_user(&app, "100").await;
+    let items = [
+        "第一条：来自 API 的问候！",
+        "第二条 详情见 https://example.com/a",
+        "第三条 完",
+    ];
+    let d = draft(&app, &key, &items).await;
+    let (status, body) = publish(&app, &key, &d, &account, Some("k-1")).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        (body["success"].clone(), body["summary"].clone()),
+        (
+            json!(true),
+            json!({"total": 1, "succeeded": 1, "failed": 0, "unconfirmed": 0})
+        )
+    );
+    let r = &body["results"][0];
+    assert_eq!(
+        (
+            r["status"].clone(),
+            r["published"].clone(),
+            r["total"].clone()
+        ),
+        (json!("published"), json!(3), json!(3))
+    );
+    let ids: Vec<String> = r["data"]["tweetIds"]
+        .as_array()
+        .expect("ids")
+        .iter()
+        .map(|v| v.as_str().expect("id").to_owned())
+        .collect();
+    assert_eq!(
+        r["data"]["url"],
+        format!("https://x.com/tollgate_dev/status/{}", ids[0])
+    );
+    {
+        let tweets = fake.tweets.lock().expect("lock");
+        assert_eq!(tweets.len(), 3);
+        assert_eq!(tweets[0].text, items[0]);
+        assert_eq!(tweets[0].reply_to, None);
+        assert_eq!(tweets[1].reply_to.as_deref(), Some(ids[0].as_str()));
+        assert_eq!(tweets[2].reply_to.as_deref(), Some(ids[1].as_str()));
+    }
+    assert_eq!(app.balance_micros(user).await, 90_000_000);
+    let usage = app.wait_for_usage(user, 1).await;
+    assert_eq!(
+        (
+            usage[0]["endpoint"].clone(),
+            usage[0]["model"].clone(),
+            usage[0]["cost_micros"].clone(),
+            usage[0]["units"].clone()
+        ),
+        (
+            json!("publish"),
+            json!("twitter"),
+            json!(10_000_000),
+            json!(3)
+        )
+    );
+    // The same key: the first answer again, nothing sent; another body under it: refused.
+    let resp = app
+        .client
+        .post(app.url("/api/v1/twitter/publish"))
+        .header("xai-key", &key)
+        .header("idempotency-key", "k-1")
+        .json(&json!({"draftId": d, "accountIds": [account]}))
+        .send()
+        .await
+        .expect("retry");
+    assert_eq!(
+        resp.headers()
+            .get("idempotent-replayed")
+            .map(|v| v.as_bytes()),
+        Some(&b"true"[..])
+    );
+    let replay: Value = resp.json().await.expect("json");
+    assert_eq!(replay, body);
+    let (status, e) = publish(
+        &app,
+        &key,
+        &draft(&app, &key, &["另一条"]).await,
+        &account,
+        Some("k-1"),
+    )
+    .await;
+    assert_eq!(
+        (status, e["error"].clone()),
+        (409, json!("CONFLICT")),
+        "{e}"
+    );
+    // Publishing the same draft again without a key: it is already out; nothing sent or charged.
+    let (status, again) = publish(&app, &key, &d, &account, None).await;
+    assert_eq!(status, 200, "{again}");
+    assert_eq!(
+        (
+            again["results"][0]["status"].clone(),
+            again["results"][0]["creditsCharged"].clone()
+        ),
+        (json!("published"), json!(0))
+    );
+    assert_eq!(fake.tweets.lock().expect("lock").len(), 3);
+    assert_eq!(app.balance_micros(user).await, 90_000_000);
+    app.assert_books_balance(user).await;
+    app.stop().await;
+}
+
+fn faults(fake: &FakeX, list: &[Option<Fault>]) {
+    let mut f = fake.faults.lock().expect("lock");
+    f.clear();
+    f.extend(list.iter().copied());
+}
+
+fn tweet_texts(fake: &FakeX) -> Vec<String> {
+    fake.tweets
+        .lock()
+        .expect("lock")
+        .iter()
+        .map(|t| t.text.clone())
+        .collect()
+}
+
+async fn a_thread_that_fails_midway_is_refunded_and_continues_where_it_stopped(b: Backend) {
+    let (app, fake) = x_setup(&b).await;
+    let (user, key, account) = x_user(&app, "100").await;
+    let d = draft(&app, &key, &["一", "二", "三"]).await;
+    faults(&fake, &[None, None, Some(Fault::RateLimited)]);
+    let (status, body) = publish(&app, &key, &d, &account, None).await;
+    assert_eq!(status, 200, "{body}");
+    let r = &body["results"][0];
+    assert_eq!(
+        (
+            r["status"].clone(),
+            r["published"].clone(),
+            r["total"].clone(),
+            r["failedAt"].clone()
+        ),
+        (json!("failed"), json!(2), json!(3), json!(2)),
+        "{r}"
+    );
+    assert_eq!(r["error"]["code"], "RATE_LIMITED");
+    assert_eq!(body["summary"]["failed"], 1);
+    assert_eq!(app.balance_micros(user).await, 100_000_000, "refunded");
+    // Again: only the third goes out, replying to the second; charged once.
+    let (_, body) = publish(&app, &key, &d, &account, None).await;
+    let r = &body["results"][0];
+    assert_eq!(
+        (r["status"].clone(), r["published"].clone()),
+        (json!("published"), json!(3)),
+        "{r}"
+    );
+    let tweets = fake.tweets.lock().expect("lock").clone();
+    assert_eq!(
+        tweets.iter().map(|t| t.text.as_str()).collect::<Vec<_>>(),
+        ["一", "二", "三"]
+    );
+    assert_eq!(tweets[2].reply_to.as_deref(), Some(tweets[1].id.as_str()));
+    assert_eq!(app.balance_micros(user).await, 90_000_000);
+    app.assert_books_balance(user).await;
+    app.stop().await;
+}
+
+async fn a_post_whose_answer_is_lost_is_held_unconfirmed_and_never_sent_twice(b: Backend) {
+    let (app, fake) = x_setup(&b).await;
+    let (user, key, account) = x_user(&app, "100").await;
+    use reqwest::Method as M;
+    let d = draft(&app, &key, &["头条", "次条"]).await;
+    // X makes the first post, then the connection drops.
+    faults(&fake, &[Some(Fault::DropAfterCommit)]);
+    let (_, body) = publish(&app, &key, &d, &account, None).await;
+    let r = &body["results"][0];
+    assert_eq!(
+        (
+            r["status"].clone(),
+            r["failedAt"].clone(),
+            r["published"].clone()
+        ),
+        (json!("unconfirmed"), json!(0), json!(0)),
+        "{r}"
+    );
+    let target = r["targetId"].as_str().expect("target").to_owned();
+    assert_eq!(
+        app.balance_micros(user).await,
+        90_000_000,
+        "held while unconfirmed"
+    );
+    // Publishing again is refused before anything is sent.
+    let (_, again) = publish(&app, &key, &d, &account, None).await;
+    assert_eq!(
+        again["results"][0]["error"]["code"], "UNCONFIRMED",
+        "{again}"
+    );
+    assert_eq!(tweet_texts(&fake), ["头条"]);
+    // The user checks X: it is there. The thread is not all out: refunded, and the next publish
+    // continues with the second post, replying to the first.
+    let posted = fake.tweets.lock().expect("lock")[0].id.clone();
+    let (status, resolved) = xai(
+        &app,
+        &key,
+        M::POST,
+        &format!("/api/v1/publish/targets/{target}/resolve"),
+        Some(json!({"posted": true, "postId": posted})),
+    )
+    .await;
+    assert_eq!(status, 200, "{resolved}");
+    assert_eq!(
+        (
+            resolved["result"]["status"].clone(),
+            resolved["result"]["published"].clone()
+        ),
+        (json!("failed"), json!(1))
+    );
+    assert_eq!(app.balance_micros(user).await, 100_000_000);
+    let (status, _) = xai(
+        &app,
+        &key,
+        M::POST,
+        &format!("/api/v1/publish/targets/{target}/resolve"),
+        Some(json!({"posted": true})),
+    )
+    .await;
+    assert_eq!(status, 409, "resolved once");
+    let (_, body) = publish(&app, &key, &d, &account, None).await;
+    assert_eq!(body["results"][0]["status"], "published", "{body}");
+    let tweets = fake.tweets.lock().expect("lock").clone();
+    assert_eq!(tweets.len(), 2);
+    assert_eq!(tweets[1].reply_to.as_deref(), Some(posted.as_str()));
+    assert_eq!(app.balance_micros(user).await, 90_000_000);
+    // X answers 503 without posting: unconfirmed; the user finds nothing, so it is refunded and
+    // sent again.
+    let d2 = draft(&app, &key, &["单条"]).await;
+    faults(&fake, &[Some(Fault::ErrorBeforeCommit)]);
+    let (_, body) = publish(&app, &key, &d2, &account, None).await;
+    let target = body["results"][0]["targetId"]
+        .as_str()
+        .expect("target")
+        .to_owned();
+    assert_eq!(body["results"][0]["status"], "unconfirmed");
+    let (_, resolved) = xai(
+        &app,
+        &key,
+        M::POST,
+        &format!("/api/v1/publish/targets/{target}/resolve"),
+        Some(json!({"posted": false})),
+    )
+    .await;
+    assert_eq!(resolved["result"]["status"], "failed");
+    assert_eq!(app.balance_micros(user).await, 90_000_000);
+    let (_, body) = publish(&app, &key, &d2, &account, None).await;
+    assert_eq!(body["results"][0]["status"], "published");
+    assert_eq!(
+        tweet_texts(&fake).iter().filter(|t| *t == "单条").count(),
+        1
+    );
+    assert_eq!(app.balance_micros(user).await, 80_000_000);
+    app.assert_books_balance(user).await;
+    app.stop().await;
+}
+
+async fn publishing_refuses_what_it_cannot_do_before_sending(b: Backend) {
+    let (app, fake) = x_setup(&b).await;
+    let (poor, poor_key, poor_account) = x_user(&app, "5").await;
+    let d = draft(&app, &poor_key, &["要钱的"]).await;
+    let (status, e) = publish(&app, &poor_key, &d, &poor_account, None).await;
+    assert_eq!(
+        (status, e["error"].clone(), e["success"].clone()),
+        (402, json!("INSUFFICIENT_CREDITS"), json!(false)),
+        "{e}"
+    );
+    assert_eq!(app.balance_micros(poor).await, 5_000_000);
+    let (user, key, account) = x_user(&app, "100").await;
+    use reqwest::Method as M;
+    // Over X's 280: refused, nothing sent or held.
+    let long = "长".repeat(141);
+    let d = draft(&app, &key, &[long.as_str()]).await;
+    let (_, body) = publish(&app, &key, &d, &account, None).await;
+    assert_eq!(
+        body["results"][0]["error"]["code"], "INVALID_INPUT",
+        "{body}"
+    );
+    // Quote posts: X's self-serve tiers refuse them; the answer names it and charges nothing.
+    let (status, e) = xai(&app, &key, M::POST, "/api/v1/twitter/quote", Some(json!({"content": "很有见地！", "quoteTweetId": "1800000000000000001", "accountId": account}))).await;
+    assert_eq!(
+        (status, e["error"].clone()),
+        (403, json!("FORBIDDEN")),
+        "{e}"
+    );
+    assert!(
+        e["message"].as_str().unwrap_or_default().contains("quote"),
+        "{e}"
+    );
+    fake.quotes_allowed.store(true, Ordering::SeqCst);
+    let (status, q) = xai(&app, &key, M::POST, "/api/v1/twitter/quote", Some(json!({"content": "很有见地！", "quoteTweetId": "1800000000000000001", "accountId": account}))).await;
+    assert_eq!(
+        (status, q["success"].clone(), q["message"].clone()),
+        (200, json!(true), json!("引用发布成功")),
+        "{q}"
+    );
+    assert!(
+        q["url"]
+            .as_str()
+            .unwrap_or_default()
+            .starts_with("https://x.com/tollgate_dev/status/")
+    );
+    assert_eq!(
+        fake.tweets
+            .lock()
+            .expect("lock")
+            .last()
+            .and_then(|t| t.quote.clone())
+            .as_deref(),
+        Some("1800000000000000001")
+    );
+    for (path, body, want) in [
+        ("/api/v1/twitter/publish", json!({}), "draftId"),
+        (
+            "/api/v1/twitter/publish",
+            json!({"draftId": d, "accountIds": ["nope"]}),
+            "accountIds",
+        ),
+        (
+            "/api/v1/twitter/publish",
+            json!({"draftId": "nope"}),
+            "draft",
+        ),
+        (
+            "/api/v1/twitter/quote",
+            json!({"content": "x", "quoteTweetId": "abc", "accountId": account}),
+            "quoteTweetId",
+        ),
+        (
+            "/api/v1/publish/multi-platform",
+            json!({"draftId": d}),
+            "targetAccounts",
+        ),
+        (
+            "/api/v1/publish/multi-platform",
+            json!({"draftId": d, "targetAccounts": [{"accountId": account, "platform": "bluesky"}]}),
+            "platform",
+        ),
+    ] {
+        let (status, e) = xai(&app, &key, M::POST, path, Some(body.clone())).await;
+        assert!(
+            status == 400 || status == 404,
+            "{path} {body}: {status} {e}"
+        );
+        assert!(
+            e["message"].as_str().unwrap_or_default().contains(want),
+            "{path} {body}: {e}"
+        );
+    }
+    assert_eq!(
+        app.balance_micros(user).await,
+        90_000_000,
+        "only the quote was charged"
+    );
+    app.assert_books_balance(user).await;
+    app.assert_books_balance(poor).await;
+    app.stop().await;
+}
+
+async fn fifty_parallel_publishes_on_an_expired_x_token_refresh_once_and_all_succeed(b: Backend) {
+    let (app, fake) = x_setup(&b).await;
+    fake.access_ttl_s.store(60, Ordering::SeqCst);
+    let (user, key, account) = x_user(&app, "1000").await;
+    fake.access_ttl_s.store(7200, Ordering::SeqCst);
+    fake.expire_access_tokens();
+    let mut drafts = Vec::new();
+    for k in 0..50 {
+        drafts.push(draft(&app, &key, &[format!("并发第{k}条").as_str()]).await);
+    }
+    let runs = drafts
+        .iter()
+        .map(|d| publish(&app, &key, d, &account, None));
+    let results = futures_util::future::join_all(runs).await;
+    for (status, body) in &results {
+        assert_eq!(*status, 200, "{body}");
+        assert_eq!(body["results"][0]["status"], "published", "{body}");
+    }
+    assert_eq!(fake.refresh_calls.load(Ordering::SeqCst), 1);
+    assert_eq!(fake.tweets.lock().expect("lock").len(), 50);
+    assert_eq!(app.balance_micros(user).await, 500_000_000);
+    app.assert_books_balance(user).await;
+    app.stop().await;
+}
+
+/// A small deterministic generator for the fault run.
+struct Lcg(u64);
+
+impl Lcg {
+    fn next(&mut self, n: u64) -> u64 {
+        self.0 = self
+            .0
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (self.0 >> 33) % n
+    }
+}
+
+async fn a_thousand_publishes_under_random_faults_post_nothing_twice_and_charge_exactly(
+    b: Backend,
+) {
+    let (app, fake) = x_setup(&b).await;
+    let (user, key, account) = x_user(&app, "100000").await;
+    use reqwest::Method as M;
+    let mut rng = Lcg(0x5eed_u64 ^ rand_u64());
+    let mut drafts: Vec<(String, Vec<String>)> = Vec::new();
+    for d in 0..120 {
+        let n = 1 + rng.next(4) as usize;
+        let items: Vec<String> = (0..n)
+            .map(|k| format!("草稿{d}第{k}条 https://example.com/{d}/{k}"))
+            .collect();
+        let refs: Vec<&str> = items.iter().map(String::as_str).collect();
+        drafts.push((draft(&app, &key, &refs).await, items));
+    }
+    let all = [
+        Fault::DropAfterCommit,
+        Fault::ErrorAfterCommit,
+        Fault::ErrorBeforeCommit,
+        Fault::RateLimited,
+    ];
+    let mut publishes = 0;
+    let mut resolved = 0;
+    while publishes < 1000 {
+        let (d, _) = &drafts[rng.next(drafts.len() as u64) as usize];
+        let plan: Vec<Option<Fault>> = (0..4)
+            .map(|_| (rng.next(4) == 0).then(|| all[rng.next(4) as usize]))
+            .collect();
+        faults(&fake, &plan);
+        let (status, body) = publish(&app, &key, d, &account, None).await;
+        assert_eq!(status, 200, "{body}");
+        publishes += 1;
+        let r = &body["results"][0];
+        if r["status"] == "unconfirmed" {
+            // The user looks at X: the post of the unknown outcome is there or not.
+            let target = r["targetId"].as_str().expect("target");
+            let position = r["failedAt"].as_u64().expect("failedAt") as usize;
+            let text = &drafts.iter().find(|(id, _)| id == d).expect("draft").1[position];
+            let found = fake
+                .tweets
+                .lock()
+                .expect("lock")
+                .iter()
+                .find(|t| &t.text == text)
+                .map(|t| t.id.clone());
+            let body = match &found {
+                Some(id) => json!({"posted": true, "postId": id}),
+                None => json!({"posted": false}),
+            };
+            let (status, e) = xai(
+                &app,
+                &key,
+                M::POST,
+                &format!("/api/v1/publish/targets/{target}/resolve"),
+                Some(body),
+            )
+            .await;
+            assert_eq!(status, 200, "{e}");
+            resolved += 1;
+        }
+    }
+    // Finish every draft without faults.
+    faults(&fake, &[]);
+    for (d, _) in &drafts {
+        let (_, body) = publish(&app, &key, d, &account, None).await;
+        assert_eq!(body["results"][0]["status"], "published", "{body}");
+    }
+    let tweets = fake.tweets.lock().expect("lock").clone();
+    let mut texts: Vec<&str> = tweets.iter().map(|t| t.text.as_str()).collect();
+    let total_items: usize = drafts.iter().map(|(_, items)| items.len()).sum();
+    texts.sort_unstable();
+    texts.dedup();
+    assert_eq!(texts.len(), tweets.len(), "no post is on X twice");
+    assert_eq!(tweets.len(), total_items, "every post is on X once");
+    for (_, items) in &drafts {
+        for k in 1..items.len() {
+            let this = tweets.iter().find(|t| t.text == items[k]).expect("posted");
+            let parent = tweets
+                .iter()
+                .find(|t| t.text == items[k - 1])
+                .expect("posted");
+            assert_eq!(
+                this.reply_to.as_deref(),
+                Some(parent.id.as_str()),
+                "chained"
+            );
+        }
+    }
+    // Charged exactly once per draft: 10 credits each.
+    assert_eq!(
+        app.balance_micros(user).await,
+        100_000_000_000 - drafts.len() as i64 * 10_000_000
+    );
+    assert!(resolved > 0, "the run met unknown outcomes");
+    app.assert_books_balance(user).await;
+    let (ok, report) = app.ledger_verify_cli().await;
+    assert!(ok, "{report}");
+    app.stop().await;
+}
+
+both_backends!(
+    a_cjk_thread_goes_out_as_a_reply_chain_charged_once_and_never_twice,
+    a_thread_that_fails_midway_is_refunded_and_continues_where_it_stopped,
+    a_post_whose_answer_is_lost_is_held_unconfirmed_and_never_sent_twice,
+    publishing_refuses_what_it_cannot_do_before_sending,
+    fifty_parallel_publishes_on_an_expired_x_token_refresh_once_and_all_succeed,
+    a_thousand_publishes_under_random_faults_post_nothing_twice_and_charge_exactly
 );

@@ -105,3 +105,108 @@ pub async fn me(http: &reqwest::Client, app: &OAuthApp, access_token: &str) -> R
         )),
     }
 }
+
+/// How one create call ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Created {
+    /// The post exists: its id.
+    Posted { id: String },
+    /// It surely was not posted (refused before or by X): why, and the catalogue code.
+    Failed { code: &'static str, reason: String },
+    /// X refused the token (nothing was posted): refresh and try once more.
+    Unauthorized,
+    /// Sent, but the answer never came or says nothing sure (a timeout, a dropped connection,
+    /// a 5xx): X has no idempotency key, so it is never sent again blindly.
+    Unknown(String),
+}
+
+/// What a post says and where it goes.
+#[derive(Debug, Clone, Default)]
+pub struct NewPost<'a> {
+    pub text: &'a str,
+    pub reply_to: Option<&'a str>,
+    pub quote: Option<&'a str>,
+    pub media_ids: &'a [String],
+}
+
+/// `POST /2/tweets`.
+pub async fn create_post(
+    http: &reqwest::Client,
+    app: &OAuthApp,
+    access_token: &str,
+    post: &NewPost<'_>,
+    timeout: std::time::Duration,
+) -> Created {
+    let mut body = serde_json::json!({"text": post.text});
+    if let Some(id) = post.reply_to {
+        body["reply"] = serde_json::json!({"in_reply_to_tweet_id": id});
+    }
+    if let Some(id) = post.quote {
+        body["quote_tweet_id"] = serde_json::json!(id);
+    }
+    if !post.media_ids.is_empty() {
+        body["media"] = serde_json::json!({"media_ids": post.media_ids});
+    }
+    let url = format!("{}/2/tweets", app.api_base.trim_end_matches('/'));
+    let sent = http
+        .post(&url)
+        .bearer_auth(access_token)
+        .header("content-type", "application/json")
+        .body(body.to_string())
+        .timeout(timeout)
+        .send()
+        .await;
+    let resp = match sent {
+        Ok(r) => r,
+        // Refused before a byte was sent: surely not posted.
+        Err(e) if e.is_connect() => {
+            return Created::Failed {
+                code: "PLATFORM_UNAVAILABLE",
+                reason: format!("X could not be reached: {e}"),
+            };
+        }
+        Err(e) => return Created::Unknown(format!("no answer from X after sending: {e}")),
+    };
+    let status = resp.status().as_u16();
+    let text = match resp.bytes().await {
+        Ok(b) => b,
+        Err(e) if (200..300).contains(&status) => {
+            return Created::Unknown(format!("X's answer was cut off: {e}"));
+        }
+        Err(_) => bytes::Bytes::new(),
+    };
+    let v: Value = serde_json::from_slice(&text).unwrap_or(Value::Null);
+    let detail = || {
+        v["detail"]
+            .as_str()
+            .or(v["title"].as_str())
+            .or(v["errors"][0]["message"].as_str())
+            .unwrap_or("no detail")
+            .to_owned()
+    };
+    match status {
+        200..=299 => match v["data"]["id"].as_str() {
+            Some(id) => Created::Posted { id: id.to_owned() },
+            None => Created::Unknown(format!("X answered {status} without a post id")),
+        },
+        401 => Created::Unauthorized,
+        429 => Created::Failed {
+            code: "RATE_LIMITED",
+            reason: format!("X's rate limit: {}", detail()),
+        },
+        400..=499 => Created::Failed {
+            code: if status == 403 {
+                "FORBIDDEN"
+            } else {
+                "INVALID_INPUT"
+            },
+            reason: format!("X refused the post ({status}): {}", detail()),
+        },
+        _ => Created::Unknown(format!("X answered {status}: {}", detail())),
+    }
+}
+
+/// A post's public URL.
+pub fn post_url(username: &str, id: &str) -> String {
+    format!("https://x.com/{username}/status/{id}")
+}

@@ -35,8 +35,37 @@ struct Token {
     expires: Instant,
 }
 
+/// A fault the next create call meets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// The post is made, then the connection drops before the answer.
+    DropAfterCommit,
+    /// The post is made, then X answers 503.
+    ErrorAfterCommit,
+    /// X answers 503 without making it.
+    ErrorBeforeCommit,
+    /// X answers 429 (nothing made).
+    RateLimited,
+}
+
+/// A post on the fake.
+#[derive(Debug, Clone)]
+pub struct Tweet {
+    pub id: String,
+    pub user: String,
+    pub text: String,
+    pub reply_to: Option<String>,
+    pub quote: Option<String>,
+}
+
 #[derive(Default)]
 pub struct FakeX {
+    pub tweets: Mutex<Vec<Tweet>>,
+    /// What the next create calls meet, in order (`None`: nothing).
+    pub faults: Mutex<std::collections::VecDeque<Option<Fault>>>,
+    pub create_calls: AtomicUsize,
+    /// Whether this app's tier may quote posts (self-serve tiers may not, since 2026).
+    pub quotes_allowed: std::sync::atomic::AtomicBool,
     /// Callback URLs registered for the app.
     pub registered: Mutex<Vec<String>>,
     codes: Mutex<HashMap<String, Code>>,
@@ -276,6 +305,126 @@ async fn me(State(f): State<Arc<FakeX>>, headers: HeaderMap) -> Response {
     .into_response()
 }
 
+async fn create_tweet(State(f): State<Arc<FakeX>>, headers: HeaderMap, body: String) -> Response {
+    f.create_calls.fetch_add(1, Ordering::SeqCst);
+    let Some(user) = f.user_of(&headers) else {
+        return problem(StatusCode::UNAUTHORIZED, "Unauthorized", "Unauthorized");
+    };
+    let Ok(Value::Object(v)) = serde_json::from_str::<Value>(&body) else {
+        return problem(
+            StatusCode::BAD_REQUEST,
+            "Invalid Request",
+            "body is not a JSON object",
+        );
+    };
+    let allowed = [
+        "text",
+        "reply",
+        "quote_tweet_id",
+        "media",
+        "poll",
+        "reply_settings",
+    ];
+    if let Some(k) = v.keys().find(|k| !allowed.contains(&k.as_str())) {
+        return problem(
+            StatusCode::BAD_REQUEST,
+            "Invalid Request",
+            &format!("unknown field {k}"),
+        );
+    }
+    let text = v
+        .get("text")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_owned();
+    if text.is_empty() {
+        return problem(
+            StatusCode::BAD_REQUEST,
+            "Invalid Request",
+            "text is required",
+        );
+    }
+    let reply_to = v.get("reply").map(|r| {
+        r["in_reply_to_tweet_id"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned()
+    });
+    let quote = v
+        .get("quote_tweet_id")
+        .and_then(Value::as_str)
+        .map(str::to_owned);
+    if quote.is_some() && !f.quotes_allowed.load(Ordering::SeqCst) {
+        return (
+            StatusCode::FORBIDDEN,
+            Json(json!({"title": "Forbidden", "status": 403, "type": "https://api.x.com/2/problems/client-forbidden",
+                "detail": "Quote posts are not available on this access tier."})),
+        )
+            .into_response();
+    }
+    let fault = f.faults.lock().expect("lock").pop_front().flatten();
+    match fault {
+        Some(Fault::RateLimited) => {
+            return problem(
+                StatusCode::TOO_MANY_REQUESTS,
+                "Too Many Requests",
+                "Too Many Requests",
+            );
+        }
+        Some(Fault::ErrorBeforeCommit) => {
+            return problem(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "Service Unavailable",
+                "over capacity",
+            );
+        }
+        _ => {}
+    }
+    let tweet = {
+        let mut tweets = f.tweets.lock().expect("lock");
+        if let Some(id) = &reply_to
+            && !tweets.iter().any(|t| t.id == *id)
+        {
+            return problem(
+                StatusCode::FORBIDDEN,
+                "Forbidden",
+                "You attempted to reply to a Tweet that is deleted or not visible to you.",
+            );
+        }
+        if tweets
+            .iter()
+            .any(|t| t.user == user && t.text == text && t.reply_to == reply_to)
+        {
+            return problem(
+                StatusCode::FORBIDDEN,
+                "Forbidden",
+                "You are not allowed to create a Tweet with duplicate content.",
+            );
+        }
+        let id = format!("{}", 1_800_000_000_000_000_000u64 + tweets.len() as u64 + 1);
+        let tweet = Tweet {
+            id,
+            user,
+            text,
+            reply_to,
+            quote,
+        };
+        tweets.push(tweet.clone());
+        tweet
+    };
+    match fault {
+        Some(Fault::DropAfterCommit) => std::panic::resume_unwind(Box::new("connection dropped")),
+        Some(Fault::ErrorAfterCommit) => {
+            problem(StatusCode::SERVICE_UNAVAILABLE, "Service Unavailable", "over capacity")
+        }
+        _ => (
+            StatusCode::CREATED,
+            Json(json!({"data": {"id": tweet.id, "text": tweet.text, "edit_history_tweet_ids": [tweet.id]}})),
+        )
+            .into_response(),
+    }
+}
+
 /// Starts the fake; its root (`http://127.0.0.1:port`, without `/v1`).
 pub async fn start_fake_x() -> (Arc<FakeX>, String) {
     let fake = Arc::new(FakeX::default());
@@ -286,6 +435,7 @@ pub async fn start_fake_x() -> (Arc<FakeX>, String) {
         .route("/2/oauth2/token", post(token))
         .route("/2/oauth2/revoke", post(revoke))
         .route("/2/users/me", get(me))
+        .route("/2/tweets", post(create_tweet))
         .with_state(Arc::clone(&fake));
     let base = super::serve_fake(app).await;
     (fake, base.trim_end_matches("/v1").to_owned())

@@ -1,0 +1,418 @@
+//! Publishing (seed 000): `POST /api/v1/twitter/publish` `{"draftId","accountIds","jobId"}` (the
+//! draft's items as a reply chain on each X account), `POST /api/v1/twitter/quote`
+//! `{"content","quoteTweetId","accountId"}`, `POST /api/v1/publish/multi-platform`
+//! `{"draftId","targetAccounts":[{"accountId","platform"}]}` → `{"results","summary"}`, and
+//! `POST /api/v1/publish/targets/{id}/resolve` `{"posted","postId"}` for an `unconfirmed`
+//! result. Each account's price is held before anything is sent (a balance that does not cover
+//! them all is `INSUFFICIENT_CREDITS` with nothing posted). An `Idempotency-Key` header makes a
+//! retry answer what the first request answered, without publishing again.
+
+use super::extract::{PlatformUser, parse_json};
+use crate::db::{self, drafts::Draft, social::Account};
+use crate::error::ApiError;
+use crate::social::publish::{self, Held, Outcome, Plan, Status};
+use crate::social::text::Platform;
+use crate::state::AppState;
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use axum::{Json, Router};
+use serde_json::{Map, Value, json};
+use sha2::{Digest, Sha256};
+use std::future::Future;
+use tracing::Instrument;
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/twitter/publish", post(publish_x))
+        .route("/twitter/quote", post(quote))
+        .route("/publish/multi-platform", post(multi_platform))
+        .route("/publish/targets/{id}/resolve", post(resolve))
+}
+
+/// The `Idempotency-Key` header, if any (printable, at most 200 bytes).
+fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+    let Some(v) = headers.get("idempotency-key") else {
+        return Ok(None);
+    };
+    let key = v
+        .to_str()
+        .ok()
+        .map(str::trim)
+        .filter(|k| !k.is_empty() && k.len() <= 200)
+        .ok_or_else(|| {
+            ApiError::InvalidInput("Idempotency-Key: must be 1 to 200 printable characters".into())
+        })?;
+    Ok(Some(key.to_owned()))
+}
+
+/// Runs `work` once per idempotency key: a retry with the key gets the stored answer (a
+/// different request under the same key is refused, one still running is a 409). The work
+/// runs on the task tracker, so a client that hangs up does not cut a publish short.
+async fn once<F, Fut>(
+    state: &AppState,
+    user_id: i64,
+    headers: &HeaderMap,
+    route: &str,
+    body: &[u8],
+    work: F,
+) -> Result<Response, ApiError>
+where
+    F: FnOnce(String) -> Fut,
+    Fut: Future<Output = Result<(StatusCode, Value), ApiError>> + Send + 'static,
+{
+    let key = idempotency_key(headers)?;
+    let mut hasher = Sha256::new();
+    hasher.update(route.as_bytes());
+    hasher.update(b"\n");
+    hasher.update(body);
+    let hash = crate::secrets::encode_hex(&hasher.finalize());
+    let id = format!(
+        "pubr_{}",
+        crate::social::drafts::new_uuid().replace('-', "")
+    );
+    if let Err(earlier) =
+        db::publishing::begin(&state.db, &id, user_id, key.as_deref(), &hash).await?
+    {
+        if earlier.request_hash != hash {
+            return Err(ApiError::Conflict(
+                "Idempotency-Key: this key was used for a different request".into(),
+            ));
+        }
+        let Some(stored) = earlier.response else {
+            return Err(ApiError::Conflict(
+                "Idempotency-Key: the request with this key is still being published".into(),
+            ));
+        };
+        let stored: Value = serde_json::from_str(&stored).unwrap_or(Value::Null);
+        let status = stored["status"]
+            .as_u64()
+            .and_then(|s| StatusCode::from_u16(s as u16).ok())
+            .unwrap_or(StatusCode::OK);
+        let mut response = (status, Json(stored["body"].clone())).into_response();
+        response.headers_mut().insert(
+            "idempotent-replayed",
+            axum::http::HeaderValue::from_static("true"),
+        );
+        return Ok(response);
+    }
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let fut = work(id.clone());
+    state.tasks.spawn(
+        async move {
+            let _ = tx.send(fut.await);
+        }
+        .in_current_span(),
+    );
+    let (status, body) = match rx.await {
+        Ok(Ok(answer)) => answer,
+        Ok(Err(e)) => (e.parts().0, e.body()),
+        Err(_) => {
+            let e = ApiError::Internal("the publish ended without an answer".into());
+            (e.parts().0, e.body())
+        }
+    };
+    // Kept for a retry with the same key; a server-side failure is not (the retry tries again).
+    let keep = !status.is_server_error() || status == StatusCode::BAD_GATEWAY;
+    let stored = if keep {
+        json!({"status": status.as_u16(), "body": body}).to_string()
+    } else {
+        json!({"status": status.as_u16(), "body": body, "transient": true}).to_string()
+    };
+    db::publishing::finish(&state.db, &id, &stored).await?;
+    Ok((status, Json(body)).into_response())
+}
+
+fn required_string(body: &Map<String, Value>, key: &str) -> Result<String, ApiError> {
+    match body.get(key) {
+        Some(Value::String(s)) if !s.trim().is_empty() => Ok(s.trim().to_owned()),
+        Some(Value::String(_)) | None | Some(Value::Null) => {
+            Err(ApiError::InvalidInput(format!("{key}: required")))
+        }
+        Some(_) => Err(ApiError::InvalidInput(format!("{key}: must be a string"))),
+    }
+}
+
+async fn own_draft(state: &AppState, user_id: i64, id: &str) -> Result<Draft, ApiError> {
+    db::drafts::get(&state.db, user_id, id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("draft {id} not found")))
+}
+
+/// The user's X accounts a draft goes to: `accountIds` if given, else its selected ones, else
+/// its social set's.
+async fn x_accounts(
+    state: &AppState,
+    user_id: i64,
+    draft: &Draft,
+    ids: Option<Vec<String>>,
+) -> Result<Vec<Account>, ApiError> {
+    let accounts = db::social::accounts(&state.db, user_id).await?;
+    let chosen: Vec<Account> = match ids {
+        Some(ids) => {
+            let mut out = Vec::new();
+            for id in &ids {
+                let a = accounts.iter().find(|a| a.id == *id).ok_or_else(|| {
+                    ApiError::InvalidInput(format!(
+                        "accountIds: no connected account of yours is {id:?}"
+                    ))
+                })?;
+                if a.platform != "twitter" {
+                    return Err(ApiError::InvalidInput(format!(
+                        "accountIds: {id} is a {} account; use /api/v1/publish/multi-platform",
+                        a.platform
+                    )));
+                }
+                out.push(a.clone());
+            }
+            out
+        }
+        None => {
+            let selected = crate::social::drafts::selected(draft);
+            let members = match &draft.social_set_id {
+                Some(set) if selected.is_empty() => db::social::set_members(&state.db, user_id)
+                    .await?
+                    .into_iter()
+                    .filter(|(s, _)| s == set)
+                    .map(|(_, a)| a)
+                    .collect(),
+                _ => selected,
+            };
+            accounts
+                .into_iter()
+                .filter(|a| a.platform == "twitter" && members.contains(&a.id))
+                .collect()
+        }
+    };
+    if chosen.is_empty() {
+        return Err(ApiError::InvalidInput(
+            "accountIds: the draft names no X account to publish to; pass accountIds".into(),
+        ));
+    }
+    Ok(chosen)
+}
+
+/// Holds every target's price, then sends them all; if the balance does not cover them all,
+/// nothing is sent and every hold is given back.
+async fn run_all(
+    state: AppState,
+    publish_id: String,
+    targets: Vec<(Account, Plan)>,
+) -> Result<Vec<Outcome>, ApiError> {
+    let mut held: Vec<Held> = Vec::new();
+    let mut outcomes: Vec<(usize, Outcome)> = Vec::new();
+    let mut refusal = None;
+    for (k, (account, plan)) in targets.into_iter().enumerate() {
+        match publish::hold(&state, &publish_id, account, plan).await {
+            Ok(Ok(h)) => held.push(h),
+            Ok(Err(outcome)) => outcomes.push((k, outcome)),
+            Err(e) => {
+                refusal = Some(e);
+                break;
+            }
+        }
+    }
+    if let Some(e) = refusal {
+        for h in held {
+            publish::release(&state, h).await;
+        }
+        return Err(e);
+    }
+    let sent =
+        futures_util::future::join_all(held.into_iter().map(|h| publish::send(&state, h))).await;
+    let mut all: Vec<Outcome> = outcomes.into_iter().map(|(_, o)| o).collect();
+    all.extend(sent);
+    Ok(all)
+}
+
+fn answer(publish_id: &str, outcomes: &[Outcome], extra: Value) -> Value {
+    let mut body = json!({
+        "success": outcomes.iter().all(|o| o.status == Status::Published),
+        "publishId": publish_id,
+        "results": outcomes.iter().map(Outcome::json).collect::<Vec<_>>(),
+        "summary": publish::summary(outcomes),
+    });
+    if let (Some(b), Some(e)) = (body.as_object_mut(), extra.as_object()) {
+        b.extend(e.clone());
+    }
+    body
+}
+
+async fn publish_x(
+    State(state): State<AppState>,
+    PlatformUser(_, user_id): PlatformUser,
+    headers: HeaderMap,
+    raw: Bytes,
+) -> Result<Response, ApiError> {
+    let body: Map<String, Value> = parse_json(&raw)?;
+    let draft_id = required_string(&body, "draftId")?;
+    let ids = crate::social::drafts::read_ids("accountIds", body.get("accountIds"))?;
+    let job_id = body.get("jobId").cloned().unwrap_or(Value::Null);
+    let draft = own_draft(&state, user_id, &draft_id).await?;
+    let accounts = x_accounts(&state, user_id, &draft, ids).await?;
+    let targets: Vec<(Account, Plan)> = accounts
+        .into_iter()
+        .map(|a| {
+            let plan = Plan::thread(&draft, &a);
+            (a, plan)
+        })
+        .collect();
+    let st = state.clone();
+    once(
+        &state,
+        user_id,
+        &headers,
+        "twitter/publish",
+        &raw,
+        move |publish_id| async move {
+            let outcomes = run_all(st, publish_id.clone(), targets).await?;
+            let extra = json!({"draftId": draft_id, "jobId": job_id});
+            Ok((StatusCode::OK, answer(&publish_id, &outcomes, extra)))
+        },
+    )
+    .await
+}
+
+async fn multi_platform(
+    State(state): State<AppState>,
+    PlatformUser(_, user_id): PlatformUser,
+    headers: HeaderMap,
+    raw: Bytes,
+) -> Result<Response, ApiError> {
+    let body: Map<String, Value> = parse_json(&raw)?;
+    let draft_id = required_string(&body, "draftId")?;
+    let list = match body.get("targetAccounts") {
+        Some(Value::Array(list)) if !list.is_empty() && list.len() <= 50 => list.clone(),
+        _ => {
+            return Err(ApiError::InvalidInput(
+                "targetAccounts: required, 1 to 50 {\"accountId\",\"platform\"} objects".into(),
+            ));
+        }
+    };
+    let draft = own_draft(&state, user_id, &draft_id).await?;
+    let accounts = db::social::accounts(&state.db, user_id).await?;
+    let mut targets = Vec::new();
+    for (k, t) in list.iter().enumerate() {
+        let id = t["accountId"].as_str().ok_or_else(|| {
+            ApiError::InvalidInput(format!("targetAccounts[{k}].accountId: required"))
+        })?;
+        let platform = t["platform"]
+            .as_str()
+            .and_then(Platform::parse)
+            .ok_or_else(|| {
+                ApiError::InvalidInput(format!(
+                    "targetAccounts[{k}].platform: one of twitter, bluesky, mastodon, threads, linkedin"
+                ))
+            })?;
+        let a = accounts.iter().find(|a| a.id == id).ok_or_else(|| {
+            ApiError::InvalidInput(format!(
+                "targetAccounts[{k}].accountId: no connected account of yours is {id:?}"
+            ))
+        })?;
+        if Platform::parse(&a.platform) != Some(platform) {
+            return Err(ApiError::InvalidInput(format!(
+                "targetAccounts[{k}].platform: account {id} is a {} account",
+                a.platform
+            )));
+        }
+        if targets.iter().any(|(x, _): &(Account, Plan)| x.id == a.id) {
+            return Err(ApiError::InvalidInput(format!(
+                "targetAccounts[{k}]: account {id} is named twice"
+            )));
+        }
+        targets.push((a.clone(), Plan::thread(&draft, a)));
+    }
+    let st = state.clone();
+    once(
+        &state,
+        user_id,
+        &headers,
+        "publish/multi-platform",
+        &raw,
+        move |publish_id| async move {
+            let outcomes = run_all(st, publish_id.clone(), targets).await?;
+            Ok((
+                StatusCode::OK,
+                answer(&publish_id, &outcomes, json!({"draftId": draft_id})),
+            ))
+        },
+    )
+    .await
+}
+
+async fn quote(
+    State(state): State<AppState>,
+    PlatformUser(_, user_id): PlatformUser,
+    headers: HeaderMap,
+    raw: Bytes,
+) -> Result<Response, ApiError> {
+    let body: Map<String, Value> = parse_json(&raw)?;
+    let content = crate::social::text::plain_text(&crate::social::text::sanitize_html(
+        &required_string(&body, "content")?,
+    ));
+    let quoted = required_string(&body, "quoteTweetId")?;
+    if quoted.len() > 19 || !quoted.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(ApiError::InvalidInput(
+            "quoteTweetId: must be a post id (digits)".into(),
+        ));
+    }
+    let account_id = required_string(&body, "accountId")?;
+    let account = db::social::account(&state.db, user_id, &account_id)
+        .await?
+        .filter(|a| a.platform == "twitter")
+        .ok_or_else(|| {
+            ApiError::InvalidInput(format!(
+                "accountId: no connected X account of yours is {account_id:?}"
+            ))
+        })?;
+    let st = state.clone();
+    once(&state, user_id, &headers, "twitter/quote", &raw, move |publish_id| async move {
+        let plan = Plan::quote(&publish_id, content, quoted);
+        let mut outcomes = run_all(st, publish_id.clone(), vec![(account, plan)]).await?;
+        let o = outcomes.pop().ok_or_else(|| ApiError::Internal("no quote outcome".into()))?;
+        match (o.status, &o.error) {
+            (Status::Published, _) => {
+                let (id, url) = o.posts.first().cloned().unwrap_or_default();
+                Ok((StatusCode::OK, json!({"success": true, "message": "引用发布成功", "tweetId": id, "url": url,
+                    "publishId": publish_id, "targetId": o.target_id, "creditsCharged": o.charged})))
+            }
+            (Status::Unconfirmed, _) => Ok((StatusCode::ACCEPTED, json!({"success": false, "status": "unconfirmed",
+                "message": o.error.as_ref().map(|e| e.1.clone()), "publishId": publish_id, "targetId": o.target_id}))),
+            (Status::Failed, Some(("FORBIDDEN", why))) => Err(ApiError::Forbidden(format!(
+                "quote posts: {why} (X removed quote posts from self-serve API tiers in 2026; nothing was charged)"
+            ))),
+            (Status::Failed, Some(("TOKEN_EXPIRED", why))) => Err(ApiError::TokenExpired(why.clone())),
+            (Status::Failed, Some(("INVALID_INPUT", why))) => Err(ApiError::InvalidInput(why.clone())),
+            (Status::Failed, e) => Err(ApiError::PublishFailed(
+                e.as_ref().map_or_else(|| "the quote was not posted".to_owned(), |e| e.1.clone()),
+            )),
+        }
+    })
+    .await
+}
+
+async fn resolve(
+    State(state): State<AppState>,
+    PlatformUser(_, user_id): PlatformUser,
+    Path(id): Path<String>,
+    raw: Bytes,
+) -> Result<Json<Value>, ApiError> {
+    let body: Map<String, Value> = parse_json(&raw)?;
+    let posted = body
+        .get("posted")
+        .and_then(Value::as_bool)
+        .ok_or_else(|| ApiError::InvalidInput("posted: required, true or false".into()))?;
+    let remote = match body.get("postId") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) if !s.is_empty() && s.len() <= 100 => Some(s.clone()),
+        Some(_) => {
+            return Err(ApiError::InvalidInput(
+                "postId: must be the post's id".into(),
+            ));
+        }
+    };
+    let outcome = publish::resolve(&state, user_id, &id, posted, remote.as_deref()).await?;
+    Ok(Json(json!({"success": true, "result": outcome.json()})))
+}

@@ -1,0 +1,628 @@
+//! Publishing a draft to accounts, never twice and never silently lost. For each account a
+//! target is written with its price held (a durable ledger hold) before any post is sent; each
+//! post is recorded as `attempted` before its create call; its end is stored as `published`
+//! (the platform's id) or `failed` (surely not posted). A post whose outcome cannot be known (a
+//! timeout, a dropped connection, a 5xx after sending) stays `attempted` and its target
+//! `unconfirmed`, its price still held: X has no idempotency key, so nothing is sent blindly
+//! again until the user says what happened (`resolve`). A thread goes out as a reply chain; one
+//! that fails at an item reports `{published, total, failedAt}`, is refunded, and publishing the
+//! same draft to the same account again continues at that item, replying to the one before it.
+//! A target is charged once when every post is out.
+
+use super::drafts::{self, new_uuid};
+use super::platforms::x::{self, Created, NewPost};
+use super::text::{self, Platform};
+use crate::billing::{Micros, PaidBy, UsageSource, UsageStatus};
+use crate::db::drafts::Draft;
+use crate::db::publishing::{Post, Progress, Target};
+use crate::db::social::Account;
+use crate::db::{self, billing::ReserveError};
+use crate::error::ApiError;
+use crate::gateway::meter::{Ended, Payer};
+use crate::metrics as m;
+use crate::state::AppState;
+use serde_json::{Value, json};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// How long one create call may take before its outcome counts as unknown.
+const CREATE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How a publish to one account stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Status {
+    Published,
+    Failed,
+    Unconfirmed,
+}
+
+impl Status {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Published => "published",
+            Status::Failed => "failed",
+            Status::Unconfirmed => "unconfirmed",
+        }
+    }
+}
+
+/// The result of publishing to one account.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    pub account_id: String,
+    pub platform: Platform,
+    pub target_id: Option<String>,
+    pub status: Status,
+    /// The thread's posts that are out (`(id, url)`), in order.
+    pub posts: Vec<(String, String)>,
+    pub total: usize,
+    pub failed_at: Option<usize>,
+    pub error: Option<(&'static str, String)>,
+    pub charged: Micros,
+}
+
+impl Outcome {
+    fn refused(
+        account: &Account,
+        platform: Platform,
+        total: usize,
+        code: &'static str,
+        why: String,
+    ) -> Outcome {
+        Outcome {
+            account_id: account.id.clone(),
+            platform,
+            target_id: None,
+            status: Status::Failed,
+            posts: Vec::new(),
+            total,
+            failed_at: None,
+            error: Some((code, why)),
+            charged: Micros::ZERO,
+        }
+    }
+
+    /// One result in seed 000's multi-platform shape (plus the thread's progress).
+    pub fn json(&self) -> Value {
+        let data = match (self.platform, self.posts.first()) {
+            (Platform::X, Some((id, url))) => json!({
+                "tweetId": id, "url": url,
+                "tweetIds": self.posts.iter().map(|p| &p.0).collect::<Vec<_>>(),
+                "urls": self.posts.iter().map(|p| &p.1).collect::<Vec<_>>(),
+            }),
+            _ => Value::Null,
+        };
+        json!({
+            "accountId": self.account_id,
+            "platform": self.platform.as_str(),
+            "success": self.status == Status::Published,
+            "status": self.status.as_str(),
+            "targetId": self.target_id,
+            "data": data,
+            "published": self.posts.len(),
+            "total": self.total,
+            "failedAt": self.failed_at,
+            "error": self.error.as_ref().map(|(code, message)| json!({"code": code, "message": message})),
+            "creditsCharged": self.charged,
+        })
+    }
+}
+
+/// `{total, succeeded, failed, unconfirmed}` of some results.
+pub fn summary(outcomes: &[Outcome]) -> Value {
+    let n = |s: Status| outcomes.iter().filter(|o| o.status == s).count();
+    json!({
+        "total": outcomes.len(),
+        "succeeded": n(Status::Published),
+        "failed": n(Status::Failed),
+        "unconfirmed": n(Status::Unconfirmed),
+    })
+}
+
+/// The price of one publish to `platform`.
+pub fn price(state: &AppState, platform: Platform) -> Micros {
+    let p = &state.config.publishing;
+    match platform {
+        Platform::X => p.price_x,
+        Platform::Bluesky => p.price_bluesky,
+        Platform::Mastodon => p.price_mastodon,
+        Platform::Threads => p.price_threads,
+        Platform::LinkedIn => p.price_linkedin,
+    }
+}
+
+/// What one target sends: the posts' texts (and media), and the thread they belong to.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    pub thread_key: String,
+    pub texts: Vec<String>,
+    pub quote: Option<String>,
+}
+
+impl Plan {
+    /// A draft's items as a thread on `account`.
+    pub fn thread(draft: &Draft, account: &Account) -> Plan {
+        Plan {
+            thread_key: format!("{}:{}", draft.id, account.id),
+            texts: drafts::items(draft)
+                .iter()
+                .map(|i| i.plain_text())
+                .collect(),
+            quote: None,
+        }
+    }
+
+    /// One post quoting `quoted` (not a thread: it is not continued by a later publish).
+    pub fn quote(publish_id: &str, text: String, quoted: String) -> Plan {
+        Plan {
+            thread_key: format!("quote:{publish_id}"),
+            texts: vec![text],
+            quote: Some(quoted),
+        }
+    }
+}
+
+/// A target whose price is held, ready to send.
+pub struct Held {
+    target: Target,
+    account: Account,
+    platform: Platform,
+    plan: Plan,
+    start: usize,
+    done: Vec<(String, String)>,
+}
+
+/// Checks a plan against `account`'s platform before anything is held or sent: every post fits,
+/// the platform is one Tollgate publishes to, the thread has no post of unknown outcome. `Ok`:
+/// where to start and the posts already out (all of them: nothing to do).
+async fn prepare(
+    state: &AppState,
+    account: &Account,
+    plan: &Plan,
+) -> Result<(usize, Vec<(String, String)>), (&'static str, String)> {
+    let platform = Platform::parse(&account.platform).ok_or((
+        "NOT_SUPPORTED",
+        format!("unknown platform {}", account.platform),
+    ))?;
+    if platform != Platform::X {
+        return Err((
+            "NOT_SUPPORTED",
+            format!("publishing to {} is not available yet", platform.as_str()),
+        ));
+    }
+    if account.status != "active" {
+        return Err((
+            "TOKEN_EXPIRED",
+            format!("the account @{} must be connected again", account.username),
+        ));
+    }
+    let limit = platform.default_limit();
+    for (k, t) in plan.texts.iter().enumerate() {
+        let c = text::count(platform, t, limit);
+        if !c.valid {
+            return Err((
+                "INVALID_INPUT",
+                format!(
+                    "post {k} counts {} of {limit} on {} (or is empty); nothing was sent",
+                    c.count,
+                    platform.as_str()
+                ),
+            ));
+        }
+    }
+    let posts = db::publishing::posts(&state.db, &plan.thread_key)
+        .await
+        .map_err(|e| ("INTERNAL_ERROR", e.to_string()))?;
+    if let Some(open) = posts.iter().find(|p| p.status == "attempted") {
+        return Err((
+            "UNCONFIRMED",
+            format!(
+                "post {} of this thread was sent but its outcome is unknown (target {}); resolve it before publishing again",
+                open.position, open.target_id
+            ),
+        ));
+    }
+    let done: Vec<(String, String)> = posts_out(&posts);
+    Ok((done.len().min(plan.texts.len()), done))
+}
+
+/// The leading run of published posts.
+fn posts_out(posts: &[Post]) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for (k, p) in posts.iter().enumerate() {
+        if p.position != k as i64 || p.status != "published" {
+            break;
+        }
+        out.push((
+            p.remote_id.clone().unwrap_or_default(),
+            p.url.clone().unwrap_or_default(),
+        ));
+    }
+    out
+}
+
+/// Holds one target's price (the target row and the hold in one transaction). `Err` with an
+/// outcome when there is nothing to hold for (refused, or already out), with an error when the
+/// balance does not cover it.
+pub async fn hold(
+    state: &AppState,
+    publish_id: &str,
+    account: Account,
+    plan: Plan,
+) -> Result<Result<Held, Outcome>, ApiError> {
+    let platform = Platform::parse(&account.platform).unwrap_or(Platform::X);
+    let total = plan.texts.len();
+    let (start, done) = match prepare(state, &account, &plan).await {
+        Ok(p) => p,
+        Err((code, why)) => return Ok(Err(Outcome::refused(&account, platform, total, code, why))),
+    };
+    if start == total {
+        return Ok(Err(Outcome {
+            account_id: account.id.clone(),
+            platform,
+            target_id: None,
+            status: Status::Published,
+            posts: done,
+            total,
+            failed_at: None,
+            error: None,
+            charged: Micros::ZERO,
+        }));
+    }
+    let price = price(state, platform);
+    let target = Target {
+        id: format!("pub_{}", new_uuid().replace('-', "")),
+        publish_id: publish_id.to_owned(),
+        user_id: account.user_id,
+        account_id: account.id.clone(),
+        platform: platform.as_str().to_owned(),
+        thread_key: plan.thread_key.clone(),
+        status: "posting".into(),
+        held_micros: price.0,
+        total: total as i64,
+        published: start as i64,
+        failed_at: None,
+        error_code: None,
+        error: None,
+        settled: 0,
+        charged_micros: 0,
+        created_at_ms: 0,
+        updated_at_ms: 0,
+    };
+    state
+        .book
+        .take(account.user_id, price)
+        .map_err(|e| refused(e, price))?;
+    let description = format!("publish to {} (held until it is out)", platform.as_str());
+    if let Err(e) = db::publishing::create_target(&state.db, &target, &description).await {
+        state.book.give(account.user_id, price);
+        return Err(refused(e, price));
+    }
+    Ok(Ok(Held {
+        target,
+        account,
+        platform,
+        plan,
+        start,
+        done,
+    }))
+}
+
+fn refused(e: ReserveError, price: Micros) -> ApiError {
+    match e {
+        ReserveError::Insufficient { available, .. } => ApiError::InsufficientCredits {
+            needed: price,
+            available,
+        },
+        ReserveError::UserInactive => ApiError::Forbidden("the account is disabled".into()),
+        ReserveError::Db(e) => e.into(),
+    }
+}
+
+/// Sends a held target's posts and settles it.
+pub async fn send(state: &AppState, h: Held) -> Outcome {
+    let Held {
+        target,
+        account,
+        platform,
+        plan,
+        start,
+        mut done,
+    } = h;
+    let mut ended: Option<(Status, usize, &'static str, String)> = None;
+    for position in start..plan.texts.len() {
+        let pos = position as i64;
+        match db::publishing::attempt(&state.db, &plan.thread_key, pos, &target.id, &account.id)
+            .await
+        {
+            Ok(true) => {}
+            Ok(false) => {
+                let why = "another publish of this draft to this account is sending it".to_owned();
+                ended = Some((Status::Failed, position, "CONFLICT", why));
+                break;
+            }
+            Err(e) => {
+                ended = Some((Status::Failed, position, "INTERNAL_ERROR", e.to_string()));
+                break;
+            }
+        }
+        let reply_to = done.last().map(|(id, _)| id.clone());
+        let post = NewPost {
+            text: &plan.texts[position],
+            reply_to: reply_to.as_deref(),
+            quote: if position == 0 {
+                plan.quote.as_deref()
+            } else {
+                None
+            },
+            media_ids: &[],
+        };
+        let created = create_with_token(state, &account, &post).await;
+        let key = &plan.thread_key;
+        match created {
+            Ok(Created::Posted { id }) => {
+                let url = x::post_url(&account.username, &id);
+                if let Err(e) = db::publishing::end_post(
+                    &state.db,
+                    key,
+                    pos,
+                    "published",
+                    Some(&id),
+                    Some(&url),
+                    None,
+                )
+                .await
+                {
+                    // Posted, but not recorded: it must not be sent again; it stays attempted.
+                    tracing::error!(target = %target.id, error = %e, "a published post could not be recorded");
+                    ended = Some((
+                        Status::Unconfirmed,
+                        position,
+                        "UNCONFIRMED",
+                        format!("posted as {id} but not recorded: {e}"),
+                    ));
+                    break;
+                }
+                done.push((id, url));
+            }
+            Ok(Created::Failed { code, reason }) | Err((code, reason)) => {
+                let _ = db::publishing::end_post(
+                    &state.db,
+                    key,
+                    pos,
+                    "failed",
+                    None,
+                    None,
+                    Some(&reason),
+                )
+                .await;
+                ended = Some((Status::Failed, position, code, reason));
+                break;
+            }
+            Ok(Created::Unauthorized) => {
+                let why401 = "X refused the token (401)";
+                let _ = db::publishing::end_post(
+                    &state.db,
+                    key,
+                    pos,
+                    "failed",
+                    None,
+                    None,
+                    Some(why401),
+                )
+                .await;
+                let why = format!("X refused the token of @{} twice", account.username);
+                let _ = db::social::set_status(&state.db, &account.id, "needs_reauth").await;
+                ended = Some((Status::Failed, position, "TOKEN_EXPIRED", why));
+                break;
+            }
+            Ok(Created::Unknown(why)) => {
+                ended = Some((Status::Unconfirmed, position, "UNCONFIRMED", why));
+                break;
+            }
+        }
+    }
+    finish(state, &target, platform, done, ended).await
+}
+
+/// A create call with the account's token, refreshed once if X refuses it. `Err`: no token
+/// (nothing was sent).
+async fn create_with_token(
+    state: &AppState,
+    account: &Account,
+    post: &NewPost<'_>,
+) -> Result<Created, (&'static str, String)> {
+    let app = &state.config.social.x;
+    let token = super::tokens::access_token(state, &account.id, None)
+        .await
+        .map_err(|e| token_error(&e))?;
+    match x::create_post(&state.http, app, &token, post, CREATE_TIMEOUT).await {
+        Created::Unauthorized => {
+            let fresh = super::tokens::access_token(state, &account.id, Some(&token))
+                .await
+                .map_err(|e| token_error(&e))?;
+            Ok(x::create_post(&state.http, app, &fresh, post, CREATE_TIMEOUT).await)
+        }
+        other => Ok(other),
+    }
+}
+
+fn token_error(e: &ApiError) -> (&'static str, String) {
+    (e.parts().2, e.to_string())
+}
+
+/// Records how a target ended: settled (charged when all is out, refunded otherwise) or left
+/// unconfirmed with its hold.
+async fn finish(
+    state: &AppState,
+    target: &Target,
+    platform: Platform,
+    posts: Vec<(String, String)>,
+    ended: Option<(Status, usize, &'static str, String)>,
+) -> Outcome {
+    let (status, failed_at, error) = match ended {
+        None => (Status::Published, None, None),
+        Some((s, at, code, why)) => (s, Some(at), Some((code, why))),
+    };
+    let progress = Progress {
+        status: status.as_str(),
+        published: posts.len() as i64,
+        failed_at: failed_at.map(|a| a as i64),
+        error_code: error.as_ref().map(|e| e.0),
+        error: error.as_ref().map(|e| e.1.as_str()),
+    };
+    let mut charged = Micros::ZERO;
+    if status == Status::Unconfirmed {
+        if let Err(e) = db::publishing::hold_open(&state.db, &target.id, &progress).await {
+            tracing::error!(target = %target.id, error = %e, "recording an unconfirmed publish failed");
+        }
+    } else {
+        charged = settle(state, target, &progress, posts.len()).await;
+    }
+    metrics::counter!(m::PUBLISHES, "platform" => platform.as_str(), "outcome" => status.as_str())
+        .increment(1);
+    Outcome {
+        account_id: target.account_id.clone(),
+        platform,
+        target_id: Some(target.id.clone()),
+        status,
+        posts,
+        total: target.total as usize,
+        failed_at,
+        error,
+        charged,
+    }
+}
+
+/// Settles a target: its price if it is out whole, nothing otherwise; retried a few times
+/// (what is left unsettled keeps its hold, and is settled when it is resolved).
+async fn settle(
+    state: &AppState,
+    target: &Target,
+    progress: &Progress<'_>,
+    units: usize,
+) -> Micros {
+    let published = progress.status == "published";
+    let cost = if published {
+        Micros(target.held_micros)
+    } else {
+        Micros::ZERO
+    };
+    let payer = Payer {
+        request_id: Arc::from(target.id.as_str()),
+        user_id: target.user_id,
+        key_id: None,
+        model: target.platform.clone(),
+        price_version: 0,
+        endpoint: "publish",
+        stream: false,
+        paid_by: PaidBy::Credits,
+    };
+    let ended = Ended {
+        source: UsageSource::Provider,
+        cost,
+        units: units as i64,
+        ..Ended::nothing(
+            if published {
+                UsageStatus::Ok
+            } else {
+                UsageStatus::Failed
+            },
+            if published { 200 } else { 502 },
+            progress.error.map(str::to_owned),
+        )
+    };
+    let latency = crate::clock::now_ms() - target.created_at_ms.max(0);
+    let record = payer.record(Micros(target.held_micros), latency.max(0), ended);
+    let mut delay = Duration::from_millis(50);
+    for attempt in 1..=5 {
+        match db::publishing::settle_target(&state.db, target, progress, &record).await {
+            Ok(Some(charged)) => {
+                state
+                    .book
+                    .give(target.user_id, Micros(target.held_micros - charged));
+                if charged > 0 {
+                    metrics::counter!(m::ADDON_CHARGED, "addon" => "publish")
+                        .increment(charged as u64);
+                }
+                return Micros(charged);
+            }
+            Ok(None) => return Micros::ZERO,
+            Err(e) => {
+                tracing::warn!(target = %target.id, error = %e, attempt, "settling a publish failed, retrying");
+                tokio::time::sleep(delay).await;
+                delay *= 2;
+            }
+        }
+    }
+    metrics::counter!(m::SETTLEMENT_FAILURES).increment(1);
+    Micros::ZERO
+}
+
+/// Resolves an unconfirmed target with what the user found at the platform: the post is out
+/// (`remote_id` if they know it) or it is not. The target is then settled: charged when the
+/// whole thread is out, refunded otherwise (publish again to continue).
+pub async fn resolve(
+    state: &AppState,
+    user_id: i64,
+    target_id: &str,
+    posted: bool,
+    remote_id: Option<&str>,
+) -> Result<Outcome, ApiError> {
+    let target = db::publishing::target(&state.db, user_id, target_id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("publish target {target_id} not found")))?;
+    if target.status != "unconfirmed" || target.settled != 0 {
+        return Err(ApiError::Conflict(format!(
+            "publish target {target_id} is {}; only an unconfirmed one is resolved",
+            target.status
+        )));
+    }
+    let account = db::social::account_by_id(&state.db, &target.account_id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("account {} not found", target.account_id)))?;
+    let posts = db::publishing::posts(&state.db, &target.thread_key).await?;
+    let open = posts
+        .iter()
+        .find(|p| p.status == "attempted" && p.target_id == target.id)
+        .ok_or_else(|| ApiError::Conflict("no post of this target awaits an outcome".into()))?;
+    let (status, url) = if posted {
+        let url = remote_id.map(|id| x::post_url(&account.username, id));
+        ("published", url)
+    } else {
+        ("failed", None)
+    };
+    let why = (!posted).then_some("the user found it was not posted");
+    db::publishing::end_post(
+        &state.db,
+        &target.thread_key,
+        open.position,
+        status,
+        remote_id,
+        url.as_deref(),
+        why,
+    )
+    .await?;
+    let posts = db::publishing::posts(&state.db, &target.thread_key).await?;
+    let out = posts_out(&posts);
+    let platform = Platform::parse(&target.platform).unwrap_or(Platform::X);
+    let ended = if out.len() as i64 >= target.total {
+        None
+    } else {
+        Some((
+            Status::Failed,
+            out.len(),
+            "INCOMPLETE",
+            "the thread is not all out; publish the draft again to continue".to_owned(),
+        ))
+    };
+    Ok(finish(state, &target, platform, out, ended).await)
+}
+
+/// Gives a held target's price back without sending anything (another target of the same
+/// publish could not be held).
+pub async fn release(state: &AppState, h: Held) {
+    let why = "not sent: the balance did not cover every account".to_owned();
+    let ended = Some((Status::Failed, h.start, "INSUFFICIENT_CREDITS", why));
+    finish(state, &h.target, h.platform, h.done, ended).await;
+}
