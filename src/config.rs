@@ -159,6 +159,11 @@ pub struct BlueskyConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PublishingConfig {
+    /// A publish still sending after this long is taken to have lost its process: recovery
+    /// makes it unconfirmed (a post was sent) or refunds it (none was).
+    pub stalled_after_ms: u64,
+    /// How often recovery looks.
+    pub recovery_interval_ms: u64,
     #[serde(deserialize_with = "credits")]
     pub price_x: Micros,
     #[serde(deserialize_with = "credits")]

@@ -180,6 +180,10 @@ impl Application {
             state.clone(),
             stop_workers.clone(),
         ));
+        state.tasks.spawn(crate::social::publish::run_recovery(
+            state.clone(),
+            stop_workers.clone(),
+        ));
         state.tasks.spawn(refresh_catalog(
             state.clone(),
             Duration::from_millis(config.catalog.refresh_interval_ms),

@@ -272,3 +272,33 @@ pub async fn end_post(
         .await
         .map(|_| ()))
 }
+
+/// Targets still `posting` that were last touched before `before_ms` (their process died).
+pub async fn stalled(db: &Db, before_ms: i64, limit: i64) -> Result<Vec<Target>, sqlx::Error> {
+    read_pool!(db, p => sqlx::query_as::<_, Target>(concat!(
+        "SELECT ", target_columns!(), " FROM publish_targets
+         WHERE status = 'posting' AND settled = 0 AND updated_at_ms < $1 ORDER BY updated_at_ms LIMIT $2"))
+        .bind(before_ms)
+        .bind(limit)
+        .fetch_all(p)
+        .await)
+}
+
+/// The user's targets, newest first (of one thread if given), at most `limit`.
+pub async fn targets(
+    db: &Db,
+    user_id: i64,
+    thread_prefix: Option<&str>,
+    limit: i64,
+) -> Result<Vec<Target>, sqlx::Error> {
+    let pattern = thread_prefix.map(|p| format!("{p}:%"));
+    read_pool!(db, p => sqlx::query_as::<_, Target>(concat!(
+        "SELECT ", target_columns!(), " FROM publish_targets
+         WHERE user_id = $1 AND ($2 IS NULL OR thread_key LIKE $2)
+         ORDER BY created_at_ms DESC, id DESC LIMIT $3"))
+        .bind(user_id)
+        .bind(pattern)
+        .bind(limit)
+        .fetch_all(p)
+        .await)
+}

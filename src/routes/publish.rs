@@ -3,7 +3,7 @@
 //! `{"content","quoteTweetId","accountId"}`, `POST /api/v1/publish/multi-platform`
 //! `{"draftId","targetAccounts":[{"accountId","platform"}]}` → `{"results","summary"}`, and
 //! `POST /api/v1/publish/targets/{id}/resolve` `{"posted","postId"}` for an `unconfirmed`
-//! result. Each account's price is held before anything is sent (a balance that does not cover
+//! result; `GET /api/v1/publish/targets?draftId=` lists what was published where. Each account's price is held before anything is sent (a balance that does not cover
 //! them all is `INSUFFICIENT_CREDITS` with nothing posted). An `Idempotency-Key` header makes a
 //! retry answer what the first request answered, without publishing again.
 
@@ -29,6 +29,7 @@ pub fn router() -> Router<AppState> {
         .route("/twitter/publish", post(publish_x))
         .route("/twitter/quote", post(quote))
         .route("/publish/multi-platform", post(multi_platform))
+        .route("/publish/targets", axum::routing::get(list_targets))
         .route("/publish/targets/{id}/resolve", post(resolve))
 }
 
@@ -415,4 +416,48 @@ async fn resolve(
     };
     let outcome = publish::resolve(&state, user_id, &id, posted, remote.as_deref()).await?;
     Ok(Json(json!({"success": true, "result": outcome.json()})))
+}
+
+#[derive(Debug, serde::Deserialize)]
+struct TargetsQuery {
+    #[serde(rename = "draftId")]
+    draft_id: Option<String>,
+}
+
+fn target_json(t: &db::publishing::Target, posts: &[db::publishing::Post]) -> Value {
+    let mine: Vec<Value> = posts
+        .iter()
+        .map(|p| json!({"position": p.position, "status": p.status, "postId": p.remote_id, "url": p.url}))
+        .collect();
+    json!({
+        "targetId": t.id,
+        "publishId": t.publish_id,
+        "accountId": t.account_id,
+        "platform": t.platform,
+        "draftId": t.thread_key.split_once(':').map(|(d, _)| d).filter(|d| *d != "quote"),
+        "status": t.status,
+        "published": t.published,
+        "total": t.total,
+        "failedAt": t.failed_at,
+        "error": t.error_code.as_ref().map(|c| json!({"code": c, "message": t.error})),
+        "creditsHeld": crate::billing::Micros(if t.settled == 0 { t.held_micros } else { 0 }),
+        "creditsCharged": crate::billing::Micros(t.charged_micros),
+        "posts": mine,
+        "createdAt": super::admin::iso(t.created_at_ms),
+        "updatedAt": super::admin::iso(t.updated_at_ms),
+    })
+}
+
+async fn list_targets(
+    State(state): State<AppState>,
+    PlatformUser(_, user_id): PlatformUser,
+    axum::extract::Query(q): axum::extract::Query<TargetsQuery>,
+) -> Result<Json<Value>, ApiError> {
+    let targets = db::publishing::targets(&state.db, user_id, q.draft_id.as_deref(), 100).await?;
+    let mut out = Vec::with_capacity(targets.len());
+    for t in &targets {
+        let posts = db::publishing::posts(&state.db, &t.thread_key).await?;
+        out.push(target_json(t, &posts));
+    }
+    Ok(Json(json!({"success": true, "targets": out})))
 }

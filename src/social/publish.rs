@@ -626,3 +626,55 @@ pub async fn release(state: &AppState, h: Held) {
     let ended = Some((Status::Failed, h.start, "INSUFFICIENT_CREDITS", why));
     finish(state, &h.target, h.platform, h.done, ended).await;
 }
+
+/// Ends what a dead process left mid-publish, every minute until `stop`: a target whose sent
+/// post has no recorded outcome becomes `unconfirmed` (its hold kept, to resolve); one that had
+/// sent nothing more is refunded. Safe on every instance at once (settlement is once only).
+pub async fn run_recovery(state: AppState, stop: tokio_util::sync::CancellationToken) {
+    let cfg = &state.config.publishing;
+    let (stalled, every) = (
+        cfg.stalled_after_ms as i64,
+        Duration::from_millis(cfg.recovery_interval_ms.max(100)),
+    );
+    loop {
+        if let Err(e) = recover(&state, crate::clock::now_ms() - stalled).await {
+            tracing::warn!(error = %e, "recovering stalled publishes failed");
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(every) => {}
+        }
+    }
+}
+
+/// One recovery pass over targets last touched before `before_ms`; how many it ended.
+pub async fn recover(state: &AppState, before_ms: i64) -> Result<usize, sqlx::Error> {
+    let stalled = db::publishing::stalled(&state.db, before_ms, 100).await?;
+    for target in &stalled {
+        let posts = db::publishing::posts(&state.db, &target.thread_key).await?;
+        let out = posts_out(&posts);
+        let platform = Platform::parse(&target.platform).unwrap_or(Platform::X);
+        let ended = match posts.iter().find(|p| p.status == "attempted" && p.target_id == target.id) {
+            Some(open) => (
+                Status::Unconfirmed,
+                open.position as usize,
+                "UNCONFIRMED",
+                "the publish was interrupted after sending this post; check the platform and resolve it".to_owned(),
+            ),
+            None => (
+                Status::Failed,
+                out.len(),
+                "INTERRUPTED",
+                "the publish was interrupted; nothing more was sent".to_owned(),
+            ),
+        };
+        let (status, failed_at, code, why) = ended;
+        let ended = if status == Status::Failed && out.len() as i64 >= target.total {
+            None
+        } else {
+            Some((status, failed_at, code, why))
+        };
+        finish(state, target, platform, out, ended).await;
+    }
+    Ok(stalled.len())
+}

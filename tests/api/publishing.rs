@@ -357,6 +357,11 @@ async fn x_setup(b: &Backend) -> (TestApp, Arc<FakeX>) {
 /// The user's browser: opens the authorize URL, and follows X's redirect to the callback (on the
 /// test server). The callback's answer.
 async fn approve(app: &TestApp, auth_url: &str) -> (u16, Value, String) {
+    approve_at(&app.base, auth_url).await
+}
+
+/// [`approve`] against a gateway at `base`.
+async fn approve_at(base: &str, auth_url: &str) -> (u16, Value, String) {
     let browser = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .build()
@@ -369,7 +374,7 @@ async fn approve(app: &TestApp, auth_url: &str) -> (u16, Value, String) {
         .to_owned();
     let query = location.split_once('?').expect("query").1.to_owned();
     let resp = browser
-        .get(app.url(&format!("/api/v1/twitter/callback?{query}")))
+        .get(format!("{base}/api/v1/twitter/callback?{query}"))
         .send()
         .await
         .expect("callback");
@@ -1281,7 +1286,207 @@ async fn a_thousand_publishes_under_random_faults_post_nothing_twice_and_charge_
     app.stop().await;
 }
 
+/// A request to a gateway process at `base` with `key`.
+async fn at(
+    base: &str,
+    key: &str,
+    method: reqwest::Method,
+    path: &str,
+    body: Option<Value>,
+) -> (u16, Value) {
+    let mut req = reqwest::Client::new()
+        .request(method, format!("{base}{path}"))
+        .header("xai-key", key);
+    if let Some(b) = body {
+        req = req.json(&b);
+    }
+    let resp = req.send().await.expect("request");
+    let status = resp.status().as_u16();
+    (status, resp.json().await.unwrap_or(Value::Null))
+}
+
+async fn a_publish_cut_by_a_sigkill_is_recovered_as_unconfirmed_and_resolved_once(b: Backend) {
+    let dir = tempfile::tempdir().expect("dir");
+    let (db_url, pg) = fresh_database(&b, &dir).await;
+    let (fake, base) = start_fake_x().await;
+    fake.registered
+        .lock()
+        .expect("lock")
+        .push(X_CALLBACK.to_owned());
+    let (authorize, token) = (
+        format!("{base}/i/oauth2/authorize"),
+        format!("{base}/2/oauth2/token"),
+    );
+    let env = [
+        ("TOLLGATE__SOCIAL__X__API_BASE", base.as_str()),
+        ("TOLLGATE__SOCIAL__X__AUTHORIZE_URL", authorize.as_str()),
+        ("TOLLGATE__SOCIAL__X__TOKEN_URL", token.as_str()),
+        ("TOLLGATE__SOCIAL__X__CLIENT_ID", CLIENT_ID),
+        ("TOLLGATE__SOCIAL__X__CLIENT_SECRET", CLIENT_SECRET),
+        ("TOLLGATE__SOCIAL__X__REDIRECT_URI", X_CALLBACK),
+        ("TOLLGATE__PUBLISHING__STALLED_AFTER_MS", "300"),
+        ("TOLLGATE__PUBLISHING__RECOVERY_INTERVAL_MS", "200"),
+        ("TOLLGATE__LIMITS__QUERY_PER_MINUTE", "100000"),
+    ];
+    let server = Server::start(&db_url, &env).await;
+    let user = server
+        .admin(
+            reqwest::Method::POST,
+            "/api/v1/admin/users",
+            Some(json!({"email": format!("p{:x}@example.com", rand_u64()), "balance": "100"})),
+        )
+        .await;
+    let user = user["id"].as_i64().expect("user");
+    let key = server
+        .admin(
+            reqwest::Method::POST,
+            &format!("/api/v1/admin/users/{user}/keys"),
+            Some(json!({})),
+        )
+        .await;
+    let key = key["key"].as_str().expect("key").to_owned();
+    use reqwest::Method as M;
+    let (_, started) = at(
+        &server.base,
+        &key,
+        M::POST,
+        "/api/v1/twitter/auth",
+        Some(json!({})),
+    )
+    .await;
+    let (status, done, _) =
+        approve_at(&server.base, started["authUrl"].as_str().expect("url")).await;
+    assert_eq!(status, 200, "{done}");
+    let account = done["accountUuid"].as_str().expect("account").to_owned();
+    let (_, d) = at(
+        &server.base,
+        &key,
+        M::POST,
+        "/api/v1/twitter/drafts",
+        Some(json!({"title": "t", "tweets": [{"content": "断电之前"}]})),
+    )
+    .await;
+    let draft = d["draft"]["id"].as_str().expect("draft").to_owned();
+    // X is slow to answer; the gateway dies while it waits.
+    faults(&fake, &[Some(Fault::Hang)]);
+    let cut = {
+        let (base, key, draft, account) = (
+            server.base.clone(),
+            key.clone(),
+            draft.clone(),
+            account.clone(),
+        );
+        tokio::spawn(async move {
+            // Cut off with the gateway: no answer comes.
+            let body = json!({"draftId": draft, "accountIds": [account]});
+            reqwest::Client::new()
+                .post(format!("{base}/api/v1/twitter/publish"))
+                .header("xai-key", key)
+                .json(&body)
+                .send()
+                .await
+                .is_ok()
+        })
+    };
+    for _ in 0..500 {
+        if fake.create_calls.load(Ordering::SeqCst) > 0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert_eq!(
+        fake.create_calls.load(Ordering::SeqCst),
+        1,
+        "the post was sent"
+    );
+    server.kill().await;
+    let _ = cut.await;
+    // Restarted, recovery finds the publish cut mid-call: unconfirmed, its price still held.
+    let server = Server::start(&db_url, &env).await;
+    let mut listed = Value::Null;
+    for _ in 0..300 {
+        let (_, l) = at(
+            &server.base,
+            &key,
+            M::GET,
+            &format!("/api/v1/publish/targets?draftId={draft}"),
+            None,
+        )
+        .await;
+        if l["targets"][0]["status"] == "unconfirmed" {
+            listed = l;
+            break;
+        }
+        listed = l;
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let t = &listed["targets"][0];
+    assert_eq!(
+        (
+            t["status"].clone(),
+            t["creditsHeld"].clone(),
+            t["failedAt"].clone()
+        ),
+        (json!("unconfirmed"), json!(10), json!(0)),
+        "{listed}"
+    );
+    let user_now = server
+        .admin(M::GET, &format!("/api/v1/admin/users/{user}"), None)
+        .await;
+    assert_eq!(user_now["balance_micros"], 90_000_000);
+    // The user looks at X and answers truthfully; settled once.
+    let posted = fake
+        .tweets
+        .lock()
+        .expect("lock")
+        .first()
+        .map(|t| t.id.clone());
+    let target = t["targetId"].as_str().expect("target").to_owned();
+    let body = match &posted {
+        Some(id) => json!({"posted": true, "postId": id}),
+        None => json!({"posted": false}),
+    };
+    let (status, resolved) = at(
+        &server.base,
+        &key,
+        M::POST,
+        &format!("/api/v1/publish/targets/{target}/resolve"),
+        Some(body),
+    )
+    .await;
+    assert_eq!(status, 200, "{resolved}");
+    let (_, again) = at(
+        &server.base,
+        &key,
+        M::POST,
+        "/api/v1/twitter/publish",
+        Some(json!({"draftId": draft, "accountIds": [account]})),
+    )
+    .await;
+    assert_eq!(again["results"][0]["status"], "published", "{again}");
+    assert_eq!(
+        fake.tweets
+            .lock()
+            .expect("lock")
+            .iter()
+            .filter(|t| t.text == "断电之前")
+            .count(),
+        1
+    );
+    let user_now = server
+        .admin(M::GET, &format!("/api/v1/admin/users/{user}"), None)
+        .await;
+    assert_eq!(user_now["balance_micros"], 90_000_000, "charged once");
+    server.kill().await;
+    let (ok, report) = ledger_verify_cli(&db_url).await;
+    assert!(ok, "{report}");
+    if let Some((url, name)) = pg {
+        drop_pg_database(&url, &name).await;
+    }
+}
+
 both_backends!(
+    a_publish_cut_by_a_sigkill_is_recovered_as_unconfirmed_and_resolved_once,
     a_cjk_thread_goes_out_as_a_reply_chain_charged_once_and_never_twice,
     a_thread_that_fails_midway_is_refunded_and_continues_where_it_stopped,
     a_post_whose_answer_is_lost_is_held_unconfirmed_and_never_sent_twice,

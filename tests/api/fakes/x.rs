@@ -46,6 +46,8 @@ pub enum Fault {
     ErrorBeforeCommit,
     /// X answers 429 (nothing made).
     RateLimited,
+    /// X takes ten seconds, then makes it and answers.
+    Hang,
 }
 
 /// A post on the fake.
@@ -378,6 +380,7 @@ async fn create_tweet(State(f): State<Arc<FakeX>>, headers: HeaderMap, body: Str
                 "over capacity",
             );
         }
+        Some(Fault::Hang) => tokio::time::sleep(Duration::from_secs(10)).await,
         _ => {}
     }
     let tweet = {
