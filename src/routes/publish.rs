@@ -88,6 +88,11 @@ where
             ));
         };
         let stored: Value = serde_json::from_str(&stored).unwrap_or(Value::Null);
+        if stored["transient"] == true {
+            // The first try failed on our side: run it again under the same publish (what it
+            // sent is recorded, so nothing goes out twice).
+            return run_once(state, earlier.id, work).await;
+        }
         let status = stored["status"]
             .as_u64()
             .and_then(|s| StatusCode::from_u16(s as u16).ok())
@@ -99,6 +104,15 @@ where
         );
         return Ok(response);
     }
+    run_once(state, id, work).await
+}
+
+/// Runs `work` for publish `id` on the task tracker and stores its answer.
+async fn run_once<F, Fut>(state: &AppState, id: String, work: F) -> Result<Response, ApiError>
+where
+    F: FnOnce(String) -> Fut,
+    Fut: Future<Output = Result<(StatusCode, Value), ApiError>> + Send + 'static,
+{
     let (tx, rx) = tokio::sync::oneshot::channel();
     let fut = work(id.clone());
     state.tasks.spawn(
