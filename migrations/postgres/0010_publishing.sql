@@ -48,6 +48,10 @@ CREATE TABLE published_posts (
     account_id       TEXT    NOT NULL,
     status           TEXT    NOT NULL,
     remote_id        TEXT,
+    -- Bluesky: the record's CID (a reply names its root's and parent's).
+    remote_cid       TEXT,
+    -- The handle the platform dedupes by, chosen before the call (Bluesky's record key).
+    client_key       TEXT,
     url              TEXT,
     error            TEXT,
     attempted_at_ms  BIGINT  NOT NULL,

@@ -204,6 +204,8 @@ pub struct Post {
     pub account_id: String,
     pub status: String,
     pub remote_id: Option<String>,
+    pub remote_cid: Option<String>,
+    pub client_key: Option<String>,
     pub url: Option<String>,
     pub error: Option<String>,
     pub attempted_at_ms: i64,
@@ -213,61 +215,74 @@ pub struct Post {
 /// The posts of a thread, in order.
 pub async fn posts(db: &Db, thread_key: &str) -> Result<Vec<Post>, sqlx::Error> {
     read_pool!(db, p => sqlx::query_as::<_, Post>(
-        "SELECT thread_key, position, target_id, account_id, status, remote_id, url, error, attempted_at_ms,
-                updated_at_ms FROM published_posts WHERE thread_key = $1 ORDER BY position")
+        "SELECT thread_key, position, target_id, account_id, status, remote_id, remote_cid, client_key, url, error,
+                attempted_at_ms, updated_at_ms FROM published_posts WHERE thread_key = $1 ORDER BY position")
         .bind(thread_key)
         .fetch_all(p)
         .await)
 }
 
-/// Records that post `position` of a thread is about to be sent by `target_id`: true when this
-/// caller may send it (it was never sent, or surely failed); false when another has it (sent,
-/// being sent, or of unknown outcome).
+/// Records that post `position` of a thread is about to be sent by `target_id` (with the
+/// platform dedupe handle `client_key`, if it has one): true when this caller may send it (it
+/// was never sent, or surely failed); false when another has it (sent, being sent, or of
+/// unknown outcome).
 pub async fn attempt(
     db: &Db,
     thread_key: &str,
     position: i64,
     target_id: &str,
     account_id: &str,
+    client_key: Option<&str>,
 ) -> Result<bool, sqlx::Error> {
     let now = now_ms();
     write_pool!(db, p => sqlx::query(
-        "INSERT INTO published_posts (thread_key, position, target_id, account_id, status, attempted_at_ms, updated_at_ms)
-         VALUES ($1, $2, $3, $4, 'attempted', $5, $5)
+        "INSERT INTO published_posts (thread_key, position, target_id, account_id, status, client_key, attempted_at_ms,
+                                      updated_at_ms)
+         VALUES ($1, $2, $3, $4, 'attempted', $6, $5, $5)
          ON CONFLICT (thread_key, position) DO UPDATE SET status = 'attempted', target_id = excluded.target_id,
-             error = NULL, attempted_at_ms = excluded.attempted_at_ms, updated_at_ms = excluded.updated_at_ms
+             client_key = excluded.client_key, error = NULL, attempted_at_ms = excluded.attempted_at_ms,
+             updated_at_ms = excluded.updated_at_ms
          WHERE published_posts.status = 'failed'")
         .bind(thread_key)
         .bind(position)
         .bind(target_id)
         .bind(account_id)
         .bind(now)
+        .bind(client_key)
         .execute(p)
         .await
         .map(|r| r.rows_affected() == 1))
 }
 
-/// Ends an attempted post: `published` (with the platform's id and URL) or `failed`.
+/// Where a post ended up at its platform.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Remote<'a> {
+    pub id: Option<&'a str>,
+    pub cid: Option<&'a str>,
+    pub url: Option<&'a str>,
+}
+
+/// Ends an attempted post: `published` (where it is) or `failed`.
 pub async fn end_post(
     db: &Db,
     thread_key: &str,
     position: i64,
     status: &str,
-    remote_id: Option<&str>,
-    url: Option<&str>,
+    remote: Remote<'_>,
     error: Option<&str>,
 ) -> Result<(), sqlx::Error> {
     write_pool!(db, p => sqlx::query(
         "UPDATE published_posts SET status = $3, remote_id = COALESCE($4, remote_id), url = COALESCE($5, url),
-                error = $6, updated_at_ms = $7
+                error = $6, updated_at_ms = $7, remote_cid = COALESCE($8, remote_cid)
          WHERE thread_key = $1 AND position = $2 AND status = 'attempted'")
         .bind(thread_key)
         .bind(position)
         .bind(status)
-        .bind(remote_id)
-        .bind(url)
+        .bind(remote.id)
+        .bind(remote.url)
         .bind(error)
         .bind(now_ms())
+        .bind(remote.cid)
         .execute(p)
         .await
         .map(|_| ()))

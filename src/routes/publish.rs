@@ -29,6 +29,7 @@ pub fn router() -> Router<AppState> {
         .route("/twitter/publish", post(publish_x))
         .route("/twitter/quote", post(quote))
         .route("/publish/multi-platform", post(multi_platform))
+        .route("/bluesky/publish", post(publish_bluesky))
         .route("/publish/targets", axum::routing::get(list_targets))
         .route("/publish/targets/{id}/resolve", post(resolve))
 }
@@ -389,7 +390,8 @@ async fn quote(
         let o = outcomes.pop().ok_or_else(|| ApiError::Internal("no quote outcome".into()))?;
         match (o.status, &o.error) {
             (Status::Published, _) => {
-                let (id, url) = o.posts.first().cloned().unwrap_or_default();
+                let first = o.posts.first().cloned().unwrap_or_default();
+                let (id, url) = (first.id, first.url);
                 Ok((StatusCode::OK, json!({"success": true, "message": "引用发布成功", "tweetId": id, "url": url,
                     "publishId": publish_id, "targetId": o.target_id, "creditsCharged": o.charged})))
             }
@@ -474,4 +476,86 @@ async fn list_targets(
         out.push(target_json(t, &posts));
     }
     Ok(Json(json!({"success": true, "targets": out})))
+}
+
+/// `POST /api/v1/bluesky/publish` (seed 000): `{"accountUuid","type":"single"|"thread","text",
+/// "texts","langs"}` → the result as in `multi-platform`.
+async fn publish_bluesky(
+    State(state): State<AppState>,
+    PlatformUser(_, user_id): PlatformUser,
+    headers: HeaderMap,
+    raw: Bytes,
+) -> Result<Response, ApiError> {
+    let body: Map<String, Value> = parse_json(&raw)?;
+    let account_id = required_string(&body, "accountUuid")?;
+    let texts: Vec<String> = match body.get("type").and_then(Value::as_str) {
+        Some("single") => vec![required_string(&body, "text")?],
+        Some("thread") => match body.get("texts") {
+            Some(Value::Array(list)) if !list.is_empty() && list.len() <= 50 => list
+                .iter()
+                .enumerate()
+                .map(|(k, v)| {
+                    v.as_str()
+                        .filter(|t| !t.trim().is_empty())
+                        .map(|t| t.trim().to_owned())
+                        .ok_or_else(|| {
+                            ApiError::InvalidInput(format!(
+                                "texts[{k}]: must be a non-empty string"
+                            ))
+                        })
+                })
+                .collect::<Result<_, _>>()?,
+            _ => {
+                return Err(ApiError::InvalidInput(
+                    "texts: required for a thread, 1 to 50 strings".into(),
+                ));
+            }
+        },
+        _ => {
+            return Err(ApiError::InvalidInput(
+                "type: must be \"single\" or \"thread\"".into(),
+            ));
+        }
+    };
+    if body
+        .get("imageUrls")
+        .and_then(Value::as_array)
+        .is_some_and(|a| !a.is_empty())
+    {
+        return Err(ApiError::InvalidInput(
+            "imageUrls: media publishing is not available yet; post text only".into(),
+        ));
+    }
+    let langs = match crate::social::drafts::read_ids("langs", body.get("langs"))? {
+        Some(l) if l.len() <= 3 => l,
+        Some(_) => return Err(ApiError::InvalidInput("langs: at most 3 languages".into())),
+        None => vec!["en".to_owned()],
+    };
+    let account = db::social::account(&state.db, user_id, &account_id)
+        .await?
+        .filter(|a| a.platform == "bluesky")
+        .ok_or_else(|| {
+            ApiError::InvalidInput(format!(
+                "accountUuid: no connected Bluesky account of yours is {account_id:?}"
+            ))
+        })?;
+    let st = state.clone();
+    once(
+        &state,
+        user_id,
+        &headers,
+        "bluesky/publish",
+        &raw,
+        move |publish_id| async move {
+            let plan = Plan {
+                thread_key: format!("bluesky:{publish_id}"),
+                texts,
+                quote: None,
+                langs,
+            };
+            let outcomes = run_all(st, publish_id.clone(), vec![(account, plan)]).await?;
+            Ok((StatusCode::OK, answer(&publish_id, &outcomes, json!({}))))
+        },
+    )
+    .await
 }

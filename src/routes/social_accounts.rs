@@ -1,4 +1,6 @@
-//! Connecting and managing social accounts. X (seed 000, seed 004): `POST /api/v1/twitter/auth`
+//! Connecting and managing social accounts. Bluesky: `POST /api/v1/bluesky/auth`
+//! `{"handle","appPassword","service"}` → `{"sessionId","accountUuid","socialSetId"}`, connected at
+//! once. X (seed 000, seed 004): `POST /api/v1/twitter/auth`
 //! `{"socialSetId","mode","followOnX"}` → `{"authUrl","sessionId"}`, and the browser redirect
 //! `GET /api/v1/twitter/callback?code&state` (no API key: the single-use `state` ties it to the
 //! user and the session) → `{"success","accountUuid","socialSetId"}`. Any platform's session is
@@ -22,6 +24,7 @@ pub fn router() -> Router<AppState> {
     Router::new()
         .route("/twitter/auth", post(start_x))
         .route("/twitter/callback", get(x_callback))
+        .route("/bluesky/auth", post(start_bluesky))
         .route("/social/accounts", get(list))
         .route("/social/accounts/{id}", patch(rename).delete(disconnect))
 }
@@ -74,6 +77,51 @@ async fn start_x(
         "authUrl": started.auth_url,
         "sessionId": started.session_id,
         "expiresAt": super::admin::iso(started.expires_at_ms),
+    })))
+}
+
+/// `POST /api/v1/bluesky/auth` `{"handle","appPassword","service","socialSetId","mode"}`:
+/// connected at once (the session is already completed).
+async fn start_bluesky(
+    State(state): State<AppState>,
+    PlatformUser(_, user_id): PlatformUser,
+    body: Bytes,
+) -> Result<Json<Value>, ApiError> {
+    let body: Map<String, Value> = parse_json(&body)?;
+    let text = |k: &str| match body.get(k) {
+        Some(Value::String(s)) if !s.trim().is_empty() && s.len() <= 300 => {
+            Ok(Some(s.trim().to_owned()))
+        }
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(_)) => Ok(None),
+        Some(_) => Err(ApiError::InvalidInput(format!("{k}: must be a string"))),
+    };
+    let handle =
+        text("handle")?.ok_or_else(|| ApiError::InvalidInput("handle: required".into()))?;
+    let app_password = text("appPassword")?.ok_or_else(|| {
+        ApiError::InvalidInput("appPassword: required (an app password, not the account's)".into())
+    })?;
+    let service =
+        text("service")?.unwrap_or_else(|| state.config.social.bluesky.default_service.clone());
+    let start = Start {
+        social_set_id: text("socialSetId")?,
+        mode: Mode::parse(body.get("mode"))?,
+        follow_on_x: false,
+    };
+    let login = connect::BlueskyLogin {
+        handle,
+        app_password,
+        service,
+    };
+    let (account, set_id, session_id) =
+        connect::connect_bluesky(&state, user_id, start, login).await?;
+    Ok(Json(json!({
+        "success": true,
+        "sessionId": session_id,
+        "status": "completed",
+        "accountUuid": account.id,
+        "socialSetId": set_id,
+        "username": account.username,
     })))
 }
 

@@ -328,3 +328,105 @@ pub fn session_json(s: &AuthSession, accounts: &[Account], iso: impl Fn(i64) -> 
         "selectableAccounts": selectable,
     })
 }
+
+/// A Bluesky connection as asked for: the handle (or email), an app password, the PDS.
+#[derive(Debug, Clone)]
+pub struct BlueskyLogin {
+    pub handle: String,
+    pub app_password: String,
+    /// The PDS's URL (`social.bluesky.default_service` when the user names none).
+    pub service: String,
+}
+
+/// Connects a Bluesky account at once: one `createSession` (never again per post; its
+/// `refreshJwt` is kept and rotated), the account stored with its tokens sealed, placed in a set,
+/// and a session that is already `completed` (or `failed`, with why) for the polling client.
+pub async fn connect_bluesky(
+    state: &AppState,
+    user_id: i64,
+    start: Start,
+    login: BlueskyLogin,
+) -> Result<(Account, String, String), ApiError> {
+    use super::platforms::bluesky;
+    let service = login.service.trim_end_matches('/').to_owned();
+    let valid = url::Url::parse(&service)
+        .is_ok_and(|u| matches!(u.scheme(), "http" | "https") && u.host_str().is_some());
+    if !valid {
+        return Err(ApiError::InvalidInput(format!(
+            "service: {service:?} is not an http(s) URL"
+        )));
+    }
+    if let Some(set) = &start.social_set_id {
+        db::social::set(&state.db, user_id, set)
+            .await?
+            .ok_or_else(|| {
+                ApiError::InvalidInput(format!("socialSetId: no social set of yours is {set:?}"))
+            })?;
+    }
+    let id = new_uuid();
+    let expires_at_ms = crate::clock::now_ms() + state.config.social.auth_session_ttl_ms as i64;
+    db::social_auth::insert(
+        &state.db,
+        &NewSession {
+            id: &id,
+            user_id,
+            platform: "bluesky",
+            state: &oauth::random_token(),
+            code_verifier: "",
+            mode: start.mode.as_str(),
+            social_set_id: start.social_set_id.as_deref(),
+            follow_on_x: false,
+            instance: Some(&service),
+            expires_at_ms,
+        },
+    )
+    .await?;
+    let session = db::social_auth::get(&state.db, user_id, &id)
+        .await?
+        .ok_or_else(|| ApiError::Internal("the new connection session vanished".into()))?;
+    let logged_in =
+        match bluesky::create_session(&state.http, &service, &login.handle, &login.app_password)
+            .await
+        {
+            Ok(s) => s,
+            Err(bluesky::LoginError::Refused(why)) => {
+                let e = ApiError::Unauthorized(format!("Bluesky refused the login: {why}"));
+                return Err(failed(state, &session, error_code::CODE_REFUSED, e).await);
+            }
+            Err(bluesky::LoginError::Unavailable(why)) => {
+                let e = ApiError::Unavailable(format!("Bluesky could not be reached: {why}"));
+                return Err(failed(state, &session, error_code::PLATFORM_FAILED, e).await);
+            }
+        };
+    let tokens = logged_in.tokens();
+    let sealed_access = state
+        .secrets
+        .seal(Purpose::SocialToken, &tokens.access_token);
+    let sealed_refresh = state
+        .secrets
+        .seal(Purpose::SocialToken, &tokens.refresh_token);
+    let expires = tokens
+        .expires_in_s
+        .map(|s| crate::clock::now_ms() + s.saturating_mul(1000));
+    let account = db::social::upsert_account(
+        &state.db,
+        &new_uuid(),
+        &Connected {
+            user_id,
+            platform: "bluesky",
+            platform_uid: &logged_in.did,
+            username: &logged_in.handle,
+            display_name: None,
+            avatar_url: None,
+            instance: Some(&service),
+            char_limit: None,
+            access_token: &sealed_access,
+            refresh_token: &sealed_refresh,
+            token_expires_at_ms: expires,
+        },
+    )
+    .await?;
+    let set_id = place(state, &session, &account).await?;
+    db::social_auth::complete(&state.db, &session.id, &json!([account.id]).to_string()).await?;
+    Ok((account, set_id, id))
+}

@@ -14,7 +14,7 @@ use super::platforms::x::{self, Created, NewPost};
 use super::text::{self, Platform};
 use crate::billing::{Micros, PaidBy, UsageSource, UsageStatus};
 use crate::db::drafts::Draft;
-use crate::db::publishing::{Post, Progress, Target};
+use crate::db::publishing::{Post, Progress, Remote, Target};
 use crate::db::social::Account;
 use crate::db::{self, billing::ReserveError};
 use crate::error::ApiError;
@@ -46,6 +46,15 @@ impl Status {
     }
 }
 
+/// A post that is out: its platform id (an X post id, a Bluesky record URI), its CID (Bluesky)
+/// and its public URL.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Out {
+    pub id: String,
+    pub cid: Option<String>,
+    pub url: String,
+}
+
 /// The result of publishing to one account.
 #[derive(Debug, Clone)]
 pub struct Outcome {
@@ -53,8 +62,8 @@ pub struct Outcome {
     pub platform: Platform,
     pub target_id: Option<String>,
     pub status: Status,
-    /// The thread's posts that are out (`(id, url)`), in order.
-    pub posts: Vec<(String, String)>,
+    /// The thread's posts that are out, in order.
+    pub posts: Vec<Out>,
     pub total: usize,
     pub failed_at: Option<usize>,
     pub error: Option<(&'static str, String)>,
@@ -84,13 +93,16 @@ impl Outcome {
 
     /// One result in seed 000's multi-platform shape (plus the thread's progress).
     pub fn json(&self) -> Value {
+        let urls: Vec<&String> = self.posts.iter().map(|p| &p.url).collect();
+        let ids: Vec<&String> = self.posts.iter().map(|p| &p.id).collect();
         let data = match (self.platform, self.posts.first()) {
-            (Platform::X, Some((id, url))) => json!({
-                "tweetId": id, "url": url,
-                "tweetIds": self.posts.iter().map(|p| &p.0).collect::<Vec<_>>(),
-                "urls": self.posts.iter().map(|p| &p.1).collect::<Vec<_>>(),
+            (Platform::X, Some(first)) => json!({
+                "tweetId": first.id, "url": first.url, "tweetIds": ids, "urls": urls,
             }),
-            _ => Value::Null,
+            (_, Some(first)) => json!({
+                "uri": first.id, "cid": first.cid, "url": first.url, "uris": ids, "urls": urls,
+            }),
+            (_, None) => Value::Null,
         };
         json!({
             "accountId": self.account_id,
@@ -131,32 +143,48 @@ pub fn price(state: &AppState, platform: Platform) -> Micros {
     }
 }
 
-/// What one target sends: the posts' texts (and media), and the thread they belong to.
+/// What one target sends: the posts' texts, and the thread they belong to.
 #[derive(Debug, Clone)]
 pub struct Plan {
     pub thread_key: String,
     pub texts: Vec<String>,
     pub quote: Option<String>,
+    /// Bluesky's `langs`.
+    pub langs: Vec<String>,
+}
+
+/// The languages of some text as far as Bluesky's `langs` needs: `zh` when it has Chinese
+/// characters, else `en`.
+pub fn guess_langs(texts: &[String]) -> Vec<String> {
+    let cjk = texts.iter().any(|t| {
+        t.chars()
+            .any(|c| matches!(c as u32, 0x4E00..=0x9FFF | 0x3400..=0x4DBF))
+    });
+    vec![if cjk { "zh" } else { "en" }.to_owned()]
 }
 
 impl Plan {
     /// A draft's items as a thread on `account`.
     pub fn thread(draft: &Draft, account: &Account) -> Plan {
+        let texts: Vec<String> = drafts::items(draft)
+            .iter()
+            .map(|i| i.plain_text())
+            .collect();
         Plan {
             thread_key: format!("{}:{}", draft.id, account.id),
-            texts: drafts::items(draft)
-                .iter()
-                .map(|i| i.plain_text())
-                .collect(),
+            langs: guess_langs(&texts),
+            texts,
             quote: None,
         }
     }
 
     /// One post quoting `quoted` (not a thread: it is not continued by a later publish).
     pub fn quote(publish_id: &str, text: String, quoted: String) -> Plan {
+        let texts = vec![text];
         Plan {
             thread_key: format!("quote:{publish_id}"),
-            texts: vec![text],
+            langs: guess_langs(&texts),
+            texts,
             quote: Some(quoted),
         }
     }
@@ -169,7 +197,7 @@ pub struct Held {
     platform: Platform,
     plan: Plan,
     start: usize,
-    done: Vec<(String, String)>,
+    done: Vec<Out>,
 }
 
 /// Checks a plan against `account`'s platform before anything is held or sent: every post fits,
@@ -179,12 +207,12 @@ async fn prepare(
     state: &AppState,
     account: &Account,
     plan: &Plan,
-) -> Result<(usize, Vec<(String, String)>), (&'static str, String)> {
+) -> Result<(usize, Vec<Out>), (&'static str, String)> {
     let platform = Platform::parse(&account.platform).ok_or((
         "NOT_SUPPORTED",
         format!("unknown platform {}", account.platform),
     ))?;
-    if platform != Platform::X {
+    if !matches!(platform, Platform::X | Platform::Bluesky) {
         return Err((
             "NOT_SUPPORTED",
             format!("publishing to {} is not available yet", platform.as_str()),
@@ -222,21 +250,22 @@ async fn prepare(
             ),
         ));
     }
-    let done: Vec<(String, String)> = posts_out(&posts);
+    let done: Vec<Out> = posts_out(&posts);
     Ok((done.len().min(plan.texts.len()), done))
 }
 
 /// The leading run of published posts.
-fn posts_out(posts: &[Post]) -> Vec<(String, String)> {
+fn posts_out(posts: &[Post]) -> Vec<Out> {
     let mut out = Vec::new();
     for (k, p) in posts.iter().enumerate() {
         if p.position != k as i64 || p.status != "published" {
             break;
         }
-        out.push((
-            p.remote_id.clone().unwrap_or_default(),
-            p.url.clone().unwrap_or_default(),
-        ));
+        out.push(Out {
+            id: p.remote_id.clone().unwrap_or_default(),
+            cid: p.remote_cid.clone(),
+            url: p.url.clone().unwrap_or_default(),
+        });
     }
     out
 }
@@ -319,6 +348,13 @@ fn refused(e: ReserveError, price: Micros) -> ApiError {
     }
 }
 
+/// How one create call ended, whatever the platform.
+enum Sent {
+    Posted(Out),
+    Failed(&'static str, String),
+    Unknown(String),
+}
+
 /// Sends a held target's posts and settles it.
 pub async fn send(state: &AppState, h: Held) -> Outcome {
     let Held {
@@ -330,11 +366,21 @@ pub async fn send(state: &AppState, h: Held) -> Outcome {
         mut done,
     } = h;
     let mut ended: Option<(Status, usize, &'static str, String)> = None;
+    let key = plan.thread_key.clone();
     for position in start..plan.texts.len() {
         let pos = position as i64;
-        match db::publishing::attempt(&state.db, &plan.thread_key, pos, &target.id, &account.id)
-            .await
-        {
+        // Bluesky dedupes by a record key chosen now and kept with the attempt.
+        let rkey = (platform == Platform::Bluesky).then(super::platforms::bluesky::new_tid);
+        let attempted = db::publishing::attempt(
+            &state.db,
+            &key,
+            pos,
+            &target.id,
+            &account.id,
+            rkey.as_deref(),
+        )
+        .await;
+        match attempted {
             Ok(true) => {}
             Ok(false) => {
                 let why = "another publish of this draft to this account is sending it".to_owned();
@@ -346,77 +392,40 @@ pub async fn send(state: &AppState, h: Held) -> Outcome {
                 break;
             }
         }
-        let reply_to = done.last().map(|(id, _)| id.clone());
-        let post = NewPost {
-            text: &plan.texts[position],
-            reply_to: reply_to.as_deref(),
-            quote: if position == 0 {
-                plan.quote.as_deref()
-            } else {
-                None
-            },
-            media_ids: &[],
+        let sent = match platform {
+            Platform::Bluesky => {
+                let rkey = rkey.as_deref().unwrap_or_default();
+                send_bluesky(state, &account, &plan, position, &done, rkey).await
+            }
+            _ => send_x(state, &account, &plan, position, &done).await,
         };
-        let created = create_with_token(state, &account, &post).await;
-        let key = &plan.thread_key;
-        match created {
-            Ok(Created::Posted { id }) => {
-                let url = x::post_url(&account.username, &id);
-                if let Err(e) = db::publishing::end_post(
-                    &state.db,
-                    key,
-                    pos,
-                    "published",
-                    Some(&id),
-                    Some(&url),
-                    None,
-                )
-                .await
+        match sent {
+            Sent::Posted(out) => {
+                let remote = Remote {
+                    id: Some(&out.id),
+                    cid: out.cid.as_deref(),
+                    url: Some(&out.url),
+                };
+                if let Err(e) =
+                    db::publishing::end_post(&state.db, &key, pos, "published", remote, None).await
                 {
                     // Posted, but not recorded: it must not be sent again; it stays attempted.
                     tracing::error!(target = %target.id, error = %e, "a published post could not be recorded");
-                    ended = Some((
-                        Status::Unconfirmed,
-                        position,
-                        "UNCONFIRMED",
-                        format!("posted as {id} but not recorded: {e}"),
-                    ));
+                    let why = format!("posted as {} but not recorded: {e}", out.id);
+                    ended = Some((Status::Unconfirmed, position, "UNCONFIRMED", why));
                     break;
                 }
-                done.push((id, url));
+                done.push(out);
             }
-            Ok(Created::Failed { code, reason }) | Err((code, reason)) => {
-                let _ = db::publishing::end_post(
-                    &state.db,
-                    key,
-                    pos,
-                    "failed",
-                    None,
-                    None,
-                    Some(&reason),
-                )
-                .await;
+            Sent::Failed(code, reason) => {
+                let none = Remote::default();
+                let _ =
+                    db::publishing::end_post(&state.db, &key, pos, "failed", none, Some(&reason))
+                        .await;
                 ended = Some((Status::Failed, position, code, reason));
                 break;
             }
-            Ok(Created::Unauthorized) => {
-                let why401 = "X refused the token (401)";
-                let _ = db::publishing::end_post(
-                    &state.db,
-                    key,
-                    pos,
-                    "failed",
-                    None,
-                    None,
-                    Some(why401),
-                )
-                .await;
-                let why = format!("X refused the token of @{} twice", account.username);
-                let _ = db::social::set_status(&state.db, &account.id, "needs_reauth").await;
-                ended = Some((Status::Failed, position, "TOKEN_EXPIRED", why));
-                break;
-            }
-            Ok(Created::Unknown(why)) => {
+            Sent::Unknown(why) => {
                 ended = Some((Status::Unconfirmed, position, "UNCONFIRMED", why));
                 break;
             }
@@ -425,30 +434,119 @@ pub async fn send(state: &AppState, h: Held) -> Outcome {
     finish(state, &target, platform, done, ended).await
 }
 
-/// A create call with the account's token, refreshed once if X refuses it. `Err`: no token
-/// (nothing was sent).
-async fn create_with_token(
+/// One X post (a reply to the post before it; the plan's quote on the first).
+async fn send_x(
     state: &AppState,
     account: &Account,
-    post: &NewPost<'_>,
-) -> Result<Created, (&'static str, String)> {
+    plan: &Plan,
+    position: usize,
+    done: &[Out],
+) -> Sent {
+    let post = NewPost {
+        text: &plan.texts[position],
+        reply_to: done.last().map(|o| o.id.as_str()),
+        quote: if position == 0 {
+            plan.quote.as_deref()
+        } else {
+            None
+        },
+        media_ids: &[],
+    };
     let app = &state.config.social.x;
-    let token = super::tokens::access_token(state, &account.id, None)
-        .await
-        .map_err(|e| token_error(&e))?;
-    match x::create_post(&state.http, app, &token, post, CREATE_TIMEOUT).await {
-        Created::Unauthorized => {
-            let fresh = super::tokens::access_token(state, &account.id, Some(&token))
-                .await
-                .map_err(|e| token_error(&e))?;
-            Ok(x::create_post(&state.http, app, &fresh, post, CREATE_TIMEOUT).await)
+    let mut stale: Option<String> = None;
+    for _ in 0..2 {
+        let token = match super::tokens::access_token(state, &account.id, stale.as_deref()).await {
+            Ok(t) => t,
+            Err(e) => return Sent::Failed(e.parts().2, e.to_string()),
+        };
+        match x::create_post(&state.http, app, &token, &post, CREATE_TIMEOUT).await {
+            Created::Posted { id } => {
+                let url = x::post_url(&account.username, &id);
+                return Sent::Posted(Out { id, cid: None, url });
+            }
+            Created::Failed { code, reason } => return Sent::Failed(code, reason),
+            Created::Unknown(why) => return Sent::Unknown(why),
+            // Refused, so not posted: refresh the token and try once more.
+            Created::Unauthorized => stale = Some(token),
         }
-        other => Ok(other),
     }
+    let _ = db::social::set_status(&state.db, &account.id, "needs_reauth").await;
+    Sent::Failed(
+        "TOKEN_EXPIRED",
+        format!("X refused the token of @{} twice", account.username),
+    )
 }
 
-fn token_error(e: &ApiError) -> (&'static str, String) {
-    (e.parts().2, e.to_string())
+/// One Bluesky post under record key `rkey` (a reply to the thread's root and to the post
+/// before). An answer lost in transit is settled by reading the key back.
+async fn send_bluesky(
+    state: &AppState,
+    account: &Account,
+    plan: &Plan,
+    position: usize,
+    done: &[Out],
+    rkey: &str,
+) -> Sent {
+    use super::platforms::bluesky::{self, Ref};
+    let service = account
+        .instance
+        .clone()
+        .unwrap_or_else(|| state.config.social.bluesky.default_service.clone());
+    let as_ref = |o: &Out| Ref {
+        uri: o.id.clone(),
+        cid: o.cid.clone().unwrap_or_default(),
+    };
+    let (root, parent) = (done.first().map(as_ref), done.last().map(as_ref));
+    let created_at = crate::routes::admin::iso(crate::clock::now_ms());
+    let created_at = created_at.as_str().unwrap_or("1970-01-01T00:00:00Z");
+    let reply = root.as_ref().zip(parent.as_ref());
+    let record = bluesky::post_record(&plan.texts[position], &plan.langs, reply, created_at);
+    let did = account.platform_uid.as_str();
+    let posted = |r: Ref| {
+        let url = bluesky::post_url(&account.username, &r.uri);
+        Sent::Posted(Out {
+            id: r.uri,
+            cid: Some(r.cid),
+            url,
+        })
+    };
+    let mut stale: Option<String> = None;
+    for _ in 0..2 {
+        let token = match super::tokens::access_token(state, &account.id, stale.as_deref()).await {
+            Ok(t) => t,
+            Err(e) => return Sent::Failed(e.parts().2, e.to_string()),
+        };
+        match bluesky::create_post(
+            &state.http,
+            &service,
+            &token,
+            did,
+            rkey,
+            &record,
+            CREATE_TIMEOUT,
+        )
+        .await
+        {
+            bluesky::Created::Posted(r) => return posted(r),
+            bluesky::Created::Failed { code, reason } => return Sent::Failed(code, reason),
+            bluesky::Created::Unauthorized => stale = Some(token),
+            bluesky::Created::Unknown(why) => {
+                return match bluesky::get_post(&state.http, &service, &token, did, rkey).await {
+                    Ok(Some(r)) => posted(r),
+                    Ok(None) => Sent::Failed(
+                        "PLATFORM_UNAVAILABLE",
+                        format!("{why}; the record was not written"),
+                    ),
+                    Err(e) => Sent::Unknown(format!("{why}; reading it back failed: {e}")),
+                };
+            }
+        }
+    }
+    let _ = db::social::set_status(&state.db, &account.id, "needs_reauth").await;
+    Sent::Failed(
+        "TOKEN_EXPIRED",
+        format!("Bluesky refused the session of @{} twice", account.username),
+    )
 }
 
 /// Records how a target ended: settled (charged when all is out, refunded otherwise) or left
@@ -457,7 +555,7 @@ async fn finish(
     state: &AppState,
     target: &Target,
     platform: Platform,
-    posts: Vec<(String, String)>,
+    posts: Vec<Out>,
     ended: Option<(Status, usize, &'static str, String)>,
 ) -> Outcome {
     let (status, failed_at, error) = match ended {
@@ -587,22 +685,22 @@ pub async fn resolve(
         .find(|p| p.status == "attempted" && p.target_id == target.id)
         .ok_or_else(|| ApiError::Conflict("no post of this target awaits an outcome".into()))?;
     let (status, url) = if posted {
-        let url = remote_id.map(|id| x::post_url(&account.username, id));
+        let url = remote_id.map(|id| match target.platform.as_str() {
+            "bluesky" => super::platforms::bluesky::post_url(&account.username, id),
+            _ => x::post_url(&account.username, id),
+        });
         ("published", url)
     } else {
         ("failed", None)
     };
     let why = (!posted).then_some("the user found it was not posted");
-    db::publishing::end_post(
-        &state.db,
-        &target.thread_key,
-        open.position,
-        status,
-        remote_id,
-        url.as_deref(),
-        why,
-    )
-    .await?;
+    let remote = Remote {
+        id: remote_id,
+        cid: None,
+        url: url.as_deref(),
+    };
+    let position = open.position;
+    db::publishing::end_post(&state.db, &target.thread_key, position, status, remote, why).await?;
     let posts = db::publishing::posts(&state.db, &target.thread_key).await?;
     let out = posts_out(&posts);
     let platform = Platform::parse(&target.platform).unwrap_or(Platform::X);

@@ -127,6 +127,13 @@ async fn refresh(
     }
     let refreshed = match a.platform.as_str() {
         "twitter" => x::refresh(&state.http, &state.config.social.x, &refresh_token).await,
+        "bluesky" => {
+            let service = a
+                .instance
+                .as_deref()
+                .unwrap_or(&state.config.social.bluesky.default_service);
+            super::platforms::bluesky::refresh_session(&state.http, service, &refresh_token).await
+        }
         other => {
             db::social::release_refresh_lease(&state.db, &a.id, owner).await?;
             return Err(ApiError::TokenExpired(format!(

@@ -1494,3 +1494,225 @@ both_backends!(
     fifty_parallel_publishes_on_an_expired_x_token_refresh_once_and_all_succeed,
     a_thousand_publishes_under_random_faults_post_nothing_twice_and_charge_exactly
 );
+
+use crate::fakes::bluesky::{APP_PASSWORD, DID, FakeBluesky, HANDLE, start_fake_bluesky};
+
+/// An app with a fake X and a fake Bluesky PDS (the default service).
+async fn both_setup(b: &Backend) -> (TestApp, Arc<FakeX>, Arc<FakeBluesky>) {
+    let (x, x_base) = start_fake_x().await;
+    x.registered
+        .lock()
+        .expect("lock")
+        .push(X_CALLBACK.to_owned());
+    let (bsky, bsky_base) = start_fake_bluesky().await;
+    let app = TestApp::spawn_with(b, |c| {
+        x_app(c, &x_base);
+        c.social.bluesky.default_service = bsky_base.clone();
+        c.limits.other_per_minute = 1_000_000;
+        c.limits.query_per_minute = 1_000_000;
+    })
+    .await;
+    (app, x, bsky)
+}
+
+async fn connect_bluesky(app: &TestApp, key: &str) -> String {
+    let (status, done) = xai(
+        app,
+        key,
+        reqwest::Method::POST,
+        "/api/v1/bluesky/auth",
+        Some(json!({"handle": HANDLE, "appPassword": APP_PASSWORD})),
+    )
+    .await;
+    assert_eq!(status, 200, "{done}");
+    done["accountUuid"].as_str().expect("account").to_owned()
+}
+
+async fn multi(app: &TestApp, key: &str, draft: &str, targets: &[(&str, &str)]) -> Value {
+    let targets: Vec<Value> = targets
+        .iter()
+        .map(|(a, p)| json!({"accountId": a, "platform": p}))
+        .collect();
+    let (status, body) = xai(
+        app,
+        key,
+        reqwest::Method::POST,
+        "/api/v1/publish/multi-platform",
+        Some(json!({"draftId": draft, "targetAccounts": targets})),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    body
+}
+
+async fn a_bluesky_account_logs_in_once_and_a_thread_goes_to_x_and_bluesky(b: Backend) {
+    let (app, x, bsky) = both_setup(&b).await;
+    let (user, key, x_account) = x_user(&app, "100").await;
+    use reqwest::Method as M;
+    // A wrong app password: refused, and the session says so.
+    let (status, e) = xai(
+        &app,
+        &key,
+        M::POST,
+        "/api/v1/bluesky/auth",
+        Some(json!({"handle": HANDLE, "appPassword": "wrong"})),
+    )
+    .await;
+    assert_eq!(
+        (status, e["error"].clone()),
+        (401, json!("UNAUTHORIZED")),
+        "{e}"
+    );
+    let (status, done) = xai(
+        &app,
+        &key,
+        M::POST,
+        "/api/v1/bluesky/auth",
+        Some(json!({"handle": HANDLE, "appPassword": APP_PASSWORD})),
+    )
+    .await;
+    assert_eq!(status, 200, "{done}");
+    let account = done["accountUuid"].as_str().expect("account").to_owned();
+    let session = done["sessionId"].as_str().expect("session");
+    let (_, polled) = xai(
+        &app,
+        &key,
+        M::GET,
+        &format!("/api/v2/channels/accounts/auth/bluesky/status/{session}"),
+        None,
+    )
+    .await;
+    assert_eq!(polled["data"]["status"], "completed", "{polled}");
+    assert_eq!(polled["data"]["accounts"][0]["platformUid"], DID);
+    assert_eq!(polled["data"]["accounts"][0]["account"], HANDLE);
+    // A CJK + URL thread to X and Bluesky at once.
+    let items = ["你好 Bluesky 和 X！", "详情见 https://example.com/zh", "完"];
+    let d = draft(&app, &key, &items).await;
+    let body = multi(
+        &app,
+        &key,
+        &d,
+        &[(&x_account, "twitter"), (&account, "bluesky")],
+    )
+    .await;
+    assert_eq!(
+        body["summary"],
+        json!({"total": 2, "succeeded": 2, "failed": 0, "unconfirmed": 0}),
+        "{body}"
+    );
+    let sky = body["results"]
+        .as_array()
+        .expect("results")
+        .iter()
+        .find(|r| r["platform"] == "bluesky")
+        .expect("bluesky")
+        .clone();
+    assert!(
+        sky["data"]["uri"]
+            .as_str()
+            .unwrap_or_default()
+            .starts_with(&format!("at://{DID}/app.bsky.feed.post/")),
+        "{sky}"
+    );
+    let records = bsky.records.lock().expect("lock").clone();
+    assert_eq!(records.len(), 3);
+    assert_eq!(records[0].value["text"], items[0]);
+    assert_eq!(records[0].value["langs"], json!(["zh"]));
+    assert!(records[0].value["reply"].is_null());
+    for k in 1..3 {
+        assert_eq!(
+            records[k].value["reply"]["root"]["uri"],
+            json!(records[0].uri)
+        );
+        assert_eq!(
+            records[k].value["reply"]["parent"]["cid"],
+            json!(records[k - 1].cid)
+        );
+    }
+    let facet = &records[1].value["facets"][0];
+    assert_eq!(facet["features"][0]["uri"], "https://example.com/zh");
+    assert_eq!(facet["index"]["byteStart"], "详情见 ".len());
+    assert_eq!(x.tweets.lock().expect("lock").len(), 3);
+    assert_eq!(
+        app.balance_micros(user).await,
+        80_000_000,
+        "10 per platform"
+    );
+    // An expired session token is refreshed (once), never logged in again.
+    bsky.expire_access_tokens();
+    let d2 = draft(&app, &key, &["再来一条"]).await;
+    let body = multi(&app, &key, &d2, &[(&account, "bluesky")]).await;
+    assert_eq!(body["results"][0]["status"], "published", "{body}");
+    assert_eq!(bsky.refreshes.load(Ordering::SeqCst), 1);
+    assert_eq!(
+        bsky.logins.load(Ordering::SeqCst),
+        2,
+        "the wrong password and the one login"
+    );
+    // Seed 000's own route.
+    let (status, own) = xai(&app, &key, M::POST, "/api/v1/bluesky/publish", Some(json!({"accountUuid": account, "type": "thread", "texts": ["one", "two"], "langs": ["en"]}))).await;
+    assert_eq!(
+        (status, own["summary"]["succeeded"].clone()),
+        (200, json!(1)),
+        "{own}"
+    );
+    let (status, e) = xai(
+        &app,
+        &key,
+        M::POST,
+        "/api/v1/bluesky/publish",
+        Some(json!({"accountUuid": account, "type": "single"})),
+    )
+    .await;
+    assert_eq!(status, 400, "{e}");
+    assert_eq!(app.balance_micros(user).await, 60_000_000);
+    app.assert_books_balance(user).await;
+    app.stop().await;
+}
+
+async fn a_lost_bluesky_answer_is_settled_by_reading_its_record_key_back(b: Backend) {
+    let (app, _x, bsky) = both_setup(&b).await;
+    let user = app.add_user(json!("100")).await;
+    let key = app.add_key(user, json!({})).await;
+    let account = connect_bluesky(&app, &key).await;
+    let d = draft(&app, &key, &["一", "二"]).await;
+    // The PDS writes the first record and the connection drops: read back, published.
+    bsky.faults
+        .lock()
+        .expect("lock")
+        .extend([Some(Fault::DropAfterCommit)]);
+    let body = multi(&app, &key, &d, &[(&account, "bluesky")]).await;
+    assert_eq!(body["results"][0]["status"], "published", "{body}");
+    assert_eq!(
+        bsky.records.lock().expect("lock").len(),
+        2,
+        "nothing written twice"
+    );
+    // A 500 before writing: read back, not there: failed and refunded; the next publish sends it.
+    let d2 = draft(&app, &key, &["三"]).await;
+    bsky.faults
+        .lock()
+        .expect("lock")
+        .extend([Some(Fault::ErrorBeforeCommit)]);
+    let body = multi(&app, &key, &d2, &[(&account, "bluesky")]).await;
+    assert_eq!(body["results"][0]["status"], "failed", "{body}");
+    assert_eq!(app.balance_micros(user).await, 90_000_000);
+    let body = multi(&app, &key, &d2, &[(&account, "bluesky")]).await;
+    assert_eq!(body["results"][0]["status"], "published", "{body}");
+    let texts: Vec<Value> = bsky
+        .records
+        .lock()
+        .expect("lock")
+        .iter()
+        .map(|r| r.value["text"].clone())
+        .collect();
+    assert_eq!(texts, [json!("一"), json!("二"), json!("三")]);
+    assert_eq!(app.balance_micros(user).await, 80_000_000);
+    app.assert_books_balance(user).await;
+    app.stop().await;
+}
+
+both_backends!(
+    a_bluesky_account_logs_in_once_and_a_thread_goes_to_x_and_bluesky,
+    a_lost_bluesky_answer_is_settled_by_reading_its_record_key_back
+);

@@ -1,4 +1,5 @@
 //! One file per platform, each the same shape as `provider/*`: base URLs from config (tests
 //! point them at local fakes), typed outcomes.
 
+pub mod bluesky;
 pub mod x;

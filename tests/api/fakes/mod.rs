@@ -2,6 +2,7 @@
 //! they were sent. [`openai`]: OpenAI's chat completions (JSON and SSE); [`video`]: video
 //! providers (a task-style API and OpenAI's Videos API).
 
+pub mod bluesky;
 pub mod openai;
 pub mod video;
 pub mod x;

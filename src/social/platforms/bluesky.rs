@@ -1,0 +1,352 @@
+//! Bluesky (AT Protocol XRPC on the user's PDS): `com.atproto.server.createSession` once with
+//! the handle and an app password, then `refreshSession` with the rotating `refreshJwt` (never a
+//! login per post: the login limits are strict); posts are `app.bsky.feed.post` records made
+//! with `com.atproto.repo.createRecord` under a record key chosen before the call, so an
+//! outcome lost in transit is settled by reading that key back (`getRecord`).
+//! Lexicons: <https://github.com/bluesky-social/atproto/tree/main/lexicons>.
+
+use crate::social::oauth::{CALL_TIMEOUT, TokenError, Tokens};
+use crate::social::text;
+use base64::Engine;
+use serde_json::{Value, json};
+use std::time::Duration;
+
+/// A logged-in session.
+#[derive(Debug, Clone)]
+pub struct Session {
+    pub access_jwt: String,
+    pub refresh_jwt: String,
+    pub handle: String,
+    pub did: String,
+}
+
+impl Session {
+    /// As stored tokens (the access token's lifetime read from its `exp`).
+    pub fn tokens(&self) -> Tokens {
+        Tokens {
+            access_token: self.access_jwt.clone(),
+            refresh_token: self.refresh_jwt.clone(),
+            expires_in_s: jwt_exp(&self.access_jwt).map(|exp| exp - crate::clock::now_ms() / 1000),
+            scope: None,
+        }
+    }
+}
+
+/// A JWT's `exp` claim (unix seconds), read without checking the signature (it is the PDS's
+/// own token; only its lifetime is wanted).
+pub fn jwt_exp(token: &str) -> Option<i64> {
+    let payload = token.split('.').nth(1)?;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload.trim_end_matches('='))
+        .ok()?;
+    serde_json::from_slice::<Value>(&bytes).ok()?["exp"].as_i64()
+}
+
+fn xrpc(service: &str, method: &str) -> String {
+    format!("{}/xrpc/{method}", service.trim_end_matches('/'))
+}
+
+/// An XRPC error body's `error` name and message.
+fn error_of(v: &Value, status: u16) -> (String, String) {
+    (
+        v["error"].as_str().unwrap_or("Error").to_owned(),
+        v["message"]
+            .as_str()
+            .map_or_else(|| format!("status {status}"), str::to_owned),
+    )
+}
+
+fn session_of(v: &Value) -> Option<Session> {
+    Some(Session {
+        access_jwt: v["accessJwt"].as_str()?.to_owned(),
+        refresh_jwt: v["refreshJwt"].as_str()?.to_owned(),
+        handle: v["handle"].as_str()?.to_owned(),
+        did: v["did"].as_str()?.to_owned(),
+    })
+}
+
+async fn call(req: reqwest::RequestBuilder) -> Result<(u16, Value), reqwest::Error> {
+    let resp = req.timeout(CALL_TIMEOUT).send().await?;
+    let status = resp.status().as_u16();
+    let body = resp.bytes().await?;
+    Ok((status, serde_json::from_slice(&body).unwrap_or(Value::Null)))
+}
+
+/// Why a login failed.
+#[derive(Debug, Clone)]
+pub enum LoginError {
+    /// The handle or app password is wrong, or the account cannot log in: the user's to fix.
+    Refused(String),
+    Unavailable(String),
+}
+
+/// `com.atproto.server.createSession`.
+pub async fn create_session(
+    http: &reqwest::Client,
+    service: &str,
+    identifier: &str,
+    password: &str,
+) -> Result<Session, LoginError> {
+    let body = json!({"identifier": identifier, "password": password});
+    let req = http
+        .post(xrpc(service, "com.atproto.server.createSession"))
+        .header("content-type", "application/json")
+        .body(body.to_string());
+    let (status, v) = call(req)
+        .await
+        .map_err(|e| LoginError::Unavailable(e.to_string()))?;
+    match status {
+        200 => session_of(&v)
+            .ok_or_else(|| LoginError::Unavailable("the session answer is incomplete".into())),
+        400 | 401 => {
+            let (error, message) = error_of(&v, status);
+            let hint = if error == "AuthFactorTokenRequired" {
+                " (the account has two-factor sign-in: use an app password)"
+            } else {
+                ""
+            };
+            Err(LoginError::Refused(format!("{error}: {message}{hint}")))
+        }
+        _ => Err(LoginError::Unavailable(format!(
+            "createSession answered {status}"
+        ))),
+    }
+}
+
+/// `com.atproto.server.refreshSession` (the refresh token rotates).
+pub async fn refresh_session(
+    http: &reqwest::Client,
+    service: &str,
+    refresh_jwt: &str,
+) -> Result<Tokens, TokenError> {
+    let req = http
+        .post(xrpc(service, "com.atproto.server.refreshSession"))
+        .bearer_auth(refresh_jwt);
+    let (status, v) = call(req)
+        .await
+        .map_err(|e| TokenError::Unavailable(e.to_string()))?;
+    match status {
+        200 => session_of(&v)
+            .map(|s| s.tokens())
+            .ok_or_else(|| TokenError::Unavailable("the refresh answer is incomplete".into())),
+        400 | 401 => {
+            let (error, message) = error_of(&v, status);
+            Err(TokenError::Refused {
+                status,
+                error: format!("{error}: {message}"),
+            })
+        }
+        _ => Err(TokenError::Unavailable(format!(
+            "refreshSession answered {status}"
+        ))),
+    }
+}
+
+/// A record key: a TID (13 characters of sortable base32 of the microsecond time and a random
+/// clock id), chosen before the record is created.
+pub fn new_tid() -> String {
+    const ALPHABET: &[u8; 32] = b"234567abcdefghijklmnopqrstuvwxyz";
+    let micros = (crate::clock::now_ms().max(0) as u64) * 1000 + rand::random::<u64>() % 1000;
+    let n = ((micros & ((1 << 53) - 1)) << 10) | (rand::random::<u64>() & 0x3FF);
+    (0..13)
+        .rev()
+        .map(|k| ALPHABET[((n >> (k * 5)) & 31) as usize] as char)
+        .collect()
+}
+
+/// A strong reference: a record's URI and CID.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ref {
+    pub uri: String,
+    pub cid: String,
+}
+
+/// An `app.bsky.feed.post` record: text with link facets (UTF-8 byte offsets), languages, and
+/// the thread's root and parent when it is a reply.
+pub fn post_record(
+    text_: &str,
+    langs: &[String],
+    reply: Option<(&Ref, &Ref)>,
+    created_at: &str,
+) -> Value {
+    let facets: Vec<Value> = text::find_urls(text_)
+        .iter()
+        .map(|u| {
+            let link = &text_[u.start..u.end];
+            let uri = if link.to_ascii_lowercase().starts_with("http") {
+                link.to_owned()
+            } else {
+                format!("https://{link}")
+            };
+            json!({"index": {"byteStart": u.start, "byteEnd": u.end},
+                   "features": [{"$type": "app.bsky.richtext.facet#link", "uri": uri}]})
+        })
+        .collect();
+    let mut record = json!({
+        "$type": "app.bsky.feed.post",
+        "text": text_,
+        "createdAt": created_at,
+        "langs": langs,
+    });
+    if !facets.is_empty() {
+        record["facets"] = Value::Array(facets);
+    }
+    if let Some((root, parent)) = reply {
+        record["reply"] = json!({"root": {"uri": root.uri, "cid": root.cid},
+                                 "parent": {"uri": parent.uri, "cid": parent.cid}});
+    }
+    record
+}
+
+/// How one createRecord ended.
+#[derive(Debug, Clone)]
+pub enum Created {
+    Posted(Ref),
+    Failed {
+        code: &'static str,
+        reason: String,
+    },
+    /// The access token expired or was refused (nothing was written): refresh and try again.
+    Unauthorized,
+    Unknown(String),
+}
+
+/// `com.atproto.repo.createRecord` of a post under record key `rkey`.
+pub async fn create_post(
+    http: &reqwest::Client,
+    service: &str,
+    access: &str,
+    did: &str,
+    rkey: &str,
+    record: &Value,
+    timeout: Duration,
+) -> Created {
+    let body =
+        json!({"repo": did, "collection": "app.bsky.feed.post", "rkey": rkey, "record": record});
+    let sent = http
+        .post(xrpc(service, "com.atproto.repo.createRecord"))
+        .bearer_auth(access)
+        .header("content-type", "application/json")
+        .body(body.to_string())
+        .timeout(timeout)
+        .send()
+        .await;
+    let resp = match sent {
+        Ok(r) => r,
+        Err(e) if e.is_connect() => {
+            return Created::Failed {
+                code: "PLATFORM_UNAVAILABLE",
+                reason: format!("the Bluesky PDS could not be reached: {e}"),
+            };
+        }
+        Err(e) => return Created::Unknown(format!("no answer from Bluesky after sending: {e}")),
+    };
+    let status = resp.status().as_u16();
+    let v: Value = match resp.bytes().await {
+        Ok(b) => serde_json::from_slice(&b).unwrap_or(Value::Null),
+        Err(e) => return Created::Unknown(format!("Bluesky's answer was cut off: {e}")),
+    };
+    let (error, message) = error_of(&v, status);
+    match status {
+        200 => match (v["uri"].as_str(), v["cid"].as_str()) {
+            (Some(uri), Some(cid)) => Created::Posted(Ref {
+                uri: uri.to_owned(),
+                cid: cid.to_owned(),
+            }),
+            _ => Created::Unknown("Bluesky answered 200 without the record's uri and cid".into()),
+        },
+        401 => Created::Unauthorized,
+        400 if error == "ExpiredToken" || error == "InvalidToken" => Created::Unauthorized,
+        429 => Created::Failed {
+            code: "RATE_LIMITED",
+            reason: format!("Bluesky's rate limit: {message}"),
+        },
+        400..=499 => Created::Failed {
+            code: "INVALID_INPUT",
+            reason: format!("Bluesky refused the post ({error}): {message}"),
+        },
+        _ => Created::Unknown(format!("Bluesky answered {status} ({error})")),
+    }
+}
+
+/// `com.atproto.repo.getRecord` of the post under `rkey`: `Ok(None)` when there is none.
+pub async fn get_post(
+    http: &reqwest::Client,
+    service: &str,
+    access: &str,
+    did: &str,
+    rkey: &str,
+) -> Result<Option<Ref>, String> {
+    let url = format!(
+        "{}?repo={did}&collection=app.bsky.feed.post&rkey={rkey}",
+        xrpc(service, "com.atproto.repo.getRecord")
+    );
+    let (status, v) = call(http.get(url).bearer_auth(access))
+        .await
+        .map_err(|e| e.to_string())?;
+    match (status, v["uri"].as_str(), v["cid"].as_str()) {
+        (200, Some(uri), Some(cid)) => Ok(Some(Ref {
+            uri: uri.to_owned(),
+            cid: cid.to_owned(),
+        })),
+        (400, _, _) if v["error"] == "RecordNotFound" => Ok(None),
+        _ => Err(format!("getRecord answered {status}")),
+    }
+}
+
+/// A post's public URL (`at://did/app.bsky.feed.post/rkey` → the web page).
+pub fn post_url(handle: &str, uri: &str) -> String {
+    let rkey = uri.rsplit('/').next().unwrap_or_default();
+    format!("https://bsky.app/profile/{handle}/post/{rkey}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tids_are_13_sortable_base32_characters() {
+        let a = new_tid();
+        std::thread::sleep(std::time::Duration::from_millis(2));
+        let b = new_tid();
+        assert_eq!(a.len(), 13);
+        assert!(
+            a.chars()
+                .all(|c| "234567abcdefghijklmnopqrstuvwxyz".contains(c))
+        );
+        assert!(b > a, "{a} {b}");
+    }
+
+    #[test]
+    fn links_get_facets_at_utf8_byte_offsets() {
+        let r = post_record(
+            "看 https://example.com 吧",
+            &["zh".into()],
+            None,
+            "2026-01-01T00:00:00Z",
+        );
+        let f = &r["facets"][0];
+        assert_eq!(f["index"]["byteStart"], 4);
+        assert_eq!(f["index"]["byteEnd"], 4 + 19);
+        assert_eq!(f["features"][0]["uri"], "https://example.com");
+        let tid = "3kabc".to_owned();
+        let root = Ref {
+            uri: format!("at://did:plc:x/app.bsky.feed.post/{tid}"),
+            cid: "c1".into(),
+        };
+        let reply = post_record("re", &[], Some((&root, &root)), "2026-01-01T00:00:00Z");
+        assert_eq!(reply["reply"]["parent"]["cid"], "c1");
+        assert_eq!(
+            post_url("me.bsky.social", &root.uri),
+            "https://bsky.app/profile/me.bsky.social/post/3kabc"
+        );
+    }
+
+    #[test]
+    fn a_jwt_exp_is_read() {
+        let payload =
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(br#"{"exp":1800000000}"#);
+        assert_eq!(jwt_exp(&format!("h.{payload}.s")), Some(1_800_000_000));
+        assert_eq!(jwt_exp("nope"), None);
+    }
+}
