@@ -1712,7 +1712,137 @@ async fn a_lost_bluesky_answer_is_settled_by_reading_its_record_key_back(b: Back
     app.stop().await;
 }
 
+async fn six_hundred_publishes_to_x_and_bluesky_under_random_faults_stay_exact(b: Backend) {
+    let (app, x, bsky) = both_setup(&b).await;
+    let (user, key, x_account) = x_user(&app, "100000").await;
+    let sky_account = connect_bluesky(&app, &key).await;
+    use reqwest::Method as M;
+    let mut rng = Lcg(0xb105 ^ rand_u64());
+    let mut drafts: Vec<(String, Vec<String>)> = Vec::new();
+    for d in 0..80 {
+        let n = 1 + rng.next(3) as usize;
+        let items: Vec<String> = (0..n)
+            .map(|k| format!("混合{d}之{k} https://example.com/m/{d}/{k}"))
+            .collect();
+        let refs: Vec<&str> = items.iter().map(String::as_str).collect();
+        drafts.push((draft(&app, &key, &refs).await, items));
+    }
+    let all = [
+        Fault::DropAfterCommit,
+        Fault::ErrorAfterCommit,
+        Fault::ErrorBeforeCommit,
+        Fault::RateLimited,
+    ];
+    let targets = [
+        (x_account.as_str(), "twitter"),
+        (sky_account.as_str(), "bluesky"),
+    ];
+    for _ in 0..600 {
+        let (d, items) = &drafts[rng.next(drafts.len() as u64) as usize];
+        for queue in [&x.faults, &bsky.faults] {
+            let plan: Vec<Option<Fault>> = (0..3)
+                .map(|_| (rng.next(4) == 0).then(|| all[rng.next(4) as usize]))
+                .collect();
+            let mut q = queue.lock().expect("lock");
+            q.clear();
+            q.extend(plan);
+        }
+        let body = multi(&app, &key, d, &targets).await;
+        for r in body["results"].as_array().expect("results") {
+            if r["status"] != "unconfirmed" {
+                continue;
+            }
+            let text = &items[r["failedAt"].as_u64().expect("failedAt") as usize];
+            let found = match r["platform"].as_str() {
+                Some("twitter") => x
+                    .tweets
+                    .lock()
+                    .expect("lock")
+                    .iter()
+                    .find(|t| &t.text == text)
+                    .map(|t| t.id.clone()),
+                _ => bsky
+                    .records
+                    .lock()
+                    .expect("lock")
+                    .iter()
+                    .find(|t| t.value["text"] == json!(text))
+                    .map(|t| t.uri.clone()),
+            };
+            let answer = match &found {
+                Some(id) => json!({"posted": true, "postId": id}),
+                None => json!({"posted": false}),
+            };
+            let target = r["targetId"].as_str().expect("target");
+            let (status, e) = xai(
+                &app,
+                &key,
+                M::POST,
+                &format!("/api/v1/publish/targets/{target}/resolve"),
+                Some(answer),
+            )
+            .await;
+            assert_eq!(status, 200, "{e}");
+        }
+    }
+    x.faults.lock().expect("lock").clear();
+    bsky.faults.lock().expect("lock").clear();
+    for (d, _) in &drafts {
+        let body = multi(&app, &key, d, &targets).await;
+        assert_eq!(body["summary"]["succeeded"], 2, "{body}");
+    }
+    let total_items: usize = drafts.iter().map(|(_, items)| items.len()).sum();
+    let tweets = x.tweets.lock().expect("lock").clone();
+    let records = bsky.records.lock().expect("lock").clone();
+    let mut tweet_texts: Vec<&str> = tweets.iter().map(|t| t.text.as_str()).collect();
+    let mut record_texts: Vec<&str> = records
+        .iter()
+        .map(|r| r.value["text"].as_str().unwrap_or_default())
+        .collect();
+    tweet_texts.sort_unstable();
+    tweet_texts.dedup();
+    record_texts.sort_unstable();
+    record_texts.dedup();
+    assert_eq!(
+        (tweets.len(), tweet_texts.len()),
+        (total_items, total_items),
+        "every post on X once"
+    );
+    assert_eq!(
+        (records.len(), record_texts.len()),
+        (total_items, total_items),
+        "every post on Bluesky once"
+    );
+    for (_, items) in &drafts {
+        let on_sky = |t: &String| {
+            records
+                .iter()
+                .find(|r| r.value["text"] == json!(t))
+                .expect("on Bluesky")
+        };
+        for k in 1..items.len() {
+            assert_eq!(
+                on_sky(&items[k]).value["reply"]["parent"]["uri"],
+                json!(on_sky(&items[k - 1]).uri)
+            );
+            assert_eq!(
+                on_sky(&items[k]).value["reply"]["root"]["uri"],
+                json!(on_sky(&items[0]).uri)
+            );
+        }
+    }
+    assert_eq!(
+        app.balance_micros(user).await,
+        100_000_000_000 - drafts.len() as i64 * 20_000_000
+    );
+    app.assert_books_balance(user).await;
+    let (ok, report) = app.ledger_verify_cli().await;
+    assert!(ok, "{report}");
+    app.stop().await;
+}
+
 both_backends!(
+    six_hundred_publishes_to_x_and_bluesky_under_random_faults_stay_exact,
     a_bluesky_account_logs_in_once_and_a_thread_goes_to_x_and_bluesky,
     a_lost_bluesky_answer_is_settled_by_reading_its_record_key_back
 );
