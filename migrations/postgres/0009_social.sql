@@ -86,3 +86,14 @@ CREATE TABLE social_auth_sessions (
     updated_at_ms       BIGINT  NOT NULL
 );
 CREATE INDEX social_auth_sessions_by_user ON social_auth_sessions (user_id, created_at_ms);
+
+-- The app Tollgate registered on each Mastodon instance (once per instance and callback; its
+-- secret sealed).
+CREATE TABLE mastodon_apps (
+    instance       TEXT    NOT NULL,
+    redirect_uri   TEXT    NOT NULL,
+    client_id      TEXT    NOT NULL,
+    client_secret  TEXT    NOT NULL,
+    created_at_ms  BIGINT NOT NULL,
+    PRIMARY KEY (instance, redirect_uri)
+);

@@ -134,3 +134,41 @@ pub async fn fail(db: &Db, id: &str, code: i64, message: &str) -> Result<(), sql
         .await
         .map(|_| ()))
 }
+
+/// The app registered on a Mastodon instance for `redirect_uri`: `(client_id, sealed secret)`.
+pub async fn mastodon_app(
+    db: &Db,
+    instance: &str,
+    redirect_uri: &str,
+) -> Result<Option<(String, String)>, sqlx::Error> {
+    read_pool!(db, p => sqlx::query_as::<_, (String, String)>(
+        "SELECT client_id, client_secret FROM mastodon_apps WHERE instance = $1 AND redirect_uri = $2")
+        .bind(instance)
+        .bind(redirect_uri)
+        .fetch_optional(p)
+        .await)
+}
+
+/// Keeps a registered Mastodon app (the first one kept wins a race; its values are returned).
+pub async fn save_mastodon_app(
+    db: &Db,
+    instance: &str,
+    redirect_uri: &str,
+    client_id: &str,
+    sealed_secret: &str,
+) -> Result<(String, String), sqlx::Error> {
+    write_pool!(db, p => sqlx::query(
+        "INSERT INTO mastodon_apps (instance, redirect_uri, client_id, client_secret, created_at_ms)
+         VALUES ($1, $2, $3, $4, $5) ON CONFLICT (instance, redirect_uri) DO NOTHING")
+        .bind(instance)
+        .bind(redirect_uri)
+        .bind(client_id)
+        .bind(sealed_secret)
+        .bind(now_ms())
+        .execute(p)
+        .await
+        .map(|_| ()))?;
+    mastodon_app(db, instance, redirect_uri)
+        .await?
+        .ok_or(sqlx::Error::RowNotFound)
+}

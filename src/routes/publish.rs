@@ -30,6 +30,7 @@ pub fn router() -> Router<AppState> {
         .route("/twitter/quote", post(quote))
         .route("/publish/multi-platform", post(multi_platform))
         .route("/bluesky/publish", post(publish_bluesky))
+        .route("/mastodon/publish", post(publish_mastodon))
         .route("/publish/targets", axum::routing::get(list_targets))
         .route("/publish/targets/{id}/resolve", post(resolve))
 }
@@ -450,7 +451,7 @@ fn target_json(t: &db::publishing::Target, posts: &[db::publishing::Post]) -> Va
         "publishId": t.publish_id,
         "accountId": t.account_id,
         "platform": t.platform,
-        "draftId": t.thread_key.split_once(':').map(|(d, _)| d).filter(|d| *d != "quote"),
+        "draftId": t.thread_key.split_once(':').map(|(d, _)| d).filter(|d| *d != "quote" && Platform::parse(d).is_none()),
         "status": t.status,
         "published": t.published,
         "total": t.total,
@@ -485,6 +486,27 @@ async fn publish_bluesky(
     PlatformUser(_, user_id): PlatformUser,
     headers: HeaderMap,
     raw: Bytes,
+) -> Result<Response, ApiError> {
+    publish_to(state, user_id, headers, raw, Platform::Bluesky).await
+}
+
+/// `POST /api/v1/mastodon/publish` (seed 000: the same fields as Bluesky's).
+async fn publish_mastodon(
+    State(state): State<AppState>,
+    PlatformUser(_, user_id): PlatformUser,
+    headers: HeaderMap,
+    raw: Bytes,
+) -> Result<Response, ApiError> {
+    publish_to(state, user_id, headers, raw, Platform::Mastodon).await
+}
+
+/// One account of `platform`, a single post or a thread (seed 000's per-platform routes).
+async fn publish_to(
+    state: AppState,
+    user_id: i64,
+    headers: HeaderMap,
+    raw: Bytes,
+    platform: Platform,
 ) -> Result<Response, ApiError> {
     let body: Map<String, Value> = parse_json(&raw)?;
     let account_id = required_string(&body, "accountUuid")?;
@@ -533,22 +555,24 @@ async fn publish_bluesky(
     };
     let account = db::social::account(&state.db, user_id, &account_id)
         .await?
-        .filter(|a| a.platform == "bluesky")
+        .filter(|a| a.platform == platform.as_str())
         .ok_or_else(|| {
             ApiError::InvalidInput(format!(
-                "accountUuid: no connected Bluesky account of yours is {account_id:?}"
+                "accountUuid: no connected {} account of yours is {account_id:?}",
+                platform.as_str()
             ))
         })?;
     let st = state.clone();
+    let route = format!("{}/publish", platform.as_str());
     once(
         &state,
         user_id,
         &headers,
-        "bluesky/publish",
+        &route,
         &raw,
         move |publish_id| async move {
             let plan = Plan {
-                thread_key: format!("bluesky:{publish_id}"),
+                thread_key: format!("{}:{publish_id}", platform.as_str()),
                 texts,
                 quote: None,
                 langs,

@@ -25,6 +25,8 @@ pub fn router() -> Router<AppState> {
         .route("/twitter/auth", post(start_x))
         .route("/twitter/callback", get(x_callback))
         .route("/bluesky/auth", post(start_bluesky))
+        .route("/mastodon/auth", post(start_mastodon))
+        .route("/mastodon/callback", get(mastodon_callback))
         .route("/social/accounts", get(list))
         .route("/social/accounts/{id}", patch(rename).delete(disconnect))
 }
@@ -119,6 +121,57 @@ async fn start_bluesky(
         "success": true,
         "sessionId": session_id,
         "status": "completed",
+        "accountUuid": account.id,
+        "socialSetId": set_id,
+        "username": account.username,
+    })))
+}
+
+/// `POST /api/v1/mastodon/auth` `{"instance","socialSetId","mode"}` → `{"authUrl","sessionId"}`.
+async fn start_mastodon(
+    State(state): State<AppState>,
+    PlatformUser(_, user_id): PlatformUser,
+    body: Bytes,
+) -> Result<Json<Value>, ApiError> {
+    let body: Map<String, Value> = parse_json(&body)?;
+    let instance = match body.get("instance") {
+        Some(Value::String(s)) if !s.trim().is_empty() && s.len() <= 300 => s.clone(),
+        _ => {
+            return Err(ApiError::InvalidInput(
+                "instance: required (like mastodon.social)".into(),
+            ));
+        }
+    };
+    let social_set_id = match body.get("socialSetId") {
+        Some(Value::String(s)) if !s.is_empty() => Some(s.clone()),
+        None | Some(Value::Null) | Some(Value::String(_)) => None,
+        Some(_) => {
+            return Err(ApiError::InvalidInput(
+                "socialSetId: must be a string".into(),
+            ));
+        }
+    };
+    let start = Start {
+        social_set_id,
+        mode: Mode::parse(body.get("mode"))?,
+        follow_on_x: false,
+    };
+    let started = connect::start_mastodon(&state, user_id, start, &instance).await?;
+    Ok(Json(json!({
+        "success": true,
+        "authUrl": started.auth_url,
+        "sessionId": started.session_id,
+        "expiresAt": super::admin::iso(started.expires_at_ms),
+    })))
+}
+
+async fn mastodon_callback(
+    State(state): State<AppState>,
+    Query(cb): Query<Callback>,
+) -> Result<Json<Value>, ApiError> {
+    let (account, set_id) = connect::finish_mastodon(&state, &cb).await?;
+    Ok(Json(json!({
+        "success": true,
         "accountUuid": account.id,
         "socialSetId": set_id,
         "username": account.username,

@@ -430,3 +430,183 @@ pub async fn connect_bluesky(
     db::social_auth::complete(&state.db, &session.id, &json!([account.id]).to_string()).await?;
     Ok((account, set_id, id))
 }
+
+/// A Mastodon instance's URL, normalised (`https://` added to a bare host, no trailing slash).
+pub fn instance_url(raw: &str) -> Result<String, ApiError> {
+    let raw = raw.trim().trim_end_matches('/');
+    let with_scheme = if raw.contains("://") {
+        raw.to_owned()
+    } else {
+        format!("https://{raw}")
+    };
+    let ok = url::Url::parse(&with_scheme).is_ok_and(|u| {
+        matches!(u.scheme(), "http" | "https") && u.host_str().is_some() && u.path() == "/"
+    });
+    if raw.is_empty() || !ok {
+        return Err(ApiError::InvalidInput(format!(
+            "instance: {raw:?} is not a Mastodon instance's address (like mastodon.social)"
+        )));
+    }
+    Ok(with_scheme)
+}
+
+/// Starts connecting a Mastodon account on `instance`: Tollgate's app registered there once,
+/// then the user sent to the instance's authorize page (PKCE S256).
+pub async fn start_mastodon(
+    state: &AppState,
+    user_id: i64,
+    start: Start,
+    instance: &str,
+) -> Result<Started, ApiError> {
+    use super::platforms::mastodon;
+    let cfg = &state.config.social.mastodon;
+    oauth::check_redirect_uri(&cfg.redirect_uri).map_err(ApiError::OAuthNotConfigured)?;
+    let instance = instance_url(instance)?;
+    if let Some(set) = &start.social_set_id {
+        db::social::set(&state.db, user_id, set)
+            .await?
+            .ok_or_else(|| {
+                ApiError::InvalidInput(format!("socialSetId: no social set of yours is {set:?}"))
+            })?;
+    }
+    let client_id =
+        match db::social_auth::mastodon_app(&state.db, &instance, &cfg.redirect_uri).await? {
+            Some((id, _)) => id,
+            None => {
+                let (id, secret) = mastodon::register_app(
+                    &state.http,
+                    &instance,
+                    &cfg.client_name,
+                    &cfg.redirect_uri,
+                    &cfg.scopes,
+                )
+                .await
+                .map_err(ApiError::Unavailable)?;
+                let sealed = state.secrets.seal(Purpose::AuthSession, &secret);
+                db::social_auth::save_mastodon_app(
+                    &state.db,
+                    &instance,
+                    &cfg.redirect_uri,
+                    &id,
+                    &sealed,
+                )
+                .await?
+                .0
+            }
+        };
+    let (id, st, verifier) = (new_uuid(), oauth::random_token(), oauth::random_token());
+    let expires_at_ms = crate::clock::now_ms() + state.config.social.auth_session_ttl_ms as i64;
+    let sealed = state.secrets.seal(Purpose::AuthSession, &verifier);
+    db::social_auth::insert(
+        &state.db,
+        &NewSession {
+            id: &id,
+            user_id,
+            platform: "mastodon",
+            state: &st,
+            code_verifier: &sealed,
+            mode: start.mode.as_str(),
+            social_set_id: start.social_set_id.as_deref(),
+            follow_on_x: false,
+            instance: Some(&instance),
+            expires_at_ms,
+        },
+    )
+    .await?;
+    Ok(Started {
+        auth_url: mastodon::authorize_url(
+            &instance,
+            &client_id,
+            &cfg.redirect_uri,
+            &cfg.scopes,
+            &st,
+            &verifier,
+        ),
+        session_id: id,
+        expires_at_ms,
+    })
+}
+
+/// Finishes a Mastodon connection from its callback: the account (with its instance's
+/// character limit) and its set.
+pub async fn finish_mastodon(
+    state: &AppState,
+    cb: &Callback,
+) -> Result<(Account, String), ApiError> {
+    use super::platforms::mastodon;
+    let session = take_session(state, "mastodon", cb).await?;
+    let Some(code) = cb.code.as_deref().filter(|c| !c.is_empty()) else {
+        let e = ApiError::InvalidInput("code: required".into());
+        return Err(failed(state, &session, error_code::DENIED, e).await);
+    };
+    let cfg = &state.config.social.mastodon;
+    let instance = session.instance.clone().unwrap_or_default();
+    let app = db::social_auth::mastodon_app(&state.db, &instance, &cfg.redirect_uri).await?;
+    let opened = app.map(|(id, sealed)| (id, state.secrets.open(Purpose::AuthSession, &sealed)));
+    let verifier = state
+        .secrets
+        .open(Purpose::AuthSession, &session.code_verifier);
+    let (client_id, secret, verifier) = match (opened, verifier) {
+        (Some((id, Ok(secret))), Ok(v)) => (id, secret, v),
+        _ => {
+            let e = ApiError::Internal(
+                "the instance's app or the session's verifier cannot be read".into(),
+            );
+            return Err(failed(state, &session, error_code::PLATFORM_FAILED, e).await);
+        }
+    };
+    let tokens = match mastodon::exchange_code(
+        &state.http,
+        &instance,
+        (&client_id, &secret),
+        &cfg.redirect_uri,
+        code,
+        &verifier,
+    )
+    .await
+    {
+        Ok(t) => t,
+        Err(TokenError::Refused { error, .. }) => {
+            let e = ApiError::InvalidInput(format!(
+                "{instance} refused the authorization code: {error}"
+            ));
+            return Err(failed(state, &session, error_code::CODE_REFUSED, e).await);
+        }
+        Err(TokenError::Unavailable(m)) => {
+            let e = ApiError::Unavailable(format!("{instance}'s token endpoint failed: {m}"));
+            return Err(failed(state, &session, error_code::PLATFORM_FAILED, e).await);
+        }
+    };
+    let me = match mastodon::me(&state.http, &instance, &tokens.access_token).await {
+        Ok(me) => me,
+        Err(m) => {
+            let e = ApiError::Unavailable(format!("{instance} did not say who the user is: {m}"));
+            return Err(failed(state, &session, error_code::PLATFORM_FAILED, e).await);
+        }
+    };
+    let limit = mastodon::max_characters(&state.http, &instance).await;
+    let sealed_access = state
+        .secrets
+        .seal(Purpose::SocialToken, &tokens.access_token);
+    let account = db::social::upsert_account(
+        &state.db,
+        &new_uuid(),
+        &Connected {
+            user_id: session.user_id,
+            platform: "mastodon",
+            platform_uid: &me.id,
+            username: &me.acct,
+            display_name: me.display_name.as_deref(),
+            avatar_url: me.avatar.as_deref(),
+            instance: Some(&instance),
+            char_limit: Some(limit),
+            access_token: &sealed_access,
+            refresh_token: "",
+            token_expires_at_ms: None,
+        },
+    )
+    .await?;
+    let set_id = place(state, &session, &account).await?;
+    db::social_auth::complete(&state.db, &session.id, &json!([account.id]).to_string()).await?;
+    Ok((account, set_id))
+}

@@ -212,7 +212,10 @@ async fn prepare(
         "NOT_SUPPORTED",
         format!("unknown platform {}", account.platform),
     ))?;
-    if !matches!(platform, Platform::X | Platform::Bluesky) {
+    if !matches!(
+        platform,
+        Platform::X | Platform::Bluesky | Platform::Mastodon
+    ) {
         return Err((
             "NOT_SUPPORTED",
             format!("publishing to {} is not available yet", platform.as_str()),
@@ -224,7 +227,12 @@ async fn prepare(
             format!("the account @{} must be connected again", account.username),
         ));
     }
-    let limit = platform.default_limit();
+    // A Mastodon instance says its own limit.
+    let limit = account
+        .char_limit
+        .and_then(|l| usize::try_from(l).ok())
+        .filter(|l| *l > 0 && platform == Platform::Mastodon)
+        .unwrap_or(platform.default_limit());
     for (k, t) in plan.texts.iter().enumerate() {
         let c = text::count(platform, t, limit);
         if !c.valid {
@@ -369,8 +377,13 @@ pub async fn send(state: &AppState, h: Held) -> Outcome {
     let key = plan.thread_key.clone();
     for position in start..plan.texts.len() {
         let pos = position as i64;
-        // Bluesky dedupes by a record key chosen now and kept with the attempt.
-        let rkey = (platform == Platform::Bluesky).then(super::platforms::bluesky::new_tid);
+        // Bluesky dedupes by a record key, Mastodon by an Idempotency-Key: chosen now and kept
+        // with the attempt.
+        let rkey = match platform {
+            Platform::Bluesky => Some(super::platforms::bluesky::new_tid()),
+            Platform::Mastodon => Some(new_uuid()),
+            _ => None,
+        };
         let attempted = db::publishing::attempt(
             &state.db,
             &key,
@@ -396,6 +409,10 @@ pub async fn send(state: &AppState, h: Held) -> Outcome {
             Platform::Bluesky => {
                 let rkey = rkey.as_deref().unwrap_or_default();
                 send_bluesky(state, &account, &plan, position, &done, rkey).await
+            }
+            Platform::Mastodon => {
+                let key = rkey.as_deref().unwrap_or_default();
+                send_mastodon(state, &account, &plan, position, &done, key).await
             }
             _ => send_x(state, &account, &plan, position, &done).await,
         };
@@ -475,6 +492,59 @@ async fn send_x(
         "TOKEN_EXPIRED",
         format!("X refused the token of @{} twice", account.username),
     )
+}
+
+/// One Mastodon status under `Idempotency-Key: key` (a reply to the one before). A lost answer
+/// is settled by sending the same request again: the instance answers a repeated key with the
+/// status it already made.
+async fn send_mastodon(
+    state: &AppState,
+    account: &Account,
+    plan: &Plan,
+    position: usize,
+    done: &[Out],
+    key: &str,
+) -> Sent {
+    use super::platforms::mastodon::{self, Created as M};
+    let instance = account.instance.clone().unwrap_or_default();
+    let token = match super::tokens::access_token(state, &account.id, None).await {
+        Ok(t) => t,
+        Err(e) => return Sent::Failed(e.parts().2, e.to_string()),
+    };
+    let reply_to = done.last().map(|o| o.id.as_str());
+    let language = plan.langs.first().map(String::as_str);
+    let mut last = String::new();
+    for _ in 0..3 {
+        let text = &plan.texts[position];
+        match mastodon::create_status(
+            &state.http,
+            &instance,
+            &token,
+            key,
+            mastodon::NewStatus {
+                text,
+                in_reply_to: reply_to,
+                language,
+            },
+            CREATE_TIMEOUT,
+        )
+        .await
+        {
+            M::Posted { id, url } => return Sent::Posted(Out { id, cid: None, url }),
+            M::Failed { code, reason } => return Sent::Failed(code, reason),
+            M::Unauthorized => {
+                let _ = db::social::set_status(&state.db, &account.id, "needs_reauth").await;
+                return Sent::Failed(
+                    "TOKEN_EXPIRED",
+                    format!("{instance} refused the token of @{}", account.username),
+                );
+            }
+            M::Unknown(why) => last = why,
+        }
+    }
+    Sent::Unknown(format!(
+        "{last} (the same Idempotency-Key was sent three times)"
+    ))
 }
 
 /// One Bluesky post under record key `rkey` (a reply to the thread's root and to the post
@@ -687,6 +757,11 @@ pub async fn resolve(
     let (status, url) = if posted {
         let url = remote_id.map(|id| match target.platform.as_str() {
             "bluesky" => super::platforms::bluesky::post_url(&account.username, id),
+            "mastodon" => format!(
+                "{}/@{}/{id}",
+                account.instance.as_deref().unwrap_or_default(),
+                account.username
+            ),
             _ => x::post_url(&account.username, id),
         });
         ("published", url)

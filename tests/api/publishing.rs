@@ -1846,3 +1846,166 @@ both_backends!(
     a_bluesky_account_logs_in_once_and_a_thread_goes_to_x_and_bluesky,
     a_lost_bluesky_answer_is_settled_by_reading_its_record_key_back
 );
+
+use crate::fakes::mastodon::{FakeMastodon, start_fake_mastodon};
+
+const MASTODON_CALLBACK: &str = "http://127.0.0.1:8000/api/v1/mastodon/callback";
+
+async fn mastodon_setup(b: &Backend) -> (TestApp, Arc<FakeMastodon>, String) {
+    let (fake, base) = start_fake_mastodon().await;
+    let app = TestApp::spawn_with(b, |c| {
+        c.social.mastodon.redirect_uri = MASTODON_CALLBACK.to_owned();
+        c.limits.other_per_minute = 1_000_000;
+        c.limits.query_per_minute = 1_000_000;
+    })
+    .await;
+    (app, fake, base)
+}
+
+/// Connects the Mastodon account on `instance` through the browser flow.
+async fn connect_mastodon(app: &TestApp, key: &str, instance: &str) -> (String, String) {
+    let (status, started) = xai(
+        app,
+        key,
+        reqwest::Method::POST,
+        "/api/v1/mastodon/auth",
+        Some(json!({"instance": instance})),
+    )
+    .await;
+    assert_eq!(status, 200, "{started}");
+    let auth_url = started["authUrl"].as_str().expect("authUrl");
+    assert!(
+        auth_url.starts_with(&format!("{instance}/oauth/authorize?")),
+        "{auth_url}"
+    );
+    let browser = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .expect("client");
+    let resp = browser.get(auth_url).send().await.expect("authorize");
+    assert!(resp.status().is_redirection(), "{}", resp.status());
+    let location = resp.headers()["location"]
+        .to_str()
+        .expect("location")
+        .to_owned();
+    let query = location.split_once('?').expect("query").1.to_owned();
+    let resp = browser
+        .get(app.url(&format!("/api/v1/mastodon/callback?{query}")))
+        .send()
+        .await
+        .expect("callback");
+    assert_eq!(resp.status(), 200);
+    let done: Value = resp.json().await.expect("json");
+    (
+        done["accountUuid"].as_str().expect("account").to_owned(),
+        started["sessionId"].as_str().expect("session").to_owned(),
+    )
+}
+
+async fn a_mastodon_thread_keeps_the_instances_limit_and_dedupes_by_idempotency_key(b: Backend) {
+    let (app, fake, instance) = mastodon_setup(&b).await;
+    let user = app.add_user(json!("100")).await;
+    let key = app.add_key(user, json!({})).await;
+    use reqwest::Method as M;
+    let (account, session) = connect_mastodon(&app, &key, &instance).await;
+    let (_, polled) = xai(
+        &app,
+        &key,
+        M::GET,
+        &format!("/api/v2/channels/accounts/auth/mastodon/status/{session}"),
+        None,
+    )
+    .await;
+    assert_eq!(
+        (
+            polled["data"]["status"].clone(),
+            polled["data"]["accounts"][0]["account"].clone()
+        ),
+        (json!("completed"), json!("carol")),
+        "{polled}"
+    );
+    // A second connection on the same instance reuses the registered app.
+    connect_mastodon(&app, &key, &instance).await;
+    assert_eq!(fake.registrations.load(Ordering::SeqCst), 1);
+    // 600 characters: over X's and Threads' limits, within this instance's 1,000.
+    let long = "长".repeat(600);
+    let (_, d) = xai(
+        &app,
+        &key,
+        M::POST,
+        "/api/v1/twitter/drafts",
+        Some(json!({"title": "t",
+        "tweets": [{"content": long}, {"content": "第二条"}], "selectedAccountIds": [account]})),
+    )
+    .await;
+    assert_eq!(
+        d["draft"]["platformValidity"]["mastodon"],
+        json!({"characterCount": 600, "limit": 1000, "isValid": true,
+        "items": [{"characterCount": 600, "isValid": true}, {"characterCount": 3, "isValid": true}]}),
+        "{d}"
+    );
+    let draft_id = d["draft"]["id"].as_str().expect("id").to_owned();
+    // The instance makes the first status and the connection drops; the same Idempotency-Key
+    // is sent again and answered with the status already made.
+    fake.faults.lock().expect("lock").extend([
+        Some(Fault::DropAfterCommit),
+        None,
+        Some(Fault::ErrorBeforeCommit),
+    ]);
+    let body = multi(&app, &key, &draft_id, &[(&account, "mastodon")]).await;
+    let r = &body["results"][0];
+    assert_eq!(
+        (r["status"].clone(), r["published"].clone()),
+        (json!("published"), json!(2)),
+        "{r}"
+    );
+    let statuses = fake.statuses.lock().expect("lock").clone();
+    assert_eq!(statuses.len(), 2, "each status made once");
+    assert_eq!(
+        statuses[1].in_reply_to.as_deref(),
+        Some(statuses[0].id.as_str())
+    );
+    assert_eq!(
+        r["data"]["url"],
+        format!("{instance}/@carol/{}", statuses[0].id)
+    );
+    assert_eq!(app.balance_micros(user).await, 90_000_000);
+    // Seed 000's own route; a revoked token: TOKEN_EXPIRED, refunded, reconnect needed.
+    let (status, own) = xai(
+        &app,
+        &key,
+        M::POST,
+        "/api/v1/mastodon/publish",
+        Some(json!({"accountUuid": account, "type": "single", "text": "你好 Mastodon!"})),
+    )
+    .await;
+    assert_eq!(
+        (status, own["summary"]["succeeded"].clone()),
+        (200, json!(1)),
+        "{own}"
+    );
+    fake.revoke_all();
+    let (_, own) = xai(
+        &app,
+        &key,
+        M::POST,
+        "/api/v1/mastodon/publish",
+        Some(json!({"accountUuid": account, "type": "single", "text": "不会发出"})),
+    )
+    .await;
+    assert_eq!(own["results"][0]["error"]["code"], "TOKEN_EXPIRED", "{own}");
+    assert_eq!(app.balance_micros(user).await, 80_000_000);
+    let (status, e) = xai(
+        &app,
+        &key,
+        M::POST,
+        "/api/v1/mastodon/auth",
+        Some(json!({"instance": "not a url at all"})),
+    )
+    .await;
+    assert_eq!(status, 400, "{e}");
+    app.assert_books_balance(user).await;
+    app.stop().await;
+}
+
+both_backends!(a_mastodon_thread_keeps_the_instances_limit_and_dedupes_by_idempotency_key);

@@ -2,4 +2,5 @@
 //! point them at local fakes), typed outcomes.
 
 pub mod bluesky;
+pub mod mastodon;
 pub mod x;
