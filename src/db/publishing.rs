@@ -317,3 +317,22 @@ pub async fn targets(
         .fetch_all(p)
         .await)
 }
+
+/// Names the platform handle of an attempted post once it exists (a Threads container).
+pub async fn set_client_key(
+    db: &Db,
+    thread_key: &str,
+    position: i64,
+    client_key: &str,
+) -> Result<(), sqlx::Error> {
+    write_pool!(db, p => sqlx::query(
+        "UPDATE published_posts SET client_key = $3, updated_at_ms = $4
+         WHERE thread_key = $1 AND position = $2 AND status = 'attempted'")
+        .bind(thread_key)
+        .bind(position)
+        .bind(client_key)
+        .bind(now_ms())
+        .execute(p)
+        .await
+        .map(|_| ()))
+}

@@ -31,6 +31,7 @@ pub fn router() -> Router<AppState> {
         .route("/publish/multi-platform", post(multi_platform))
         .route("/bluesky/publish", post(publish_bluesky))
         .route("/mastodon/publish", post(publish_mastodon))
+        .route("/threads/publish", post(publish_threads))
         .route("/publish/targets", axum::routing::get(list_targets))
         .route("/publish/targets/{id}/resolve", post(resolve))
 }
@@ -576,7 +577,85 @@ async fn publish_to(
                 texts,
                 quote: None,
                 langs,
+                reply_control: None,
             };
+            let outcomes = run_all(st, publish_id.clone(), vec![(account, plan)]).await?;
+            Ok((StatusCode::OK, answer(&publish_id, &outcomes, json!({}))))
+        },
+    )
+    .await
+}
+
+/// `POST /api/v1/threads/publish` (seed 000): `{"accountId","draftId"|"text","mediaUrls",
+/// "replyControl"}` → the result as in `multi-platform` (a draft goes out as a reply chain).
+async fn publish_threads(
+    State(state): State<AppState>,
+    PlatformUser(_, user_id): PlatformUser,
+    headers: HeaderMap,
+    raw: Bytes,
+) -> Result<Response, ApiError> {
+    let body: Map<String, Value> = parse_json(&raw)?;
+    let account_id = required_string(&body, "accountId")?;
+    let account = db::social::account(&state.db, user_id, &account_id)
+        .await?
+        .filter(|a| a.platform == "threads")
+        .ok_or_else(|| {
+            ApiError::InvalidInput(format!(
+                "accountId: no connected Threads account of yours is {account_id:?}"
+            ))
+        })?;
+    if body
+        .get("mediaUrls")
+        .and_then(Value::as_array)
+        .is_some_and(|a| !a.is_empty())
+    {
+        return Err(ApiError::InvalidInput(
+            "mediaUrls: media publishing is not available yet; post text only".into(),
+        ));
+    }
+    let reply_control = match body.get("replyControl") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s))
+            if ["everyone", "accounts_you_follow", "mentioned_only"].contains(&s.as_str()) =>
+        {
+            Some(s.clone())
+        }
+        Some(_) => {
+            return Err(ApiError::InvalidInput(
+                "replyControl: one of everyone, accounts_you_follow, mentioned_only".into(),
+            ));
+        }
+    };
+    let draft = match body.get("draftId").and_then(Value::as_str) {
+        Some(id) => Some(own_draft(&state, user_id, id).await?),
+        None => None,
+    };
+    let text = match &draft {
+        Some(_) => None,
+        None => Some(required_string(&body, "text")?),
+    };
+    let st = state.clone();
+    once(
+        &state,
+        user_id,
+        &headers,
+        "threads/publish",
+        &raw,
+        move |publish_id| async move {
+            let mut plan = match (&draft, text) {
+                (Some(d), _) => Plan::thread(d, &account),
+                (None, text) => {
+                    let texts = vec![text.unwrap_or_default()];
+                    Plan {
+                        thread_key: format!("threads:{publish_id}"),
+                        langs: crate::social::publish::guess_langs(&texts),
+                        texts,
+                        quote: None,
+                        reply_control: None,
+                    }
+                }
+            };
+            plan.reply_control = reply_control;
             let outcomes = run_all(st, publish_id.clone(), vec![(account, plan)]).await?;
             Ok((StatusCode::OK, answer(&publish_id, &outcomes, json!({}))))
         },

@@ -27,6 +27,8 @@ pub fn router() -> Router<AppState> {
         .route("/bluesky/auth", post(start_bluesky))
         .route("/mastodon/auth", post(start_mastodon))
         .route("/mastodon/callback", get(mastodon_callback))
+        .route("/threads/auth", post(start_threads))
+        .route("/threads/callback", get(threads_callback))
         .route("/social/accounts", get(list))
         .route("/social/accounts/{id}", patch(rename).delete(disconnect))
 }
@@ -170,6 +172,49 @@ async fn mastodon_callback(
     Query(cb): Query<Callback>,
 ) -> Result<Json<Value>, ApiError> {
     let (account, set_id) = connect::finish_mastodon(&state, &cb).await?;
+    Ok(Json(json!({
+        "success": true,
+        "accountUuid": account.id,
+        "socialSetId": set_id,
+        "username": account.username,
+    })))
+}
+
+/// `POST /api/v1/threads/auth` `{"socialSetId","mode"}` → `{"authUrl","sessionId"}`.
+async fn start_threads(
+    State(state): State<AppState>,
+    PlatformUser(_, user_id): PlatformUser,
+    body: Bytes,
+) -> Result<Json<Value>, ApiError> {
+    let body: Map<String, Value> = if body.iter().all(u8::is_ascii_whitespace) {
+        Map::new()
+    } else {
+        parse_json(&body)?
+    };
+    let social_set_id = body
+        .get("socialSetId")
+        .and_then(Value::as_str)
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned);
+    let start = Start {
+        social_set_id,
+        mode: Mode::parse(body.get("mode"))?,
+        follow_on_x: false,
+    };
+    let started = connect::start_threads(&state, user_id, start).await?;
+    Ok(Json(json!({
+        "success": true,
+        "authUrl": started.auth_url,
+        "sessionId": started.session_id,
+        "expiresAt": super::admin::iso(started.expires_at_ms),
+    })))
+}
+
+async fn threads_callback(
+    State(state): State<AppState>,
+    Query(cb): Query<Callback>,
+) -> Result<Json<Value>, ApiError> {
+    let (account, set_id) = connect::finish_threads(&state, &cb).await?;
     Ok(Json(json!({
         "success": true,
         "accountUuid": account.id,

@@ -610,3 +610,113 @@ pub async fn finish_mastodon(
     db::social_auth::complete(&state.db, &session.id, &json!([account.id]).to_string()).await?;
     Ok((account, set_id))
 }
+
+/// Starts connecting a Threads account (OAuth code flow; Threads takes no PKCE).
+pub async fn start_threads(
+    state: &AppState,
+    user_id: i64,
+    start: Start,
+) -> Result<Started, ApiError> {
+    use super::platforms::threads;
+    let app = &state.config.social.threads;
+    if app.client_id.is_empty() {
+        return Err(ApiError::OAuthNotConfigured(
+            "Threads OAuth is not configured: set [social.threads] client_id, client_secret and redirect_uri \
+             (TOLLGATE__SOCIAL__THREADS__CLIENT_ID, …)"
+                .into(),
+        ));
+    }
+    oauth::check_redirect_uri(&app.redirect_uri).map_err(ApiError::OAuthNotConfigured)?;
+    if let Some(set) = &start.social_set_id {
+        db::social::set(&state.db, user_id, set)
+            .await?
+            .ok_or_else(|| {
+                ApiError::InvalidInput(format!("socialSetId: no social set of yours is {set:?}"))
+            })?;
+    }
+    let (id, st) = (new_uuid(), oauth::random_token());
+    let expires_at_ms = crate::clock::now_ms() + state.config.social.auth_session_ttl_ms as i64;
+    db::social_auth::insert(
+        &state.db,
+        &NewSession {
+            id: &id,
+            user_id,
+            platform: "threads",
+            state: &st,
+            code_verifier: "",
+            mode: start.mode.as_str(),
+            social_set_id: start.social_set_id.as_deref(),
+            follow_on_x: false,
+            instance: None,
+            expires_at_ms,
+        },
+    )
+    .await?;
+    Ok(Started {
+        auth_url: threads::authorize_url(app, &st),
+        session_id: id,
+        expires_at_ms,
+    })
+}
+
+/// Finishes a Threads connection: the code traded for a 60-day token (refreshed ahead of its
+/// end from then on), the profile read, the account stored.
+pub async fn finish_threads(
+    state: &AppState,
+    cb: &Callback,
+) -> Result<(Account, String), ApiError> {
+    use super::platforms::threads;
+    let session = take_session(state, "threads", cb).await?;
+    let Some(code) = cb.code.as_deref().filter(|c| !c.is_empty()) else {
+        let e = ApiError::InvalidInput("code: required".into());
+        return Err(failed(state, &session, error_code::DENIED, e).await);
+    };
+    let app = &state.config.social.threads;
+    let tokens = match threads::exchange_code(&state.http, app, code).await {
+        Ok(t) => t,
+        Err(TokenError::Refused { error, .. }) => {
+            let e =
+                ApiError::InvalidInput(format!("Threads refused the authorization code: {error}"));
+            return Err(failed(state, &session, error_code::CODE_REFUSED, e).await);
+        }
+        Err(TokenError::Unavailable(m)) => {
+            let e = ApiError::Unavailable(format!("Threads' token endpoint failed: {m}"));
+            return Err(failed(state, &session, error_code::PLATFORM_FAILED, e).await);
+        }
+    };
+    let (uid, username, picture) = match threads::me(&state.http, app, &tokens.access_token).await {
+        Ok(me) => me,
+        Err(m) => {
+            let e = ApiError::Unavailable(format!("Threads did not say who the user is: {m}"));
+            return Err(failed(state, &session, error_code::PLATFORM_FAILED, e).await);
+        }
+    };
+    // The long-lived token refreshes itself, so it is also the stored refresh token.
+    let sealed = state
+        .secrets
+        .seal(Purpose::SocialToken, &tokens.access_token);
+    let expires = tokens
+        .expires_in_s
+        .map(|s| crate::clock::now_ms() + s.saturating_mul(1000));
+    let account = db::social::upsert_account(
+        &state.db,
+        &new_uuid(),
+        &Connected {
+            user_id: session.user_id,
+            platform: "threads",
+            platform_uid: &uid,
+            username: &username,
+            display_name: None,
+            avatar_url: picture.as_deref(),
+            instance: None,
+            char_limit: None,
+            access_token: &sealed,
+            refresh_token: &sealed,
+            token_expires_at_ms: expires,
+        },
+    )
+    .await?;
+    let set_id = place(state, &session, &account).await?;
+    db::social_auth::complete(&state.db, &session.id, &json!([account.id]).to_string()).await?;
+    Ok((account, set_id))
+}

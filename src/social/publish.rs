@@ -151,6 +151,8 @@ pub struct Plan {
     pub quote: Option<String>,
     /// Bluesky's `langs`.
     pub langs: Vec<String>,
+    /// Threads' `reply_control`.
+    pub reply_control: Option<String>,
 }
 
 /// The languages of some text as far as Bluesky's `langs` needs: `zh` when it has Chinese
@@ -175,6 +177,7 @@ impl Plan {
             langs: guess_langs(&texts),
             texts,
             quote: None,
+            reply_control: None,
         }
     }
 
@@ -186,6 +189,7 @@ impl Plan {
             langs: guess_langs(&texts),
             texts,
             quote: Some(quoted),
+            reply_control: None,
         }
     }
 }
@@ -212,10 +216,7 @@ async fn prepare(
         "NOT_SUPPORTED",
         format!("unknown platform {}", account.platform),
     ))?;
-    if !matches!(
-        platform,
-        Platform::X | Platform::Bluesky | Platform::Mastodon
-    ) {
+    if platform == Platform::LinkedIn {
         return Err((
             "NOT_SUPPORTED",
             format!("publishing to {} is not available yet", platform.as_str()),
@@ -414,6 +415,7 @@ pub async fn send(state: &AppState, h: Held) -> Outcome {
                 let key = rkey.as_deref().unwrap_or_default();
                 send_mastodon(state, &account, &plan, position, &done, key).await
             }
+            Platform::Threads => send_threads(state, &account, &plan, position, &done, &key).await,
             _ => send_x(state, &account, &plan, position, &done).await,
         };
         match sent {
@@ -491,6 +493,104 @@ async fn send_x(
     Sent::Failed(
         "TOKEN_EXPIRED",
         format!("X refused the token of @{} twice", account.username),
+    )
+}
+
+/// One Threads post: a container (harmless until published; its id stored with the attempt),
+/// then its publish. A lost publish answer is settled by the container's status.
+async fn send_threads(
+    state: &AppState,
+    account: &Account,
+    plan: &Plan,
+    position: usize,
+    done: &[Out],
+    thread_key: &str,
+) -> Sent {
+    use super::platforms::threads::{self, Step};
+    let app = &state.config.social.threads;
+    let user = account.platform_uid.as_str();
+    let reply_to = done.last().map(|o| o.id.as_str());
+    let posted = |id: String| {
+        let url = threads::post_url(&account.username, &id);
+        Sent::Posted(Out { id, cid: None, url })
+    };
+    let rc = plan.reply_control.as_deref();
+    let mut stale: Option<String> = None;
+    for _ in 0..2 {
+        let token = match super::tokens::access_token(state, &account.id, stale.as_deref()).await {
+            Ok(t) => t,
+            Err(e) => return Sent::Failed(e.parts().2, e.to_string()),
+        };
+        let text = &plan.texts[position];
+        let made =
+            threads::create_container(&state.http, app, &token, user, text, reply_to, rc).await;
+        let container = match made {
+            Step::Done(id) => id,
+            Step::Unauthorized => {
+                stale = Some(token);
+                continue;
+            }
+            Step::Failed { code, reason } => return Sent::Failed(code, reason),
+            // A container is not a post: one lost in transit is simply not used.
+            Step::Unknown(why) => {
+                let why = format!("{why} (making the container; nothing was posted)");
+                return Sent::Failed("PLATFORM_UNAVAILABLE", why);
+            }
+        };
+        let pos = position as i64;
+        if let Err(e) = db::publishing::set_client_key(&state.db, thread_key, pos, &container).await
+        {
+            return Sent::Failed("INTERNAL_ERROR", e.to_string());
+        }
+        for _ in 0..2 {
+            match threads::publish_container(
+                &state.http,
+                app,
+                &token,
+                user,
+                &container,
+                CREATE_TIMEOUT,
+            )
+            .await
+            {
+                Step::Done(id) => return posted(id),
+                Step::Failed { code, reason } => return Sent::Failed(code, reason),
+                Step::Unauthorized => {
+                    return Sent::Failed(
+                        "TOKEN_EXPIRED",
+                        "Threads refused the token while publishing".into(),
+                    );
+                }
+                Step::Unknown(why) => {
+                    match threads::container_status(&state.http, app, &token, &container).await {
+                        Ok((s, media)) if s == "PUBLISHED" => {
+                            return posted(media.unwrap_or(container.clone()));
+                        }
+                        // Not published: safe to publish the same container again.
+                        Ok((s, _)) if s == "FINISHED" || s == "IN_PROGRESS" => continue,
+                        Ok((s, _)) => {
+                            return Sent::Failed(
+                                "PLATFORM_UNAVAILABLE",
+                                format!("{why}; the container is {s}"),
+                            );
+                        }
+                        Err(e) => {
+                            return Sent::Unknown(format!(
+                                "{why}; its container's status is unknown: {e}"
+                            ));
+                        }
+                    }
+                }
+            }
+        }
+        return Sent::Unknown(format!(
+            "Threads did not confirm the publish of container {container}"
+        ));
+    }
+    let _ = db::social::set_status(&state.db, &account.id, "needs_reauth").await;
+    Sent::Failed(
+        "TOKEN_EXPIRED",
+        format!("Threads refused the token of @{} twice", account.username),
     )
 }
 
@@ -757,6 +857,7 @@ pub async fn resolve(
     let (status, url) = if posted {
         let url = remote_id.map(|id| match target.platform.as_str() {
             "bluesky" => super::platforms::bluesky::post_url(&account.username, id),
+            "threads" => super::platforms::threads::post_url(&account.username, id),
             "mastodon" => format!(
                 "{}/@{}/{id}",
                 account.instance.as_deref().unwrap_or_default(),

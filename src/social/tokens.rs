@@ -41,7 +41,12 @@ fn token_expired(a: &Account) -> ApiError {
 /// Whether `a`'s access token is good for a while (`stale`: a token the platform just refused,
 /// which is not, whatever its expiry says).
 fn fresh(state: &AppState, a: &Account, stale: Option<&str>) -> bool {
-    let ahead = state.config.social.refresh_ahead_ms as i64;
+    // A 60-day Threads token is refreshed a week ahead (it cannot be once it has expired).
+    let ahead = if a.platform == "threads" {
+        (state.config.social.refresh_ahead_ms as i64).max(7 * 86_400_000)
+    } else {
+        state.config.social.refresh_ahead_ms as i64
+    };
     let in_time = a
         .token_expires_at_ms
         .is_none_or(|at| at > crate::clock::now_ms() + ahead);
@@ -127,6 +132,17 @@ async fn refresh(
     }
     let refreshed = match a.platform.as_str() {
         "twitter" => x::refresh(&state.http, &state.config.social.x, &refresh_token).await,
+        // A Threads token refreshes itself: the new one is also the next refresh's.
+        "threads" => super::platforms::threads::refresh(
+            &state.http,
+            &state.config.social.threads,
+            &refresh_token,
+        )
+        .await
+        .map(|mut t| {
+            t.refresh_token = t.access_token.clone();
+            t
+        }),
         "bluesky" => {
             let service = a
                 .instance

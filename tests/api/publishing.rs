@@ -2009,3 +2009,110 @@ async fn a_mastodon_thread_keeps_the_instances_limit_and_dedupes_by_idempotency_
 }
 
 both_backends!(a_mastodon_thread_keeps_the_instances_limit_and_dedupes_by_idempotency_key);
+
+const THREADS_CALLBACK: &str = "http://127.0.0.1:8000/api/v1/threads/callback";
+
+async fn a_threads_thread_goes_out_container_by_container_and_a_lost_publish_is_read_back(
+    b: Backend,
+) {
+    use crate::fakes::threads as th;
+    let (fake, base) = th::start_fake_threads().await;
+    // Three days left on the 60-day token: inside the week-ahead window, so refreshed first.
+    fake.long_ttl_s.store(3 * 86_400, Ordering::SeqCst);
+    let app = TestApp::spawn_with(&b, |c| {
+        c.social.threads.api_base = format!("{base}/v1.0");
+        c.social.threads.authorize_url = format!("{base}/oauth/authorize");
+        c.social.threads.token_url = format!("{base}/oauth/access_token");
+        c.social.threads.client_id = th::CLIENT_ID.to_owned();
+        c.social.threads.client_secret = tollgate::secrets::Secret::from(th::CLIENT_SECRET);
+        c.social.threads.redirect_uri = THREADS_CALLBACK.to_owned();
+        c.limits.other_per_minute = 1_000_000;
+    })
+    .await;
+    let user = app.add_user(json!("100")).await;
+    let key = app.add_key(user, json!({})).await;
+    use reqwest::Method as M;
+    let (status, started) = xai(&app, &key, M::POST, "/api/v1/threads/auth", Some(json!({}))).await;
+    assert_eq!(status, 200, "{started}");
+    let auth_url = started["authUrl"].as_str().expect("authUrl");
+    assert!(
+        auth_url.contains("scope=threads_basic%2Cthreads_content_publish"),
+        "{auth_url}"
+    );
+    let browser = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .expect("client");
+    let resp = browser.get(auth_url).send().await.expect("authorize");
+    let location = resp.headers()["location"]
+        .to_str()
+        .expect("location")
+        .to_owned();
+    let query = location.split_once('?').expect("query").1.to_owned();
+    let done: Value = browser
+        .get(app.url(&format!("/api/v1/threads/callback?{query}")))
+        .send()
+        .await
+        .expect("callback")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(done["success"], true, "{done}");
+    let account = done["accountUuid"].as_str().expect("account").to_owned();
+    // A refresh gives a new 60 days.
+    fake.long_ttl_s.store(5_183_944, Ordering::SeqCst);
+    let d = draft(&app, &key, &["第一条 Threads", "第二条"]).await;
+    // The publish of the second post is answered by a dropped connection after it went out.
+    fake.faults
+        .lock()
+        .expect("lock")
+        .extend([None, Some(Fault::DropAfterCommit)]);
+    let (status, body) = xai(
+        &app,
+        &key,
+        M::POST,
+        "/api/v1/threads/publish",
+        Some(json!({"accountId": account, "draftId": d, "replyControl": "mentioned_only"})),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let r = &body["results"][0];
+    assert_eq!(
+        (r["status"].clone(), r["published"].clone()),
+        (json!("published"), json!(2)),
+        "{r}"
+    );
+    let containers = fake.containers.lock().expect("lock").clone();
+    assert_eq!(containers.len(), 2, "one container per post");
+    assert_eq!((containers[0].text.as_str(), containers[1].text.as_str()), ("第一条 Threads", "第二条"));
+    assert!(containers.iter().all(|c| c.status == "PUBLISHED"));
+    assert_eq!(containers[1].reply_to, containers[0].media_id);
+    assert_eq!(
+        containers[0].reply_control.as_deref(),
+        Some("mentioned_only")
+    );
+    assert_eq!(
+        fake.publishes.load(Ordering::SeqCst),
+        2,
+        "the lost answer was read back, not published again"
+    );
+    assert_eq!(
+        fake.refreshes.load(Ordering::SeqCst),
+        1,
+        "refreshed ahead of its end, once"
+    );
+    assert_eq!(app.balance_micros(user).await, 90_000_000);
+    let (status, e) = xai(
+        &app,
+        &key,
+        M::POST,
+        "/api/v1/threads/publish",
+        Some(json!({"accountId": account, "text": "x", "replyControl": "nobody"})),
+    )
+    .await;
+    assert_eq!(status, 400, "{e}");
+    app.assert_books_balance(user).await;
+    app.stop().await;
+}
+
+both_backends!(a_threads_thread_goes_out_container_by_container_and_a_lost_publish_is_read_back);

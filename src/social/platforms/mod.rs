@@ -3,4 +3,5 @@
 
 pub mod bluesky;
 pub mod mastodon;
+pub mod threads;
 pub mod x;

@@ -5,6 +5,7 @@
 pub mod bluesky;
 pub mod mastodon;
 pub mod openai;
+pub mod threads;
 pub mod video;
 pub mod x;
 
