@@ -189,10 +189,7 @@ async fn failed(state: &AppState, session: &AuthSession, code: i64, e: ApiError)
 /// Finishes an X connection from its callback: the account and the set it went into.
 pub async fn finish_x(state: &AppState, cb: &Callback) -> Result<(Account, String), ApiError> {
     let session = take_session(state, "twitter", cb).await?;
-    let Some(code) = cb.code.as_deref().filter(|c| !c.is_empty()) else {
-        let e = ApiError::InvalidInput("code: required".into());
-        return Err(failed(state, &session, error_code::DENIED, e).await);
-    };
+    let code = code_of(state, &session, cb).await?;
     let app = &state.config.social.x;
     let verifier = match state
         .secrets
@@ -204,24 +201,92 @@ pub async fn finish_x(state: &AppState, cb: &Callback) -> Result<(Account, Strin
             return Err(failed(state, &session, error_code::PLATFORM_FAILED, e).await);
         }
     };
-    let tokens = match x::exchange_code(&state.http, app, code, &verifier).await {
-        Ok(t) => t,
-        Err(TokenError::Refused { error, .. }) => {
-            let e = ApiError::InvalidInput(format!("X refused the authorization code: {error}"));
-            return Err(failed(state, &session, error_code::CODE_REFUSED, e).await);
-        }
-        Err(TokenError::Unavailable(m)) => {
-            let e = ApiError::Unavailable(format!("X's token endpoint failed: {m}"));
-            return Err(failed(state, &session, error_code::PLATFORM_FAILED, e).await);
-        }
+    let exchanged = x::exchange_code(&state.http, app, &code, &verifier).await;
+    let tokens = tokens_or_fail(state, &session, "X", exchanged).await?;
+    let me = x::me(&state.http, app, &tokens.access_token).await;
+    let me = profile_or_fail(state, &session, "X", me).await?;
+    let profile = Profile {
+        uid: &me.id,
+        username: &me.username,
+        display_name: me.name.as_deref(),
+        avatar_url: me.avatar_url.as_deref(),
+        instance: None,
+        char_limit: None,
     };
-    let me = match x::me(&state.http, app, &tokens.access_token).await {
-        Ok(me) => me,
+    store(state, &session, "twitter", profile, &tokens).await
+}
+
+/// The callback's code, or the session failed for want of one.
+async fn code_of(
+    state: &AppState,
+    session: &AuthSession,
+    cb: &Callback,
+) -> Result<String, ApiError> {
+    match cb.code.as_deref().filter(|c| !c.is_empty()) {
+        Some(code) => Ok(code.to_owned()),
+        None => {
+            let e = ApiError::InvalidInput("code: required".into());
+            Err(failed(state, session, error_code::DENIED, e).await)
+        }
+    }
+}
+
+/// The tokens a platform (named `who`) gave for the code, or the session failed with why.
+async fn tokens_or_fail(
+    state: &AppState,
+    session: &AuthSession,
+    who: &str,
+    exchanged: Result<oauth::Tokens, TokenError>,
+) -> Result<oauth::Tokens, ApiError> {
+    let (code, e) = match exchanged {
+        Ok(t) => return Ok(t),
+        Err(TokenError::Refused { error, .. }) => (
+            error_code::CODE_REFUSED,
+            ApiError::InvalidInput(format!("{who} refused the authorization code: {error}")),
+        ),
+        Err(TokenError::Unavailable(m)) => (
+            error_code::PLATFORM_FAILED,
+            ApiError::Unavailable(format!("{who}'s token endpoint failed: {m}")),
+        ),
+    };
+    Err(failed(state, session, code, e).await)
+}
+
+/// Who the user is at the platform (named `who`), or the session failed.
+async fn profile_or_fail<T>(
+    state: &AppState,
+    session: &AuthSession,
+    who: &str,
+    read: Result<T, String>,
+) -> Result<T, ApiError> {
+    match read {
+        Ok(me) => Ok(me),
         Err(m) => {
-            let e = ApiError::Unavailable(format!("X did not say who the user is: {m}"));
-            return Err(failed(state, &session, error_code::PLATFORM_FAILED, e).await);
+            let e = ApiError::Unavailable(format!("{who} did not say who the user is: {m}"));
+            Err(failed(state, session, error_code::PLATFORM_FAILED, e).await)
         }
-    };
+    }
+}
+
+/// Who an account is at its platform.
+struct Profile<'a> {
+    uid: &'a str,
+    username: &'a str,
+    display_name: Option<&'a str>,
+    avatar_url: Option<&'a str>,
+    instance: Option<&'a str>,
+    char_limit: Option<i64>,
+}
+
+/// Stores a connected account (its tokens sealed, their expiry), puts it in its set and ends
+/// the session as completed: the account and its set.
+async fn store(
+    state: &AppState,
+    session: &AuthSession,
+    platform: &str,
+    profile: Profile<'_>,
+    tokens: &oauth::Tokens,
+) -> Result<(Account, String), ApiError> {
     let sealed_access = state
         .secrets
         .seal(Purpose::SocialToken, &tokens.access_token);
@@ -236,20 +301,20 @@ pub async fn finish_x(state: &AppState, cb: &Callback) -> Result<(Account, Strin
         &new_uuid(),
         &Connected {
             user_id: session.user_id,
-            platform: "twitter",
-            platform_uid: &me.id,
-            username: &me.username,
-            display_name: me.name.as_deref(),
-            avatar_url: me.avatar_url.as_deref(),
-            instance: None,
-            char_limit: None,
+            platform,
+            platform_uid: profile.uid,
+            username: profile.username,
+            display_name: profile.display_name,
+            avatar_url: profile.avatar_url,
+            instance: profile.instance,
+            char_limit: profile.char_limit,
             access_token: &sealed_access,
             refresh_token: &sealed_refresh,
             token_expires_at_ms: expires,
         },
     )
     .await?;
-    let set_id = place(state, &session, &account).await?;
+    let set_id = place(state, session, &account).await?;
     db::social_auth::complete(&state.db, &session.id, &json!([account.id]).to_string()).await?;
     Ok((account, set_id))
 }
@@ -398,36 +463,15 @@ pub async fn connect_bluesky(
                 return Err(failed(state, &session, error_code::PLATFORM_FAILED, e).await);
             }
         };
-    let tokens = logged_in.tokens();
-    let sealed_access = state
-        .secrets
-        .seal(Purpose::SocialToken, &tokens.access_token);
-    let sealed_refresh = state
-        .secrets
-        .seal(Purpose::SocialToken, &tokens.refresh_token);
-    let expires = tokens
-        .expires_in_s
-        .map(|s| crate::clock::now_ms() + s.saturating_mul(1000));
-    let account = db::social::upsert_account(
-        &state.db,
-        &new_uuid(),
-        &Connected {
-            user_id,
-            platform: "bluesky",
-            platform_uid: &logged_in.did,
-            username: &logged_in.handle,
-            display_name: None,
-            avatar_url: None,
-            instance: Some(&service),
-            char_limit: None,
-            access_token: &sealed_access,
-            refresh_token: &sealed_refresh,
-            token_expires_at_ms: expires,
-        },
-    )
-    .await?;
-    let set_id = place(state, &session, &account).await?;
-    db::social_auth::complete(&state.db, &session.id, &json!([account.id]).to_string()).await?;
+    let profile = Profile {
+        uid: &logged_in.did,
+        username: &logged_in.handle,
+        display_name: None,
+        avatar_url: None,
+        instance: Some(&service),
+        char_limit: None,
+    };
+    let (account, set_id) = store(state, &session, "bluesky", profile, &logged_in.tokens()).await?;
     Ok((account, set_id, id))
 }
 
@@ -535,10 +579,7 @@ pub async fn finish_mastodon(
 ) -> Result<(Account, String), ApiError> {
     use super::platforms::mastodon;
     let session = take_session(state, "mastodon", cb).await?;
-    let Some(code) = cb.code.as_deref().filter(|c| !c.is_empty()) else {
-        let e = ApiError::InvalidInput("code: required".into());
-        return Err(failed(state, &session, error_code::DENIED, e).await);
-    };
+    let code = code_of(state, &session, cb).await?;
     let cfg = &state.config.social.mastodon;
     let instance = session.instance.clone().unwrap_or_default();
     let app = db::social_auth::mastodon_app(&state.db, &instance, &cfg.redirect_uri).await?;
@@ -555,60 +596,29 @@ pub async fn finish_mastodon(
             return Err(failed(state, &session, error_code::PLATFORM_FAILED, e).await);
         }
     };
-    let tokens = match mastodon::exchange_code(
+    let client = (client_id.as_str(), secret.as_str());
+    let exchanged = mastodon::exchange_code(
         &state.http,
         &instance,
-        (&client_id, &secret),
+        client,
         &cfg.redirect_uri,
-        code,
+        &code,
         &verifier,
     )
-    .await
-    {
-        Ok(t) => t,
-        Err(TokenError::Refused { error, .. }) => {
-            let e = ApiError::InvalidInput(format!(
-                "{instance} refused the authorization code: {error}"
-            ));
-            return Err(failed(state, &session, error_code::CODE_REFUSED, e).await);
-        }
-        Err(TokenError::Unavailable(m)) => {
-            let e = ApiError::Unavailable(format!("{instance}'s token endpoint failed: {m}"));
-            return Err(failed(state, &session, error_code::PLATFORM_FAILED, e).await);
-        }
-    };
-    let me = match mastodon::me(&state.http, &instance, &tokens.access_token).await {
-        Ok(me) => me,
-        Err(m) => {
-            let e = ApiError::Unavailable(format!("{instance} did not say who the user is: {m}"));
-            return Err(failed(state, &session, error_code::PLATFORM_FAILED, e).await);
-        }
-    };
+    .await;
+    let tokens = tokens_or_fail(state, &session, &instance, exchanged).await?;
+    let me = mastodon::me(&state.http, &instance, &tokens.access_token).await;
+    let me = profile_or_fail(state, &session, &instance, me).await?;
     let limit = mastodon::max_characters(&state.http, &instance).await;
-    let sealed_access = state
-        .secrets
-        .seal(Purpose::SocialToken, &tokens.access_token);
-    let account = db::social::upsert_account(
-        &state.db,
-        &new_uuid(),
-        &Connected {
-            user_id: session.user_id,
-            platform: "mastodon",
-            platform_uid: &me.id,
-            username: &me.acct,
-            display_name: me.display_name.as_deref(),
-            avatar_url: me.avatar.as_deref(),
-            instance: Some(&instance),
-            char_limit: Some(limit),
-            access_token: &sealed_access,
-            refresh_token: "",
-            token_expires_at_ms: None,
-        },
-    )
-    .await?;
-    let set_id = place(state, &session, &account).await?;
-    db::social_auth::complete(&state.db, &session.id, &json!([account.id]).to_string()).await?;
-    Ok((account, set_id))
+    let profile = Profile {
+        uid: &me.id,
+        username: &me.acct,
+        display_name: me.display_name.as_deref(),
+        avatar_url: me.avatar.as_deref(),
+        instance: Some(&instance),
+        char_limit: Some(limit),
+    };
+    store(state, &session, "mastodon", profile, &tokens).await
 }
 
 /// Starts connecting a Threads account (OAuth code flow; Threads takes no PKCE).
@@ -667,56 +677,21 @@ pub async fn finish_threads(
 ) -> Result<(Account, String), ApiError> {
     use super::platforms::threads;
     let session = take_session(state, "threads", cb).await?;
-    let Some(code) = cb.code.as_deref().filter(|c| !c.is_empty()) else {
-        let e = ApiError::InvalidInput("code: required".into());
-        return Err(failed(state, &session, error_code::DENIED, e).await);
-    };
+    let code = code_of(state, &session, cb).await?;
     let app = &state.config.social.threads;
-    let tokens = match threads::exchange_code(&state.http, app, code).await {
-        Ok(t) => t,
-        Err(TokenError::Refused { error, .. }) => {
-            let e =
-                ApiError::InvalidInput(format!("Threads refused the authorization code: {error}"));
-            return Err(failed(state, &session, error_code::CODE_REFUSED, e).await);
-        }
-        Err(TokenError::Unavailable(m)) => {
-            let e = ApiError::Unavailable(format!("Threads' token endpoint failed: {m}"));
-            return Err(failed(state, &session, error_code::PLATFORM_FAILED, e).await);
-        }
-    };
-    let (uid, username, picture) = match threads::me(&state.http, app, &tokens.access_token).await {
-        Ok(me) => me,
-        Err(m) => {
-            let e = ApiError::Unavailable(format!("Threads did not say who the user is: {m}"));
-            return Err(failed(state, &session, error_code::PLATFORM_FAILED, e).await);
-        }
-    };
+    let exchanged = threads::exchange_code(&state.http, app, &code).await;
+    let mut tokens = tokens_or_fail(state, &session, "Threads", exchanged).await?;
+    let me = threads::me(&state.http, app, &tokens.access_token).await;
+    let (uid, username, picture) = profile_or_fail(state, &session, "Threads", me).await?;
     // The long-lived token refreshes itself, so it is also the stored refresh token.
-    let sealed = state
-        .secrets
-        .seal(Purpose::SocialToken, &tokens.access_token);
-    let expires = tokens
-        .expires_in_s
-        .map(|s| crate::clock::now_ms() + s.saturating_mul(1000));
-    let account = db::social::upsert_account(
-        &state.db,
-        &new_uuid(),
-        &Connected {
-            user_id: session.user_id,
-            platform: "threads",
-            platform_uid: &uid,
-            username: &username,
-            display_name: None,
-            avatar_url: picture.as_deref(),
-            instance: None,
-            char_limit: None,
-            access_token: &sealed,
-            refresh_token: &sealed,
-            token_expires_at_ms: expires,
-        },
-    )
-    .await?;
-    let set_id = place(state, &session, &account).await?;
-    db::social_auth::complete(&state.db, &session.id, &json!([account.id]).to_string()).await?;
-    Ok((account, set_id))
+    tokens.refresh_token = tokens.access_token.clone();
+    let profile = Profile {
+        uid: &uid,
+        username: &username,
+        display_name: None,
+        avatar_url: picture.as_deref(),
+        instance: None,
+        char_limit: None,
+    };
+    store(state, &session, "threads", profile, &tokens).await
 }

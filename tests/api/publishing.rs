@@ -2084,7 +2084,10 @@ async fn a_threads_thread_goes_out_container_by_container_and_a_lost_publish_is_
     );
     let containers = fake.containers.lock().expect("lock").clone();
     assert_eq!(containers.len(), 2, "one container per post");
-    assert_eq!((containers[0].text.as_str(), containers[1].text.as_str()), ("第一条 Threads", "第二条"));
+    assert_eq!(
+        (containers[0].text.as_str(), containers[1].text.as_str()),
+        ("第一条 Threads", "第二条")
+    );
     assert!(containers.iter().all(|c| c.status == "PUBLISHED"));
     assert_eq!(containers[1].reply_to, containers[0].media_id);
     assert_eq!(

@@ -231,20 +231,15 @@ pub async fn create_post(
         .timeout(timeout)
         .send()
         .await;
-    let resp = match sent {
-        Ok(r) => r,
-        Err(e) if e.is_connect() => {
+    let (status, v) = match super::answer(sent, "Bluesky").await {
+        super::Answer::Got(status, v) => (status, v),
+        super::Answer::NotSent(reason) => {
             return Created::Failed {
                 code: "PLATFORM_UNAVAILABLE",
-                reason: format!("the Bluesky PDS could not be reached: {e}"),
+                reason,
             };
         }
-        Err(e) => return Created::Unknown(format!("no answer from Bluesky after sending: {e}")),
-    };
-    let status = resp.status().as_u16();
-    let v: Value = match resp.bytes().await {
-        Ok(b) => serde_json::from_slice(&b).unwrap_or(Value::Null),
-        Err(e) => return Created::Unknown(format!("Bluesky's answer was cut off: {e}")),
+        super::Answer::Lost(why) => return Created::Unknown(why),
     };
     let (error, message) = error_of(&v, status);
     match status {

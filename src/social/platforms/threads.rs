@@ -149,28 +149,16 @@ pub enum Step {
     Unknown(String),
 }
 
-fn step_of(sent: Result<reqwest::Response, reqwest::Error>) -> Result<reqwest::Response, Step> {
-    match sent {
-        Ok(r) => Ok(r),
-        Err(e) if e.is_connect() => Err(Step::Failed {
-            code: "PLATFORM_UNAVAILABLE",
-            reason: format!("Threads could not be reached: {e}"),
-        }),
-        Err(e) => Err(Step::Unknown(format!(
-            "no answer from Threads after sending: {e}"
-        ))),
-    }
-}
-
 async fn id_step(sent: Result<reqwest::Response, reqwest::Error>) -> Step {
-    let resp = match step_of(sent) {
-        Ok(r) => r,
-        Err(s) => return s,
-    };
-    let status = resp.status().as_u16();
-    let v: Value = match resp.bytes().await {
-        Ok(b) => serde_json::from_slice(&b).unwrap_or(Value::Null),
-        Err(e) => return Step::Unknown(format!("the answer was cut off: {e}")),
+    let (status, v) = match super::answer(sent, "Threads").await {
+        super::Answer::Got(status, v) => (status, v),
+        super::Answer::NotSent(reason) => {
+            return Step::Failed {
+                code: "PLATFORM_UNAVAILABLE",
+                reason,
+            };
+        }
+        super::Answer::Lost(why) => return Step::Unknown(why),
     };
     match (status, v["id"].as_str()) {
         (200, Some(id)) => Step::Done(id.to_owned()),

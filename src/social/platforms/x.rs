@@ -156,26 +156,16 @@ pub async fn create_post(
         .timeout(timeout)
         .send()
         .await;
-    let resp = match sent {
-        Ok(r) => r,
-        // Refused before a byte was sent: surely not posted.
-        Err(e) if e.is_connect() => {
+    let (status, v) = match super::answer(sent, "X").await {
+        super::Answer::Got(status, v) => (status, v),
+        super::Answer::NotSent(reason) => {
             return Created::Failed {
                 code: "PLATFORM_UNAVAILABLE",
-                reason: format!("X could not be reached: {e}"),
+                reason,
             };
         }
-        Err(e) => return Created::Unknown(format!("no answer from X after sending: {e}")),
+        super::Answer::Lost(why) => return Created::Unknown(why),
     };
-    let status = resp.status().as_u16();
-    let text = match resp.bytes().await {
-        Ok(b) => b,
-        Err(e) if (200..300).contains(&status) => {
-            return Created::Unknown(format!("X's answer was cut off: {e}"));
-        }
-        Err(_) => bytes::Bytes::new(),
-    };
-    let v: Value = serde_json::from_slice(&text).unwrap_or(Value::Null);
     let detail = || {
         v["detail"]
             .as_str()
