@@ -71,17 +71,40 @@ pub struct Started {
     pub expires_at_ms: i64,
 }
 
-/// Starts connecting an X account for `user_id`.
-pub async fn start_x(state: &AppState, user_id: i64, start: Start) -> Result<Started, ApiError> {
-    let app = &state.config.social.x;
+/// The OAuth app `app` of a platform (named `who`, configured under `[social.<section>]`), or
+/// `OAUTH_NOT_CONFIGURED` naming what to set.
+fn configured<'a>(
+    app: &'a crate::config::OAuthApp,
+    who: &str,
+    section: &str,
+) -> Result<&'a crate::config::OAuthApp, ApiError> {
     if app.client_id.is_empty() {
-        return Err(ApiError::OAuthNotConfigured(
-            "X OAuth is not configured: set [social.x] client_id, client_secret and redirect_uri \
-             (TOLLGATE__SOCIAL__X__CLIENT_ID, …)"
-                .into(),
-        ));
+        let env = section.to_ascii_uppercase();
+        return Err(ApiError::OAuthNotConfigured(format!(
+            "{who} OAuth is not configured: set [social.{section}] client_id, client_secret and \
+             redirect_uri (TOLLGATE__SOCIAL__{env}__CLIENT_ID, …)"
+        )));
     }
     oauth::check_redirect_uri(&app.redirect_uri).map_err(ApiError::OAuthNotConfigured)?;
+    Ok(app)
+}
+
+/// A pending session to open.
+struct Opening<'a> {
+    platform: &'a str,
+    /// The PKCE verifier (kept sealed with the session), if the platform takes PKCE.
+    verifier: Option<&'a str>,
+    instance: Option<&'a str>,
+}
+
+/// Checks the set a connection names and opens its pending session: its id, single-use
+/// `state` and expiry.
+async fn open_session(
+    state: &AppState,
+    user_id: i64,
+    start: &Start,
+    opening: Opening<'_>,
+) -> Result<(String, String, i64), ApiError> {
     if let Some(set) = &start.social_set_id {
         db::social::set(&state.db, user_id, set)
             .await?
@@ -89,28 +112,44 @@ pub async fn start_x(state: &AppState, user_id: i64, start: Start) -> Result<Sta
                 ApiError::InvalidInput(format!("socialSetId: no social set of yours is {set:?}"))
             })?;
     }
-    let (id, st, verifier) = (new_uuid(), oauth::random_token(), oauth::random_token());
+    let (id, st) = (new_uuid(), oauth::random_token());
     let expires_at_ms = crate::clock::now_ms() + state.config.social.auth_session_ttl_ms as i64;
-    let sealed = state.secrets.seal(Purpose::AuthSession, &verifier);
+    let sealed = opening
+        .verifier
+        .map(|v| state.secrets.seal(Purpose::AuthSession, v))
+        .unwrap_or_default();
     db::social_auth::insert(
         &state.db,
         &NewSession {
             id: &id,
             user_id,
-            platform: "twitter",
+            platform: opening.platform,
             state: &st,
             code_verifier: &sealed,
             mode: start.mode.as_str(),
             social_set_id: start.social_set_id.as_deref(),
             follow_on_x: start.follow_on_x,
-            instance: None,
+            instance: opening.instance,
             expires_at_ms,
         },
     )
     .await?;
+    Ok((id, st, expires_at_ms))
+}
+
+/// Starts connecting an X account for `user_id`.
+pub async fn start_x(state: &AppState, user_id: i64, start: Start) -> Result<Started, ApiError> {
+    let app = configured(&state.config.social.x, "X", "x")?;
+    let verifier = oauth::random_token();
+    let opening = Opening {
+        platform: "twitter",
+        verifier: Some(&verifier),
+        instance: None,
+    };
+    let (session_id, st, expires_at_ms) = open_session(state, user_id, &start, opening).await?;
     Ok(Started {
         auth_url: x::authorize_url(app, &st, &verifier),
-        session_id: id,
+        session_id,
         expires_at_ms,
     })
 }
@@ -421,31 +460,12 @@ pub async fn connect_bluesky(
             "service: {service:?} is not an http(s) URL"
         )));
     }
-    if let Some(set) = &start.social_set_id {
-        db::social::set(&state.db, user_id, set)
-            .await?
-            .ok_or_else(|| {
-                ApiError::InvalidInput(format!("socialSetId: no social set of yours is {set:?}"))
-            })?;
-    }
-    let id = new_uuid();
-    let expires_at_ms = crate::clock::now_ms() + state.config.social.auth_session_ttl_ms as i64;
-    db::social_auth::insert(
-        &state.db,
-        &NewSession {
-            id: &id,
-            user_id,
-            platform: "bluesky",
-            state: &oauth::random_token(),
-            code_verifier: "",
-            mode: start.mode.as_str(),
-            social_set_id: start.social_set_id.as_deref(),
-            follow_on_x: false,
-            instance: Some(&service),
-            expires_at_ms,
-        },
-    )
-    .await?;
+    let opening = Opening {
+        platform: "bluesky",
+        verifier: None,
+        instance: Some(&service),
+    };
+    let (id, _, _) = open_session(state, user_id, &start, opening).await?;
     let session = db::social_auth::get(&state.db, user_id, &id)
         .await?
         .ok_or_else(|| ApiError::Internal("the new connection session vanished".into()))?;
@@ -506,13 +526,6 @@ pub async fn start_mastodon(
     let cfg = &state.config.social.mastodon;
     oauth::check_redirect_uri(&cfg.redirect_uri).map_err(ApiError::OAuthNotConfigured)?;
     let instance = instance_url(instance)?;
-    if let Some(set) = &start.social_set_id {
-        db::social::set(&state.db, user_id, set)
-            .await?
-            .ok_or_else(|| {
-                ApiError::InvalidInput(format!("socialSetId: no social set of yours is {set:?}"))
-            })?;
-    }
     let client_id =
         match db::social_auth::mastodon_app(&state.db, &instance, &cfg.redirect_uri).await? {
             Some((id, _)) => id,
@@ -538,25 +551,13 @@ pub async fn start_mastodon(
                 .0
             }
         };
-    let (id, st, verifier) = (new_uuid(), oauth::random_token(), oauth::random_token());
-    let expires_at_ms = crate::clock::now_ms() + state.config.social.auth_session_ttl_ms as i64;
-    let sealed = state.secrets.seal(Purpose::AuthSession, &verifier);
-    db::social_auth::insert(
-        &state.db,
-        &NewSession {
-            id: &id,
-            user_id,
-            platform: "mastodon",
-            state: &st,
-            code_verifier: &sealed,
-            mode: start.mode.as_str(),
-            social_set_id: start.social_set_id.as_deref(),
-            follow_on_x: false,
-            instance: Some(&instance),
-            expires_at_ms,
-        },
-    )
-    .await?;
+    let verifier = oauth::random_token();
+    let opening = Opening {
+        platform: "mastodon",
+        verifier: Some(&verifier),
+        instance: Some(&instance),
+    };
+    let (session_id, st, expires_at_ms) = open_session(state, user_id, &start, opening).await?;
     Ok(Started {
         auth_url: mastodon::authorize_url(
             &instance,
@@ -566,7 +567,7 @@ pub async fn start_mastodon(
             &st,
             &verifier,
         ),
-        session_id: id,
+        session_id,
         expires_at_ms,
     })
 }
@@ -627,44 +628,16 @@ pub async fn start_threads(
     user_id: i64,
     start: Start,
 ) -> Result<Started, ApiError> {
-    use super::platforms::threads;
-    let app = &state.config.social.threads;
-    if app.client_id.is_empty() {
-        return Err(ApiError::OAuthNotConfigured(
-            "Threads OAuth is not configured: set [social.threads] client_id, client_secret and redirect_uri \
-             (TOLLGATE__SOCIAL__THREADS__CLIENT_ID, …)"
-                .into(),
-        ));
-    }
-    oauth::check_redirect_uri(&app.redirect_uri).map_err(ApiError::OAuthNotConfigured)?;
-    if let Some(set) = &start.social_set_id {
-        db::social::set(&state.db, user_id, set)
-            .await?
-            .ok_or_else(|| {
-                ApiError::InvalidInput(format!("socialSetId: no social set of yours is {set:?}"))
-            })?;
-    }
-    let (id, st) = (new_uuid(), oauth::random_token());
-    let expires_at_ms = crate::clock::now_ms() + state.config.social.auth_session_ttl_ms as i64;
-    db::social_auth::insert(
-        &state.db,
-        &NewSession {
-            id: &id,
-            user_id,
-            platform: "threads",
-            state: &st,
-            code_verifier: "",
-            mode: start.mode.as_str(),
-            social_set_id: start.social_set_id.as_deref(),
-            follow_on_x: false,
-            instance: None,
-            expires_at_ms,
-        },
-    )
-    .await?;
+    let app = configured(&state.config.social.threads, "Threads", "threads")?;
+    let opening = Opening {
+        platform: "threads",
+        verifier: None,
+        instance: None,
+    };
+    let (session_id, st, expires_at_ms) = open_session(state, user_id, &start, opening).await?;
     Ok(Started {
-        auth_url: threads::authorize_url(app, &st),
-        session_id: id,
+        auth_url: super::platforms::threads::authorize_url(app, &st),
+        session_id,
         expires_at_ms,
     })
 }
