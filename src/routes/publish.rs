@@ -86,6 +86,12 @@ where
             ));
         }
         let Some(stored) = earlier.response else {
+            // No answer long after it began: its process died mid-publish. Running it again is
+            // safe (what it sent is recorded, so nothing goes out twice).
+            let stalled = state.config.publishing.stalled_after_ms as i64;
+            if crate::clock::now_ms() - earlier.created_at_ms > stalled {
+                return run_once(state, earlier.id, work).await;
+            }
             return Err(ApiError::Conflict(
                 "Idempotency-Key: the request with this key is still being published".into(),
             ));
@@ -110,7 +116,8 @@ where
     run_once(state, id, work).await
 }
 
-/// Runs `work` for publish `id` on the task tracker and stores its answer.
+/// Runs `work` for publish `id` on the task tracker and stores its answer there too, so a
+/// client that hangs up still leaves the answer its retry with the key gets.
 async fn run_once<F, Fut>(state: &AppState, id: String, work: F) -> Result<Response, ApiError>
 where
     F: FnOnce(String) -> Fut,
@@ -118,28 +125,26 @@ where
 {
     let (tx, rx) = tokio::sync::oneshot::channel();
     let fut = work(id.clone());
+    let db = state.db.clone();
     state.tasks.spawn(
         async move {
-            let _ = tx.send(fut.await);
+            let (status, body) = match fut.await {
+                Ok(answer) => answer,
+                Err(e) => (e.parts().0, e.body()),
+            };
+            // A server-side failure is marked transient: a retry with the key runs it again.
+            let transient = status.is_server_error() && status != StatusCode::BAD_GATEWAY;
+            let stored = json!({"status": status.as_u16(), "body": body, "transient": transient});
+            if let Err(e) = db::publishing::finish(&db, &id, &stored.to_string()).await {
+                tracing::error!(publish = %id, error = %e, "storing a publish's answer failed");
+            }
+            let _ = tx.send((status, body));
         }
         .in_current_span(),
     );
-    let (status, body) = match rx.await {
-        Ok(Ok(answer)) => answer,
-        Ok(Err(e)) => (e.parts().0, e.body()),
-        Err(_) => {
-            let e = ApiError::Internal("the publish ended without an answer".into());
-            (e.parts().0, e.body())
-        }
-    };
-    // Kept for a retry with the same key; a server-side failure is not (the retry tries again).
-    let keep = !status.is_server_error() || status == StatusCode::BAD_GATEWAY;
-    let stored = if keep {
-        json!({"status": status.as_u16(), "body": body}).to_string()
-    } else {
-        json!({"status": status.as_u16(), "body": body, "transient": true}).to_string()
-    };
-    db::publishing::finish(&state.db, &id, &stored).await?;
+    let (status, body) = rx
+        .await
+        .map_err(|_| ApiError::Internal("the publish ended without an answer".into()))?;
     Ok((status, Json(body)).into_response())
 }
 

@@ -1485,7 +1485,43 @@ async fn a_publish_cut_by_a_sigkill_is_recovered_as_unconfirmed_and_resolved_onc
     }
 }
 
+async fn a_client_that_hangs_up_gets_the_stored_answer_when_it_retries_with_its_key(b: Backend) {
+    let (app, fake) = x_setup(&b).await;
+    let (user, key, account) = x_user(&app, "100").await;
+    let d = draft(&app, &key, &["挂断重试"]).await;
+    faults(&fake, &[Some(Fault::Slow)]);
+    let impatient = reqwest::Client::builder()
+        .timeout(std::time::Duration::from_millis(300))
+        .build()
+        .expect("client");
+    let cut = impatient
+        .post(app.url("/api/v1/twitter/publish"))
+        .header("xai-key", &key)
+        .header("idempotency-key", "hang-up-1")
+        .json(&json!({"draftId": d, "accountIds": [account]}))
+        .send()
+        .await;
+    assert!(cut.is_err(), "the client gave up");
+    // The publish runs to its end without the client; the retry gets its answer.
+    let mut answer = Value::Null;
+    for _ in 0..100 {
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        let (status, body) = publish(&app, &key, &d, &account, Some("hang-up-1")).await;
+        if status == 200 {
+            answer = body;
+            break;
+        }
+        assert_eq!(status, 409, "{body}");
+    }
+    assert_eq!(answer["results"][0]["status"], "published", "{answer}");
+    assert_eq!(tweet_texts(&fake), ["挂断重试"]);
+    assert_eq!(app.balance_micros(user).await, 90_000_000);
+    app.assert_books_balance(user).await;
+    app.stop().await;
+}
+
 both_backends!(
+    a_client_that_hangs_up_gets_the_stored_answer_when_it_retries_with_its_key,
     a_publish_cut_by_a_sigkill_is_recovered_as_unconfirmed_and_resolved_once,
     a_cjk_thread_goes_out_as_a_reply_chain_charged_once_and_never_twice,
     a_thread_that_fails_midway_is_refunded_and_continues_where_it_stopped,

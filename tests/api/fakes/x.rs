@@ -48,6 +48,8 @@ pub enum Fault {
     RateLimited,
     /// X takes ten seconds, then makes it and answers.
     Hang,
+    /// X takes a second, then makes it and answers.
+    Slow,
 }
 
 /// A post on the fake.
@@ -381,6 +383,7 @@ async fn create_tweet(State(f): State<Arc<FakeX>>, headers: HeaderMap, body: Str
             );
         }
         Some(Fault::Hang) => tokio::time::sleep(Duration::from_secs(10)).await,
+        Some(Fault::Slow) => tokio::time::sleep(Duration::from_secs(1)).await,
         _ => {}
     }
     let tweet = {
