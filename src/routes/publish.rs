@@ -32,6 +32,7 @@ pub fn router() -> Router<AppState> {
         .route("/bluesky/publish", post(publish_bluesky))
         .route("/mastodon/publish", post(publish_mastodon))
         .route("/threads/publish", post(publish_threads))
+        .route("/linkedin/publish", post(publish_linkedin))
         .route("/publish/targets", axum::routing::get(list_targets))
         .route("/publish/targets/{id}/resolve", post(resolve))
 }
@@ -583,6 +584,7 @@ async fn publish_to(
                 quote: None,
                 langs,
                 reply_control: None,
+                visibility: None,
             };
             let outcomes = run_all(st, publish_id.clone(), vec![(account, plan)]).await?;
             Ok((StatusCode::OK, answer(&publish_id, &outcomes, json!({}))))
@@ -657,10 +659,87 @@ async fn publish_threads(
                         texts,
                         quote: None,
                         reply_control: None,
+                        visibility: None,
                     }
                 }
             };
             plan.reply_control = reply_control;
+            let outcomes = run_all(st, publish_id.clone(), vec![(account, plan)]).await?;
+            Ok((StatusCode::OK, answer(&publish_id, &outcomes, json!({}))))
+        },
+    )
+    .await
+}
+
+/// `POST /api/v1/linkedin/publish` (seed 000): `{"accountId","draftId"|"text","mediaUrls",
+/// "visibility"}` (`PUBLIC`, `CONNECTIONS` or `LOGGED_IN`) → the result as in `multi-platform`.
+async fn publish_linkedin(
+    State(state): State<AppState>,
+    PlatformUser(_, user_id): PlatformUser,
+    headers: HeaderMap,
+    raw: Bytes,
+) -> Result<Response, ApiError> {
+    let body: Map<String, Value> = parse_json(&raw)?;
+    let account_id = required_string(&body, "accountId")?;
+    let account = db::social::account(&state.db, user_id, &account_id)
+        .await?
+        .filter(|a| a.platform == "linkedin")
+        .ok_or_else(|| {
+            ApiError::InvalidInput(format!(
+                "accountId: no connected LinkedIn account of yours is {account_id:?}"
+            ))
+        })?;
+    if body
+        .get("mediaUrls")
+        .and_then(Value::as_array)
+        .is_some_and(|a| !a.is_empty())
+    {
+        return Err(ApiError::InvalidInput(
+            "mediaUrls: media publishing is not available yet; post text only".into(),
+        ));
+    }
+    let visibility = match body.get("visibility") {
+        None | Some(Value::Null) => "PUBLIC".to_owned(),
+        Some(Value::String(s)) if ["PUBLIC", "CONNECTIONS", "LOGGED_IN"].contains(&s.as_str()) => {
+            s.clone()
+        }
+        Some(_) => {
+            return Err(ApiError::InvalidInput(
+                "visibility: one of PUBLIC, CONNECTIONS, LOGGED_IN".into(),
+            ));
+        }
+    };
+    let draft = match body.get("draftId").and_then(Value::as_str) {
+        Some(id) => Some(own_draft(&state, user_id, id).await?),
+        None => None,
+    };
+    let text = match &draft {
+        Some(_) => None,
+        None => Some(required_string(&body, "text")?),
+    };
+    let st = state.clone();
+    once(
+        &state,
+        user_id,
+        &headers,
+        "linkedin/publish",
+        &raw,
+        move |publish_id| async move {
+            let mut plan = match (&draft, text) {
+                (Some(d), _) => Plan::thread(d, &account),
+                (None, text) => {
+                    let texts = vec![text.unwrap_or_default()];
+                    Plan {
+                        thread_key: format!("linkedin:{publish_id}"),
+                        langs: crate::social::publish::guess_langs(&texts),
+                        texts,
+                        quote: None,
+                        reply_control: None,
+                        visibility: None,
+                    }
+                }
+            };
+            plan.visibility = Some(visibility);
             let outcomes = run_all(st, publish_id.clone(), vec![(account, plan)]).await?;
             Ok((StatusCode::OK, answer(&publish_id, &outcomes, json!({}))))
         },

@@ -1,6 +1,7 @@
 //! Connecting and managing social accounts. Bluesky: `POST /api/v1/bluesky/auth`
 //! `{"handle","appPassword","service"}` → `{"sessionId","accountUuid","socialSetId"}`, connected at
-//! once. X (seed 000, seed 004): `POST /api/v1/twitter/auth`
+//! once. Mastodon (`{"instance"}`), Threads and LinkedIn: `POST /api/v1/{platform}/auth` and
+//! `GET /api/v1/{platform}/callback`, as X's. X (seed 000, seed 004): `POST /api/v1/twitter/auth`
 //! `{"socialSetId","mode","followOnX"}` → `{"authUrl","sessionId"}`, and the browser redirect
 //! `GET /api/v1/twitter/callback?code&state` (no API key: the single-use `state` ties it to the
 //! user and the session) → `{"success","accountUuid","socialSetId"}`. Any platform's session is
@@ -29,6 +30,8 @@ pub fn router() -> Router<AppState> {
         .route("/mastodon/callback", get(mastodon_callback))
         .route("/threads/auth", post(start_threads))
         .route("/threads/callback", get(threads_callback))
+        .route("/linkedin/auth", post(start_linkedin))
+        .route("/linkedin/callback", get(linkedin_callback))
         .route("/social/accounts", get(list))
         .route("/social/accounts/{id}", patch(rename).delete(disconnect))
 }
@@ -41,15 +44,12 @@ pub fn v2_router() -> Router<AppState> {
     )
 }
 
-async fn start_x(
-    State(state): State<AppState>,
-    PlatformUser(_, user_id): PlatformUser,
-    body: Bytes,
-) -> Result<Json<Value>, ApiError> {
-    let body: Map<String, Value> = if body.iter().all(u8::is_ascii_whitespace) {
+/// A start body's common fields (`socialSetId`, `mode`, `followOnX`); an empty body is `{}`.
+fn start_of(raw: &Bytes) -> Result<(Map<String, Value>, Start), ApiError> {
+    let body: Map<String, Value> = if raw.iter().all(u8::is_ascii_whitespace) {
         Map::new()
     } else {
-        parse_json(&body)?
+        parse_json(raw)?
     };
     let social_set_id = match body.get("socialSetId") {
         None | Some(Value::Null) => None,
@@ -75,13 +75,45 @@ async fn start_x(
         mode: Mode::parse(body.get("mode"))?,
         follow_on_x,
     };
-    let started = connect::start_x(&state, user_id, start).await?;
-    Ok(Json(json!({
+    Ok((body, start))
+}
+
+/// A started connection: where to send the user, and the session to poll.
+fn started_json(started: connect::Started) -> Json<Value> {
+    Json(json!({
         "success": true,
         "authUrl": started.auth_url,
         "sessionId": started.session_id,
         "expiresAt": super::admin::iso(started.expires_at_ms),
-    })))
+    }))
+}
+
+/// A finished connection (seed 000's callback answer).
+fn connected_json((account, set_id): (db::social::Account, String)) -> Json<Value> {
+    Json(json!({
+        "success": true,
+        "accountUuid": account.id,
+        "socialSetId": set_id,
+        "username": account.username,
+    }))
+}
+
+async fn start_x(
+    State(state): State<AppState>,
+    PlatformUser(_, user_id): PlatformUser,
+    raw: Bytes,
+) -> Result<Json<Value>, ApiError> {
+    let (_, start) = start_of(&raw)?;
+    Ok(started_json(
+        connect::start_x(&state, user_id, start).await?,
+    ))
+}
+
+async fn x_callback(
+    State(state): State<AppState>,
+    Query(cb): Query<Callback>,
+) -> Result<Json<Value>, ApiError> {
+    Ok(connected_json(connect::finish_x(&state, &cb).await?))
 }
 
 /// `POST /api/v1/bluesky/auth` `{"handle","appPassword","service","socialSetId","mode"}`:
@@ -89,15 +121,14 @@ async fn start_x(
 async fn start_bluesky(
     State(state): State<AppState>,
     PlatformUser(_, user_id): PlatformUser,
-    body: Bytes,
+    raw: Bytes,
 ) -> Result<Json<Value>, ApiError> {
-    let body: Map<String, Value> = parse_json(&body)?;
+    let (body, start) = start_of(&raw)?;
     let text = |k: &str| match body.get(k) {
         Some(Value::String(s)) if !s.trim().is_empty() && s.len() <= 300 => {
             Ok(Some(s.trim().to_owned()))
         }
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::String(_)) => Ok(None),
+        None | Some(Value::Null) | Some(Value::String(_)) => Ok(None),
         Some(_) => Err(ApiError::InvalidInput(format!("{k}: must be a string"))),
     };
     let handle =
@@ -107,11 +138,6 @@ async fn start_bluesky(
     })?;
     let service =
         text("service")?.unwrap_or_else(|| state.config.social.bluesky.default_service.clone());
-    let start = Start {
-        social_set_id: text("socialSetId")?,
-        mode: Mode::parse(body.get("mode"))?,
-        follow_on_x: false,
-    };
     let login = connect::BlueskyLogin {
         handle,
         app_password,
@@ -133,9 +159,9 @@ async fn start_bluesky(
 async fn start_mastodon(
     State(state): State<AppState>,
     PlatformUser(_, user_id): PlatformUser,
-    body: Bytes,
+    raw: Bytes,
 ) -> Result<Json<Value>, ApiError> {
-    let body: Map<String, Value> = parse_json(&body)?;
+    let (body, start) = start_of(&raw)?;
     let instance = match body.get("instance") {
         Some(Value::String(s)) if !s.trim().is_empty() && s.len() <= 300 => s.clone(),
         _ => {
@@ -144,96 +170,54 @@ async fn start_mastodon(
             ));
         }
     };
-    let social_set_id = match body.get("socialSetId") {
-        Some(Value::String(s)) if !s.is_empty() => Some(s.clone()),
-        None | Some(Value::Null) | Some(Value::String(_)) => None,
-        Some(_) => {
-            return Err(ApiError::InvalidInput(
-                "socialSetId: must be a string".into(),
-            ));
-        }
-    };
-    let start = Start {
-        social_set_id,
-        mode: Mode::parse(body.get("mode"))?,
-        follow_on_x: false,
-    };
-    let started = connect::start_mastodon(&state, user_id, start, &instance).await?;
-    Ok(Json(json!({
-        "success": true,
-        "authUrl": started.auth_url,
-        "sessionId": started.session_id,
-        "expiresAt": super::admin::iso(started.expires_at_ms),
-    })))
+    Ok(started_json(
+        connect::start_mastodon(&state, user_id, start, &instance).await?,
+    ))
 }
 
 async fn mastodon_callback(
     State(state): State<AppState>,
     Query(cb): Query<Callback>,
 ) -> Result<Json<Value>, ApiError> {
-    let (account, set_id) = connect::finish_mastodon(&state, &cb).await?;
-    Ok(Json(json!({
-        "success": true,
-        "accountUuid": account.id,
-        "socialSetId": set_id,
-        "username": account.username,
-    })))
+    Ok(connected_json(connect::finish_mastodon(&state, &cb).await?))
 }
 
 /// `POST /api/v1/threads/auth` `{"socialSetId","mode"}` → `{"authUrl","sessionId"}`.
 async fn start_threads(
     State(state): State<AppState>,
     PlatformUser(_, user_id): PlatformUser,
-    body: Bytes,
+    raw: Bytes,
 ) -> Result<Json<Value>, ApiError> {
-    let body: Map<String, Value> = if body.iter().all(u8::is_ascii_whitespace) {
-        Map::new()
-    } else {
-        parse_json(&body)?
-    };
-    let social_set_id = body
-        .get("socialSetId")
-        .and_then(Value::as_str)
-        .filter(|s| !s.is_empty())
-        .map(str::to_owned);
-    let start = Start {
-        social_set_id,
-        mode: Mode::parse(body.get("mode"))?,
-        follow_on_x: false,
-    };
-    let started = connect::start_threads(&state, user_id, start).await?;
-    Ok(Json(json!({
-        "success": true,
-        "authUrl": started.auth_url,
-        "sessionId": started.session_id,
-        "expiresAt": super::admin::iso(started.expires_at_ms),
-    })))
+    let (_, start) = start_of(&raw)?;
+    Ok(started_json(
+        connect::start_threads(&state, user_id, start).await?,
+    ))
 }
 
 async fn threads_callback(
     State(state): State<AppState>,
     Query(cb): Query<Callback>,
 ) -> Result<Json<Value>, ApiError> {
-    let (account, set_id) = connect::finish_threads(&state, &cb).await?;
-    Ok(Json(json!({
-        "success": true,
-        "accountUuid": account.id,
-        "socialSetId": set_id,
-        "username": account.username,
-    })))
+    Ok(connected_json(connect::finish_threads(&state, &cb).await?))
 }
 
-async fn x_callback(
+/// `POST /api/v1/linkedin/auth` `{"socialSetId","mode"}` → `{"authUrl","sessionId"}`.
+async fn start_linkedin(
+    State(state): State<AppState>,
+    PlatformUser(_, user_id): PlatformUser,
+    raw: Bytes,
+) -> Result<Json<Value>, ApiError> {
+    let (_, start) = start_of(&raw)?;
+    Ok(started_json(
+        connect::start_linkedin(&state, user_id, start).await?,
+    ))
+}
+
+async fn linkedin_callback(
     State(state): State<AppState>,
     Query(cb): Query<Callback>,
 ) -> Result<Json<Value>, ApiError> {
-    let (account, set_id) = connect::finish_x(&state, &cb).await?;
-    Ok(Json(json!({
-        "success": true,
-        "accountUuid": account.id,
-        "socialSetId": set_id,
-        "username": account.username,
-    })))
+    Ok(connected_json(connect::finish_linkedin(&state, &cb).await?))
 }
 
 async fn session_status(

@@ -668,3 +668,48 @@ pub async fn finish_threads(
     };
     store(state, &session, "threads", profile, &tokens).await
 }
+
+/// Starts connecting a LinkedIn member (OAuth code flow).
+pub async fn start_linkedin(
+    state: &AppState,
+    user_id: i64,
+    start: Start,
+) -> Result<Started, ApiError> {
+    let app = configured(&state.config.social.linkedin, "LinkedIn", "linkedin")?;
+    let opening = Opening {
+        platform: "linkedin",
+        verifier: None,
+        instance: None,
+    };
+    let (session_id, st, expires_at_ms) = open_session(state, user_id, &start, opening).await?;
+    Ok(Started {
+        auth_url: super::platforms::linkedin::authorize_url(app, &st),
+        session_id,
+        expires_at_ms,
+    })
+}
+
+/// Finishes a LinkedIn connection: the code traded for a 60-day token, the member read from
+/// userinfo (its `sub` is the author URN's id).
+pub async fn finish_linkedin(
+    state: &AppState,
+    cb: &Callback,
+) -> Result<(Account, String), ApiError> {
+    use super::platforms::linkedin;
+    let session = take_session(state, "linkedin", cb).await?;
+    let code = code_of(state, &session, cb).await?;
+    let app = &state.config.social.linkedin;
+    let exchanged = linkedin::exchange_code(&state.http, app, &code).await;
+    let tokens = tokens_or_fail(state, &session, "LinkedIn", exchanged).await?;
+    let me = linkedin::me(&state.http, app, &tokens.access_token).await;
+    let (sub, name, picture) = profile_or_fail(state, &session, "LinkedIn", me).await?;
+    let profile = Profile {
+        uid: &sub,
+        username: &name,
+        display_name: Some(&name),
+        avatar_url: picture.as_deref(),
+        instance: None,
+        char_limit: None,
+    };
+    store(state, &session, "linkedin", profile, &tokens).await
+}

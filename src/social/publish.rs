@@ -153,6 +153,8 @@ pub struct Plan {
     pub langs: Vec<String>,
     /// Threads' `reply_control`.
     pub reply_control: Option<String>,
+    /// LinkedIn's `visibility` (`PUBLIC` by default).
+    pub visibility: Option<String>,
 }
 
 /// The languages of some text as far as Bluesky's `langs` needs: `zh` when it has Chinese
@@ -167,17 +169,22 @@ pub fn guess_langs(texts: &[String]) -> Vec<String> {
 
 impl Plan {
     /// A draft's items as a thread on `account`.
+    /// LinkedIn has no threads: there the items go out as one post, a blank line between them.
     pub fn thread(draft: &Draft, account: &Account) -> Plan {
-        let texts: Vec<String> = drafts::items(draft)
+        let mut texts: Vec<String> = drafts::items(draft)
             .iter()
             .map(|i| i.plain_text())
             .collect();
+        if account.platform == Platform::LinkedIn.as_str() {
+            texts = vec![texts.join("\n\n")];
+        }
         Plan {
             thread_key: format!("{}:{}", draft.id, account.id),
             langs: guess_langs(&texts),
             texts,
             quote: None,
             reply_control: None,
+            visibility: None,
         }
     }
 
@@ -190,6 +197,7 @@ impl Plan {
             texts,
             quote: Some(quoted),
             reply_control: None,
+            visibility: None,
         }
     }
 }
@@ -216,12 +224,6 @@ async fn prepare(
         "NOT_SUPPORTED",
         format!("unknown platform {}", account.platform),
     ))?;
-    if platform == Platform::LinkedIn {
-        return Err((
-            "NOT_SUPPORTED",
-            format!("publishing to {} is not available yet", platform.as_str()),
-        ));
-    }
     if account.status != "active" {
         return Err((
             "TOKEN_EXPIRED",
@@ -416,6 +418,7 @@ pub async fn send(state: &AppState, h: Held) -> Outcome {
                 send_mastodon(state, &account, &plan, position, &done, key).await
             }
             Platform::Threads => send_threads(state, &account, &plan, position, &done, &key).await,
+            Platform::LinkedIn => send_linkedin(state, &account, &plan, position).await,
             _ => send_x(state, &account, &plan, position, &done).await,
         };
         match sent {
@@ -591,6 +594,50 @@ async fn send_threads(
     Sent::Failed(
         "TOKEN_EXPIRED",
         format!("Threads refused the token of @{} twice", account.username),
+    )
+}
+
+/// One LinkedIn post (its commentary escaped). LinkedIn has no idempotency key: a lost answer
+/// is unconfirmed.
+async fn send_linkedin(state: &AppState, account: &Account, plan: &Plan, position: usize) -> Sent {
+    use super::platforms::linkedin::{self, Created as L};
+    let app = &state.config.social.linkedin;
+    let visibility = plan.visibility.as_deref().unwrap_or("PUBLIC");
+    let mut stale: Option<String> = None;
+    for _ in 0..2 {
+        let token = match super::tokens::access_token(state, &account.id, stale.as_deref()).await {
+            Ok(t) => t,
+            Err(e) => return Sent::Failed(e.parts().2, e.to_string()),
+        };
+        let text = &plan.texts[position];
+        let created = linkedin::create_post(
+            &state.http,
+            app,
+            &token,
+            &account.platform_uid,
+            text,
+            visibility,
+            CREATE_TIMEOUT,
+        )
+        .await;
+        match created {
+            L::Posted { urn } => {
+                let url = linkedin::post_url(&urn);
+                return Sent::Posted(Out {
+                    id: urn,
+                    cid: None,
+                    url,
+                });
+            }
+            L::Failed { code, reason } => return Sent::Failed(code, reason),
+            L::Unknown(why) => return Sent::Unknown(why),
+            L::Unauthorized => stale = Some(token),
+        }
+    }
+    let _ = db::social::set_status(&state.db, &account.id, "needs_reauth").await;
+    Sent::Failed(
+        "TOKEN_EXPIRED",
+        format!("LinkedIn refused the token of {}", account.username),
     )
 }
 
@@ -858,6 +905,7 @@ pub async fn resolve(
         let url = remote_id.map(|id| match target.platform.as_str() {
             "bluesky" => super::platforms::bluesky::post_url(&account.username, id),
             "threads" => super::platforms::threads::post_url(&account.username, id),
+            "linkedin" => super::platforms::linkedin::post_url(id),
             "mastodon" => format!(
                 "{}/@{}/{id}",
                 account.instance.as_deref().unwrap_or_default(),

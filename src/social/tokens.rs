@@ -143,6 +143,14 @@ async fn refresh(
             t.refresh_token = t.access_token.clone();
             t
         }),
+        "linkedin" => {
+            super::platforms::linkedin::refresh(
+                &state.http,
+                &state.config.social.linkedin,
+                &refresh_token,
+            )
+            .await
+        }
         "bluesky" => {
             let service = a
                 .instance

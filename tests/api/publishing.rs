@@ -2155,3 +2155,133 @@ async fn a_threads_thread_goes_out_container_by_container_and_a_lost_publish_is_
 }
 
 both_backends!(a_threads_thread_goes_out_container_by_container_and_a_lost_publish_is_read_back);
+
+const LINKEDIN_CALLBACK: &str = "http://127.0.0.1:8000/api/v1/linkedin/callback";
+
+async fn a_linkedin_post_is_escaped_versioned_and_unconfirmed_when_its_answer_is_lost(b: Backend) {
+    use crate::fakes::linkedin as li;
+    let (fake, base) = li::start_fake_linkedin().await;
+    let app = TestApp::spawn_with(&b, |c| {
+        c.social.linkedin.api_base = base.clone();
+        c.social.linkedin.authorize_url = format!("{base}/oauth/v2/authorization");
+        c.social.linkedin.token_url = format!("{base}/oauth/v2/accessToken");
+        c.social.linkedin.client_id = li::CLIENT_ID.to_owned();
+        c.social.linkedin.client_secret = tollgate::secrets::Secret::from(li::CLIENT_SECRET);
+        c.social.linkedin.redirect_uri = LINKEDIN_CALLBACK.to_owned();
+        c.social.linkedin.version = li::VERSION.to_owned();
+        c.limits.other_per_minute = 1_000_000;
+    })
+    .await;
+    let user = app.add_user(json!("100")).await;
+    let key = app.add_key(user, json!({})).await;
+    use reqwest::Method as M;
+    let (status, started) = xai(
+        &app,
+        &key,
+        M::POST,
+        "/api/v1/linkedin/auth",
+        Some(json!({})),
+    )
+    .await;
+    assert_eq!(status, 200, "{started}");
+    let browser = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .expect("client");
+    let resp = browser
+        .get(started["authUrl"].as_str().expect("url"))
+        .send()
+        .await
+        .expect("authorize");
+    let location = resp.headers()["location"]
+        .to_str()
+        .expect("location")
+        .to_owned();
+    let query = location.split_once('?').expect("query").1.to_owned();
+    let done: Value = browser
+        .get(app.url(&format!("/api/v1/linkedin/callback?{query}")))
+        .send()
+        .await
+        .expect("callback")
+        .json()
+        .await
+        .expect("json");
+    let account = done["accountUuid"].as_str().expect("account").to_owned();
+    // Reserved characters survive (escaped); a draft's items become one post.
+    let d = draft(&app, &key, &["Launch (beta) #rust @team", "第二段 [详情]"]).await;
+    let (status, body) = xai(
+        &app,
+        &key,
+        M::POST,
+        "/api/v1/linkedin/publish",
+        Some(json!({"accountId": account, "draftId": d, "visibility": "CONNECTIONS"})),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let r = &body["results"][0];
+    assert_eq!(r["status"], "published", "{r}");
+    let posts = fake.posts.lock().expect("lock").clone();
+    assert_eq!(posts.len(), 1);
+    assert_eq!(
+        posts[0].text, "Launch (beta) #rust @team\n\n第二段 [详情]",
+        "nothing cut off"
+    );
+    assert_eq!(
+        (posts[0].author.as_str(), posts[0].visibility.as_str()),
+        ("urn:li:person:782bbtaQ", "CONNECTIONS")
+    );
+    assert_eq!(
+        r["data"]["url"],
+        format!("https://www.linkedin.com/feed/update/{}", posts[0].urn)
+    );
+    // No idempotency key at LinkedIn: a dropped answer is unconfirmed, held, and not sent again.
+    fake.faults
+        .lock()
+        .expect("lock")
+        .extend([Some(Fault::DropAfterCommit)]);
+    let (_, body) = xai(
+        &app,
+        &key,
+        M::POST,
+        "/api/v1/linkedin/publish",
+        Some(json!({"accountId": account, "text": "只发一次"})),
+    )
+    .await;
+    let r = &body["results"][0];
+    assert_eq!(r["status"], "unconfirmed", "{body}");
+    assert_eq!(
+        app.balance_micros(user).await,
+        80_000_000,
+        "held while unconfirmed"
+    );
+    let urn = fake.posts.lock().expect("lock")[1].urn.clone();
+    let target = r["targetId"].as_str().expect("target");
+    let (status, resolved) = xai(
+        &app,
+        &key,
+        M::POST,
+        &format!("/api/v1/publish/targets/{target}/resolve"),
+        Some(json!({"posted": true, "postId": urn})),
+    )
+    .await;
+    assert_eq!(
+        (status, resolved["result"]["status"].clone()),
+        (200, json!("published")),
+        "{resolved}"
+    );
+    assert_eq!(app.balance_micros(user).await, 80_000_000, "charged once");
+    assert_eq!(fake.posts.lock().expect("lock").len(), 2);
+    let (status, e) = xai(
+        &app,
+        &key,
+        M::POST,
+        "/api/v1/linkedin/publish",
+        Some(json!({"accountId": account, "text": "x", "visibility": "EVERYONE"})),
+    )
+    .await;
+    assert_eq!(status, 400, "{e}");
+    app.assert_books_balance(user).await;
+    app.stop().await;
+}
+
+both_backends!(a_linkedin_post_is_escaped_versioned_and_unconfirmed_when_its_answer_is_lost);

@@ -2,6 +2,7 @@
 //! point them at local fakes), typed outcomes.
 
 pub mod bluesky;
+pub mod linkedin;
 pub mod mastodon;
 pub mod threads;
 pub mod x;

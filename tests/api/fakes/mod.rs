@@ -3,6 +3,7 @@
 //! providers (a task-style API and OpenAI's Videos API).
 
 pub mod bluesky;
+pub mod linkedin;
 pub mod mastodon;
 pub mod openai;
 pub mod threads;

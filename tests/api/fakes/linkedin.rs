@@ -1,0 +1,205 @@
+//! A fake LinkedIn: the authorize redirect, the token endpoint (client id and secret in the
+//! form), `/v2/userinfo`, and `POST /rest/posts` that requires the `LinkedIn-Version` and Rest.li
+//! headers, cuts the commentary at the first unescaped reserved character (as LinkedIn's little
+//! text format does while answering 201), answers 201 with the URN in `x-restli-id`, and meets
+//! the fake X's faults.
+
+pub use super::x::Fault;
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Redirect, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde_json::{Value, json};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+pub const CLIENT_ID: &str = "li-client";
+pub const CLIENT_SECRET: &str = "li-secret";
+pub const SUB: &str = "782bbtaQ";
+pub const VERSION: &str = "202601";
+
+/// A post on the fake: its URN and the commentary as LinkedIn keeps it (cut at an unescaped
+/// reserved character), unescaped.
+#[derive(Debug, Clone)]
+pub struct Post {
+    pub urn: String,
+    pub author: String,
+    pub text: String,
+    pub visibility: String,
+}
+
+#[derive(Default)]
+pub struct FakeLinkedIn {
+    pub posts: Mutex<Vec<Post>>,
+    pub faults: Mutex<std::collections::VecDeque<Option<Fault>>>,
+    tokens: Mutex<Vec<String>>,
+    counter: AtomicUsize,
+}
+
+/// The text LinkedIn keeps of a little-text commentary: unescaped, cut at the first unescaped
+/// reserved character.
+fn kept(commentary: &str) -> String {
+    let mut out = String::new();
+    let mut chars = commentary.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => match chars.next() {
+                Some(n) => out.push(n),
+                None => break,
+            },
+            c if "|{}@[]()<>#*_~".contains(c) => break,
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+async fn authorize(Query(q): Query<HashMap<String, String>>) -> Response {
+    let get = |k: &str| q.get(k).cloned().unwrap_or_default();
+    if get("client_id") != CLIENT_ID || get("response_type") != "code" {
+        return (StatusCode::BAD_REQUEST, "bad request").into_response();
+    }
+    Redirect::to(&format!(
+        "{}?code=LICODE&state={}",
+        get("redirect_uri"),
+        get("state")
+    ))
+    .into_response()
+}
+
+async fn token(State(f): State<Arc<FakeLinkedIn>>, body: String) -> Response {
+    let q: HashMap<String, String> = url::form_urlencoded::parse(body.as_bytes())
+        .into_owned()
+        .collect();
+    let ok = q.get("client_id").map(String::as_str) == Some(CLIENT_ID)
+        && q.get("client_secret").map(String::as_str) == Some(CLIENT_SECRET)
+        && q.get("code").map(String::as_str) == Some("LICODE");
+    if !ok {
+        return (
+            StatusCode::BAD_REQUEST,
+            Json(json!({"error": "invalid_request", "error_description": "bad code"})),
+        )
+            .into_response();
+    }
+    let t = format!("LIAT{}", f.counter.fetch_add(1, Ordering::SeqCst));
+    f.tokens.lock().expect("lock").push(t.clone());
+    Json(json!({"access_token": t, "expires_in": 5_184_000, "scope": "openid,profile,w_member_social"})).into_response()
+}
+
+fn authorized(f: &FakeLinkedIn, headers: &HeaderMap) -> bool {
+    let token = headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or_default();
+    f.tokens.lock().expect("lock").iter().any(|t| t == token)
+}
+
+async fn userinfo(State(f): State<Arc<FakeLinkedIn>>, headers: HeaderMap) -> Response {
+    if !authorized(&f, &headers) {
+        return (
+            StatusCode::UNAUTHORIZED,
+            Json(json!({"status": 401, "message": "Invalid access token"})),
+        )
+            .into_response();
+    }
+    Json(json!({"sub": SUB, "name": "Erin Li", "picture": "https://media.example/erin.jpg"}))
+        .into_response()
+}
+
+async fn posts(
+    State(f): State<Arc<FakeLinkedIn>>,
+    headers: HeaderMap,
+    Json(body): Json<Value>,
+) -> Response {
+    if !authorized(&f, &headers) {
+        return (
+            StatusCode::UNAUTHORIZED,
+            Json(json!({"status": 401, "message": "Invalid access token"})),
+        )
+            .into_response();
+    }
+    let version = headers
+        .get("linkedin-version")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    let restli = headers
+        .get("x-restli-protocol-version")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    if version != VERSION || restli != "2.0.0" {
+        return (
+            StatusCode::BAD_REQUEST,
+            Json(json!({"status": 400, "code": "VERSION_MISSING",
+            "message": "A version must be present in the LinkedIn-Version header"})),
+        )
+            .into_response();
+    }
+    if body["author"] != format!("urn:li:person:{SUB}") || body["lifecycleState"] != "PUBLISHED" {
+        return (
+            StatusCode::FORBIDDEN,
+            Json(json!({"status": 403, "serviceErrorCode": 100,
+            "message": "Not enough permissions to access: partnerApiPostsExternal.CREATE"})),
+        )
+            .into_response();
+    }
+    let fault = f.faults.lock().expect("lock").pop_front().flatten();
+    match fault {
+        Some(Fault::RateLimited) => {
+            return (
+                StatusCode::TOO_MANY_REQUESTS,
+                Json(json!({"status": 429, "message": "Too Many Requests"})),
+            )
+                .into_response();
+        }
+        Some(Fault::ErrorBeforeCommit) => {
+            return (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                Json(json!({"status": 500, "message": "Internal error"})),
+            )
+                .into_response();
+        }
+        _ => {}
+    }
+    let urn = {
+        let mut list = f.posts.lock().expect("lock");
+        let urn = format!(
+            "urn:li:share:{}",
+            7_100_000_000_000_000_000u64 + list.len() as u64
+        );
+        list.push(Post {
+            urn: urn.clone(),
+            author: body["author"].as_str().unwrap_or_default().to_owned(),
+            text: kept(body["commentary"].as_str().unwrap_or_default()),
+            visibility: body["visibility"].as_str().unwrap_or_default().to_owned(),
+        });
+        urn
+    };
+    match fault {
+        Some(Fault::DropAfterCommit) => std::panic::resume_unwind(Box::new("connection dropped")),
+        Some(Fault::ErrorAfterCommit) => (
+            StatusCode::BAD_GATEWAY,
+            Json(json!({"status": 502, "message": "Bad gateway"})),
+        )
+            .into_response(),
+        _ => (StatusCode::CREATED, [("x-restli-id", urn)]).into_response(),
+    }
+}
+
+/// Starts the fake; its root (`http://127.0.0.1:port`).
+pub async fn start_fake_linkedin() -> (Arc<FakeLinkedIn>, String) {
+    let fake = Arc::new(FakeLinkedIn::default());
+    let app = Router::new()
+        .route("/oauth/v2/authorization", get(authorize))
+        .route("/oauth/v2/accessToken", post(token))
+        .route("/v2/userinfo", get(userinfo))
+        .route("/rest/posts", post(posts))
+        .with_state(Arc::clone(&fake));
+    let base = super::serve_fake(app)
+        .await
+        .trim_end_matches("/v1")
+        .to_owned();
+    (fake, base)
+}
