@@ -326,7 +326,8 @@ pub async fn hold(
         error: None,
         settled: 0,
         charged_micros: 0,
-        created_at_ms: 0,
+        // The usage record's latency counts from here.
+        created_at_ms: crate::clock::now_ms(),
         updated_at_ms: 0,
     };
     state

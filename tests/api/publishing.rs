@@ -846,6 +846,8 @@ async fn a_cjk_thread_goes_out_as_a_reply_chain_charged_once_and_never_twice(b: 
             json!(3)
         )
     );
+    let latency = usage[0]["latency_ms"].as_i64().expect("latency");
+    assert!((0..60_000).contains(&latency), "latency {latency} ms");
     // The same key: the first answer again, nothing sent; another body under it: refused.
     let resp = app
         .client
