@@ -383,14 +383,7 @@ async fn quote(
         ));
     }
     let account_id = required_string(&body, "accountId")?;
-    let account = db::social::account(&state.db, user_id, &account_id)
-        .await?
-        .filter(|a| a.platform == "twitter")
-        .ok_or_else(|| {
-            ApiError::InvalidInput(format!(
-                "accountId: no connected X account of yours is {account_id:?}"
-            ))
-        })?;
+    let account = own_account(&state, user_id, "accountId", &account_id, Platform::X).await?;
     let st = state.clone();
     once(&state, user_id, &headers, "twitter/quote", &raw, move |publish_id| async move {
         let plan = Plan::quote(&publish_id, content, quoted);
@@ -546,29 +539,13 @@ async fn publish_to(
             ));
         }
     };
-    if body
-        .get("imageUrls")
-        .and_then(Value::as_array)
-        .is_some_and(|a| !a.is_empty())
-    {
-        return Err(ApiError::InvalidInput(
-            "imageUrls: media publishing is not available yet; post text only".into(),
-        ));
-    }
+    refuse_media(&body, "imageUrls")?;
     let langs = match crate::social::drafts::read_ids("langs", body.get("langs"))? {
         Some(l) if l.len() <= 3 => l,
         Some(_) => return Err(ApiError::InvalidInput("langs: at most 3 languages".into())),
         None => vec!["en".to_owned()],
     };
-    let account = db::social::account(&state.db, user_id, &account_id)
-        .await?
-        .filter(|a| a.platform == platform.as_str())
-        .ok_or_else(|| {
-            ApiError::InvalidInput(format!(
-                "accountUuid: no connected {} account of yours is {account_id:?}",
-                platform.as_str()
-            ))
-        })?;
+    let account = own_account(&state, user_id, "accountUuid", &account_id, platform).await?;
     let st = state.clone();
     let route = format!("{}/publish", platform.as_str());
     once(
@@ -578,19 +555,62 @@ async fn publish_to(
         &route,
         &raw,
         move |publish_id| async move {
-            let plan = Plan {
-                thread_key: format!("{}:{publish_id}", platform.as_str()),
-                texts,
-                quote: None,
-                langs,
-                reply_control: None,
-                visibility: None,
-            };
+            let mut plan = Plan::single(&publish_id, platform, texts);
+            plan.langs = langs;
             let outcomes = run_all(st, publish_id.clone(), vec![(account, plan)]).await?;
             Ok((StatusCode::OK, answer(&publish_id, &outcomes, json!({}))))
         },
     )
     .await
+}
+
+/// The user's connected account `id` (from field `field`) on `platform`, or a 400 naming it.
+async fn own_account(
+    state: &AppState,
+    user_id: i64,
+    field: &str,
+    id: &str,
+    platform: Platform,
+) -> Result<Account, ApiError> {
+    db::social::account(&state.db, user_id, id)
+        .await?
+        .filter(|a| a.platform == platform.as_str())
+        .ok_or_else(|| {
+            ApiError::InvalidInput(format!(
+                "{field}: no connected {} account of yours is {id:?}",
+                platform.as_str()
+            ))
+        })
+}
+
+/// Media URLs in `field` are refused (media publishing is not built yet).
+fn refuse_media(body: &Map<String, Value>, field: &str) -> Result<(), ApiError> {
+    if body
+        .get(field)
+        .and_then(Value::as_array)
+        .is_some_and(|a| !a.is_empty())
+    {
+        return Err(ApiError::InvalidInput(format!(
+            "{field}: media publishing is not available yet; post text only"
+        )));
+    }
+    Ok(())
+}
+
+/// An optional field that must be one of `allowed`.
+fn one_of(
+    body: &Map<String, Value>,
+    key: &str,
+    allowed: &[&str],
+) -> Result<Option<String>, ApiError> {
+    match body.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) if allowed.contains(&s.as_str()) => Ok(Some(s.clone())),
+        Some(_) => Err(ApiError::InvalidInput(format!(
+            "{key}: one of {}",
+            allowed.join(", ")
+        ))),
+    }
 }
 
 /// `POST /api/v1/threads/publish` (seed 000): `{"accountId","draftId"|"text","mediaUrls",
@@ -602,73 +622,10 @@ async fn publish_threads(
     raw: Bytes,
 ) -> Result<Response, ApiError> {
     let body: Map<String, Value> = parse_json(&raw)?;
-    let account_id = required_string(&body, "accountId")?;
-    let account = db::social::account(&state.db, user_id, &account_id)
-        .await?
-        .filter(|a| a.platform == "threads")
-        .ok_or_else(|| {
-            ApiError::InvalidInput(format!(
-                "accountId: no connected Threads account of yours is {account_id:?}"
-            ))
-        })?;
-    if body
-        .get("mediaUrls")
-        .and_then(Value::as_array)
-        .is_some_and(|a| !a.is_empty())
-    {
-        return Err(ApiError::InvalidInput(
-            "mediaUrls: media publishing is not available yet; post text only".into(),
-        ));
-    }
-    let reply_control = match body.get("replyControl") {
-        None | Some(Value::Null) => None,
-        Some(Value::String(s))
-            if ["everyone", "accounts_you_follow", "mentioned_only"].contains(&s.as_str()) =>
-        {
-            Some(s.clone())
-        }
-        Some(_) => {
-            return Err(ApiError::InvalidInput(
-                "replyControl: one of everyone, accounts_you_follow, mentioned_only".into(),
-            ));
-        }
-    };
-    let draft = match body.get("draftId").and_then(Value::as_str) {
-        Some(id) => Some(own_draft(&state, user_id, id).await?),
-        None => None,
-    };
-    let text = match &draft {
-        Some(_) => None,
-        None => Some(required_string(&body, "text")?),
-    };
-    let st = state.clone();
-    once(
-        &state,
-        user_id,
-        &headers,
-        "threads/publish",
-        &raw,
-        move |publish_id| async move {
-            let mut plan = match (&draft, text) {
-                (Some(d), _) => Plan::thread(d, &account),
-                (None, text) => {
-                    let texts = vec![text.unwrap_or_default()];
-                    Plan {
-                        thread_key: format!("threads:{publish_id}"),
-                        langs: crate::social::publish::guess_langs(&texts),
-                        texts,
-                        quote: None,
-                        reply_control: None,
-                        visibility: None,
-                    }
-                }
-            };
-            plan.reply_control = reply_control;
-            let outcomes = run_all(st, publish_id.clone(), vec![(account, plan)]).await?;
-            Ok((StatusCode::OK, answer(&publish_id, &outcomes, json!({}))))
-        },
-    )
-    .await
+    let allowed = ["everyone", "accounts_you_follow", "mentioned_only"];
+    let reply_control = one_of(&body, "replyControl", &allowed)?;
+    let tune = move |plan: &mut Plan| plan.reply_control = reply_control;
+    draft_or_text(state, user_id, headers, raw, body, Platform::Threads, tune).await
 }
 
 /// `POST /api/v1/linkedin/publish` (seed 000): `{"accountId","draftId"|"text","mediaUrls",
@@ -680,35 +637,26 @@ async fn publish_linkedin(
     raw: Bytes,
 ) -> Result<Response, ApiError> {
     let body: Map<String, Value> = parse_json(&raw)?;
+    let visibility = one_of(&body, "visibility", &["PUBLIC", "CONNECTIONS", "LOGGED_IN"])?
+        .unwrap_or_else(|| "PUBLIC".to_owned());
+    let tune = move |plan: &mut Plan| plan.visibility = Some(visibility);
+    draft_or_text(state, user_id, headers, raw, body, Platform::LinkedIn, tune).await
+}
+
+/// One `accountId` of `platform` gets a draft (`draftId`) or a `text` (seed 000's Threads and
+/// LinkedIn routes); `tune` sets the platform's own options on the plan.
+async fn draft_or_text(
+    state: AppState,
+    user_id: i64,
+    headers: HeaderMap,
+    raw: Bytes,
+    body: Map<String, Value>,
+    platform: Platform,
+    tune: impl FnOnce(&mut Plan) + Send + 'static,
+) -> Result<Response, ApiError> {
     let account_id = required_string(&body, "accountId")?;
-    let account = db::social::account(&state.db, user_id, &account_id)
-        .await?
-        .filter(|a| a.platform == "linkedin")
-        .ok_or_else(|| {
-            ApiError::InvalidInput(format!(
-                "accountId: no connected LinkedIn account of yours is {account_id:?}"
-            ))
-        })?;
-    if body
-        .get("mediaUrls")
-        .and_then(Value::as_array)
-        .is_some_and(|a| !a.is_empty())
-    {
-        return Err(ApiError::InvalidInput(
-            "mediaUrls: media publishing is not available yet; post text only".into(),
-        ));
-    }
-    let visibility = match body.get("visibility") {
-        None | Some(Value::Null) => "PUBLIC".to_owned(),
-        Some(Value::String(s)) if ["PUBLIC", "CONNECTIONS", "LOGGED_IN"].contains(&s.as_str()) => {
-            s.clone()
-        }
-        Some(_) => {
-            return Err(ApiError::InvalidInput(
-                "visibility: one of PUBLIC, CONNECTIONS, LOGGED_IN".into(),
-            ));
-        }
-    };
+    let account = own_account(&state, user_id, "accountId", &account_id, platform).await?;
+    refuse_media(&body, "mediaUrls")?;
     let draft = match body.get("draftId").and_then(Value::as_str) {
         Some(id) => Some(own_draft(&state, user_id, id).await?),
         None => None,
@@ -718,28 +666,19 @@ async fn publish_linkedin(
         None => Some(required_string(&body, "text")?),
     };
     let st = state.clone();
+    let route = format!("{}/publish", platform.as_str());
     once(
         &state,
         user_id,
         &headers,
-        "linkedin/publish",
+        &route,
         &raw,
         move |publish_id| async move {
             let mut plan = match (&draft, text) {
                 (Some(d), _) => Plan::thread(d, &account),
-                (None, text) => {
-                    let texts = vec![text.unwrap_or_default()];
-                    Plan {
-                        thread_key: format!("linkedin:{publish_id}"),
-                        langs: crate::social::publish::guess_langs(&texts),
-                        texts,
-                        quote: None,
-                        reply_control: None,
-                        visibility: None,
-                    }
-                }
+                (None, text) => Plan::single(&publish_id, platform, vec![text.unwrap_or_default()]),
             };
-            plan.visibility = Some(visibility);
+            tune(&mut plan);
             let outcomes = run_all(st, publish_id.clone(), vec![(account, plan)]).await?;
             Ok((StatusCode::OK, answer(&publish_id, &outcomes, json!({}))))
         },

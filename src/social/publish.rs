@@ -188,6 +188,19 @@ impl Plan {
         }
     }
 
+    /// Posts not from a draft (a per-platform route's text or texts), a thread of their own
+    /// under publish `publish_id`.
+    pub fn single(publish_id: &str, platform: Platform, texts: Vec<String>) -> Plan {
+        Plan {
+            thread_key: format!("{}:{publish_id}", platform.as_str()),
+            langs: guess_langs(&texts),
+            texts,
+            quote: None,
+            reply_control: None,
+            visibility: None,
+        }
+    }
+
     /// One post quoting `quoted` (not a thread: it is not continued by a later publish).
     pub fn quote(publish_id: &str, text: String, quoted: String) -> Plan {
         let texts = vec![text];
