@@ -171,6 +171,10 @@ impl Application {
         let stop_workers = CancellationToken::new();
         // Load the tokenizer now, not on the first request that needs a local count.
         tokio::task::spawn_blocking(|| crate::tokens::count_text("warm up"));
+        // What a crashed instance left held is released before the first request is answered.
+        if let Err(e) = crate::billing::reconcile::run_once(&state.db).await {
+            tracing::error!(error = %e, "reconciler failed at start");
+        }
         state.tasks.spawn(crate::billing::reconcile::run(
             state.db.clone(),
             Duration::from_millis(config.billing.reconcile_interval_ms),

@@ -1,6 +1,7 @@
 //! The reconciler: releases reservations whose expiry has passed (left behind by an instance
-//! that crashed mid-request). Runs at start and every `billing.reconcile_interval_ms`; safe to
-//! run on several instances at once, since each release deletes its row first.
+//! that crashed mid-request). Runs once at start, before the server answers (startup awaits
+//! [`run_once`]), then every `billing.reconcile_interval_ms` ([`run`]); safe to run on several
+//! instances at once, since each release deletes its row first.
 
 use crate::db::{self, Db};
 use crate::metrics as m;
@@ -24,15 +25,16 @@ pub async fn run_once(db: &Db) -> Result<u64, sqlx::Error> {
     Ok(total)
 }
 
-/// Runs [`run_once`] every `interval` until `stop` is cancelled.
+/// Runs [`run_once`] every `interval` (the first time after one interval) until `stop` is
+/// cancelled.
 pub async fn run(db: Db, interval: Duration, stop: CancellationToken) {
     loop {
-        if let Err(e) = run_once(&db).await {
-            tracing::error!(error = %e, "reconciler failed");
-        }
         tokio::select! {
             _ = stop.cancelled() => return,
             _ = tokio::time::sleep(interval) => {}
+        }
+        if let Err(e) = run_once(&db).await {
+            tracing::error!(error = %e, "reconciler failed");
         }
     }
 }
