@@ -164,6 +164,14 @@ pub struct PublishingConfig {
     pub stalled_after_ms: u64,
     /// How often recovery looks.
     pub recovery_interval_ms: u64,
+    /// Tollgate's public address (`https://gw.example.com`), for platforms that fetch media
+    /// from a URL (Threads); empty: such media are refused before anything is sent.
+    #[serde(default)]
+    pub public_url: String,
+    /// Whether media URLs given to the per-platform routes may point at private addresses
+    /// (loopback, private networks); off, so a client cannot make Tollgate fetch inside.
+    #[serde(default)]
+    pub fetch_private_media_urls: bool,
     #[serde(deserialize_with = "credits")]
     pub price_x: Micros,
     #[serde(deserialize_with = "credits")]

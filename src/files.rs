@@ -6,9 +6,15 @@
 //! is derived from the master key, so every instance signs and checks alike.
 
 use crate::db;
+use crate::db::files::FileMeta;
 use crate::secrets::Secrets;
 use axum::http::HeaderMap;
+use bytes::Bytes;
+use futures_util::stream::{self, BoxStream, StreamExt};
 use std::time::Duration;
+
+/// The size of one stored chunk of an uploaded file.
+pub const CHUNK: usize = 1 << 20;
 
 /// How long a download URL stays valid.
 pub const URL_TTL_MS: i64 = 24 * 3_600_000;
@@ -103,6 +109,184 @@ pub fn check(
         return Err(Refused::Expired);
     }
     Ok(())
+}
+
+/// An uploaded file being written chunk by chunk: nothing of it exists until [`Writer::finish`]
+/// writes its row; [`Writer::abort`] removes what was written.
+pub struct Writer {
+    id: String,
+    /// The first bytes, kept for sniffing.
+    first: Vec<u8>,
+    buf: Vec<u8>,
+    seq: i64,
+    size: u64,
+}
+
+impl Default for Writer {
+    fn default() -> Self {
+        Writer::new()
+    }
+}
+
+impl Writer {
+    pub fn new() -> Writer {
+        Writer {
+            id: new_id(),
+            first: Vec::new(),
+            buf: Vec::with_capacity(CHUNK),
+            seq: 0,
+            size: 0,
+        }
+    }
+
+    /// Bytes written so far.
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// The first bytes (for sniffing), once some have come.
+    pub fn head(&self) -> &[u8] {
+        &self.first
+    }
+
+    /// Adds `data`, writing every chunk that fills.
+    pub async fn push(&mut self, db: &db::Db, mut data: &[u8]) -> Result<(), sqlx::Error> {
+        self.size += data.len() as u64;
+        if self.first.len() < 64 {
+            let take = (64 - self.first.len()).min(data.len());
+            self.first.extend_from_slice(&data[..take]);
+        }
+        while !data.is_empty() {
+            let take = (CHUNK - self.buf.len()).min(data.len());
+            self.buf.extend_from_slice(&data[..take]);
+            data = &data[take..];
+            if self.buf.len() == CHUNK {
+                self.flush(db).await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn flush(&mut self, db: &db::Db) -> Result<(), sqlx::Error> {
+        db::files::put_chunk(db, &self.id, self.seq, &self.buf).await?;
+        self.seq += 1;
+        self.buf.clear();
+        Ok(())
+    }
+
+    /// Writes the last chunk and the file's row: the stored file.
+    pub async fn finish(
+        mut self,
+        db: &db::Db,
+        user_id: i64,
+        kind: &str,
+        content_type: &str,
+    ) -> Result<FileMeta, sqlx::Error> {
+        if !self.buf.is_empty() {
+            self.flush(db).await?;
+        }
+        let meta = FileMeta {
+            id: self.id.clone(),
+            user_id,
+            kind: kind.to_owned(),
+            content_type: content_type.to_owned(),
+            size_bytes: self.size as i64,
+            chunks: self.seq,
+        };
+        if let Err(e) = db::files::insert_chunked(db, &meta).await {
+            self.abort(db).await;
+            return Err(e);
+        }
+        Ok(meta)
+    }
+
+    /// Removes what was written (best effort).
+    pub async fn abort(self, db: &db::Db) {
+        if self.seq > 0
+            && let Err(e) = db::files::delete_chunks(db, &self.id).await
+        {
+            tracing::warn!(file = %self.id, error = %e, "removing an aborted upload's chunks failed");
+        }
+    }
+}
+
+/// Bytes `start..=end` of a stored file, read a chunk at a time (a chunked file is never read
+/// whole).
+pub fn read_range(
+    db: db::Db,
+    meta: &FileMeta,
+    start: u64,
+    end: u64,
+) -> BoxStream<'static, Result<Bytes, std::io::Error>> {
+    let io = |e: sqlx::Error| std::io::Error::other(e.to_string());
+    let id = meta.id.clone();
+    if meta.chunks == 0 {
+        return stream::once(async move {
+            let file = db::files::get(&db, &id)
+                .await
+                .map_err(io)?
+                .ok_or_else(|| std::io::Error::other("the file was deleted"))?;
+            let len = file.data.len() as u64;
+            if len == 0 || start >= len {
+                return Ok(Bytes::new());
+            }
+            let data = Bytes::from(file.data);
+            Ok(data.slice(start as usize..=end.min(len - 1) as usize))
+        })
+        .boxed();
+    }
+    let chunk = CHUNK as u64;
+    let (first, last) = ((start / chunk) as i64, (end / chunk) as i64);
+    stream::iter(first..=last)
+        .then(move |seq| {
+            let (db, id) = (db.clone(), id.clone());
+            async move {
+                let data = db::files::chunk(&db, &id, seq)
+                    .await
+                    .map_err(io)?
+                    .ok_or_else(|| std::io::Error::other(format!("chunk {seq} is missing")))?;
+                let at = seq as u64 * chunk;
+                let from = start.saturating_sub(at) as usize;
+                let to = ((end + 1).saturating_sub(at) as usize).min(data.len());
+                Ok(Bytes::from(data).slice(from.min(to)..to))
+            }
+        })
+        .boxed()
+}
+
+/// A whole stored file as a stream of chunks.
+pub fn read(db: db::Db, meta: &FileMeta) -> BoxStream<'static, Result<Bytes, std::io::Error>> {
+    let end = (meta.size_bytes.max(1) - 1) as u64;
+    read_range(db, meta, 0, end)
+}
+
+/// A whole stored file in memory (for small files: images a platform takes in one body).
+pub async fn read_all(db: &db::Db, meta: &FileMeta) -> Result<Vec<u8>, std::io::Error> {
+    let mut out = Vec::with_capacity(meta.size_bytes.max(0) as usize);
+    let mut parts = read(db.clone(), meta);
+    while let Some(part) = parts.next().await {
+        out.extend_from_slice(&part?);
+    }
+    Ok(out)
+}
+
+/// The content type of media bytes by their magic number: the images of [`sniff_image`], MP4
+/// and QuickTime (`ftyp`), WebM.
+pub fn sniff_media(data: &[u8]) -> Option<&'static str> {
+    if let Some(t) = sniff_image(data) {
+        return Some(t);
+    }
+    if data.len() >= 12 && &data[4..8] == b"ftyp" {
+        return Some(if &data[8..10] == b"qt" {
+            "video/quicktime"
+        } else {
+            "video/mp4"
+        });
+    }
+    if data.starts_with(&[0x1a, 0x45, 0xdf, 0xa3]) {
+        return Some("video/webm");
+    }
+    None
 }
 
 /// The content type of image bytes, by their magic number (PNG, JPEG, GIF, WebP).

@@ -122,6 +122,12 @@ const MIGRATIONS: &[(i64, &str, &str, &str)] = &[
         include_str!("../../migrations/sqlite/0010_publishing.sql"),
         include_str!("../../migrations/postgres/0010_publishing.sql"),
     ),
+    (
+        11,
+        "media",
+        include_str!("../../migrations/sqlite/0011_media.sql"),
+        include_str!("../../migrations/postgres/0011_media.sql"),
+    ),
 ];
 
 /// Whether a database error is a unique-constraint violation (portable across backends).

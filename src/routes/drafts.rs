@@ -165,9 +165,9 @@ async fn apply(
 async fn check_media(state: &AppState, user_id: i64, items: &[Item]) -> Result<(), ApiError> {
     for (k, item) in items.iter().enumerate() {
         for m in &item.media {
-            let owned = db::files::get(&state.db, m)
+            let owned = db::files::meta(&state.db, m)
                 .await?
-                .is_some_and(|f| f.user_id == user_id);
+                .is_some_and(|f| f.user_id == user_id && crate::social::media::kind(&f).is_some());
             if !owned {
                 return Err(ApiError::InvalidInput(format!(
                     "tweets[{k}].media: no uploaded media of yours is {m:?}"

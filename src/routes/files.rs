@@ -75,22 +75,30 @@ async fn download(
             ));
         }
     }
-    let file = db::files::get(&state.db, &id)
+    let file = db::files::meta(&state.db, &id)
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("file {id} not found")))?;
-    let len = file.data.len() as u64;
+    let len = file.size_bytes.max(0) as u64;
     let range = byte_range(
         request.get(header::RANGE).and_then(|v| v.to_str().ok()),
         len,
     );
+    // The bytes are streamed a chunk at a time: a large upload is never read whole.
     let mut response = match range {
-        None => Body::from(file.data).into_response(),
+        None => {
+            let mut r = Body::from_stream(files::read(state.db.clone(), &file)).into_response();
+            r.headers_mut()
+                .insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+            r
+        }
         Some(Ok((start, end))) => {
-            let part = file.data[start as usize..=end as usize].to_vec();
-            let mut r = (StatusCode::PARTIAL_CONTENT, part).into_response();
+            let part = files::read_range(state.db.clone(), &file, start, end);
+            let mut r = (StatusCode::PARTIAL_CONTENT, Body::from_stream(part)).into_response();
             if let Ok(v) = HeaderValue::from_str(&format!("bytes {start}-{end}/{len}")) {
                 r.headers_mut().insert(header::CONTENT_RANGE, v);
             }
+            r.headers_mut()
+                .insert(header::CONTENT_LENGTH, HeaderValue::from(end - start + 1));
             r
         }
         Some(Err(())) => {

@@ -31,6 +31,7 @@ pub mod drafts;
 pub mod extract;
 pub mod files;
 pub mod image;
+pub mod media;
 pub mod openai;
 pub mod ops;
 pub mod platform_limits;
@@ -74,6 +75,7 @@ pub fn router(state: AppState) -> Router {
                     .merge(video::router())
                     .merge(ppt::router())
                     .merge(drafts::router())
+                    .merge(media::router())
                     .merge(social_sets::router())
                     .merge(social_accounts::router())
                     .merge(publish::router())

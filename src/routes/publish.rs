@@ -539,7 +539,7 @@ async fn publish_to(
             ));
         }
     };
-    refuse_media(&body, "imageUrls")?;
+    let media = media_refs(&state, user_id, &body, "imageUrls").await?;
     let langs = match crate::social::drafts::read_ids("langs", body.get("langs"))? {
         Some(l) if l.len() <= 3 => l,
         Some(_) => return Err(ApiError::InvalidInput("langs: at most 3 languages".into())),
@@ -557,6 +557,7 @@ async fn publish_to(
         move |publish_id| async move {
             let mut plan = Plan::single(&publish_id, platform, texts);
             plan.langs = langs;
+            plan.media[0] = media;
             let outcomes = run_all(st, publish_id.clone(), vec![(account, plan)]).await?;
             Ok((StatusCode::OK, answer(&publish_id, &outcomes, json!({}))))
         },
@@ -583,18 +584,19 @@ async fn own_account(
         })
 }
 
-/// Media URLs in `field` are refused (media publishing is not built yet).
-fn refuse_media(body: &Map<String, Value>, field: &str) -> Result<(), ApiError> {
-    if body
-        .get(field)
-        .and_then(Value::as_array)
-        .is_some_and(|a| !a.is_empty())
-    {
-        return Err(ApiError::InvalidInput(format!(
-            "{field}: media publishing is not available yet; post text only"
-        )));
+/// The media of `field` (`imageUrls`, `mediaUrls`: media ids, Tollgate file URLs or outside
+/// URLs, fetched now) as stored file ids, for the first post.
+async fn media_refs(
+    state: &AppState,
+    user_id: i64,
+    body: &Map<String, Value>,
+    field: &str,
+) -> Result<Vec<String>, ApiError> {
+    let refs = crate::social::drafts::read_ids(field, body.get(field))?.unwrap_or_default();
+    if refs.is_empty() {
+        return Ok(Vec::new());
     }
-    Ok(())
+    crate::social::media::from_refs(state, user_id, field, &refs).await
 }
 
 /// An optional field that must be one of `allowed`.
@@ -656,13 +658,25 @@ async fn draft_or_text(
 ) -> Result<Response, ApiError> {
     let account_id = required_string(&body, "accountId")?;
     let account = own_account(&state, user_id, "accountId", &account_id, platform).await?;
-    refuse_media(&body, "mediaUrls")?;
+    let media = media_refs(&state, user_id, &body, "mediaUrls").await?;
     let draft = match body.get("draftId").and_then(Value::as_str) {
         Some(id) => Some(own_draft(&state, user_id, id).await?),
         None => None,
     };
+    if draft.is_some() && !media.is_empty() {
+        return Err(ApiError::InvalidInput(
+            "mediaUrls: a draft brings its own media; give draftId or text with mediaUrls".into(),
+        ));
+    }
     let text = match &draft {
         Some(_) => None,
+        // Text may be left out beside media.
+        None if !media.is_empty() => Some(
+            body.get("text")
+                .and_then(Value::as_str)
+                .map(|t| t.trim().to_owned())
+                .unwrap_or_default(),
+        ),
         None => Some(required_string(&body, "text")?),
     };
     let st = state.clone();
@@ -676,7 +690,12 @@ async fn draft_or_text(
         move |publish_id| async move {
             let mut plan = match (&draft, text) {
                 (Some(d), _) => Plan::thread(d, &account),
-                (None, text) => Plan::single(&publish_id, platform, vec![text.unwrap_or_default()]),
+                (None, text) => {
+                    let mut plan =
+                        Plan::single(&publish_id, platform, vec![text.unwrap_or_default()]);
+                    plan.media[0] = media;
+                    plan
+                }
             };
             tune(&mut plan);
             let outcomes = run_all(st, publish_id.clone(), vec![(account, plan)]).await?;

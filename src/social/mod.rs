@@ -5,6 +5,7 @@
 
 pub mod connect;
 pub mod drafts;
+pub mod media;
 pub mod oauth;
 pub mod platforms;
 pub mod publish;

@@ -10,10 +10,12 @@
 //! A target is charged once when every post is out.
 
 use super::drafts::{self, new_uuid};
+use super::media::{Kind, UploadError};
 use super::platforms::x::{self, Created, NewPost};
 use super::text::{self, Platform};
 use crate::billing::{Micros, PaidBy, UsageSource, UsageStatus};
 use crate::db::drafts::Draft;
+use crate::db::files::FileMeta;
 use crate::db::publishing::{Post, Progress, Remote, Target};
 use crate::db::social::Account;
 use crate::db::{self, billing::ReserveError};
@@ -143,11 +145,13 @@ pub fn price(state: &AppState, platform: Platform) -> Micros {
     }
 }
 
-/// What one target sends: the posts' texts, and the thread they belong to.
+/// What one target sends: the posts' texts and media, and the thread they belong to.
 #[derive(Debug, Clone)]
 pub struct Plan {
     pub thread_key: String,
     pub texts: Vec<String>,
+    /// Each post's media (stored file ids), in the order of `texts`.
+    pub media: Vec<Vec<String>>,
     pub quote: Option<String>,
     /// Bluesky's `langs`.
     pub langs: Vec<String>,
@@ -171,17 +175,18 @@ impl Plan {
     /// A draft's items as a thread on `account`.
     /// LinkedIn has no threads: there the items go out as one post, a blank line between them.
     pub fn thread(draft: &Draft, account: &Account) -> Plan {
-        let mut texts: Vec<String> = drafts::items(draft)
-            .iter()
-            .map(|i| i.plain_text())
-            .collect();
+        let items = drafts::items(draft);
+        let mut texts: Vec<String> = items.iter().map(|i| i.plain_text()).collect();
+        let mut media: Vec<Vec<String>> = items.iter().map(|i| i.media.clone()).collect();
         if account.platform == Platform::LinkedIn.as_str() {
             texts = vec![texts.join("\n\n")];
+            media = vec![media.concat()];
         }
         Plan {
             thread_key: format!("{}:{}", draft.id, account.id),
             langs: guess_langs(&texts),
             texts,
+            media,
             quote: None,
             reply_control: None,
             visibility: None,
@@ -194,6 +199,7 @@ impl Plan {
         Plan {
             thread_key: format!("{}:{publish_id}", platform.as_str()),
             langs: guess_langs(&texts),
+            media: vec![Vec::new(); texts.len()],
             texts,
             quote: None,
             reply_control: None,
@@ -207,6 +213,7 @@ impl Plan {
         Plan {
             thread_key: format!("quote:{publish_id}"),
             langs: guess_langs(&texts),
+            media: vec![Vec::new()],
             texts,
             quote: Some(quoted),
             reply_control: None,
@@ -221,18 +228,24 @@ pub struct Held {
     account: Account,
     platform: Platform,
     plan: Plan,
+    /// Each post's media files.
+    media: Vec<Vec<FileMeta>>,
     start: usize,
     done: Vec<Out>,
 }
 
-/// Checks a plan against `account`'s platform before anything is held or sent: every post fits,
+/// Where a target starts: the first post to send, the posts already out, every post's media.
+type Start = (usize, Vec<Out>, Vec<Vec<FileMeta>>);
+
+/// Checks a plan against `account`'s platform before anything is held or sent: every post fits
+/// (its text, or no text beside media), its media are the user's and the platform takes them,
 /// the platform is one Tollgate publishes to, the thread has no post of unknown outcome. `Ok`:
 /// where to start and the posts already out (all of them: nothing to do).
 async fn prepare(
     state: &AppState,
     account: &Account,
     plan: &Plan,
-) -> Result<(usize, Vec<Out>), (&'static str, String)> {
+) -> Result<Start, (&'static str, String)> {
     let platform = Platform::parse(&account.platform).ok_or((
         "NOT_SUPPORTED",
         format!("unknown platform {}", account.platform),
@@ -249,9 +262,25 @@ async fn prepare(
         .and_then(|l| usize::try_from(l).ok())
         .filter(|l| *l > 0 && platform == Platform::Mastodon)
         .unwrap_or(platform.default_limit());
+    let mut files = Vec::with_capacity(plan.texts.len());
+    for k in 0..plan.texts.len() {
+        let ids = plan.media.get(k).map(Vec::as_slice).unwrap_or_default();
+        let found = super::media::resolve(state, account.user_id, "media", ids)
+            .await
+            .map_err(|e| ("INVALID_INPUT", e.to_string()))?;
+        let public = !state.config.publishing.public_url.is_empty();
+        super::media::check(platform, &found, public).map_err(|why| {
+            (
+                "INVALID_INPUT",
+                format!("post {k}: {why}; nothing was sent"),
+            )
+        })?;
+        files.push(found);
+    }
     for (k, t) in plan.texts.iter().enumerate() {
         let c = text::count(platform, t, limit);
-        if !c.valid {
+        let media_only = t.trim().is_empty() && !files[k].is_empty();
+        if !c.valid && !media_only {
             return Err((
                 "INVALID_INPUT",
                 format!(
@@ -275,7 +304,7 @@ async fn prepare(
         ));
     }
     let done: Vec<Out> = posts_out(&posts);
-    Ok((done.len().min(plan.texts.len()), done))
+    Ok((done.len().min(plan.texts.len()), done, files))
 }
 
 /// The leading run of published posts.
@@ -305,7 +334,7 @@ pub async fn hold(
 ) -> Result<Result<Held, Outcome>, ApiError> {
     let platform = Platform::parse(&account.platform).unwrap_or(Platform::X);
     let total = plan.texts.len();
-    let (start, done) = match prepare(state, &account, &plan).await {
+    let (start, done, media) = match prepare(state, &account, &plan).await {
         Ok(p) => p,
         Err((code, why)) => return Ok(Err(Outcome::refused(&account, platform, total, code, why))),
     };
@@ -357,6 +386,7 @@ pub async fn hold(
         account,
         platform,
         plan,
+        media,
         start,
         done,
     }))
@@ -370,6 +400,141 @@ fn refused(e: ReserveError, price: Micros) -> ApiError {
         },
         ReserveError::UserInactive => ApiError::Forbidden("the account is disabled".into()),
         ReserveError::Db(e) => e.into(),
+    }
+}
+
+/// A post's media as its platform names them once uploaded.
+enum Attached {
+    /// Media ids (X, Mastodon) or image URNs (LinkedIn).
+    Ids(Vec<String>),
+    /// Blob references (Bluesky).
+    Blobs(Vec<Value>),
+    /// Public URLs the platform fetches (Threads).
+    Urls(Vec<(Kind, String)>),
+}
+
+impl Attached {
+    fn ids(&self) -> &[String] {
+        match self {
+            Attached::Ids(ids) => ids,
+            _ => &[],
+        }
+    }
+}
+
+/// Uploads one post's media to the account's platform (before the post is recorded as
+/// attempted: an upload posts nothing, so any failure here is definite).
+async fn attach(
+    state: &AppState,
+    account: &Account,
+    platform: Platform,
+    files: &[FileMeta],
+) -> Result<Attached, (&'static str, String)> {
+    if files.is_empty() {
+        return Ok(Attached::Ids(Vec::new()));
+    }
+    if platform == Platform::Threads {
+        // Threads fetches them: signed URLs that outlive Meta's fetch.
+        let base = state.config.publishing.public_url.trim_end_matches('/');
+        let expires = crate::clock::now_ms() + crate::files::URL_TTL_MS;
+        let urls = files
+            .iter()
+            .map(|f| {
+                let path = crate::files::signed_path(&state.secrets, &f.id, expires);
+                let kind = super::media::kind(f).unwrap_or(Kind::Image);
+                (kind, format!("{base}{path}"))
+            })
+            .collect();
+        return Ok(Attached::Urls(urls));
+    }
+    let mut stale: Option<String> = None;
+    for _ in 0..2 {
+        let token = super::tokens::access_token(state, &account.id, stale.as_deref())
+            .await
+            .map_err(|e| (e.parts().2, e.to_string()))?;
+        match upload_all(state, account, platform, &token, files).await {
+            Ok(a) => return Ok(a),
+            Err(UploadError::Unauthorized) => stale = Some(token),
+            Err(UploadError::Failed(code, why)) => return Err((code, why)),
+        }
+    }
+    if platform == Platform::Mastodon {
+        let _ = db::social::set_status(&state.db, &account.id, "needs_reauth").await;
+    }
+    Err((
+        "TOKEN_EXPIRED",
+        format!(
+            "{} refused the token of {} while uploading media",
+            platform.as_str(),
+            account.username
+        ),
+    ))
+}
+
+async fn upload_all(
+    state: &AppState,
+    account: &Account,
+    platform: Platform,
+    token: &str,
+    files: &[FileMeta],
+) -> Result<Attached, UploadError> {
+    use super::platforms::{bluesky, linkedin, mastodon};
+    let http = &state.http;
+    let mut ids = Vec::with_capacity(files.len());
+    let mut blobs = Vec::new();
+    for f in files {
+        let data = crate::files::read(state.db.clone(), f);
+        match platform {
+            Platform::X => {
+                ids.push(x::upload_media(http, &state.config.social.x, token, f, data).await?)
+            }
+            Platform::Mastodon => {
+                let instance = account.instance.as_deref().unwrap_or_default();
+                ids.push(mastodon::upload_media(http, instance, token, f, data).await?);
+            }
+            Platform::LinkedIn => {
+                let app = &state.config.social.linkedin;
+                let person = &account.platform_uid;
+                ids.push(linkedin::upload_image(http, app, token, person, f, data).await?);
+            }
+            Platform::Bluesky => {
+                let bytes = crate::files::read_all(&state.db, f)
+                    .await
+                    .map_err(|e| UploadError::Failed("INTERNAL_ERROR", e.to_string()))?;
+                let service = bluesky_service(state, account);
+                blobs.push(
+                    bluesky::upload_blob(http, &service, token, &f.content_type, bytes).await?,
+                );
+            }
+            Platform::Threads => {}
+        }
+    }
+    Ok(if platform == Platform::Bluesky {
+        Attached::Blobs(blobs)
+    } else {
+        Attached::Ids(ids)
+    })
+}
+
+fn bluesky_service(state: &AppState, account: &Account) -> String {
+    account
+        .instance
+        .clone()
+        .unwrap_or_else(|| state.config.social.bluesky.default_service.clone())
+}
+
+/// The post a create call sends: its place in the plan, the posts out before it, its media.
+#[derive(Clone, Copy)]
+struct Next<'a> {
+    plan: &'a Plan,
+    position: usize,
+    done: &'a [Out],
+    attached: &'a Attached,
+}
+
+impl Next<'_> {
+    fn text(&self) -> &str {
+        &self.plan.texts[self.position]
     }
 }
 
@@ -387,6 +552,7 @@ pub async fn send(state: &AppState, h: Held) -> Outcome {
         account,
         platform,
         plan,
+        media,
         start,
         mut done,
     } = h;
@@ -394,6 +560,14 @@ pub async fn send(state: &AppState, h: Held) -> Outcome {
     let key = plan.thread_key.clone();
     for position in start..plan.texts.len() {
         let pos = position as i64;
+        let files = media.get(position).map(Vec::as_slice).unwrap_or_default();
+        let attached = match attach(state, &account, platform, files).await {
+            Ok(a) => a,
+            Err((code, why)) => {
+                ended = Some((Status::Failed, position, code, why));
+                break;
+            }
+        };
         // Bluesky dedupes by a record key, Mastodon by an Idempotency-Key: chosen now and kept
         // with the attempt.
         let rkey = match platform {
@@ -422,18 +596,24 @@ pub async fn send(state: &AppState, h: Held) -> Outcome {
                 break;
             }
         }
+        let post = Next {
+            plan: &plan,
+            position,
+            done: &done,
+            attached: &attached,
+        };
         let sent = match platform {
             Platform::Bluesky => {
                 let rkey = rkey.as_deref().unwrap_or_default();
-                send_bluesky(state, &account, &plan, position, &done, rkey).await
+                send_bluesky(state, &account, post, rkey).await
             }
             Platform::Mastodon => {
                 let key = rkey.as_deref().unwrap_or_default();
-                send_mastodon(state, &account, &plan, position, &done, key).await
+                send_mastodon(state, &account, post, key).await
             }
-            Platform::Threads => send_threads(state, &account, &plan, position, &done, &key).await,
-            Platform::LinkedIn => send_linkedin(state, &account, &plan, position).await,
-            _ => send_x(state, &account, &plan, position, &done).await,
+            Platform::Threads => send_threads(state, &account, post, &key).await,
+            Platform::LinkedIn => send_linkedin(state, &account, post).await,
+            Platform::X => send_x(state, &account, post).await,
         };
         match sent {
             Sent::Posted(out) => {
@@ -471,22 +651,16 @@ pub async fn send(state: &AppState, h: Held) -> Outcome {
 }
 
 /// One X post (a reply to the post before it; the plan's quote on the first).
-async fn send_x(
-    state: &AppState,
-    account: &Account,
-    plan: &Plan,
-    position: usize,
-    done: &[Out],
-) -> Sent {
+async fn send_x(state: &AppState, account: &Account, next: Next<'_>) -> Sent {
     let post = NewPost {
-        text: &plan.texts[position],
-        reply_to: done.last().map(|o| o.id.as_str()),
-        quote: if position == 0 {
-            plan.quote.as_deref()
+        text: next.text(),
+        reply_to: next.done.last().map(|o| o.id.as_str()),
+        quote: if next.position == 0 {
+            next.plan.quote.as_deref()
         } else {
             None
         },
-        media_ids: &[],
+        media_ids: next.attached.ids(),
     };
     let app = &state.config.social.x;
     let mut stale: Option<String> = None;
@@ -518,15 +692,14 @@ async fn send_x(
 async fn send_threads(
     state: &AppState,
     account: &Account,
-    plan: &Plan,
-    position: usize,
-    done: &[Out],
+    next: Next<'_>,
     thread_key: &str,
 ) -> Sent {
     use super::platforms::threads::{self, Step};
+    let (plan, position) = (next.plan, next.position);
     let app = &state.config.social.threads;
     let user = account.platform_uid.as_str();
-    let reply_to = done.last().map(|o| o.id.as_str());
+    let reply_to = next.done.last().map(|o| o.id.as_str());
     let posted = |id: String| {
         let url = threads::post_url(&account.username, &id);
         Sent::Posted(Out { id, cid: None, url })
@@ -538,9 +711,7 @@ async fn send_threads(
             Ok(t) => t,
             Err(e) => return Sent::Failed(e.parts().2, e.to_string()),
         };
-        let text = &plan.texts[position];
-        let made =
-            threads::create_container(&state.http, app, &token, user, text, reply_to, rc).await;
+        let made = threads_container(state, &token, user, next, reply_to, rc).await;
         let container = match made {
             Step::Done(id) => id,
             Step::Unauthorized => {
@@ -611,26 +782,111 @@ async fn send_threads(
     )
 }
 
+/// The container of one Threads post: text alone, one image or video, or a carousel of item
+/// containers; media containers are waited for until Threads has fetched them.
+async fn threads_container(
+    state: &AppState,
+    token: &str,
+    user: &str,
+    next: Next<'_>,
+    reply_to: Option<&str>,
+    reply_control: Option<&str>,
+) -> super::platforms::threads::Step {
+    use super::platforms::threads::{self, Container, Step};
+    let (http, app) = (&state.http, &state.config.social.threads);
+    let urls: &[(Kind, String)] = match next.attached {
+        Attached::Urls(u) => u,
+        _ => &[],
+    };
+    let text = Some(next.text()).filter(|t| !t.trim().is_empty());
+    fn media(kind: Kind, url: &str, item: bool) -> Container<'_> {
+        let video = kind == Kind::Video;
+        Container {
+            media_type: if video { "VIDEO" } else { "IMAGE" },
+            image_url: (!video).then_some(url),
+            video_url: video.then_some(url),
+            carousel_item: item,
+            ..Container::default()
+        }
+    }
+    let ready = |step: Step| async move {
+        let Step::Done(id) = step else { return step };
+        match threads::wait_ready(http, app, token, &id).await {
+            Ok(()) => Step::Done(id),
+            Err((code, reason)) => Step::Failed { code, reason },
+        }
+    };
+    let c = match urls {
+        [] => Container {
+            media_type: "TEXT",
+            text: Some(next.text()),
+            ..Container::default()
+        },
+        [(kind, url)] => Container {
+            text,
+            ..media(*kind, url, false)
+        },
+        many => {
+            let mut children = Vec::with_capacity(many.len());
+            for (kind, url) in many {
+                let item = media(*kind, url, true);
+                match ready(threads::create_container(http, app, token, user, &item).await).await {
+                    Step::Done(id) => children.push(id),
+                    // An item container is not a post: one lost in transit is not used.
+                    Step::Unknown(why) => {
+                        return Step::Failed {
+                            code: "PLATFORM_UNAVAILABLE",
+                            reason: format!("{why} (making a carousel item; nothing was posted)"),
+                        };
+                    }
+                    other => return other,
+                }
+            }
+            let children = children.join(",");
+            let c = Container {
+                media_type: "CAROUSEL",
+                text,
+                children: Some(&children),
+                reply_to,
+                reply_control,
+                ..Container::default()
+            };
+            return ready(threads::create_container(http, app, token, user, &c).await).await;
+        }
+    };
+    let c = Container {
+        reply_to,
+        reply_control,
+        ..c
+    };
+    let made = threads::create_container(http, app, token, user, &c).await;
+    if urls.is_empty() {
+        made
+    } else {
+        ready(made).await
+    }
+}
+
 /// One LinkedIn post (its commentary escaped). LinkedIn has no idempotency key: a lost answer
 /// is unconfirmed.
-async fn send_linkedin(state: &AppState, account: &Account, plan: &Plan, position: usize) -> Sent {
+async fn send_linkedin(state: &AppState, account: &Account, next: Next<'_>) -> Sent {
     use super::platforms::linkedin::{self, Created as L};
     let app = &state.config.social.linkedin;
-    let visibility = plan.visibility.as_deref().unwrap_or("PUBLIC");
+    let visibility = next.plan.visibility.as_deref().unwrap_or("PUBLIC");
     let mut stale: Option<String> = None;
     for _ in 0..2 {
         let token = match super::tokens::access_token(state, &account.id, stale.as_deref()).await {
             Ok(t) => t,
             Err(e) => return Sent::Failed(e.parts().2, e.to_string()),
         };
-        let text = &plan.texts[position];
         let created = linkedin::create_post(
             &state.http,
             app,
             &token,
             &account.platform_uid,
-            text,
+            next.text(),
             visibility,
+            next.attached.ids(),
             CREATE_TIMEOUT,
         )
         .await;
@@ -658,34 +914,27 @@ async fn send_linkedin(state: &AppState, account: &Account, plan: &Plan, positio
 /// One Mastodon status under `Idempotency-Key: key` (a reply to the one before). A lost answer
 /// is settled by sending the same request again: the instance answers a repeated key with the
 /// status it already made.
-async fn send_mastodon(
-    state: &AppState,
-    account: &Account,
-    plan: &Plan,
-    position: usize,
-    done: &[Out],
-    key: &str,
-) -> Sent {
+async fn send_mastodon(state: &AppState, account: &Account, next: Next<'_>, key: &str) -> Sent {
     use super::platforms::mastodon::{self, Created as M};
     let instance = account.instance.clone().unwrap_or_default();
     let token = match super::tokens::access_token(state, &account.id, None).await {
         Ok(t) => t,
         Err(e) => return Sent::Failed(e.parts().2, e.to_string()),
     };
-    let reply_to = done.last().map(|o| o.id.as_str());
-    let language = plan.langs.first().map(String::as_str);
+    let reply_to = next.done.last().map(|o| o.id.as_str());
+    let language = next.plan.langs.first().map(String::as_str);
     let mut last = String::new();
     for _ in 0..3 {
-        let text = &plan.texts[position];
         match mastodon::create_status(
             &state.http,
             &instance,
             &token,
             key,
             mastodon::NewStatus {
-                text,
+                text: next.text(),
                 in_reply_to: reply_to,
                 language,
+                media_ids: next.attached.ids(),
             },
             CREATE_TIMEOUT,
         )
@@ -710,19 +959,10 @@ async fn send_mastodon(
 
 /// One Bluesky post under record key `rkey` (a reply to the thread's root and to the post
 /// before). An answer lost in transit is settled by reading the key back.
-async fn send_bluesky(
-    state: &AppState,
-    account: &Account,
-    plan: &Plan,
-    position: usize,
-    done: &[Out],
-    rkey: &str,
-) -> Sent {
+async fn send_bluesky(state: &AppState, account: &Account, next: Next<'_>, rkey: &str) -> Sent {
     use super::platforms::bluesky::{self, Ref};
-    let service = account
-        .instance
-        .clone()
-        .unwrap_or_else(|| state.config.social.bluesky.default_service.clone());
+    let service = bluesky_service(state, account);
+    let done = next.done;
     let as_ref = |o: &Out| Ref {
         uri: o.id.clone(),
         cid: o.cid.clone().unwrap_or_default(),
@@ -731,7 +971,11 @@ async fn send_bluesky(
     let created_at = crate::routes::admin::iso(crate::clock::now_ms());
     let created_at = created_at.as_str().unwrap_or("1970-01-01T00:00:00Z");
     let reply = root.as_ref().zip(parent.as_ref());
-    let record = bluesky::post_record(&plan.texts[position], &plan.langs, reply, created_at);
+    let images = match next.attached {
+        Attached::Blobs(b) => b.as_slice(),
+        _ => &[],
+    };
+    let record = bluesky::post_record(next.text(), &next.plan.langs, reply, images, created_at);
     let did = account.platform_uid.as_str();
     let posted = |r: Ref| {
         let url = bluesky::post_url(&account.username, &r.uri);

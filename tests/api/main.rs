@@ -16,6 +16,7 @@ mod features;
 mod hardening;
 mod ledger;
 mod limits;
+mod media;
 mod ops;
 mod properties;
 mod providers;

@@ -2,9 +2,11 @@
 //! the handle and an app password, then `refreshSession` with the rotating `refreshJwt` (never a
 //! login per post: the login limits are strict); posts are `app.bsky.feed.post` records made
 //! with `com.atproto.repo.createRecord` under a record key chosen before the call, so an
-//! outcome lost in transit is settled by reading that key back (`getRecord`).
+//! outcome lost in transit is settled by reading that key back (`getRecord`); images go up
+//! first as blobs (`uploadBlob`) and are embedded (`app.bsky.embed.images`).
 //! Lexicons: <https://github.com/bluesky-social/atproto/tree/main/lexicons>.
 
+use crate::social::media::{self, UploadError};
 use crate::social::oauth::{CALL_TIMEOUT, TokenError, Tokens};
 use crate::social::text;
 use base64::Engine;
@@ -161,12 +163,44 @@ pub struct Ref {
     pub cid: String,
 }
 
-/// An `app.bsky.feed.post` record: text with link facets (UTF-8 byte offsets), languages, and
-/// the thread's root and parent when it is a reply.
+/// `com.atproto.repo.uploadBlob` of one image: the blob reference a record embeds (unused
+/// blobs are dropped by the PDS after a while, so an upload posts nothing).
+pub async fn upload_blob(
+    http: &reqwest::Client,
+    service: &str,
+    access: &str,
+    content_type: &str,
+    data: Vec<u8>,
+) -> Result<Value, UploadError> {
+    let sent = call(
+        http.post(xrpc(service, "com.atproto.repo.uploadBlob"))
+            .bearer_auth(access)
+            .header("content-type", content_type)
+            .body(data),
+    )
+    .await;
+    let (status, v) = sent.map_err(|e| {
+        UploadError::Failed("PLATFORM_UNAVAILABLE", format!("Bluesky uploadBlob: {e}"))
+    })?;
+    let (error, message) = error_of(&v, status);
+    match status {
+        200 if v["blob"].is_object() => Ok(v["blob"].clone()),
+        400 if error == "ExpiredToken" || error == "InvalidToken" => Err(UploadError::Unauthorized),
+        _ => Err(media::refused(
+            status,
+            "Bluesky",
+            &format!("{error}: {message}"),
+        )),
+    }
+}
+
+/// An `app.bsky.feed.post` record: text with link facets (UTF-8 byte offsets), languages, the
+/// thread's root and parent when it is a reply, and its images (blob references) embedded.
 pub fn post_record(
     text_: &str,
     langs: &[String],
     reply: Option<(&Ref, &Ref)>,
+    images: &[Value],
     created_at: &str,
 ) -> Value {
     let facets: Vec<Value> = text::find_urls(text_)
@@ -194,6 +228,13 @@ pub fn post_record(
     if let Some((root, parent)) = reply {
         record["reply"] = json!({"root": {"uri": root.uri, "cid": root.cid},
                                  "parent": {"uri": parent.uri, "cid": parent.cid}});
+    }
+    if !images.is_empty() {
+        let images: Vec<Value> = images
+            .iter()
+            .map(|blob| json!({"image": blob, "alt": ""}))
+            .collect();
+        record["embed"] = json!({"$type": "app.bsky.embed.images", "images": images});
     }
     record
 }
@@ -318,6 +359,7 @@ mod tests {
             "看 https://example.com 吧",
             &["zh".into()],
             None,
+            &[],
             "2026-01-01T00:00:00Z",
         );
         let f = &r["facets"][0];
@@ -329,8 +371,19 @@ mod tests {
             uri: format!("at://did:plc:x/app.bsky.feed.post/{tid}"),
             cid: "c1".into(),
         };
-        let reply = post_record("re", &[], Some((&root, &root)), "2026-01-01T00:00:00Z");
+        let blob =
+            json!({"$type": "blob", "ref": {"$link": "bafk"}, "mimeType": "image/png", "size": 3});
+        let reply = post_record(
+            "re",
+            &[],
+            Some((&root, &root)),
+            std::slice::from_ref(&blob),
+            "2026-01-01T00:00:00Z",
+        );
         assert_eq!(reply["reply"]["parent"]["cid"], "c1");
+        assert_eq!(reply["embed"]["$type"], "app.bsky.embed.images");
+        assert_eq!(reply["embed"]["images"][0]["image"], blob);
+        assert_eq!(reply["embed"]["images"][0]["alt"], "");
         assert_eq!(
             post_url("me.bsky.social", &root.uri),
             "https://bsky.app/profile/me.bsky.social/post/3kabc"

@@ -2,10 +2,12 @@
 //! secret in the form), the member from `/v2/userinfo` (`sub` → `urn:li:person:{sub}`), and
 //! posts through `POST /rest/posts` (201, the post's URN in `x-restli-id`). Its "little" text
 //! format truncates silently at an unescaped reserved character, so the commentary is escaped.
-//! LinkedIn has no idempotency key: a lost answer is reported as unconfirmed.
+//! LinkedIn has no idempotency key: a lost answer is reported as unconfirmed. Images go up
+//! first (`/rest/images?action=initializeUpload`, then one `PUT`) and are named by URN.
 //! Spec: <https://learn.microsoft.com/linkedin/marketing/community-management/shares/posts-api>.
 
 use crate::config::OAuthApp;
+use crate::social::media::{self, UploadError};
 use crate::social::oauth::{self, CALL_TIMEOUT, TokenError, Tokens};
 use serde_json::{Value, json};
 use std::time::Duration;
@@ -94,7 +96,70 @@ pub enum Created {
     Unknown(String),
 }
 
-/// `POST /rest/posts` as the member `person` (its `sub`).
+/// Uploads one image owned by the member `person`: `initializeUpload`, then the bytes in one
+/// `PUT` to the upload URL LinkedIn gives (streamed): the image's URN. An image is not a post.
+pub async fn upload_image(
+    http: &reqwest::Client,
+    app: &OAuthApp,
+    token: &str,
+    person: &str,
+    file: &crate::db::files::FileMeta,
+    data: futures_util::stream::BoxStream<'static, Result<bytes::Bytes, std::io::Error>>,
+) -> Result<String, UploadError> {
+    let init = json!({"initializeUploadRequest": {"owner": format!("urn:li:person:{person}")}});
+    let failed =
+        |e: String| UploadError::Failed("PLATFORM_UNAVAILABLE", format!("LinkedIn images: {e}"));
+    let resp = http
+        .post(format!(
+            "{}/rest/images?action=initializeUpload",
+            app.api_base.trim_end_matches('/')
+        ))
+        .bearer_auth(token)
+        .header("linkedin-version", &app.version)
+        .header("x-restli-protocol-version", "2.0.0")
+        .header("content-type", "application/json")
+        .body(init.to_string())
+        .timeout(CALL_TIMEOUT)
+        .send()
+        .await
+        .map_err(|e| failed(e.to_string()))?;
+    let status = resp.status().as_u16();
+    let body = resp.bytes().await.map_err(|e| failed(e.to_string()))?;
+    let v: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    let (upload_url, urn) = match (
+        status,
+        v["value"]["uploadUrl"].as_str(),
+        v["value"]["image"].as_str(),
+    ) {
+        (200..=299, Some(u), Some(i)) => (u.to_owned(), i.to_owned()),
+        _ => {
+            let message = v["message"].as_str().unwrap_or("no detail");
+            return Err(media::refused(status, "LinkedIn", message));
+        }
+    };
+    let resp = http
+        .put(&upload_url)
+        .bearer_auth(token)
+        .header("content-type", &file.content_type)
+        .header("content-length", file.size_bytes.to_string())
+        .body(reqwest::Body::wrap_stream(data))
+        .timeout(Duration::from_secs(300))
+        .send()
+        .await
+        .map_err(|e| failed(e.to_string()))?;
+    let status = resp.status().as_u16();
+    if !(200..=299).contains(&status) {
+        return Err(media::refused(
+            status,
+            "LinkedIn",
+            "the image upload was refused",
+        ));
+    }
+    Ok(urn)
+}
+
+/// `POST /rest/posts` as the member `person` (its `sub`), with `images` (URNs) as its media.
+#[allow(clippy::too_many_arguments)]
 pub async fn create_post(
     http: &reqwest::Client,
     app: &OAuthApp,
@@ -102,9 +167,10 @@ pub async fn create_post(
     person: &str,
     text: &str,
     visibility: &str,
+    images: &[String],
     timeout: Duration,
 ) -> Created {
-    let body = json!({
+    let mut body = json!({
         "author": format!("urn:li:person:{person}"),
         "commentary": escape(text),
         "visibility": visibility,
@@ -112,6 +178,14 @@ pub async fn create_post(
         "lifecycleState": "PUBLISHED",
         "isReshareDisabledByAuthor": false,
     });
+    match images {
+        [] => {}
+        [one] => body["content"] = json!({"media": {"id": one}}),
+        many => {
+            let images: Vec<Value> = many.iter().map(|id| json!({"id": id})).collect();
+            body["content"] = json!({"multiImage": {"images": images}});
+        }
+    }
     let sent = http
         .post(format!("{}/rest/posts", app.api_base.trim_end_matches('/')))
         .bearer_auth(token)

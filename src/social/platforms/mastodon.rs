@@ -3,9 +3,11 @@
 //! user is (`/api/v1/accounts/verify_credentials`), the instance's limits (`/api/v2/instance`),
 //! and statuses (`POST /api/v1/statuses`) sent with an `Idempotency-Key` chosen before the call:
 //! the instance answers a repeat within an hour with the status it already made, so a lost
-//! answer is settled by sending the same request again.
+//! answer is settled by sending the same request again. Attachments go up first
+//! (`POST /api/v2/media`) and are waited for until processed.
 //! Spec: <https://docs.joinmastodon.org/methods/statuses/#create>.
 
+use crate::social::media::{self, UploadError};
 use crate::social::oauth::{CALL_TIMEOUT, TokenError, Tokens};
 use serde_json::{Value, json};
 use std::time::Duration;
@@ -155,6 +157,59 @@ pub struct NewStatus<'a> {
     pub text: &'a str,
     pub in_reply_to: Option<&'a str>,
     pub language: Option<&'a str>,
+    /// Attachments already processed by the instance.
+    pub media_ids: &'a [String],
+}
+
+/// Uploads one attachment (`POST /api/v2/media`, the file streamed as multipart) and waits
+/// until the instance has processed it (a 202 is polled at `GET /api/v1/media/:id`: 206 while
+/// processing, 200 when ready): its id. An attachment is not a post.
+pub async fn upload_media(
+    http: &reqwest::Client,
+    instance: &str,
+    token: &str,
+    file: &crate::db::files::FileMeta,
+    data: futures_util::stream::BoxStream<'static, Result<bytes::Bytes, std::io::Error>>,
+) -> Result<String, UploadError> {
+    let (ct, body) = media::multipart(&[], "file", &file.id, &file.content_type, data);
+    let sent = http
+        .post(api(instance, "/api/v2/media"))
+        .bearer_auth(token)
+        .header("content-type", ct)
+        .body(body)
+        .timeout(Duration::from_secs(300))
+        .send()
+        .await;
+    let failed =
+        |e: String| UploadError::Failed("PLATFORM_UNAVAILABLE", format!("{instance}: {e}"));
+    let resp = sent.map_err(|e| failed(e.to_string()))?;
+    let status = resp.status().as_u16();
+    let body = resp.bytes().await.map_err(|e| failed(e.to_string()))?;
+    let v: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    let detail = |v: &Value| v["error"].as_str().unwrap_or("no detail").to_owned();
+    let id = match (status, v["id"].as_str()) {
+        (200 | 202, Some(id)) => id.to_owned(),
+        (403, _) => return Err(UploadError::Unauthorized),
+        _ => return Err(media::refused(status, instance, &detail(&v))),
+    };
+    if status == 200 {
+        return Ok(id);
+    }
+    for _ in 0..300 {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let (status, v) = call(
+            http.get(api(instance, &format!("/api/v1/media/{id}")))
+                .bearer_auth(token),
+        )
+        .await
+        .map_err(failed)?;
+        match status {
+            200 => return Ok(id),
+            206 => continue,
+            _ => return Err(media::refused(status, instance, &detail(&v))),
+        }
+    }
+    Err(failed(format!("attachment {id} was still being processed")))
 }
 
 /// `POST /api/v1/statuses` under `Idempotency-Key: key`.
@@ -172,6 +227,9 @@ pub async fn create_status(
     }
     if let Some(l) = status.language {
         body["language"] = json!(l);
+    }
+    if !status.media_ids.is_empty() {
+        body["media_ids"] = json!(status.media_ids);
     }
     let sent = http
         .post(api(instance, "/api/v1/statuses"))

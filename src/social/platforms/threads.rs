@@ -2,7 +2,9 @@
 //! (`th_exchange_token`), refreshed ahead of its end (`th_refresh_token`); a post is a container
 //! (`POST /{user}/threads`, harmless until published) then `POST /{user}/threads_publish`; the
 //! container's id is stored before the publish call, so a lost answer is settled by reading the
-//! container's status (`PUBLISHED`: out; `FINISHED`: safe to publish again).
+//! container's status (`PUBLISHED`: out; `FINISHED`: safe to publish again). Media go by
+//! public URL (Threads fetches them: Tollgate's signed file URLs), one `IMAGE` or `VIDEO`
+//! container, or a `CAROUSEL` of item containers, each waited for until `FINISHED`.
 //! Spec: <https://developers.facebook.com/docs/threads/posts>.
 
 use crate::config::OAuthApp;
@@ -182,26 +184,42 @@ async fn id_step(sent: Result<reqwest::Response, reqwest::Error>) -> Step {
     }
 }
 
-/// Makes a text container (a reply when `reply_to` is set): its id. Nothing is public yet.
+/// What one container holds: text, an image or a video by public URL, a carousel of item
+/// containers; a reply when `reply_to` is set.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Container<'a> {
+    /// `TEXT`, `IMAGE`, `VIDEO` or `CAROUSEL`.
+    pub media_type: &'a str,
+    pub text: Option<&'a str>,
+    pub image_url: Option<&'a str>,
+    pub video_url: Option<&'a str>,
+    pub carousel_item: bool,
+    /// A carousel's item containers, comma-separated.
+    pub children: Option<&'a str>,
+    pub reply_to: Option<&'a str>,
+    pub reply_control: Option<&'a str>,
+}
+
+/// Makes a container: its id. Nothing is public until it is published.
 pub async fn create_container(
     http: &reqwest::Client,
     app: &OAuthApp,
     token: &str,
     user: &str,
-    text: &str,
-    reply_to: Option<&str>,
-    reply_control: Option<&str>,
+    c: &Container<'_>,
 ) -> Step {
-    let mut form = vec![
-        ("media_type", "TEXT"),
-        ("text", text),
-        ("access_token", token),
+    let mut form = vec![("media_type", c.media_type), ("access_token", token)];
+    let optional = [
+        ("text", c.text),
+        ("image_url", c.image_url),
+        ("video_url", c.video_url),
+        ("children", c.children),
+        ("reply_to_id", c.reply_to),
+        ("reply_control", c.reply_control),
     ];
-    if let Some(id) = reply_to {
-        form.push(("reply_to_id", id));
-    }
-    if let Some(rc) = reply_control {
-        form.push(("reply_control", rc));
+    form.extend(optional.into_iter().filter_map(|(k, v)| v.map(|v| (k, v))));
+    if c.carousel_item {
+        form.push(("is_carousel_item", "true"));
     }
     let body = url::form_urlencoded::Serializer::new(String::new())
         .extend_pairs(&form)
@@ -214,6 +232,35 @@ pub async fn create_container(
         .send()
         .await;
     id_step(sent).await
+}
+
+/// Waits until Threads has fetched and processed a media container (`FINISHED`); a container
+/// in `ERROR` or `EXPIRED` is a definite failure (nothing was posted).
+pub async fn wait_ready(
+    http: &reqwest::Client,
+    app: &OAuthApp,
+    token: &str,
+    container: &str,
+) -> Result<(), (&'static str, String)> {
+    let mut last = String::new();
+    for _ in 0..300 {
+        match container_status(http, app, token, container).await {
+            Ok((s, _)) if s == "FINISHED" => return Ok(()),
+            Ok((s, _)) if s == "IN_PROGRESS" => last = s,
+            Ok((s, _)) => {
+                return Err((
+                    "INVALID_INPUT",
+                    format!("Threads could not take the media of container {container}: {s}"),
+                ));
+            }
+            Err(e) => last = e,
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    Err((
+        "PLATFORM_UNAVAILABLE",
+        format!("container {container} was not ready in time ({last})"),
+    ))
 }
 
 /// Publishes a container: the post's media id.

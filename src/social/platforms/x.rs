@@ -1,11 +1,12 @@
 //! X (Twitter) API v2: OAuth 2.0 Authorization Code with PKCE as a confidential client (HTTP
 //! Basic on the token endpoint), rotating refresh tokens (`offline.access`), the user lookup
-//! `GET /2/users/me`, revocation.
+//! `GET /2/users/me`, revocation, posts (`POST /2/tweets`) and the chunked media upload.
 //! Spec: <https://docs.x.com/fundamentals/authentication/oauth-2-0/user-access-token>.
 
 use crate::config::OAuthApp;
+use crate::social::media::{self, Kind, UploadError};
 use crate::social::oauth::{self, TokenError, Tokens};
-use serde_json::Value;
+use serde_json::{Value, json};
 
 /// The authorize URL (scopes space-separated, PKCE S256).
 pub fn authorize_url(app: &OAuthApp, state: &str, verifier: &str) -> String {
@@ -137,15 +138,19 @@ pub async fn create_post(
     post: &NewPost<'_>,
     timeout: std::time::Duration,
 ) -> Created {
-    let mut body = serde_json::json!({"text": post.text});
+    // A post with media may have no text.
+    let mut body = json!({});
+    if !post.text.is_empty() || post.media_ids.is_empty() {
+        body["text"] = json!(post.text);
+    }
     if let Some(id) = post.reply_to {
-        body["reply"] = serde_json::json!({"in_reply_to_tweet_id": id});
+        body["reply"] = json!({"in_reply_to_tweet_id": id});
     }
     if let Some(id) = post.quote {
-        body["quote_tweet_id"] = serde_json::json!(id);
+        body["quote_tweet_id"] = json!(id);
     }
     if !post.media_ids.is_empty() {
-        body["media"] = serde_json::json!({"media_ids": post.media_ids});
+        body["media"] = json!({"media_ids": post.media_ids});
     }
     let url = format!("{}/2/tweets", app.api_base.trim_end_matches('/'));
     let sent = http
@@ -166,14 +171,7 @@ pub async fn create_post(
         }
         super::Answer::Lost(why) => return Created::Unknown(why),
     };
-    let detail = || {
-        v["detail"]
-            .as_str()
-            .or(v["title"].as_str())
-            .or(v["errors"][0]["message"].as_str())
-            .unwrap_or("no detail")
-            .to_owned()
-    };
+    let detail = || detail(&v);
     match status {
         200..=299 => match v["data"]["id"].as_str() {
             Some(id) => Created::Posted { id: id.to_owned() },
@@ -194,6 +192,117 @@ pub async fn create_post(
         },
         _ => Created::Unknown(format!("X answered {status}: {}", detail())),
     }
+}
+
+/// Uploads one media file through X's chunked upload (`initialize`, one `append` per stored
+/// chunk of at most 1 MiB, `finalize`), then waits while X processes it (`STATUS`, honouring
+/// `check_after_secs`): its media id. An upload posts nothing, so every failure is definite.
+pub async fn upload_media(
+    http: &reqwest::Client,
+    app: &OAuthApp,
+    token: &str,
+    file: &crate::db::files::FileMeta,
+    mut data: futures_util::stream::BoxStream<'static, Result<bytes::Bytes, std::io::Error>>,
+) -> Result<String, UploadError> {
+    use futures_util::StreamExt;
+    let base = format!("{}/2/media/upload", app.api_base.trim_end_matches('/'));
+    let category = match Kind::of(&file.content_type) {
+        Some(Kind::Gif) => "tweet_gif",
+        Some(Kind::Video) => "tweet_video",
+        _ => "tweet_image",
+    };
+    let init = json!({"media_type": file.content_type, "total_bytes": file.size_bytes, "media_category": category});
+    let req = http
+        .post(format!("{base}/initialize"))
+        .bearer_auth(token)
+        .header("content-type", "application/json")
+        .body(init.to_string());
+    let (status, v) = media_call(req).await?;
+    let id = match (status, v["data"]["id"].as_str()) {
+        (200..=299, Some(id)) => id.to_owned(),
+        _ => return Err(media::refused(status, "X", &detail(&v))),
+    };
+    let mut segment = 0usize;
+    while let Some(part) = data.next().await {
+        let part = part.map_err(|e| UploadError::Failed("INTERNAL_ERROR", e.to_string()))?;
+        let index = segment.to_string();
+        let one = futures_util::stream::once(async move { Ok(part) }).boxed();
+        let (ct, body) = media::multipart(
+            &[("segment_index", &index)],
+            "media",
+            "media",
+            "application/octet-stream",
+            one,
+        );
+        let req = http
+            .post(format!("{base}/{id}/append"))
+            .bearer_auth(token)
+            .header("content-type", ct)
+            .body(body);
+        let (status, v) = media_call(req).await?;
+        if !(200..=299).contains(&status) {
+            return Err(media::refused(status, "X", &detail(&v)));
+        }
+        segment += 1;
+    }
+    let (status, v) = media_call(
+        http.post(format!("{base}/{id}/finalize"))
+            .bearer_auth(token),
+    )
+    .await?;
+    if !(200..=299).contains(&status) {
+        return Err(media::refused(status, "X", &detail(&v)));
+    }
+    let mut info = v["data"]["processing_info"].clone();
+    for _ in 0..120 {
+        match info["state"].as_str() {
+            None | Some("succeeded") => return Ok(id),
+            Some("failed") => {
+                let why = info["error"]["message"].as_str().unwrap_or("no detail");
+                return Err(UploadError::Failed(
+                    "INVALID_INPUT",
+                    format!("X could not process the media: {why}"),
+                ));
+            }
+            Some(_) => {}
+        }
+        let wait = info["check_after_secs"].as_u64().unwrap_or(1).clamp(1, 10);
+        tokio::time::sleep(std::time::Duration::from_secs(wait)).await;
+        let url = format!("{base}?command=STATUS&media_id={id}");
+        let (status, v) = media_call(http.get(url).bearer_auth(token)).await?;
+        if !(200..=299).contains(&status) {
+            return Err(media::refused(status, "X", &detail(&v)));
+        }
+        info = v["data"]["processing_info"].clone();
+    }
+    Err(UploadError::Failed(
+        "PLATFORM_UNAVAILABLE",
+        format!("X was still processing media {id}"),
+    ))
+}
+
+fn detail(v: &Value) -> String {
+    v["detail"]
+        .as_str()
+        .or(v["title"].as_str())
+        .or(v["errors"][0]["message"].as_str())
+        .unwrap_or("no detail")
+        .to_owned()
+}
+
+/// One media call: its status and JSON body; a transport failure is definite (nothing posted).
+async fn media_call(req: reqwest::RequestBuilder) -> Result<(u16, Value), UploadError> {
+    let resp = req
+        .timeout(std::time::Duration::from_secs(120))
+        .send()
+        .await
+        .map_err(|e| UploadError::Failed("PLATFORM_UNAVAILABLE", format!("X media upload: {e}")))?;
+    let status = resp.status().as_u16();
+    let body = resp
+        .bytes()
+        .await
+        .map_err(|e| UploadError::Failed("PLATFORM_UNAVAILABLE", format!("X media upload: {e}")))?;
+    Ok((status, serde_json::from_slice(&body).unwrap_or(Value::Null)))
 }
 
 /// A post's public URL.

@@ -37,6 +37,8 @@ pub struct FakeBluesky {
     pub logins: AtomicUsize,
     pub refreshes: AtomicUsize,
     pub creates: AtomicUsize,
+    /// Uploaded blobs: CID link → (mime type, size).
+    pub blobs: Mutex<HashMap<String, (String, usize)>>,
     /// Access token → expiry (unix seconds).
     access: Mutex<HashMap<String, i64>>,
     /// Refresh token → spent.
@@ -154,6 +156,46 @@ async fn refresh_session(State(f): State<Arc<FakeBluesky>>, headers: HeaderMap) 
     }
 }
 
+/// `uploadBlob`: the raw bytes, at most 2,000,000 for an image, typed by `Content-Type`.
+async fn upload_blob(
+    State(f): State<Arc<FakeBluesky>>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    if let Some(e) = f.check_access(&headers) {
+        return e;
+    }
+    let mime = headers
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    if !mime.starts_with("image/") || body.is_empty() {
+        return xrpc_error(
+            StatusCode::BAD_REQUEST,
+            "InvalidRequest",
+            "an image is expected",
+        );
+    }
+    if body.len() > 2_000_000 {
+        return xrpc_error(
+            StatusCode::BAD_REQUEST,
+            "BlobTooLarge",
+            "This file is too large",
+        );
+    }
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(&body);
+    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+    let link = format!("bafkrei{}", &hex[..40]);
+    f.blobs
+        .lock()
+        .expect("lock")
+        .insert(link.clone(), (mime.clone(), body.len()));
+    Json(json!({"blob": {"$type": "blob", "ref": {"$link": link}, "mimeType": mime, "size": body.len()}}))
+        .into_response()
+}
+
 async fn create_record(
     State(f): State<Arc<FakeBluesky>>,
     headers: HeaderMap,
@@ -178,6 +220,32 @@ async fn create_record(
             "InvalidRequest",
             "Invalid app.bsky.feed.post record",
         );
+    }
+    if !record["embed"].is_null() {
+        let images = record["embed"]["images"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        let blobs = f.blobs.lock().expect("lock");
+        let known = |img: &Value| {
+            let link = img["image"]["ref"]["$link"].as_str().unwrap_or_default();
+            img["alt"].is_string()
+                && img["image"]["$type"] == "blob"
+                && blobs.get(link).is_some_and(|(mime, size)| {
+                    img["image"]["mimeType"] == mime.as_str() && img["image"]["size"] == *size
+                })
+        };
+        if record["embed"]["$type"] != "app.bsky.embed.images"
+            || images.is_empty()
+            || images.len() > 4
+            || !images.iter().all(known)
+        {
+            return xrpc_error(
+                StatusCode::BAD_REQUEST,
+                "InvalidRequest",
+                "Invalid app.bsky.embed.images: unknown blob or more than 4 images",
+            );
+        }
     }
     let fault = f.faults.lock().expect("lock").pop_front().flatten();
     match fault {
@@ -281,7 +349,9 @@ pub async fn start_fake_bluesky() -> (Arc<FakeBluesky>, String) {
             post(refresh_session),
         )
         .route("/xrpc/com.atproto.repo.createRecord", post(create_record))
+        .route("/xrpc/com.atproto.repo.uploadBlob", post(upload_blob))
         .route("/xrpc/com.atproto.repo.getRecord", get(get_record))
+        .layer(axum::extract::DefaultBodyLimit::max(1 << 30))
         .with_state(Arc::clone(&fake));
     let base = super::serve_fake(app).await;
     (fake, base.trim_end_matches("/v1").to_owned())

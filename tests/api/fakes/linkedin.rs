@@ -28,11 +28,17 @@ pub struct Post {
     pub author: String,
     pub text: String,
     pub visibility: String,
+    /// The image URNs of its content (`media` or `multiImage`).
+    pub images: Vec<String>,
 }
 
 #[derive(Default)]
 pub struct FakeLinkedIn {
     pub posts: Mutex<Vec<Post>>,
+    /// The fake's root, for the upload URLs it hands out.
+    pub base: Mutex<String>,
+    /// Image URN → (owner, the bytes uploaded: `None` until the PUT).
+    pub images: Mutex<HashMap<String, (String, Option<usize>)>>,
     pub faults: Mutex<std::collections::VecDeque<Option<Fault>>>,
     tokens: Mutex<Vec<String>>,
     counter: AtomicUsize,
@@ -109,6 +115,64 @@ async fn userinfo(State(f): State<Arc<FakeLinkedIn>>, headers: HeaderMap) -> Res
         .into_response()
 }
 
+/// `POST /rest/images?action=initializeUpload`: an image URN and the URL its bytes go to.
+async fn initialize_upload(
+    State(f): State<Arc<FakeLinkedIn>>,
+    Query(q): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+    Json(body): Json<Value>,
+) -> Response {
+    if !authorized(&f, &headers) {
+        return (
+            StatusCode::UNAUTHORIZED,
+            Json(json!({"status": 401, "message": "Invalid access token"})),
+        )
+            .into_response();
+    }
+    let owner = body["initializeUploadRequest"]["owner"]
+        .as_str()
+        .unwrap_or_default();
+    if q.get("action").map(String::as_str) != Some("initializeUpload")
+        || owner != format!("urn:li:person:{SUB}")
+    {
+        return (
+            StatusCode::BAD_REQUEST,
+            Json(json!({"status": 400, "code": "ILLEGAL_ARGUMENT", "message": "initializeUploadRequest.owner"})),
+        )
+            .into_response();
+    }
+    let n = f.counter.fetch_add(1, Ordering::SeqCst);
+    let urn = format!("urn:li:image:C4E10AQ{n}");
+    f.images
+        .lock()
+        .expect("lock")
+        .insert(urn.clone(), (owner.to_owned(), None));
+    let base = f.base.lock().expect("lock").clone();
+    Json(json!({"value": {"uploadUrlExpiresAt": 1_900_000_000_000i64,
+        "uploadUrl": format!("{base}/upload/{n}"), "image": urn}}))
+    .into_response()
+}
+
+/// The `PUT` of an image's bytes to its upload URL.
+async fn put_image(
+    State(f): State<Arc<FakeLinkedIn>>,
+    axum::extract::Path(n): axum::extract::Path<String>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    if !authorized(&f, &headers) {
+        return StatusCode::UNAUTHORIZED.into_response();
+    }
+    let urn = format!("urn:li:image:C4E10AQ{n}");
+    match f.images.lock().expect("lock").get_mut(&urn) {
+        Some(entry) if !body.is_empty() => {
+            entry.1 = Some(body.len());
+            StatusCode::CREATED.into_response()
+        }
+        _ => StatusCode::BAD_REQUEST.into_response(),
+    }
+}
+
 async fn posts(
     State(f): State<Arc<FakeLinkedIn>>,
     headers: HeaderMap,
@@ -145,6 +209,40 @@ async fn posts(
         )
             .into_response();
     }
+    let images: Vec<String> = if !body["content"]["media"].is_null() {
+        vec![
+            body["content"]["media"]["id"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned(),
+        ]
+    } else {
+        body["content"]["multiImage"]["images"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .map(|i| i["id"].as_str().unwrap_or_default().to_owned())
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    {
+        let known = f.images.lock().expect("lock");
+        let multi = !body["content"]["multiImage"].is_null();
+        let bad = images.iter().any(|urn| {
+            !known
+                .get(urn)
+                .is_some_and(|(owner, got)| *owner == body["author"] && got.is_some())
+        }) || (multi && !(2..=20).contains(&images.len()));
+        if bad {
+            return (
+                StatusCode::BAD_REQUEST,
+                Json(json!({"status": 400, "code": "INVALID_CONTENT_OWNERSHIP",
+                "message": "the content's image is unknown, not uploaded, or not owned by the author"})),
+            )
+                .into_response();
+        }
+    }
     let fault = f.faults.lock().expect("lock").pop_front().flatten();
     match fault {
         Some(Fault::RateLimited) => {
@@ -174,6 +272,7 @@ async fn posts(
             author: body["author"].as_str().unwrap_or_default().to_owned(),
             text: kept(body["commentary"].as_str().unwrap_or_default()),
             visibility: body["visibility"].as_str().unwrap_or_default().to_owned(),
+            images,
         });
         urn
     };
@@ -196,10 +295,14 @@ pub async fn start_fake_linkedin() -> (Arc<FakeLinkedIn>, String) {
         .route("/oauth/v2/accessToken", post(token))
         .route("/v2/userinfo", get(userinfo))
         .route("/rest/posts", post(posts))
+        .route("/rest/images", post(initialize_upload))
+        .route("/upload/{n}", axum::routing::put(put_image))
+        .layer(axum::extract::DefaultBodyLimit::max(1 << 30))
         .with_state(Arc::clone(&fake));
     let base = super::serve_fake(app)
         .await
         .trim_end_matches("/v1")
         .to_owned();
+    *fake.base.lock().expect("lock") = base.clone();
     (fake, base)
 }

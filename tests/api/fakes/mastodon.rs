@@ -24,6 +24,15 @@ pub struct Status {
     pub text: String,
     pub in_reply_to: Option<String>,
     pub key: String,
+    pub media_ids: Vec<String>,
+}
+
+/// An attachment on the fake: its type, size, and how many polls still answer 206.
+#[derive(Debug, Clone)]
+pub struct Attachment {
+    pub content_type: String,
+    pub size: usize,
+    pub polls_left: usize,
 }
 
 #[derive(Default)]
@@ -34,6 +43,8 @@ pub struct FakeMastodon {
     pub registrations: AtomicUsize,
     pub creates: AtomicUsize,
     pub max_characters: AtomicI64,
+    /// Attachments by id.
+    pub media: Mutex<HashMap<String, Attachment>>,
     /// client_id → (secret, redirect_uri).
     apps: Mutex<HashMap<String, (String, String)>>,
     /// code → (client_id, redirect_uri, challenge).
@@ -172,6 +183,72 @@ async fn instance(State(f): State<Arc<FakeMastodon>>) -> Json<Value> {
     )
 }
 
+/// `POST /api/v2/media`: an image is ready at once (200), a video is processed (202, then 206
+/// on one poll, then 200).
+async fn upload_media(
+    State(f): State<Arc<FakeMastodon>>,
+    headers: HeaderMap,
+    mut form: axum::extract::Multipart,
+) -> Response {
+    if !f.authorized(&headers) {
+        return error(StatusCode::UNAUTHORIZED, "The access token is invalid");
+    }
+    let mut file = None;
+    while let Ok(Some(field)) = form.next_field().await {
+        if field.name() == Some("file") {
+            let ct = field.content_type().unwrap_or_default().to_owned();
+            file = field.bytes().await.ok().map(|b| (ct, b.len()));
+        }
+    }
+    let Some((content_type, size)) = file.filter(|(_, n)| *n > 0) else {
+        return error(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "Validation failed: File can't be blank",
+        );
+    };
+    let video = content_type.starts_with("video/");
+    let id = format!("2200{:08}", f.next());
+    f.media.lock().expect("lock").insert(
+        id.clone(),
+        Attachment {
+            content_type: content_type.clone(),
+            size,
+            polls_left: usize::from(video),
+        },
+    );
+    let kind = if video { "video" } else { "image" };
+    let body = json!({"id": id, "type": kind, "url": if video { Value::Null } else { json!(format!("https://files.example/{id}")) }});
+    let status = if video {
+        StatusCode::ACCEPTED
+    } else {
+        StatusCode::OK
+    };
+    (status, Json(body)).into_response()
+}
+
+async fn media_status(
+    State(f): State<Arc<FakeMastodon>>,
+    axum::extract::Path(id): axum::extract::Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    if !f.authorized(&headers) {
+        return error(StatusCode::UNAUTHORIZED, "The access token is invalid");
+    }
+    let mut media = f.media.lock().expect("lock");
+    let Some(a) = media.get_mut(&id) else {
+        return error(StatusCode::NOT_FOUND, "Record not found");
+    };
+    if a.polls_left > 0 {
+        a.polls_left -= 1;
+        return (
+            StatusCode::PARTIAL_CONTENT,
+            Json(json!({"id": id, "url": null})),
+        )
+            .into_response();
+    }
+    Json(json!({"id": id, "url": format!("https://files.example/{id}")})).into_response()
+}
+
 async fn statuses(
     State(f): State<Arc<FakeMastodon>>,
     headers: HeaderMap,
@@ -204,7 +281,41 @@ async fn statuses(
         return Json(shape(&s)).into_response();
     }
     let text = body["status"].as_str().unwrap_or_default().to_owned();
-    if text.is_empty() {
+    let media_ids: Vec<String> = body["media_ids"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|v| v.as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default();
+    {
+        let media = f.media.lock().expect("lock");
+        if media_ids.len() > 4 {
+            return error(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "Validation failed: Too many attachments",
+            );
+        }
+        for id in &media_ids {
+            match media.get(id) {
+                None => {
+                    return error(
+                        StatusCode::UNPROCESSABLE_ENTITY,
+                        "Validation failed: unknown media",
+                    );
+                }
+                Some(a) if a.polls_left > 0 => {
+                    return error(
+                        StatusCode::UNPROCESSABLE_ENTITY,
+                        "Cannot attach files that have not finished processing. Try again in a moment!",
+                    );
+                }
+                Some(_) => {}
+            }
+        }
+    }
+    if text.is_empty() && media_ids.is_empty() {
         return error(
             StatusCode::UNPROCESSABLE_ENTITY,
             "Validation failed: Text can't be blank",
@@ -240,6 +351,7 @@ async fn statuses(
             text,
             in_reply_to,
             key,
+            media_ids,
         };
         list.push(s.clone());
         s
@@ -262,6 +374,9 @@ pub async fn start_fake_mastodon() -> (Arc<FakeMastodon>, String) {
         .route("/api/v1/accounts/verify_credentials", get(me))
         .route("/api/v2/instance", get(instance))
         .route("/api/v1/statuses", post(statuses))
+        .route("/api/v2/media", post(upload_media))
+        .route("/api/v1/media/{id}", get(media_status))
+        .layer(axum::extract::DefaultBodyLimit::max(1 << 30))
         .with_state(Arc::clone(&fake));
     let base = super::serve_fake(app)
         .await

@@ -26,6 +26,14 @@ pub struct Container {
     pub reply_control: Option<String>,
     pub status: String,
     pub media_id: Option<String>,
+    /// `TEXT`, `IMAGE`, `VIDEO` or `CAROUSEL`.
+    pub media_type: String,
+    /// The bytes fetched from the media URL (IMAGE and VIDEO).
+    pub fetched: usize,
+    pub carousel_item: bool,
+    pub children: Vec<String>,
+    /// Status polls still answered `IN_PROGRESS` (a video being processed).
+    pub polls_left: usize,
 }
 
 #[derive(Default)]
@@ -141,12 +149,66 @@ async fn create(
     if !f.live(q.get("access_token")) {
         return bad_token();
     }
-    if user != USER_ID || q.get("media_type").map(String::as_str) != Some("TEXT") {
-        return (
+    let invalid = |why: &str| {
+        (
             axum::http::StatusCode::BAD_REQUEST,
-            Json(json!({"error": {"message": "Invalid parameter", "code": 100}})),
+            Json(json!({"error": {"message": format!("Invalid parameter: {why}"), "code": 100}})),
         )
-            .into_response();
+            .into_response()
+    };
+    let media_type = q.get("media_type").cloned().unwrap_or_default();
+    if user != USER_ID {
+        return invalid("user");
+    }
+    let carousel_item = q.get("is_carousel_item").map(String::as_str) == Some("true");
+    // Meta fetches the media from its public URL; one it cannot fetch ends in ERROR.
+    let (mut status, mut fetched, mut polls_left) = ("FINISHED", 0, 0);
+    match media_type.as_str() {
+        "TEXT" if !carousel_item => {}
+        "IMAGE" | "VIDEO" => {
+            let key = if media_type == "IMAGE" {
+                "image_url"
+            } else {
+                "video_url"
+            };
+            let Some(url) = q.get(key) else {
+                return invalid(key);
+            };
+            match reqwest::get(url).await {
+                Ok(r) if r.status().is_success() => {
+                    fetched = r.bytes().await.map(|b| b.len()).unwrap_or(0);
+                }
+                _ => status = "ERROR",
+            }
+            if fetched == 0 {
+                status = "ERROR";
+            }
+            if media_type == "VIDEO" && status == "FINISHED" {
+                polls_left = 1;
+            }
+        }
+        "CAROUSEL" if !carousel_item => {}
+        _ => return invalid("media_type"),
+    }
+    let mut children = Vec::new();
+    if media_type == "CAROUSEL" {
+        children = q
+            .get("children")
+            .map(|c| c.split(',').map(str::to_owned).collect())
+            .unwrap_or_default();
+        let list = f.containers.lock().expect("lock");
+        let ok = (2..=20).contains(&children.len())
+            && children.iter().all(|id| {
+                list.iter().any(|c| {
+                    c.id == *id && c.carousel_item && c.status == "FINISHED" && c.polls_left == 0
+                })
+            });
+        if !ok {
+            return invalid("children");
+        }
+    }
+    if polls_left > 0 {
+        status = "IN_PROGRESS";
     }
     let mut list = f.containers.lock().expect("lock");
     if let Some(parent) = q.get("reply_to_id")
@@ -163,8 +225,13 @@ async fn create(
         text: q.get("text").cloned().unwrap_or_default(),
         reply_to: q.get("reply_to_id").cloned(),
         reply_control: q.get("reply_control").cloned(),
-        status: "FINISHED".into(),
+        status: status.into(),
         media_id: None,
+        media_type,
+        fetched,
+        carousel_item,
+        children,
+        polls_left,
     };
     list.push(c.clone());
     Json(json!({"id": c.id})).into_response()
@@ -196,6 +263,13 @@ async fn publish(State(f): State<Arc<FakeThreads>>, body: String) -> Response {
             )
                 .into_response();
         };
+        if c.carousel_item || c.status == "IN_PROGRESS" || c.status == "ERROR" {
+            return (
+                axum::http::StatusCode::BAD_REQUEST,
+                Json(json!({"error": {"message": "The media is not ready to be published", "code": 24, "error_subcode": 4279009}})),
+            )
+                .into_response();
+        }
         if c.status == "PUBLISHED" {
             return (
                 axum::http::StatusCode::BAD_REQUEST,
@@ -231,10 +305,17 @@ async fn status(
         .containers
         .lock()
         .expect("lock")
-        .iter()
+        .iter_mut()
         .find(|c| c.id == id)
     {
         Some(c) => {
+            if c.polls_left > 0 {
+                c.polls_left -= 1;
+                if c.polls_left == 0 {
+                    c.status = "FINISHED".into();
+                }
+                return Json(json!({"id": c.id, "status": "IN_PROGRESS"})).into_response();
+            }
             Json(json!({"id": c.id, "status": c.status, "media_id": c.media_id})).into_response()
         }
         None => bad_token(),

@@ -60,11 +60,29 @@ pub struct Tweet {
     pub text: String,
     pub reply_to: Option<String>,
     pub quote: Option<String>,
+    /// The media attached (upload ids).
+    pub media: Vec<String>,
+}
+
+/// An upload on the fake's chunked media endpoint.
+#[derive(Debug, Clone, Default)]
+pub struct Upload {
+    pub user: String,
+    pub media_type: String,
+    pub total_bytes: usize,
+    pub segments: Vec<usize>,
+    pub bytes: Vec<u8>,
+    pub finalized: bool,
+    /// STATUS polls still answered `in_progress`.
+    pub pending_polls: usize,
 }
 
 #[derive(Default)]
 pub struct FakeX {
     pub tweets: Mutex<Vec<Tweet>>,
+    /// Media uploads by id.
+    pub uploads: Mutex<HashMap<String, Upload>>,
+    pub status_polls: AtomicUsize,
     /// What the next create calls meet, in order (`None`: nothing).
     pub faults: Mutex<std::collections::VecDeque<Option<Fault>>>,
     pub create_calls: AtomicUsize,
@@ -341,13 +359,6 @@ async fn create_tweet(State(f): State<Arc<FakeX>>, headers: HeaderMap, body: Str
         .and_then(Value::as_str)
         .unwrap_or_default()
         .to_owned();
-    if text.is_empty() {
-        return problem(
-            StatusCode::BAD_REQUEST,
-            "Invalid Request",
-            "text is required",
-        );
-    }
     let reply_to = v.get("reply").map(|r| {
         r["in_reply_to_tweet_id"]
             .as_str()
@@ -386,6 +397,47 @@ async fn create_tweet(State(f): State<Arc<FakeX>>, headers: HeaderMap, body: Str
         Some(Fault::Slow) => tokio::time::sleep(Duration::from_secs(1)).await,
         _ => {}
     }
+    let media: Vec<String> = match v.get("media") {
+        None => Vec::new(),
+        Some(m) => {
+            let ids: Vec<String> = m["media_ids"]
+                .as_array()
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|x| x.as_str().map(str::to_owned))
+                        .collect()
+                })
+                .unwrap_or_default();
+            if ids.is_empty() || ids.len() > 4 {
+                return problem(
+                    StatusCode::BAD_REQUEST,
+                    "Invalid Request",
+                    "media.media_ids: 1 to 4 ids",
+                );
+            }
+            let uploads = f.uploads.lock().expect("lock");
+            for id in &ids {
+                let ready = uploads
+                    .get(id)
+                    .is_some_and(|u| u.user == user && u.finalized && u.pending_polls == 0);
+                if !ready {
+                    return problem(
+                        StatusCode::BAD_REQUEST,
+                        "Invalid Request",
+                        &format!("Your media IDs are invalid: {id}"),
+                    );
+                }
+            }
+            ids
+        }
+    };
+    if text.is_empty() && media.is_empty() {
+        return problem(
+            StatusCode::BAD_REQUEST,
+            "Invalid Request",
+            "text or media is required",
+        );
+    }
     let tweet = {
         let mut tweets = f.tweets.lock().expect("lock");
         if let Some(id) = &reply_to
@@ -397,9 +449,10 @@ async fn create_tweet(State(f): State<Arc<FakeX>>, headers: HeaderMap, body: Str
                 "You attempted to reply to a Tweet that is deleted or not visible to you.",
             );
         }
-        if tweets
-            .iter()
-            .any(|t| t.user == user && t.text == text && t.reply_to == reply_to)
+        if !text.is_empty()
+            && tweets
+                .iter()
+                .any(|t| t.user == user && t.text == text && t.reply_to == reply_to)
         {
             return problem(
                 StatusCode::FORBIDDEN,
@@ -414,6 +467,7 @@ async fn create_tweet(State(f): State<Arc<FakeX>>, headers: HeaderMap, body: Str
             text,
             reply_to,
             quote,
+            media,
         };
         tweets.push(tweet.clone());
         tweet
@@ -431,6 +485,170 @@ async fn create_tweet(State(f): State<Arc<FakeX>>, headers: HeaderMap, body: Str
     }
 }
 
+async fn media_initialize(
+    State(f): State<Arc<FakeX>>,
+    headers: HeaderMap,
+    body: String,
+) -> Response {
+    let Some(user) = f.user_of(&headers) else {
+        return problem(StatusCode::UNAUTHORIZED, "Unauthorized", "Unauthorized");
+    };
+    let v: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
+    let (Some(media_type), Some(total)) = (v["media_type"].as_str(), v["total_bytes"].as_u64())
+    else {
+        return problem(
+            StatusCode::BAD_REQUEST,
+            "Invalid Request",
+            "media_type and total_bytes are required",
+        );
+    };
+    let category = v["media_category"].as_str().unwrap_or_default();
+    let limit = match category {
+        "tweet_image" => 5 << 20,
+        "tweet_gif" => 15 << 20,
+        "tweet_video" | "amplify_video" => 512 << 20,
+        _ => return problem(StatusCode::BAD_REQUEST, "Invalid Request", "media_category"),
+    };
+    if total > limit {
+        return problem(
+            StatusCode::BAD_REQUEST,
+            "Invalid Request",
+            "File size exceeds limit",
+        );
+    }
+    let id = format!(
+        "{}",
+        1_880_000_000_000_000_000u64 + f.counter.fetch_add(1, Ordering::SeqCst) as u64
+    );
+    f.uploads.lock().expect("lock").insert(
+        id.clone(),
+        Upload {
+            user,
+            media_type: media_type.to_owned(),
+            total_bytes: total as usize,
+            pending_polls: usize::from(category != "tweet_image"),
+            ..Upload::default()
+        },
+    );
+    Json(json!({"data": {"id": id, "media_key": format!("13_{id}"), "expires_after_secs": 86400}}))
+        .into_response()
+}
+
+async fn media_append(
+    State(f): State<Arc<FakeX>>,
+    axum::extract::Path(id): axum::extract::Path<String>,
+    headers: HeaderMap,
+    mut form: axum::extract::Multipart,
+) -> Response {
+    let Some(user) = f.user_of(&headers) else {
+        return problem(StatusCode::UNAUTHORIZED, "Unauthorized", "Unauthorized");
+    };
+    let (mut index, mut data) = (None, None);
+    while let Ok(Some(field)) = form.next_field().await {
+        match field.name() {
+            Some("segment_index") => {
+                index = field
+                    .text()
+                    .await
+                    .ok()
+                    .and_then(|t| t.parse::<usize>().ok())
+            }
+            Some("media") => data = field.bytes().await.ok(),
+            _ => {}
+        }
+    }
+    let (Some(index), Some(data)) = (index, data) else {
+        return problem(
+            StatusCode::BAD_REQUEST,
+            "Invalid Request",
+            "segment_index and media are required",
+        );
+    };
+    let mut uploads = f.uploads.lock().expect("lock");
+    let Some(u) = uploads
+        .get_mut(&id)
+        .filter(|u| u.user == user && !u.finalized)
+    else {
+        return problem(
+            StatusCode::BAD_REQUEST,
+            "Invalid Request",
+            "unknown media id",
+        );
+    };
+    if index != u.segments.len() || index > 999 || data.len() > 5 << 20 {
+        return problem(
+            StatusCode::BAD_REQUEST,
+            "Invalid Request",
+            "segment_index out of order",
+        );
+    }
+    u.segments.push(data.len());
+    u.bytes.extend_from_slice(&data);
+    StatusCode::NO_CONTENT.into_response()
+}
+
+async fn media_finalize(
+    State(f): State<Arc<FakeX>>,
+    axum::extract::Path(id): axum::extract::Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    let Some(user) = f.user_of(&headers) else {
+        return problem(StatusCode::UNAUTHORIZED, "Unauthorized", "Unauthorized");
+    };
+    let mut uploads = f.uploads.lock().expect("lock");
+    let Some(u) = uploads.get_mut(&id).filter(|u| u.user == user) else {
+        return problem(
+            StatusCode::BAD_REQUEST,
+            "Invalid Request",
+            "unknown media id",
+        );
+    };
+    if u.bytes.len() != u.total_bytes {
+        return problem(
+            StatusCode::BAD_REQUEST,
+            "Invalid Request",
+            "File size does not match total_bytes",
+        );
+    }
+    u.finalized = true;
+    let mut data = json!({"id": id, "media_key": format!("13_{id}"), "size": u.total_bytes, "expires_after_secs": 86400});
+    if u.pending_polls > 0 {
+        data["processing_info"] = json!({"state": "pending", "check_after_secs": 1});
+    }
+    Json(json!({"data": data})).into_response()
+}
+
+async fn media_status(
+    State(f): State<Arc<FakeX>>,
+    Query(q): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+) -> Response {
+    if f.user_of(&headers).is_none() {
+        return problem(StatusCode::UNAUTHORIZED, "Unauthorized", "Unauthorized");
+    }
+    f.status_polls.fetch_add(1, Ordering::SeqCst);
+    let id = q.get("media_id").cloned().unwrap_or_default();
+    if q.get("command").map(String::as_str) != Some("STATUS") {
+        return problem(StatusCode::BAD_REQUEST, "Invalid Request", "command");
+    }
+    let mut uploads = f.uploads.lock().expect("lock");
+    let Some(u) = uploads.get_mut(&id).filter(|u| u.finalized) else {
+        return problem(
+            StatusCode::BAD_REQUEST,
+            "Invalid Request",
+            "unknown media id",
+        );
+    };
+    let info = if u.pending_polls > 0 {
+        u.pending_polls -= 1;
+        json!({"state": "in_progress", "check_after_secs": 1, "progress_percent": 50})
+    } else {
+        json!({"state": "succeeded", "progress_percent": 100})
+    };
+    Json(json!({"data": {"id": id, "media_key": format!("13_{id}"), "processing_info": info}}))
+        .into_response()
+}
+
 /// Starts the fake; its root (`http://127.0.0.1:port`, without `/v1`).
 pub async fn start_fake_x() -> (Arc<FakeX>, String) {
     let fake = Arc::new(FakeX::default());
@@ -442,6 +660,11 @@ pub async fn start_fake_x() -> (Arc<FakeX>, String) {
         .route("/2/oauth2/revoke", post(revoke))
         .route("/2/users/me", get(me))
         .route("/2/tweets", post(create_tweet))
+        .route("/2/media/upload/initialize", post(media_initialize))
+        .route("/2/media/upload/{id}/append", post(media_append))
+        .route("/2/media/upload/{id}/finalize", post(media_finalize))
+        .route("/2/media/upload", get(media_status))
+        .layer(axum::extract::DefaultBodyLimit::max(1 << 30))
         .with_state(Arc::clone(&fake));
     let base = super::serve_fake(app).await;
     (fake, base.trim_end_matches("/v1").to_owned())

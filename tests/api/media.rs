@@ -1,0 +1,507 @@
+//! Media (seed 000's upload and each platform's way of taking media): files streamed into the
+//! store in chunks, refused whole when one breaks a rule; at publish X gets a chunked upload
+//! and waits for processing, Bluesky blobs, Mastodon attachments (polled while processing),
+//! Threads fetches Tollgate's signed URLs, LinkedIn an initialised upload; a platform that
+//! cannot take a file is refused before anything is sent or charged.
+
+use crate::both_backends;
+use crate::fakes::bluesky::{APP_PASSWORD, HANDLE, start_fake_bluesky};
+use crate::fakes::linkedin as li;
+use crate::fakes::mastodon::start_fake_mastodon;
+use crate::fakes::threads as th;
+use crate::fakes::x::{CLIENT_ID, CLIENT_SECRET, start_fake_x};
+use crate::helpers::*;
+use serde_json::{Value, json};
+
+const X_CALLBACK: &str = "http://127.0.0.1:8000/api/v1/twitter/callback";
+const MASTODON_CALLBACK: &str = "http://127.0.0.1:8000/api/v1/mastodon/callback";
+const THREADS_CALLBACK: &str = "http://127.0.0.1:8000/api/v1/threads/callback";
+const LINKEDIN_CALLBACK: &str = "http://127.0.0.1:8000/api/v1/linkedin/callback";
+
+/// Bytes that sniff as `magic`'s type, `len` long (a pattern after the header).
+fn file_of(magic: &[u8], len: usize) -> Vec<u8> {
+    let mut v = magic.to_vec();
+    v.extend((0..len - magic.len()).map(|i| (i % 251) as u8));
+    v
+}
+
+fn png(len: usize) -> Vec<u8> {
+    file_of(b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR", len)
+}
+
+fn mp4(len: usize) -> Vec<u8> {
+    file_of(b"\0\0\0\x20ftypisom\0\0\x02\0", len)
+}
+
+/// Seed 000's upload: `files` parts as multipart/form-data. (status, body)
+async fn upload(app: &TestApp, key: &str, files: &[(&str, Vec<u8>)]) -> (u16, Value) {
+    let boundary = "tollgate-test-boundary-7d1f";
+    let mut body = Vec::new();
+    for (name, data) in files {
+        body.extend_from_slice(
+            format!("--{boundary}\r\ncontent-disposition: form-data; name=\"files\"; filename=\"{name}\"\r\ncontent-type: application/octet-stream\r\n\r\n").as_bytes(),
+        );
+        body.extend_from_slice(data);
+        body.extend_from_slice(b"\r\n");
+    }
+    body.extend_from_slice(format!("--{boundary}--\r\n").as_bytes());
+    let resp = app
+        .client
+        .post(app.url("/api/v1/twitter/media/upload"))
+        .header("xai-key", key)
+        .header(
+            "content-type",
+            format!("multipart/form-data; boundary={boundary}"),
+        )
+        .body(body)
+        .send()
+        .await
+        .expect("upload");
+    let status = resp.status().as_u16();
+    (status, resp.json().await.unwrap_or(Value::Null))
+}
+
+async fn call(app: &TestApp, key: &str, path: &str, body: Value) -> (u16, Value) {
+    let resp = app
+        .client
+        .post(app.url(path))
+        .header("xai-key", key)
+        .json(&body)
+        .send()
+        .await
+        .expect("request");
+    let status = resp.status().as_u16();
+    (status, resp.json().await.unwrap_or(Value::Null))
+}
+
+/// The user's browser through an OAuth connection: the platform's authorize page, then its
+/// redirect to Tollgate's `callback` path. The connected account.
+async fn connect(app: &TestApp, key: &str, route: &str, body: Value, callback: &str) -> String {
+    let (status, started) = call(app, key, route, body).await;
+    assert_eq!(status, 200, "{started}");
+    let browser = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .expect("client");
+    let resp = browser
+        .get(started["authUrl"].as_str().expect("authUrl"))
+        .send()
+        .await
+        .expect("authorize");
+    assert!(resp.status().is_redirection(), "{}", resp.status());
+    let location = resp.headers()["location"].to_str().expect("location");
+    let query = location.split_once('?').expect("query").1.to_owned();
+    let done: Value = browser
+        .get(app.url(&format!("{callback}?{query}")))
+        .send()
+        .await
+        .expect("callback")
+        .json()
+        .await
+        .expect("json");
+    done["accountUuid"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{done}"))
+        .to_owned()
+}
+
+fn result<'a>(body: &'a Value, platform: &str) -> &'a Value {
+    body["results"]
+        .as_array()
+        .and_then(|r| r.iter().find(|r| r["platform"] == platform))
+        .unwrap_or_else(|| panic!("no {platform} result in {body}"))
+}
+
+async fn media_are_uploaded_once_and_each_platform_takes_them_its_own_way(b: Backend) {
+    let (x, x_base) = start_fake_x().await;
+    x.registered
+        .lock()
+        .expect("lock")
+        .push(X_CALLBACK.to_owned());
+    let (bsky, bsky_base) = start_fake_bluesky().await;
+    let (masto, instance) = start_fake_mastodon().await;
+    let (threads, th_base) = th::start_fake_threads().await;
+    let (linkedin, li_base) = li::start_fake_linkedin().await;
+    // Threads fetches media from Tollgate's public address: this test's own port.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port();
+    let app = TestApp::spawn_with(&b, |c| {
+        c.server.listen = format!("127.0.0.1:{port}");
+        c.publishing.public_url = format!("http://127.0.0.1:{port}");
+        c.social.x.api_base = x_base.clone();
+        c.social.x.authorize_url = format!("{x_base}/i/oauth2/authorize");
+        c.social.x.token_url = format!("{x_base}/2/oauth2/token");
+        c.social.x.client_id = CLIENT_ID.to_owned();
+        c.social.x.client_secret = tollgate::secrets::Secret::from(CLIENT_SECRET);
+        c.social.x.redirect_uri = X_CALLBACK.to_owned();
+        c.social.bluesky.default_service = bsky_base.clone();
+        c.social.mastodon.redirect_uri = MASTODON_CALLBACK.to_owned();
+        c.social.threads.api_base = format!("{th_base}/v1.0");
+        c.social.threads.authorize_url = format!("{th_base}/oauth/authorize");
+        c.social.threads.token_url = format!("{th_base}/oauth/access_token");
+        c.social.threads.client_id = th::CLIENT_ID.to_owned();
+        c.social.threads.client_secret = tollgate::secrets::Secret::from(th::CLIENT_SECRET);
+        c.social.threads.redirect_uri = THREADS_CALLBACK.to_owned();
+        c.social.linkedin.api_base = li_base.clone();
+        c.social.linkedin.authorize_url = format!("{li_base}/oauth/v2/authorization");
+        c.social.linkedin.token_url = format!("{li_base}/oauth/v2/accessToken");
+        c.social.linkedin.client_id = li::CLIENT_ID.to_owned();
+        c.social.linkedin.client_secret = tollgate::secrets::Secret::from(li::CLIENT_SECRET);
+        c.social.linkedin.redirect_uri = LINKEDIN_CALLBACK.to_owned();
+        c.social.linkedin.version = li::VERSION.to_owned();
+        c.limits.other_per_minute = 1_000_000;
+        c.limits.query_per_minute = 1_000_000;
+    })
+    .await;
+    let user = app.add_user(json!("100")).await;
+    let key = app.add_key(user, json!({})).await;
+    let x_acc = connect(
+        &app,
+        &key,
+        "/api/v1/twitter/auth",
+        json!({}),
+        "/api/v1/twitter/callback",
+    )
+    .await;
+    let (status, done) = call(
+        &app,
+        &key,
+        "/api/v1/bluesky/auth",
+        json!({"handle": HANDLE, "appPassword": APP_PASSWORD}),
+    )
+    .await;
+    assert_eq!(status, 200, "{done}");
+    let bsky_acc = done["accountUuid"].as_str().expect("account").to_owned();
+    let masto_acc = connect(
+        &app,
+        &key,
+        "/api/v1/mastodon/auth",
+        json!({"instance": instance}),
+        "/api/v1/mastodon/callback",
+    )
+    .await;
+    let th_acc = connect(
+        &app,
+        &key,
+        "/api/v1/threads/auth",
+        json!({}),
+        "/api/v1/threads/callback",
+    )
+    .await;
+    let li_acc = connect(
+        &app,
+        &key,
+        "/api/v1/linkedin/auth",
+        json!({}),
+        "/api/v1/linkedin/callback",
+    )
+    .await;
+    let files_stored = || async { sql_i64(&app.state.db, "SELECT COUNT(*) FROM files").await };
+
+    // Refused uploads store nothing: five files, a file that is not media, an image over 5 MB.
+    let five: Vec<(&str, Vec<u8>)> = (0..5).map(|_| ("a.png", png(100))).collect();
+    let (status, body) = upload(&app, &key, &five).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (400, Some("INVALID_INPUT")),
+        "{body}"
+    );
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("at most 4"),
+        "{body}"
+    );
+    let (status, body) = upload(
+        &app,
+        &key,
+        &[
+            ("a.png", png(100)),
+            ("notes.txt", b"just some text here, not media".to_vec()),
+        ],
+    )
+    .await;
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("files[1]"),
+        "{body}"
+    );
+    let (status, body) = upload(&app, &key, &[("big.png", png(5 * 1024 * 1024 + 1))]).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (413, Some("PAYLOAD_TOO_LARGE")),
+        "{body}"
+    );
+    assert_eq!(files_stored().await, 0);
+    assert_eq!(
+        sql_i64(&app.state.db, "SELECT COUNT(*) FROM file_chunks").await,
+        0
+    );
+
+    // An image across two stored chunks and a video across three, typed by their bytes.
+    let (image, video) = (png(1_500_000), mp4(2_600_000));
+    let (status, body) = upload(
+        &app,
+        &key,
+        &[("photo.bin", image.clone()), ("clip.bin", video.clone())],
+    )
+    .await;
+    assert_eq!((status, body["code"].clone()), (200, json!(0)), "{body}");
+    let uploads = body["data"]["uploads"].as_array().expect("uploads");
+    assert_eq!(uploads.len(), 2);
+    assert_eq!(
+        (uploads[0]["type"].as_str(), uploads[1]["type"].as_str()),
+        (Some("image"), Some("video"))
+    );
+    let image_id = uploads[0]["mediaId"].as_str().expect("id").to_owned();
+    let video_id = uploads[1]["mediaId"].as_str().expect("id").to_owned();
+    let image_url = uploads[0]["url"].as_str().expect("url").to_owned();
+    let got = app.client.get(&image_url).send().await.expect("download");
+    assert_eq!(got.headers()["content-type"], "image/png");
+    assert_eq!(got.bytes().await.expect("bytes").as_ref(), image.as_slice());
+    let part = app
+        .client
+        .get(uploads[1]["url"].as_str().expect("url"))
+        .header("range", "bytes=1048570-1048580")
+        .send()
+        .await
+        .expect("range");
+    assert_eq!(part.status(), 206);
+    assert_eq!(
+        part.bytes().await.expect("bytes").as_ref(),
+        &video[1_048_570..=1_048_580]
+    );
+    assert_eq!(
+        sql_i64(&app.state.db, "SELECT COUNT(*) FROM file_chunks").await,
+        2 + 3
+    );
+
+    // A draft: an image on the first post, the video on the second.
+    let (status, d) = call(
+        &app,
+        &key,
+        "/api/v1/twitter/drafts",
+        json!({"title": "media", "tweets": [
+            {"content": "<p>图片来了</p>", "media": [image_id]},
+            {"content": "<p>and a clip</p>", "media": [video_id]},
+        ]}),
+    )
+    .await;
+    assert_eq!(status, 200, "{d}");
+    let draft = d["draft"]["id"].as_str().expect("id").to_owned();
+    let targets = json!([
+        {"accountId": x_acc, "platform": "twitter"},
+        {"accountId": bsky_acc, "platform": "bluesky"},
+        {"accountId": masto_acc, "platform": "mastodon"},
+        {"accountId": th_acc, "platform": "threads"},
+        {"accountId": li_acc, "platform": "linkedin"},
+    ]);
+    let (status, body) = call(
+        &app,
+        &key,
+        "/api/v1/publish/multi-platform",
+        json!({"draftId": draft, "targetAccounts": targets}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    for p in ["twitter", "mastodon", "threads"] {
+        let r = result(&body, p);
+        assert_eq!(
+            (r["status"].as_str(), r["published"].as_u64()),
+            (Some("published"), Some(2)),
+            "{r}"
+        );
+        assert_eq!(r["creditsCharged"], json!(10), "{r}");
+    }
+    // Bluesky takes no video, LinkedIn (one post of both items) neither: refused, unsent, free.
+    for p in ["bluesky", "linkedin"] {
+        let r = result(&body, p);
+        assert_eq!(
+            (r["status"].as_str(), r["error"]["code"].as_str()),
+            (Some("failed"), Some("INVALID_INPUT")),
+            "{r}"
+        );
+        assert!(
+            r["error"]["message"]
+                .as_str()
+                .unwrap_or_default()
+                .contains(&video_id),
+            "{r}"
+        );
+        assert_eq!(r["creditsCharged"], json!(0), "{r}");
+    }
+    assert_eq!(
+        body["summary"],
+        json!({"total": 5, "succeeded": 3, "failed": 2, "unconfirmed": 0})
+    );
+    assert!(bsky.records.lock().expect("lock").is_empty());
+    assert!(linkedin.posts.lock().expect("lock").is_empty());
+
+    // X: each post carries its own upload, the video in three appended segments, polled.
+    {
+        let tweets = x.tweets.lock().expect("lock");
+        let uploads = x.uploads.lock().expect("lock");
+        assert_eq!(tweets.len(), 2);
+        let sizes: Vec<(usize, usize)> = tweets
+            .iter()
+            .map(|t| {
+                assert_eq!(t.media.len(), 1);
+                let u = &uploads[&t.media[0]];
+                (u.bytes.len(), u.segments.len())
+            })
+            .collect();
+        assert_eq!(sizes, [(image.len(), 2), (video.len(), 3)]);
+        assert_eq!(uploads[&tweets[0].media[0]].bytes, image);
+        assert_eq!(uploads[&tweets[1].media[0]].media_type, "video/mp4");
+        assert_eq!(tweets[1].reply_to.as_ref(), Some(&tweets[0].id));
+    }
+    assert!(x.status_polls.load(std::sync::atomic::Ordering::SeqCst) >= 1);
+    // Mastodon: attachments, the video's processing waited for.
+    {
+        let statuses = masto.statuses.lock().expect("lock");
+        let media = masto.media.lock().expect("lock");
+        assert_eq!(statuses.len(), 2);
+        let attached: Vec<(String, usize)> = statuses
+            .iter()
+            .map(|s| {
+                let a = &media[&s.media_ids[0]];
+                (a.content_type.clone(), a.size)
+            })
+            .collect();
+        assert_eq!(
+            attached,
+            [
+                ("image/png".to_owned(), image.len()),
+                ("video/mp4".to_owned(), video.len())
+            ]
+        );
+    }
+    // Threads fetched each file from Tollgate's signed URL; the second post replies to the first.
+    {
+        let containers = threads.containers.lock().expect("lock");
+        let made: Vec<(String, usize)> = containers
+            .iter()
+            .map(|c| (c.media_type.clone(), c.fetched))
+            .collect();
+        assert_eq!(
+            made,
+            [
+                ("IMAGE".to_owned(), image.len()),
+                ("VIDEO".to_owned(), video.len())
+            ]
+        );
+        assert_eq!(containers[1].reply_to, containers[0].media_id);
+    }
+
+    // Images alone go to Bluesky (a blob) and LinkedIn (an initialised upload).
+    let (status, d) = call(
+        &app,
+        &key,
+        "/api/v1/twitter/drafts",
+        json!({"title": "photo", "tweets": [{"content": "<p>a photo</p>", "media": [image_id]}]}),
+    )
+    .await;
+    assert_eq!(status, 200, "{d}");
+    let photo = d["draft"]["id"].as_str().expect("id").to_owned();
+    let targets = json!([
+        {"accountId": bsky_acc, "platform": "bluesky"},
+        {"accountId": li_acc, "platform": "linkedin"},
+    ]);
+    let (status, body) = call(
+        &app,
+        &key,
+        "/api/v1/publish/multi-platform",
+        json!({"draftId": photo, "targetAccounts": targets}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["summary"]["succeeded"], 2, "{body}");
+    {
+        let records = bsky.records.lock().expect("lock");
+        let blobs = bsky.blobs.lock().expect("lock");
+        let embed = &records[0].value["embed"];
+        assert_eq!(embed["$type"], "app.bsky.embed.images");
+        let link = embed["images"][0]["image"]["ref"]["$link"]
+            .as_str()
+            .expect("link");
+        assert_eq!(blobs[link], ("image/png".to_owned(), image.len()));
+    }
+    {
+        let posts = linkedin.posts.lock().expect("lock");
+        let images = linkedin.images.lock().expect("lock");
+        assert_eq!(posts[0].images.len(), 1);
+        assert_eq!(images[&posts[0].images[0]].1, Some(image.len()));
+    }
+
+    // The per-platform routes take media by id or by Tollgate URL; a URL whose signature was
+    // changed is refused before anything is held.
+    let (status, body) = call(
+        &app,
+        &key,
+        "/api/v1/threads/publish",
+        json!({"accountId": th_acc, "text": "again, by URL", "mediaUrls": [image_url, video_id]}),
+    )
+    .await;
+    assert_eq!(
+        (status, body["summary"]["succeeded"].as_u64()),
+        (200, Some(1)),
+        "{body}"
+    );
+    {
+        // Two media on Threads: a carousel of two item containers.
+        let containers = threads.containers.lock().expect("lock");
+        let last = containers.last().expect("carousel");
+        assert_eq!(
+            (last.media_type.as_str(), last.children.len()),
+            ("CAROUSEL", 2)
+        );
+        assert!(last.media_id.is_some());
+    }
+    let tampered = image_url.replace("sig=", "sig=0");
+    let (status, body) = call(
+        &app,
+        &key,
+        "/api/v1/mastodon/publish",
+        json!({"accountUuid": masto_acc, "type": "single", "text": "x", "imageUrls": [tampered]}),
+    )
+    .await;
+    assert_eq!(status, 400, "{body}");
+    let (status, body) = call(
+        &app,
+        &key,
+        "/api/v1/bluesky/publish",
+        json!({"accountUuid": bsky_acc, "type": "single", "text": "by id", "imageUrls": [image_id]}),
+    )
+    .await;
+    assert_eq!(
+        (status, body["summary"]["succeeded"].as_u64()),
+        (200, Some(1)),
+        "{body}"
+    );
+    // Someone else's media id is not theirs to post.
+    let other = app.add_user(json!("100")).await;
+    let other_key = app.add_key(other, json!({})).await;
+    let (status, body) = call(
+        &app,
+        &other_key,
+        "/api/v1/twitter/drafts",
+        json!({"title": "t", "tweets": [{"content": "<p>x</p>", "media": [image_id]}]}),
+    )
+    .await;
+    assert_eq!(status, 400, "{body}");
+
+    // 3 + 2 + 2 publishes at 10 credits each.
+    assert_eq!(app.balance_micros(user).await, 30_000_000);
+    app.assert_books_balance(user).await;
+    let (ok, out) = app.ledger_verify_cli().await;
+    assert!(ok, "{out}");
+    app.stop().await;
+}
+
+both_backends!(media_are_uploaded_once_and_each_platform_takes_them_its_own_way);
