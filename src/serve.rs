@@ -2,7 +2,8 @@
 //! holding the gateway:
 //! - at most `server.max_connections` connections are open; one more is answered 503 and closed;
 //! - a request head must be complete within `server.header_read_timeout_ms` of its first byte;
-//! - a request body must be complete within `server.body_read_timeout_ms` of its head (else 408);
+//! - a request body must be complete within `server.body_read_timeout_ms` of its head (else 408),
+//!   plus a second per declared MiB beyond the first (a large media upload);
 //! - a connection with no request in flight is closed after `server.idle_timeout_ms`.
 //!
 //! On shutdown the listener stops, idle connections close at once and busy ones finish their
@@ -50,6 +51,18 @@ impl Limits {
             max_connections: c.max_connections,
         }
     }
+}
+
+/// Extra time for a large declared body (a media upload): one second per MiB of its
+/// `Content-Length` beyond the first MiB, so a 512 MB video is not cut at the ordinary body
+/// deadline while a slow client still cannot hold a connection longer than its size allows.
+fn transfer_allowance(headers: &axum::http::HeaderMap) -> Duration {
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+        .unwrap_or(0);
+    Duration::from_secs(declared.saturating_sub(1 << 20) >> 20)
 }
 
 fn clock_base() -> Instant {
@@ -338,9 +351,10 @@ async fn serve_connection(
         let timed_out = Arc::new(AtomicBool::new(false));
         let (mut parts, inner) = req.into_parts();
         parts.extensions.insert(ConnectInfo(peer));
+        let deadline = tokio::time::Instant::now() + body_read + transfer_allowance(&parts.headers);
         let body = Body::new(DeadlineBody {
             inner,
-            deadline: tokio::time::Instant::now() + body_read,
+            deadline,
             sleep: None,
             timed_out: Arc::clone(&timed_out),
         });
@@ -427,4 +441,25 @@ fn body_timeout_response() -> Response<Body> {
         header::HeaderValue::from_static("close"),
     );
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_large_declared_body_gets_a_second_per_mib_beyond_the_first() {
+        let with = |len: &str| {
+            let mut h = axum::http::HeaderMap::new();
+            h.insert(header::CONTENT_LENGTH, len.parse().expect("value"));
+            transfer_allowance(&h)
+        };
+        assert_eq!(
+            transfer_allowance(&axum::http::HeaderMap::new()),
+            Duration::ZERO
+        );
+        assert_eq!(with("1048576"), Duration::ZERO);
+        assert_eq!(with("not a number"), Duration::ZERO);
+        assert_eq!(with(&(512u64 << 20).to_string()), Duration::from_secs(511));
+    }
 }
