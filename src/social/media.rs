@@ -250,24 +250,73 @@ fn private(ip: std::net::IpAddr) -> bool {
     }
 }
 
+/// A resolver that gives only public addresses, so neither a name, a rebinding nor a redirect
+/// takes an outside fetch to a private one.
+struct PublicOnly;
+
+impl reqwest::dns::Resolve for PublicOnly {
+    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
+        Box::pin(async move {
+            let host = name.as_str().to_owned();
+            let addrs: Vec<std::net::SocketAddr> = tokio::net::lookup_host((host.as_str(), 0))
+                .await?
+                .filter(|a| !private(a.ip()))
+                .collect();
+            if addrs.is_empty() {
+                return Err(format!("{host} has no public address").into());
+            }
+            Ok(Box::new(addrs.into_iter()) as reqwest::dns::Addrs)
+        })
+    }
+}
+
+/// Whether a URL's host is a private address written out (no resolver sees those).
+fn private_literal(url: &url::Url) -> bool {
+    match url.host() {
+        Some(url::Host::Ipv4(a)) => private(a.into()),
+        Some(url::Host::Ipv6(a)) => private(a.into()),
+        Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
+        None => true,
+    }
+}
+
+/// The client outside media are fetched with: public addresses only, at most 5 redirects, each
+/// to a public host.
+fn public_client() -> Result<&'static reqwest::Client, String> {
+    static CLIENT: std::sync::OnceLock<Option<reqwest::Client>> = std::sync::OnceLock::new();
+    CLIENT
+        .get_or_init(|| {
+            let redirects = reqwest::redirect::Policy::custom(|attempt| {
+                if attempt.previous().len() >= 5 || private_literal(attempt.url()) {
+                    attempt.stop()
+                } else {
+                    attempt.follow()
+                }
+            });
+            reqwest::Client::builder()
+                .dns_resolver(std::sync::Arc::new(PublicOnly))
+                .redirect(redirects)
+                .build()
+                .ok()
+        })
+        .as_ref()
+        .ok_or_else(|| "the media client could not be built".to_owned())
+}
+
 /// Fetches an outside media URL into the store (type sniffed, held to the upload limits).
 async fn fetch(state: &AppState, user_id: i64, url: &url::Url) -> Result<FileMeta, String> {
-    if !state.config.publishing.fetch_private_media_urls {
-        let host = url.host_str().unwrap_or_default();
-        let port = url.port_or_known_default().unwrap_or(443);
-        let addrs = tokio::net::lookup_host((host, port))
-            .await
-            .map_err(|e| format!("{host} could not be resolved: {e}"))?;
-        for a in addrs {
-            if private(a.ip()) {
-                return Err(format!(
-                    "{host} is a private address; media are fetched only from public ones"
-                ));
-            }
+    let client = if state.config.publishing.fetch_private_media_urls {
+        &state.http
+    } else {
+        if private_literal(url) {
+            return Err(format!(
+                "{} is a private address; media are fetched only from public ones",
+                url.host_str().unwrap_or_default()
+            ));
         }
-    }
-    let mut response = state
-        .http
+        public_client()?
+    };
+    let mut response = client
         .get(url.as_str())
         .timeout(Duration::from_secs(60))
         .send()
@@ -440,5 +489,12 @@ mod tests {
         for a in ["8.8.8.8", "1.1.1.1", "2606:4700::1111"] {
             assert!(!private(a.parse().expect("ip")), "{a}");
         }
+        let literal = |u: &str| private_literal(&url::Url::parse(u).expect("url"));
+        assert!(literal("http://127.0.0.1:8000/a.png"));
+        assert!(literal("http://[::1]/a.png"));
+        assert!(literal("http://LOCALHOST/a.png"));
+        assert!(literal("http://10.0.0.7/a.png"));
+        assert!(!literal("https://example.com/a.png"));
+        assert!(!literal("https://93.184.216.34/a.png"));
     }
 }

@@ -463,6 +463,23 @@ async fn media_are_uploaded_once_and_each_platform_takes_them_its_own_way(b: Bac
         );
         assert!(last.media_id.is_some());
     }
+    // An outside URL on a private address is not fetched.
+    let (status, body) = call(
+        &app,
+        &key,
+        "/api/v1/bluesky/publish",
+        json!({"accountUuid": bsky_acc, "type": "single", "text": "x",
+               "imageUrls": [format!("{x_base}/photo.png")]}),
+    )
+    .await;
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("private address"),
+        "{body}"
+    );
     let tampered = image_url.replace("sig=", "sig=0");
     let (status, body) = call(
         &app,

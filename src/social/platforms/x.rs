@@ -223,8 +223,20 @@ pub async fn upload_media(
         _ => return Err(media::refused(status, "X", &detail(&v))),
     };
     let mut segment = 0usize;
-    while let Some(part) = data.next().await {
-        let part = part.map_err(|e| UploadError::Failed("INTERNAL_ERROR", e.to_string()))?;
+    let mut pending = bytes::Bytes::new();
+    loop {
+        // Segments of at most 1 MiB, whatever size the store hands out.
+        if pending.is_empty() {
+            match data.next().await {
+                Some(part) => {
+                    pending =
+                        part.map_err(|e| UploadError::Failed("INTERNAL_ERROR", e.to_string()))?;
+                    continue;
+                }
+                None => break,
+            }
+        }
+        let part = pending.split_to(pending.len().min(1 << 20));
         let index = segment.to_string();
         let one = futures_util::stream::once(async move { Ok(part) }).boxed();
         let (ct, body) = media::multipart(
