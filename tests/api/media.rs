@@ -281,6 +281,13 @@ async fn media_are_uploaded_once_and_each_platform_takes_them_its_own_way(b: Bac
         sql_i64(&app.state.db, "SELECT COUNT(*) FROM file_chunks").await,
         2 + 3
     );
+    // A video past the ordinary 20 MB body limit is taken (the route lifts it for uploads).
+    let (status, body) = upload(&app, &key, &[("long.mp4", mp4(21 * 1024 * 1024))]).await;
+    assert_eq!((status, body["code"].clone()), (200, json!(0)), "{body}");
+    assert_eq!(
+        sql_i64(&app.state.db, "SELECT COUNT(*) FROM file_chunks").await,
+        2 + 3 + 21
+    );
 
     // A draft: an image on the first post, the video on the second.
     let (status, d) = call(
