@@ -8,8 +8,8 @@
 use super::extract::PlatformUser;
 use crate::db::files::FileMeta;
 use crate::error::ApiError;
-use crate::files::{self, Writer};
-use crate::social::media::{Kind, MAX_FILES};
+use crate::files;
+use crate::social::media::{Intake, Kind, MAX_FILES, Refusal};
 use crate::state::AppState;
 use axum::extract::{DefaultBodyLimit, Multipart, State};
 use axum::http::HeaderMap;
@@ -26,7 +26,14 @@ pub fn router() -> Router<AppState> {
     )
 }
 
-const NOT_MEDIA: &str = "is not an image (JPEG, PNG, GIF, WebP) or a video (MP4, MOV, WebM)";
+/// The answer to file `k` refused on arrival.
+fn refused(k: usize, r: Refusal) -> ApiError {
+    match r {
+        Refusal::TooLarge(_) => ApiError::TooLarge(format!("files[{k}] {r}")),
+        Refusal::Store(e) => e.into(),
+        _ => ApiError::InvalidInput(format!("files[{k}] {r}")),
+    }
+}
 
 async fn upload(
     State(state): State<AppState>,
@@ -87,49 +94,25 @@ async fn receive(
                 "files: at most {MAX_FILES} files per upload"
             )));
         }
-        let mut writer = Writer::new();
-        let mut sniffed: Option<(&'static str, Kind)> = None;
+        let mut intake = Intake::new();
         let read = async {
             while let Some(chunk) = field.chunk().await.map_err(bad_multipart)? {
-                writer.push(&state.db, &chunk).await?;
-                if sniffed.is_none() && writer.size() >= 16 {
-                    let t = files::sniff_media(writer.head())
-                        .ok_or_else(|| ApiError::InvalidInput(format!("files[{k}] {NOT_MEDIA}")))?;
-                    sniffed = Kind::of(t).map(|kind| (t, kind));
-                }
-                if let Some((_, kind)) = sniffed
-                    && writer.size() as i64 > kind.upload_limit()
-                {
-                    return Err(ApiError::TooLarge(format!(
-                        "files[{k}]: a {} may be at most {} MB",
-                        kind.as_str(),
-                        kind.upload_limit() >> 20
-                    )));
-                }
+                intake
+                    .push(&state.db, &chunk)
+                    .await
+                    .map_err(|r| refused(k, r))?;
             }
             Ok::<(), ApiError>(())
         }
         .await;
         if let Err(e) = read {
-            writer.abort(&state.db).await;
+            intake.abort(&state.db).await;
             return Err(e);
         }
-        let sniffed = sniffed.or_else(|| {
-            let t = files::sniff_media(writer.head())?;
-            Kind::of(t).map(|kind| (t, kind))
-        });
-        let Some((content_type, kind)) = sniffed else {
-            let why = if writer.size() == 0 {
-                "is empty"
-            } else {
-                NOT_MEDIA
-            };
-            writer.abort(&state.db).await;
-            return Err(ApiError::InvalidInput(format!("files[{k}] {why}")));
-        };
-        let meta = writer
-            .finish(&state.db, user_id, "media", content_type)
-            .await?;
+        let (meta, kind) = intake
+            .finish(&state.db, user_id)
+            .await
+            .map_err(|r| refused(k, r))?;
         stored.push((meta, kind));
     }
     if stored.is_empty() {

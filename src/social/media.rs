@@ -325,46 +325,118 @@ async fn fetch(state: &AppState, user_id: i64, url: &url::Url) -> Result<FileMet
     if !response.status().is_success() {
         return Err(format!("fetching it answered {}", response.status()));
     }
-    let mut writer = crate::files::Writer::new();
-    let mut limit = Kind::Video.upload_limit();
-    let mut content_type = None;
+    let mut intake = Intake::new();
     loop {
         let chunk = match response.chunk().await {
             Ok(Some(c)) => c,
             Ok(None) => break,
             Err(e) => {
-                writer.abort(&state.db).await;
+                intake.abort(&state.db).await;
                 return Err(format!("fetching it was cut off: {e}"));
             }
         };
-        if let Err(e) = writer.push(&state.db, &chunk).await {
-            writer.abort(&state.db).await;
-            return Err(format!("storing it failed: {e}"));
-        }
-        if content_type.is_none() && writer.size() >= 16 {
-            let sniffed = crate::files::sniff_media(writer.head());
-            let Some(t) = sniffed else {
-                writer.abort(&state.db).await;
-                return Err(
-                    "it is not an image (JPEG, PNG, GIF, WebP) or a video (MP4, MOV, WebM)".into(),
-                );
-            };
-            limit = Kind::of(t).map_or(limit, Kind::upload_limit);
-            content_type = Some(t);
-        }
-        if writer.size() as i64 > limit {
-            writer.abort(&state.db).await;
-            return Err(format!("it is larger than {}", mb(limit)));
+        if let Err(refused) = intake.push(&state.db, &chunk).await {
+            intake.abort(&state.db).await;
+            return Err(format!("it {refused}"));
         }
     }
-    let Some(t) = content_type.or_else(|| crate::files::sniff_media(writer.head())) else {
-        writer.abort(&state.db).await;
-        return Err("it is not an image (JPEG, PNG, GIF, WebP) or a video (MP4, MOV, WebM)".into());
-    };
-    writer
-        .finish(&state.db, user_id, "media", t)
+    let (file, _) = intake
+        .finish(&state.db, user_id)
         .await
-        .map_err(|e| format!("storing it failed: {e}"))
+        .map_err(|refused| format!("it {refused}"))?;
+    Ok(file)
+}
+
+/// Why an arriving media file was refused.
+#[derive(Debug)]
+pub enum Refusal {
+    Empty,
+    NotMedia,
+    TooLarge(Kind),
+    Store(sqlx::Error),
+}
+
+impl std::fmt::Display for Refusal {
+    /// Reads after the file's name: "files[0] is empty", "it is larger than 5 MB".
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Refusal::Empty => write!(f, "is empty"),
+            Refusal::NotMedia => write!(
+                f,
+                "is not an image (JPEG, PNG, GIF, WebP) or a video (MP4, MOV, WebM)"
+            ),
+            Refusal::TooLarge(k) => write!(
+                f,
+                "is larger than a {} may be ({})",
+                k.as_str(),
+                mb(k.upload_limit())
+            ),
+            Refusal::Store(e) => write!(f, "could not be stored: {e}"),
+        }
+    }
+}
+
+/// A media file arriving in pieces (an upload, an outside fetch): stored as it comes, typed by
+/// its first bytes, held to its kind's limit. A refused one is [`Intake::abort`]ed by its caller
+/// (`finish` aborts on its own).
+pub struct Intake {
+    writer: crate::files::Writer,
+    sniffed: Option<(&'static str, Kind)>,
+}
+
+impl Default for Intake {
+    fn default() -> Self {
+        Intake::new()
+    }
+}
+
+impl Intake {
+    pub fn new() -> Intake {
+        Intake {
+            writer: crate::files::Writer::new(),
+            sniffed: None,
+        }
+    }
+
+    fn sniff(&self) -> Option<(&'static str, Kind)> {
+        let t = crate::files::sniff_media(self.writer.head())?;
+        Kind::of(t).map(|k| (t, k))
+    }
+
+    pub async fn push(&mut self, db: &db::Db, data: &[u8]) -> Result<(), Refusal> {
+        self.writer.push(db, data).await.map_err(Refusal::Store)?;
+        if self.sniffed.is_none() && self.writer.size() >= 16 {
+            self.sniffed = Some(self.sniff().ok_or(Refusal::NotMedia)?);
+        }
+        let kind = self.sniffed.map_or(Kind::Video, |(_, k)| k);
+        if self.writer.size() as i64 > kind.upload_limit() {
+            return Err(Refusal::TooLarge(kind));
+        }
+        Ok(())
+    }
+
+    /// The stored file and its kind.
+    pub async fn finish(self, db: &db::Db, user_id: i64) -> Result<(FileMeta, Kind), Refusal> {
+        let Some((content_type, kind)) = self.sniffed.or_else(|| self.sniff()) else {
+            let why = if self.writer.size() == 0 {
+                Refusal::Empty
+            } else {
+                Refusal::NotMedia
+            };
+            self.abort(db).await;
+            return Err(why);
+        };
+        let file = self
+            .writer
+            .finish(db, user_id, "media", content_type)
+            .await
+            .map_err(Refusal::Store)?;
+        Ok((file, kind))
+    }
+
+    pub async fn abort(self, db: &db::Db) {
+        self.writer.abort(db).await;
+    }
 }
 
 /// Why a platform upload did not give a handle. Nothing is posted by an upload, so every

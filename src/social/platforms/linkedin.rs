@@ -96,6 +96,22 @@ pub enum Created {
     Unknown(String),
 }
 
+/// A versioned REST call: `POST {api_base}{path}` with the version and Rest.li headers.
+fn rest(
+    http: &reqwest::Client,
+    app: &OAuthApp,
+    token: &str,
+    path: &str,
+    body: &Value,
+) -> reqwest::RequestBuilder {
+    http.post(format!("{}{path}", app.api_base.trim_end_matches('/')))
+        .bearer_auth(token)
+        .header("linkedin-version", &app.version)
+        .header("x-restli-protocol-version", "2.0.0")
+        .header("content-type", "application/json")
+        .body(body.to_string())
+}
+
 /// Uploads one image owned by the member `person`: `initializeUpload`, then the bytes in one
 /// `PUT` to the upload URL LinkedIn gives (streamed): the image's URN. An image is not a post.
 pub async fn upload_image(
@@ -109,20 +125,17 @@ pub async fn upload_image(
     let init = json!({"initializeUploadRequest": {"owner": format!("urn:li:person:{person}")}});
     let failed =
         |e: String| UploadError::Failed("PLATFORM_UNAVAILABLE", format!("LinkedIn images: {e}"));
-    let resp = http
-        .post(format!(
-            "{}/rest/images?action=initializeUpload",
-            app.api_base.trim_end_matches('/')
-        ))
-        .bearer_auth(token)
-        .header("linkedin-version", &app.version)
-        .header("x-restli-protocol-version", "2.0.0")
-        .header("content-type", "application/json")
-        .body(init.to_string())
-        .timeout(CALL_TIMEOUT)
-        .send()
-        .await
-        .map_err(|e| failed(e.to_string()))?;
+    let resp = rest(
+        http,
+        app,
+        token,
+        "/rest/images?action=initializeUpload",
+        &init,
+    )
+    .timeout(CALL_TIMEOUT)
+    .send()
+    .await
+    .map_err(|e| failed(e.to_string()))?;
     let status = resp.status().as_u16();
     let body = resp.bytes().await.map_err(|e| failed(e.to_string()))?;
     let v: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
@@ -186,13 +199,7 @@ pub async fn create_post(
             body["content"] = json!({"multiImage": {"images": images}});
         }
     }
-    let sent = http
-        .post(format!("{}/rest/posts", app.api_base.trim_end_matches('/')))
-        .bearer_auth(token)
-        .header("linkedin-version", &app.version)
-        .header("x-restli-protocol-version", "2.0.0")
-        .header("content-type", "application/json")
-        .body(body.to_string())
+    let sent = rest(http, app, token, "/rest/posts", &body)
         .timeout(timeout)
         .send()
         .await;
