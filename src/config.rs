@@ -153,6 +153,8 @@ pub struct MastodonConfig {
 pub struct BlueskyConfig {
     /// The PDS a handle logs in at when the user names none.
     pub default_service: String,
+    /// Bluesky's video service (uploads and their processing jobs).
+    pub video_service: String,
 }
 
 /// What one publish costs per platform, in credits (seed 000: 10 each).

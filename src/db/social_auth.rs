@@ -121,6 +121,44 @@ pub async fn complete(db: &Db, id: &str, account_ids: &str) -> Result<(), sqlx::
         .map(|_| ()))
 }
 
+/// Leaves a pending session waiting for the user to choose among `selectable` (seed 003's
+/// `requiresSelection`), with the tokens the choice will use kept sealed.
+pub async fn await_selection(
+    db: &Db,
+    id: &str,
+    selectable: &str,
+    sealed_tokens: &str,
+) -> Result<(), sqlx::Error> {
+    write_pool!(db, p => sqlx::query(
+        "UPDATE social_auth_sessions SET requires_selection = 1, selectable = $2, pending_tokens = $3,
+                updated_at_ms = $4 WHERE id = $1 AND status = 'pending'")
+        .bind(id)
+        .bind(selectable)
+        .bind(sealed_tokens)
+        .bind(now_ms())
+        .execute(p)
+        .await
+        .map(|_| ()))
+}
+
+/// Takes the user's session `id` that awaits a selection, once: the first caller gets it (with
+/// its kept tokens), every later one `None`.
+pub async fn take_selection(
+    db: &Db,
+    user_id: i64,
+    id: &str,
+) -> Result<Option<AuthSession>, sqlx::Error> {
+    write_pool!(db, p => sqlx::query_as::<_, AuthSession>(concat!(
+        "UPDATE social_auth_sessions SET requires_selection = 0, updated_at_ms = $3
+         WHERE id = $1 AND user_id = $2 AND status = 'pending' AND requires_selection = 1
+         RETURNING ", columns!()))
+        .bind(id)
+        .bind(user_id)
+        .bind(now_ms())
+        .fetch_optional(p)
+        .await)
+}
+
 /// Ends a pending session as failed, with seed 003's numeric `errorCode` and why.
 pub async fn fail(db: &Db, id: &str, code: i64, message: &str) -> Result<(), sqlx::Error> {
     write_pool!(db, p => sqlx::query(

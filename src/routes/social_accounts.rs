@@ -38,10 +38,15 @@ pub fn router() -> Router<AppState> {
 
 /// Routes under `/api/v2` (seed 003).
 pub fn v2_router() -> Router<AppState> {
-    Router::new().route(
-        "/channels/accounts/auth/{platform}/status/{session_id}",
-        get(session_status),
-    )
+    Router::new()
+        .route(
+            "/channels/accounts/auth/{platform}/status/{session_id}",
+            get(session_status),
+        )
+        .route(
+            "/channels/accounts/auth/{platform}/select/{session_id}",
+            post(select),
+        )
 }
 
 /// A start body's common fields (`socialSetId`, `mode`, `followOnX`); an empty body is `{}`.
@@ -217,7 +222,50 @@ async fn linkedin_callback(
     State(state): State<AppState>,
     Query(cb): Query<Callback>,
 ) -> Result<Json<Value>, ApiError> {
-    Ok(connected_json(connect::finish_linkedin(&state, &cb).await?))
+    Ok(match connect::finish_linkedin(&state, &cb).await? {
+        connect::Linked::Connected(done) => connected_json(*done),
+        connect::Linked::Choose {
+            session_id,
+            selectable,
+        } => Json(json!({
+            "success": true,
+            "requiresSelection": true,
+            "sessionId": session_id,
+            "selectableAccounts": selectable,
+        })),
+    })
+}
+
+/// `POST /api/v2/channels/accounts/auth/{platform}/select/{sessionId}` `{"platformUids":[…]}`:
+/// completes a session that `requiresSelection` with the chosen accounts; the session in seed
+/// 003's shape, as its status route answers it.
+async fn select(
+    State(state): State<AppState>,
+    PlatformUser(_, user_id): PlatformUser,
+    Path((platform, session_id)): Path<(String, String)>,
+    raw: Bytes,
+) -> Result<Json<Value>, ApiError> {
+    let body: Map<String, Value> = parse_json(&raw)?;
+    let uids = crate::social::drafts::read_ids("platformUids", body.get("platformUids"))?
+        .filter(|u| !u.is_empty())
+        .ok_or_else(|| {
+            ApiError::InvalidInput(
+                "platformUids: required, the platformUid of each selectableAccounts entry to connect"
+                    .into(),
+            )
+        })?;
+    let named = crate::social::text::Platform::parse(&platform)
+        .map(|p| p.as_str())
+        .ok_or_else(|| {
+            ApiError::NotFound(format!("no {platform} connection session {session_id}"))
+        })?;
+    let session = connect::select(&state, user_id, named, &session_id, &uids).await?;
+    let accounts = db::social::accounts(&state.db, user_id).await?;
+    Ok(Json(json!({
+        "code": 0,
+        "message": "请求成功",
+        "data": connect::session_json(&session, &accounts, super::admin::iso),
+    })))
 }
 
 async fn session_status(

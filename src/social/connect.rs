@@ -317,9 +317,23 @@ struct Profile<'a> {
     char_limit: Option<i64>,
 }
 
-/// Stores a connected account (its tokens sealed, their expiry), puts it in its set and ends
-/// the session as completed: the account and its set.
+/// Stores a connected account, puts it in its set and ends the session as completed: the
+/// account and its set.
 async fn store(
+    state: &AppState,
+    session: &AuthSession,
+    platform: &str,
+    profile: Profile<'_>,
+    tokens: &oauth::Tokens,
+) -> Result<(Account, String), ApiError> {
+    let kept = keep(state, session, platform, profile, tokens).await?;
+    db::social_auth::complete(&state.db, &session.id, &json!([kept.0.id]).to_string()).await?;
+    Ok(kept)
+}
+
+/// Stores a connected account (its tokens sealed, their expiry) and puts it in its set: the
+/// account and its set.
+async fn keep(
     state: &AppState,
     session: &AuthSession,
     platform: &str,
@@ -354,7 +368,6 @@ async fn store(
     )
     .await?;
     let set_id = place(state, session, &account).await?;
-    db::social_auth::complete(&state.db, &session.id, &json!([account.id]).to_string()).await?;
     Ok((account, set_id))
 }
 
@@ -689,12 +702,20 @@ pub async fn start_linkedin(
     })
 }
 
+/// How a LinkedIn callback ended: the member connected, or a choice to make first.
+pub enum Linked {
+    Connected(Box<(Account, String)>),
+    /// The member administers pages: the session awaits the user's selection among these.
+    Choose {
+        session_id: String,
+        selectable: Value,
+    },
+}
+
 /// Finishes a LinkedIn connection: the code traded for a 60-day token, the member read from
-/// userinfo (its `sub` is the author URN's id).
-pub async fn finish_linkedin(
-    state: &AppState,
-    cb: &Callback,
-) -> Result<(Account, String), ApiError> {
+/// userinfo (its `sub` is the author URN's id). A member who administers pages is offered them
+/// (and themself): the session then `requiresSelection` until [`select`] completes it.
+pub async fn finish_linkedin(state: &AppState, cb: &Callback) -> Result<Linked, ApiError> {
     use super::platforms::linkedin;
     let session = take_session(state, "linkedin", cb).await?;
     let code = code_of(state, &session, cb).await?;
@@ -703,13 +724,119 @@ pub async fn finish_linkedin(
     let tokens = tokens_or_fail(state, &session, "LinkedIn", exchanged).await?;
     let me = linkedin::me(&state.http, app, &tokens.access_token).await;
     let (sub, name, picture) = profile_or_fail(state, &session, "LinkedIn", me).await?;
-    let profile = Profile {
-        uid: &sub,
-        username: &name,
-        display_name: Some(&name),
-        avatar_url: picture.as_deref(),
-        instance: None,
-        char_limit: None,
+    let pages = linkedin::organizations(&state.http, app, &tokens.access_token).await;
+    let pages = profile_or_fail(state, &session, "LinkedIn", pages).await?;
+    if pages.is_empty() {
+        let profile = Profile {
+            uid: &sub,
+            username: &name,
+            display_name: Some(&name),
+            avatar_url: picture.as_deref(),
+            instance: None,
+            char_limit: None,
+        };
+        let done = store(state, &session, "linkedin", profile, &tokens).await?;
+        return Ok(Linked::Connected(Box::new(done)));
+    }
+    let mut selectable = vec![json!({"platform": "linkedin", "platformUid": sub,
+        "displayName": name, "account": name, "avatarUrl": picture, "parentPlatformUid": null})];
+    selectable.extend(pages.iter().map(|o| {
+        json!({"platform": "linkedin", "platformUid": o.urn, "displayName": o.name,
+               "account": o.vanity.clone().unwrap_or_else(|| o.name.clone()),
+               "avatarUrl": null, "parentPlatformUid": sub})
+    }));
+    let selectable = Value::Array(selectable);
+    let kept = json!({"access_token": tokens.access_token, "refresh_token": tokens.refresh_token,
+                      "expires_in_s": tokens.expires_in_s, "scope": tokens.scope});
+    let sealed = state.secrets.seal(Purpose::AuthSession, &kept.to_string());
+    db::social_auth::await_selection(&state.db, &session.id, &selectable.to_string(), &sealed)
+        .await?;
+    Ok(Linked::Choose {
+        session_id: session.id,
+        selectable,
+    })
+}
+
+/// Completes a session that awaits a selection with the chosen `platform_uids` (each one of
+/// its `selectableAccounts`): one account each, sharing the kept tokens. The ended session.
+pub async fn select(
+    state: &AppState,
+    user_id: i64,
+    platform: &str,
+    session_id: &str,
+    platform_uids: &[String],
+) -> Result<AuthSession, ApiError> {
+    let not_found = || ApiError::NotFound(format!("no {platform} connection session {session_id}"));
+    let session = db::social_auth::get(&state.db, user_id, session_id)
+        .await?
+        .filter(|s| s.platform == platform)
+        .ok_or_else(not_found)?;
+    if session.status != "pending" || session.requires_selection == 0 {
+        return Err(ApiError::Conflict(format!(
+            "connection session {session_id} is {} and awaits no selection",
+            session.status
+        )));
+    }
+    if crate::clock::now_ms() > session.expires_at_ms {
+        let message = "the connection session expired before a selection was made";
+        db::social_auth::fail(&state.db, &session.id, error_code::EXPIRED, message).await?;
+        return Err(ApiError::InvalidInput(format!("{message}; start again")));
+    }
+    let selectable: Vec<Value> = serde_json::from_str(&session.selectable).unwrap_or_default();
+    let mut chosen = Vec::with_capacity(platform_uids.len());
+    for uid in platform_uids {
+        let entry = selectable
+            .iter()
+            .find(|e| e["platformUid"] == uid.as_str())
+            .ok_or_else(|| {
+                ApiError::InvalidInput(format!(
+                    "platformUids: {uid:?} is not one of this session's selectableAccounts"
+                ))
+            })?;
+        chosen.push(entry.clone());
+    }
+    let Some(session) = db::social_auth::take_selection(&state.db, user_id, session_id).await?
+    else {
+        return Err(ApiError::Conflict(format!(
+            "connection session {session_id} was selected for already"
+        )));
     };
-    store(state, &session, "linkedin", profile, &tokens).await
+    let kept = state
+        .secrets
+        .open(Purpose::AuthSession, &session.pending_tokens)
+        .ok()
+        .and_then(|t| serde_json::from_str::<Value>(&t).ok())
+        .ok_or_else(|| ApiError::Internal("the session's kept tokens cannot be read".into()))?;
+    let tokens = oauth::Tokens {
+        access_token: kept["access_token"].as_str().unwrap_or_default().to_owned(),
+        refresh_token: kept["refresh_token"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned(),
+        expires_in_s: kept["expires_in_s"].as_i64(),
+        scope: kept["scope"].as_str().map(str::to_owned),
+    };
+    let mut ids = Vec::with_capacity(chosen.len());
+    for e in &chosen {
+        let text = |k: &str| e[k].as_str().unwrap_or_default().to_owned();
+        let (uid, name, account) = (text("platformUid"), text("displayName"), text("account"));
+        let profile = Profile {
+            uid: &uid,
+            username: &account,
+            display_name: Some(&name),
+            avatar_url: e["avatarUrl"].as_str(),
+            instance: None,
+            char_limit: None,
+        };
+        ids.push(
+            keep(state, &session, platform, profile, &tokens)
+                .await?
+                .0
+                .id,
+        );
+    }
+    db::social_auth::complete(&state.db, &session.id, &json!(ids).to_string()).await?;
+    db::social_auth::get(&state.db, user_id, session_id)
+        .await?
+        .ok_or_else(not_found)
 }

@@ -89,33 +89,34 @@ pub fn check(platform: Platform, files: &[FileMeta], public_url: bool) -> Result
             files.len()
         ));
     }
-    let moving = kinds.iter().filter(|k| **k != Kind::Image).count();
-    if moving > 0 && files.len() > 1 && matches!(platform, Platform::X | Platform::Mastodon) {
+    // What must go alone on a post: a video anywhere but in a Threads carousel, and on X and
+    // Mastodon a GIF too (Bluesky and LinkedIn take a GIF as an image).
+    let alone = |k: Kind| match platform {
+        Platform::Threads => false,
+        Platform::X | Platform::Mastodon => k != Kind::Image,
+        Platform::Bluesky | Platform::LinkedIn => k == Kind::Video,
+    };
+    if files.len() > 1
+        && let Some((f, k)) = files.iter().zip(&kinds).find(|(_, k)| alone(**k))
+    {
         return Err(format!(
-            "{name} takes one video or GIF alone on a post, or up to 4 images"
+            "{}: {name} takes a {} alone on a post, or up to {max_count} images",
+            f.id,
+            k.as_str()
         ));
     }
     for (f, k) in files.iter().zip(&kinds) {
         let limit = match (platform, k) {
             (Platform::X, k) => k.upload_limit(),
-            (Platform::Bluesky, Kind::Video) => {
-                return Err(format!(
-                    "{}: Bluesky videos go through its video service, which Tollgate does not use yet; post images",
-                    f.id
-                ));
-            }
+            // The video lexicon's limit.
+            (Platform::Bluesky, Kind::Video) => 100_000_000,
             // An embedded image's blob limit.
             (Platform::Bluesky, _) => 2_000_000,
             (Platform::Mastodon, Kind::Video) => 103_809_024,
             (Platform::Mastodon, _) => 16 * MB,
             (Platform::Threads, Kind::Video) => 512 * MB,
             (Platform::Threads, _) => 8 * MB,
-            (Platform::LinkedIn, Kind::Video) => {
-                return Err(format!(
-                    "{}: LinkedIn videos are not published by Tollgate yet; post images",
-                    f.id
-                ));
-            }
+            (Platform::LinkedIn, Kind::Video) => 500 * MB,
             (Platform::LinkedIn, _) => 5 * MB,
         };
         if f.size_bytes > limit {
@@ -540,7 +541,25 @@ mod tests {
         );
         assert!(check(Platform::Threads, &[img(MB)], false).is_err());
         assert!(check(Platform::Threads, &[img(MB), video.clone()], true).is_ok());
-        assert!(check(Platform::LinkedIn, &[video], false).is_err());
+        assert!(check(Platform::LinkedIn, std::slice::from_ref(&video), false).is_ok());
+        assert!(check(Platform::LinkedIn, &[img(MB), video.clone()], false).is_err());
+        assert!(check(Platform::Bluesky, &[img(MB), video], false).is_err());
+        assert!(
+            check(
+                Platform::Bluesky,
+                &[file("f_v", "video/mp4", 50 * MB)],
+                false
+            )
+            .is_ok()
+        );
+        assert!(
+            check(
+                Platform::Bluesky,
+                &[img(MB), file("f_g", "image/gif", MB)],
+                false
+            )
+            .is_ok()
+        );
         assert!(check(Platform::LinkedIn, &[img(MB), img(MB)], false).is_ok());
         assert!(check(Platform::X, &[file("f_d", "application/pdf", 1)], false).is_err());
     }

@@ -484,6 +484,7 @@ async fn upload_all(
     let mut blobs = Vec::new();
     for f in files {
         let data = crate::files::read(state.db.clone(), f);
+        let video = super::media::kind(f) == Some(Kind::Video);
         match platform {
             Platform::X => {
                 ids.push(x::upload_media(http, &state.config.social.x, token, f, data).await?)
@@ -495,7 +496,21 @@ async fn upload_all(
             Platform::LinkedIn => {
                 let app = &state.config.social.linkedin;
                 let person = &account.platform_uid;
-                ids.push(linkedin::upload_image(http, app, token, person, f, data).await?);
+                let urn = if video {
+                    let read =
+                        |first, last| crate::files::read_range(state.db.clone(), f, first, last);
+                    linkedin::upload_video(http, app, token, person, f, read).await?
+                } else {
+                    linkedin::upload_image(http, app, token, person, f, data).await?
+                };
+                ids.push(urn);
+            }
+            Platform::Bluesky if video => {
+                let (service, did) = (bluesky_service(state, account), &account.platform_uid);
+                let videos = &state.config.social.bluesky.video_service;
+                blobs.push(
+                    bluesky::upload_video(http, &service, videos, token, did, f, data).await?,
+                );
             }
             Platform::Bluesky => {
                 let bytes = crate::files::read_all(&state.db, f)

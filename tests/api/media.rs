@@ -137,6 +137,7 @@ async fn media_are_uploaded_once_and_each_platform_takes_them_its_own_way(b: Bac
         c.social.x.client_secret = tollgate::secrets::Secret::from(CLIENT_SECRET);
         c.social.x.redirect_uri = X_CALLBACK.to_owned();
         c.social.bluesky.default_service = bsky_base.clone();
+        c.social.bluesky.video_service = bsky_base.clone();
         c.social.mastodon.redirect_uri = MASTODON_CALLBACK.to_owned();
         c.social.threads.api_base = format!("{th_base}/v1.0");
         c.social.threads.authorize_url = format!("{th_base}/oauth/authorize");
@@ -282,8 +283,13 @@ async fn media_are_uploaded_once_and_each_platform_takes_them_its_own_way(b: Bac
         2 + 3
     );
     // A video past the ordinary 20 MB body limit is taken (the route lifts it for uploads).
-    let (status, body) = upload(&app, &key, &[("long.mp4", mp4(21 * 1024 * 1024))]).await;
+    let long = mp4(21 * 1024 * 1024);
+    let (status, body) = upload(&app, &key, &[("long.mp4", long.clone())]).await;
     assert_eq!((status, body["code"].clone()), (200, json!(0)), "{body}");
+    let long_id = body["data"]["uploads"][0]["mediaId"]
+        .as_str()
+        .expect("id")
+        .to_owned();
     assert_eq!(
         sql_i64(&app.state.db, "SELECT COUNT(*) FROM file_chunks").await,
         2 + 3 + 21
@@ -317,7 +323,7 @@ async fn media_are_uploaded_once_and_each_platform_takes_them_its_own_way(b: Bac
     )
     .await;
     assert_eq!(status, 200, "{body}");
-    for p in ["twitter", "mastodon", "threads"] {
+    for p in ["twitter", "bluesky", "mastodon", "threads"] {
         let r = result(&body, p);
         assert_eq!(
             (r["status"].as_str(), r["published"].as_u64()),
@@ -326,28 +332,35 @@ async fn media_are_uploaded_once_and_each_platform_takes_them_its_own_way(b: Bac
         );
         assert_eq!(r["creditsCharged"], json!(10), "{r}");
     }
-    // Bluesky takes no video, LinkedIn (one post of both items) neither: refused, unsent, free.
-    for p in ["bluesky", "linkedin"] {
-        let r = result(&body, p);
-        assert_eq!(
-            (r["status"].as_str(), r["error"]["code"].as_str()),
-            (Some("failed"), Some("INVALID_INPUT")),
-            "{r}"
-        );
-        assert!(
-            r["error"]["message"]
-                .as_str()
-                .unwrap_or_default()
-                .contains(&video_id),
-            "{r}"
-        );
-        assert_eq!(r["creditsCharged"], json!(0), "{r}");
-    }
+    // LinkedIn makes one post of both items, and takes a video only alone: refused, unsent,
+    // free.
+    let r = result(&body, "linkedin");
+    assert_eq!(
+        (r["status"].as_str(), r["error"]["code"].as_str()),
+        (Some("failed"), Some("INVALID_INPUT")),
+        "{r}"
+    );
+    assert!(
+        r["error"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains(&video_id),
+        "{r}"
+    );
+    assert_eq!(r["creditsCharged"], json!(0), "{r}");
     assert_eq!(
         body["summary"],
-        json!({"total": 5, "succeeded": 3, "failed": 2, "unconfirmed": 0})
+        json!({"total": 5, "succeeded": 4, "failed": 1, "unconfirmed": 0})
     );
-    assert!(bsky.records.lock().expect("lock").is_empty());
+    {
+        // Bluesky: the video went through the video service and is embedded as a video.
+        let records = bsky.records.lock().expect("lock");
+        let blobs = bsky.blobs.lock().expect("lock");
+        let embed = &records[1].value["embed"];
+        assert_eq!(embed["$type"], "app.bsky.embed.video");
+        let link = embed["video"]["ref"]["$link"].as_str().expect("link");
+        assert_eq!(blobs[link], ("video/mp4".to_owned(), video.len()));
+    }
     assert!(linkedin.posts.lock().expect("lock").is_empty());
 
     // X: each post carries its own upload, the video in three appended segments, polled.
@@ -445,6 +458,30 @@ async fn media_are_uploaded_once_and_each_platform_takes_them_its_own_way(b: Bac
         assert_eq!(posts[0].images.len(), 1);
         assert_eq!(images[&posts[0].images[0]].1, Some(image.len()));
     }
+    // A video alone goes to LinkedIn in the parts LinkedIn names, each with its ETag, finalized
+    // and waited for.
+    let (status, body) = call(
+        &app,
+        &key,
+        "/api/v1/linkedin/publish",
+        json!({"accountId": li_acc, "text": "a long clip", "mediaUrls": [long_id]}),
+    )
+    .await;
+    assert_eq!(
+        (status, body["summary"]["succeeded"].as_u64()),
+        (200, Some(1)),
+        "{body}"
+    );
+    {
+        let posts = linkedin.posts.lock().expect("lock");
+        let videos = linkedin.videos.lock().expect("lock");
+        let urn = &posts.last().expect("post").images[0];
+        let v = &videos[urn];
+        assert!(v.finalized);
+        let covered: u64 = v.parts.iter().map(|((a, b), _)| b + 1 - a).sum();
+        assert_eq!((v.parts.len(), covered), (6, long.len() as u64));
+        assert!(v.parts.iter().all(|(_, etag)| etag.is_some()));
+    }
 
     // The per-platform routes take media by id or by Tollgate URL; a URL whose signature was
     // changed is refused before anything is held.
@@ -520,8 +557,8 @@ async fn media_are_uploaded_once_and_each_platform_takes_them_its_own_way(b: Bac
     .await;
     assert_eq!(status, 400, "{body}");
 
-    // 3 + 2 + 2 publishes at 10 credits each.
-    assert_eq!(app.balance_micros(user).await, 30_000_000);
+    // 4 + 2 + 1 + 1 + 1 publishes at 10 credits each.
+    assert_eq!(app.balance_micros(user).await, 10_000_000);
     app.assert_books_balance(user).await;
     let (ok, out) = app.ledger_verify_cli().await;
     assert!(ok, "{out}");

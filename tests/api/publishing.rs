@@ -2160,10 +2160,18 @@ both_backends!(a_threads_thread_goes_out_container_by_container_and_a_lost_publi
 
 const LINKEDIN_CALLBACK: &str = "http://127.0.0.1:8000/api/v1/linkedin/callback";
 
-async fn a_linkedin_post_is_escaped_versioned_and_unconfirmed_when_its_answer_is_lost(b: Backend) {
+/// A gateway whose LinkedIn app is the fake's, and a user (100 credits) with a key.
+async fn linkedin_setup(
+    b: &Backend,
+) -> (
+    TestApp,
+    Arc<crate::fakes::linkedin::FakeLinkedIn>,
+    i64,
+    String,
+) {
     use crate::fakes::linkedin as li;
     let (fake, base) = li::start_fake_linkedin().await;
-    let app = TestApp::spawn_with(&b, |c| {
+    let app = TestApp::spawn_with(b, |c| {
         c.social.linkedin.api_base = base.clone();
         c.social.linkedin.authorize_url = format!("{base}/oauth/v2/authorization");
         c.social.linkedin.token_url = format!("{base}/oauth/v2/accessToken");
@@ -2176,11 +2184,16 @@ async fn a_linkedin_post_is_escaped_versioned_and_unconfirmed_when_its_answer_is
     .await;
     let user = app.add_user(json!("100")).await;
     let key = app.add_key(user, json!({})).await;
-    use reqwest::Method as M;
+    (app, fake, user, key)
+}
+
+/// Starts a LinkedIn connection and follows the browser through LinkedIn back to the
+/// callback: the start's answer and the callback's.
+async fn linkedin_connect(app: &TestApp, key: &str) -> (Value, Value) {
     let (status, started) = xai(
-        &app,
-        &key,
-        M::POST,
+        app,
+        key,
+        reqwest::Method::POST,
         "/api/v1/linkedin/auth",
         Some(json!({})),
     )
@@ -2208,6 +2221,13 @@ async fn a_linkedin_post_is_escaped_versioned_and_unconfirmed_when_its_answer_is
         .json()
         .await
         .expect("json");
+    (started, done)
+}
+
+async fn a_linkedin_post_is_escaped_versioned_and_unconfirmed_when_its_answer_is_lost(b: Backend) {
+    let (app, fake, user, key) = linkedin_setup(&b).await;
+    use reqwest::Method as M;
+    let (_, done) = linkedin_connect(&app, &key).await;
     let account = done["accountUuid"].as_str().expect("account").to_owned();
     // Reserved characters survive (escaped); a draft's items become one post.
     let d = draft(&app, &key, &["Launch (beta) #rust @team", "第二段 [详情]"]).await;
@@ -2286,4 +2306,129 @@ async fn a_linkedin_post_is_escaped_versioned_and_unconfirmed_when_its_answer_is
     app.stop().await;
 }
 
-both_backends!(a_linkedin_post_is_escaped_versioned_and_unconfirmed_when_its_answer_is_lost);
+async fn a_linkedin_member_who_runs_pages_chooses_which_to_connect_and_posts_as_one(b: Backend) {
+    let (app, fake, user, key) = linkedin_setup(&b).await;
+    use reqwest::Method as M;
+    fake.pages.lock().expect("lock").extend([
+        (
+            2414183,
+            "Tollgate Labs".to_owned(),
+            "tollgate-labs".to_owned(),
+        ),
+        (
+            5550001,
+            "Side Project".to_owned(),
+            "side-project".to_owned(),
+        ),
+    ]);
+    let (started, done) = linkedin_connect(&app, &key).await;
+    let session = started["sessionId"].as_str().expect("session").to_owned();
+    // The member and both pages are offered; nothing is connected yet.
+    assert_eq!(
+        (done["success"].clone(), done["requiresSelection"].clone()),
+        (json!(true), json!(true)),
+        "{done}"
+    );
+    let offered: Vec<&str> = done["selectableAccounts"]
+        .as_array()
+        .expect("selectable")
+        .iter()
+        .filter_map(|a| a["platformUid"].as_str())
+        .collect();
+    assert_eq!(
+        offered,
+        [
+            "782bbtaQ",
+            "urn:li:organization:2414183",
+            "urn:li:organization:5550001"
+        ]
+    );
+    let status_path = format!("/api/v2/channels/accounts/auth/linkedin/status/{session}");
+    let (_, polled) = xai(&app, &key, M::GET, &status_path, None).await;
+    assert_eq!(
+        (
+            polled["data"]["status"].clone(),
+            polled["data"]["requiresSelection"].clone()
+        ),
+        (json!("pending"), json!(true)),
+        "{polled}"
+    );
+    assert_eq!(
+        polled["data"]["selectableAccounts"][1]["parentPlatformUid"],
+        "782bbtaQ"
+    );
+    let select_path = format!("/api/v2/channels/accounts/auth/linkedin/select/{session}");
+    // A uid that was not offered, or another user's session, is refused.
+    let (status, e) = xai(
+        &app,
+        &key,
+        M::POST,
+        &select_path,
+        Some(json!({"platformUids": ["urn:li:organization:999"]})),
+    )
+    .await;
+    assert_eq!(status, 400, "{e}");
+    let other = app.add_user(json!("1")).await;
+    let other_key = app.add_key(other, json!({})).await;
+    let (status, _) = xai(
+        &app,
+        &other_key,
+        M::POST,
+        &select_path,
+        Some(json!({"platformUids": ["782bbtaQ"]})),
+    )
+    .await;
+    assert_eq!(status, 404);
+    // The first page only.
+    let (status, chosen) = xai(
+        &app,
+        &key,
+        M::POST,
+        &select_path,
+        Some(json!({"platformUids": ["urn:li:organization:2414183"]})),
+    )
+    .await;
+    assert_eq!(status, 200, "{chosen}");
+    let data = &chosen["data"];
+    assert_eq!(
+        (data["status"].clone(), data["requiresSelection"].clone()),
+        (json!("completed"), json!(false)),
+        "{chosen}"
+    );
+    assert_eq!(data["accounts"][0]["displayName"], "Tollgate Labs");
+    let page = data["accountId"].as_str().expect("account").to_owned();
+    // A session is selected for once.
+    let (status, _) = xai(
+        &app,
+        &key,
+        M::POST,
+        &select_path,
+        Some(json!({"platformUids": ["782bbtaQ"]})),
+    )
+    .await;
+    assert_eq!(status, 409);
+    // The page posts as the organisation.
+    let (status, body) = xai(
+        &app,
+        &key,
+        M::POST,
+        "/api/v1/linkedin/publish",
+        Some(json!({"accountId": page, "text": "Hello from the page"})),
+    )
+    .await;
+    assert_eq!(
+        (status, body["results"][0]["status"].clone()),
+        (200, json!("published")),
+        "{body}"
+    );
+    let posts = fake.posts.lock().expect("lock").clone();
+    assert_eq!(posts[0].author, "urn:li:organization:2414183");
+    assert_eq!(app.balance_micros(user).await, 90_000_000);
+    app.assert_books_balance(user).await;
+    app.stop().await;
+}
+
+both_backends!(
+    a_linkedin_post_is_escaped_versioned_and_unconfirmed_when_its_answer_is_lost,
+    a_linkedin_member_who_runs_pages_chooses_which_to_connect_and_posts_as_one
+);

@@ -3,7 +3,9 @@
 //! login per post: the login limits are strict); posts are `app.bsky.feed.post` records made
 //! with `com.atproto.repo.createRecord` under a record key chosen before the call, so an
 //! outcome lost in transit is settled by reading that key back (`getRecord`); images go up
-//! first as blobs (`uploadBlob`) and are embedded (`app.bsky.embed.images`).
+//! first as blobs (`uploadBlob`) and are embedded (`app.bsky.embed.images`); a video goes
+//! through the video service (`app.bsky.video.uploadVideo`) and is embedded as
+//! `app.bsky.embed.video`.
 //! Lexicons: <https://github.com/bluesky-social/atproto/tree/main/lexicons>.
 
 use crate::social::media::{self, UploadError};
@@ -194,13 +196,133 @@ pub async fn upload_blob(
     }
 }
 
+/// Uploads a video through Bluesky's video service: a service token from the PDS
+/// (`getServiceAuth`, for `uploadBlob` at the PDS's `did:web`), `app.bsky.video.uploadVideo`
+/// with the bytes streamed, then `getJobStatus` until the job is done: the video's blob to
+/// embed. A video is not a post.
+pub async fn upload_video(
+    http: &reqwest::Client,
+    service: &str,
+    video_service: &str,
+    access: &str,
+    did: &str,
+    file: &crate::db::files::FileMeta,
+    data: futures_util::stream::BoxStream<'static, Result<bytes::Bytes, std::io::Error>>,
+) -> Result<Value, UploadError> {
+    let unavailable =
+        |e: String| UploadError::Failed("PLATFORM_UNAVAILABLE", format!("Bluesky video: {e}"));
+    let host = url::Url::parse(service)
+        .ok()
+        .and_then(|u| u.host_str().map(str::to_owned))
+        .ok_or_else(|| unavailable(format!("{service} has no host")))?;
+    let exp = (crate::clock::now_ms() / 1000 + 1800).to_string();
+    let auth_url = with_query(
+        &xrpc(service, "com.atproto.server.getServiceAuth"),
+        &[
+            ("aud", &format!("did:web:{host}")),
+            ("lxm", "com.atproto.repo.uploadBlob"),
+            ("exp", &exp),
+        ],
+    );
+    let (status, v) = call(http.get(auth_url).bearer_auth(access))
+        .await
+        .map_err(|e| unavailable(e.to_string()))?;
+    let (error, message) = error_of(&v, status);
+    let service_token = match (status, v["token"].as_str()) {
+        (200, Some(t)) => t.to_owned(),
+        (400, _) if error == "ExpiredToken" || error == "InvalidToken" => {
+            return Err(UploadError::Unauthorized);
+        }
+        _ => {
+            return Err(media::refused(
+                status,
+                "Bluesky",
+                &format!("{error}: {message}"),
+            ));
+        }
+    };
+    let upload_url = with_query(
+        &xrpc(video_service, "app.bsky.video.uploadVideo"),
+        &[("did", did), ("name", &format!("{}.mp4", file.id))],
+    );
+    let resp = http
+        .post(upload_url)
+        .bearer_auth(&service_token)
+        .header("content-type", &file.content_type)
+        .header("content-length", file.size_bytes.to_string())
+        .body(reqwest::Body::wrap_stream(data))
+        .timeout(Duration::from_secs(600))
+        .send()
+        .await
+        .map_err(|e| unavailable(e.to_string()))?;
+    let status = resp.status().as_u16();
+    let body = resp.bytes().await.map_err(|e| unavailable(e.to_string()))?;
+    let v: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    // A video the service already has answers 409 with its job.
+    let job = v["jobStatus"]["jobId"].as_str().or(v["jobId"].as_str());
+    let Some(job) = job
+        .filter(|_| status == 200 || status == 409)
+        .map(str::to_owned)
+    else {
+        let (error, message) = error_of(&v, status);
+        return Err(media::refused(
+            status,
+            "Bluesky's video service",
+            &format!("{error}: {message}"),
+        ));
+    };
+    for _ in 0..600 {
+        let url = with_query(
+            &xrpc(video_service, "app.bsky.video.getJobStatus"),
+            &[("jobId", &job)],
+        );
+        let (status, v) = call(http.get(url).bearer_auth(access))
+            .await
+            .map_err(|e| unavailable(e.to_string()))?;
+        let s = &v["jobStatus"];
+        match (status, s["state"].as_str()) {
+            (200, Some("JOB_STATE_COMPLETED")) if s["blob"].is_object() => {
+                return Ok(s["blob"].clone());
+            }
+            (200, Some("JOB_STATE_FAILED")) => {
+                let why = s["message"]
+                    .as_str()
+                    .or(s["error"].as_str())
+                    .unwrap_or("no detail");
+                return Err(UploadError::Failed(
+                    "INVALID_INPUT",
+                    format!("Bluesky could not process the video: {why}"),
+                ));
+            }
+            (200, _) => {}
+            _ => {
+                return Err(media::refused(
+                    status,
+                    "Bluesky's video service",
+                    "getJobStatus",
+                ));
+            }
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    Err(unavailable(format!("job {job} was still processing")))
+}
+
+fn with_query(url: &str, pairs: &[(&str, &str)]) -> String {
+    let query = url::form_urlencoded::Serializer::new(String::new())
+        .extend_pairs(pairs)
+        .finish();
+    format!("{url}?{query}")
+}
+
 /// An `app.bsky.feed.post` record: text with link facets (UTF-8 byte offsets), languages, the
-/// thread's root and parent when it is a reply, and its images (blob references) embedded.
+/// thread's root and parent when it is a reply, and its media (blob references) embedded: a
+/// video blob as `app.bsky.embed.video`, images as `app.bsky.embed.images`.
 pub fn post_record(
     text_: &str,
     langs: &[String],
     reply: Option<(&Ref, &Ref)>,
-    images: &[Value],
+    blobs: &[Value],
     created_at: &str,
 ) -> Value {
     let facets: Vec<Value> = text::find_urls(text_)
@@ -229,12 +351,22 @@ pub fn post_record(
         record["reply"] = json!({"root": {"uri": root.uri, "cid": root.cid},
                                  "parent": {"uri": parent.uri, "cid": parent.cid}});
     }
-    if !images.is_empty() {
-        let images: Vec<Value> = images
-            .iter()
-            .map(|blob| json!({"image": blob, "alt": ""}))
-            .collect();
-        record["embed"] = json!({"$type": "app.bsky.embed.images", "images": images});
+    match blobs {
+        [] => {}
+        [video]
+            if video["mimeType"]
+                .as_str()
+                .is_some_and(|t| t.starts_with("video/")) =>
+        {
+            record["embed"] = json!({"$type": "app.bsky.embed.video", "video": video, "alt": ""});
+        }
+        images => {
+            let images: Vec<Value> = images
+                .iter()
+                .map(|blob| json!({"image": blob, "alt": ""}))
+                .collect();
+            record["embed"] = json!({"$type": "app.bsky.embed.images", "images": images});
+        }
     }
     record
 }

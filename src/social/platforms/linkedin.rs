@@ -2,8 +2,11 @@
 //! secret in the form), the member from `/v2/userinfo` (`sub` → `urn:li:person:{sub}`), and
 //! posts through `POST /rest/posts` (201, the post's URN in `x-restli-id`). Its "little" text
 //! format truncates silently at an unescaped reserved character, so the commentary is escaped.
-//! LinkedIn has no idempotency key: a lost answer is reported as unconfirmed. Images go up
-//! first (`/rest/images?action=initializeUpload`, then one `PUT`) and are named by URN.
+//! LinkedIn has no idempotency key: a lost answer is reported as unconfirmed. A member who
+//! administers pages (`organizationAcls`) chooses which of them, and whether themself, to
+//! connect; a page's account posts as `urn:li:organization:…`. Images go up
+//! first (`/rest/images?action=initializeUpload`, then one `PUT`), videos in the parts LinkedIn
+//! names (each `PUT`, its ETag kept, then `finalizeUpload`), and are named by URN.
 //! Spec: <https://learn.microsoft.com/linkedin/marketing/community-management/shares/posts-api>.
 
 use crate::config::OAuthApp;
@@ -96,6 +99,86 @@ pub enum Created {
     Unknown(String),
 }
 
+/// The URN an account posts as: its stored id when it is one (an organisation page,
+/// `urn:li:organization:…`), else the member's `urn:li:person:{sub}`.
+pub fn author_urn(uid: &str) -> String {
+    if uid.starts_with("urn:li:") {
+        uid.to_owned()
+    } else {
+        format!("urn:li:person:{uid}")
+    }
+}
+
+/// A page the member administers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Organization {
+    pub urn: String,
+    pub name: String,
+    pub vanity: Option<String>,
+}
+
+/// A versioned REST read: `GET {api_base}{path}` with the version and Rest.li headers.
+async fn rest_get(
+    http: &reqwest::Client,
+    app: &OAuthApp,
+    token: &str,
+    path: &str,
+) -> Result<(u16, Value), String> {
+    let resp = http
+        .get(format!("{}{path}", app.api_base.trim_end_matches('/')))
+        .bearer_auth(token)
+        .header("linkedin-version", &app.version)
+        .header("x-restli-protocol-version", "2.0.0")
+        .timeout(CALL_TIMEOUT)
+        .send()
+        .await
+        .map_err(|e| e.to_string())?;
+    let status = resp.status().as_u16();
+    let body = resp.bytes().await.map_err(|e| e.to_string())?;
+    Ok((status, serde_json::from_slice(&body).unwrap_or(Value::Null)))
+}
+
+/// The pages the member administers (`organizationAcls` by role assignee, approved
+/// administrators), each with its name. A token without the organisation scopes (LinkedIn
+/// answers 403) has none.
+pub async fn organizations(
+    http: &reqwest::Client,
+    app: &OAuthApp,
+    token: &str,
+) -> Result<Vec<Organization>, String> {
+    let path = "/rest/organizationAcls?q=roleAssignee&role=ADMINISTRATOR&state=APPROVED";
+    let (status, v) = rest_get(http, app, token, path).await?;
+    match status {
+        200 => {}
+        401 | 403 => return Ok(Vec::new()),
+        _ => return Err(format!("organizationAcls answered {status}")),
+    }
+    let mut out = Vec::new();
+    for element in v["elements"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default()
+    {
+        let Some(urn) = element["organization"].as_str() else {
+            continue;
+        };
+        let Some(id) = urn.strip_prefix("urn:li:organization:") else {
+            continue;
+        };
+        let (status, org) =
+            rest_get(http, app, token, &format!("/rest/organizations/{id}")).await?;
+        if status != 200 {
+            return Err(format!("organization {id} answered {status}"));
+        }
+        out.push(Organization {
+            urn: urn.to_owned(),
+            name: org["localizedName"].as_str().unwrap_or(id).to_owned(),
+            vanity: org["vanityName"].as_str().map(str::to_owned),
+        });
+    }
+    Ok(out)
+}
+
 /// A versioned REST call: `POST {api_base}{path}` with the version and Rest.li headers.
 fn rest(
     http: &reqwest::Client,
@@ -112,63 +195,148 @@ fn rest(
         .body(body.to_string())
 }
 
-/// Uploads one image owned by the member `person`: `initializeUpload`, then the bytes in one
-/// `PUT` to the upload URL LinkedIn gives (streamed): the image's URN. An image is not a post.
+/// One media call (a transport failure is definite: an upload posts nothing): its status,
+/// headers and JSON body.
+async fn media_call(
+    req: reqwest::RequestBuilder,
+    timeout: Duration,
+) -> Result<(u16, reqwest::header::HeaderMap, Value), UploadError> {
+    let failed = |e: reqwest::Error| {
+        UploadError::Failed("PLATFORM_UNAVAILABLE", format!("LinkedIn media: {e}"))
+    };
+    let resp = req.timeout(timeout).send().await.map_err(failed)?;
+    let status = resp.status().as_u16();
+    let headers = resp.headers().clone();
+    let body = resp.bytes().await.map_err(failed)?;
+    Ok((
+        status,
+        headers,
+        serde_json::from_slice(&body).unwrap_or(Value::Null),
+    ))
+}
+
+fn refused(status: u16, v: &Value) -> UploadError {
+    media::refused(
+        status,
+        "LinkedIn",
+        v["message"].as_str().unwrap_or("no detail"),
+    )
+}
+
+/// A stored file's bytes `first..=last`, streamed.
+pub type Part = futures_util::stream::BoxStream<'static, Result<bytes::Bytes, std::io::Error>>;
+
+/// Uploads one image owned by `person` (the account's id): `initializeUpload`, then the bytes
+/// in one `PUT` to the upload URL LinkedIn gives (streamed): the image's URN. An image is not a
+/// post.
 pub async fn upload_image(
     http: &reqwest::Client,
     app: &OAuthApp,
     token: &str,
     person: &str,
     file: &crate::db::files::FileMeta,
-    data: futures_util::stream::BoxStream<'static, Result<bytes::Bytes, std::io::Error>>,
+    data: Part,
 ) -> Result<String, UploadError> {
-    let init = json!({"initializeUploadRequest": {"owner": format!("urn:li:person:{person}")}});
-    let failed =
-        |e: String| UploadError::Failed("PLATFORM_UNAVAILABLE", format!("LinkedIn images: {e}"));
-    let resp = rest(
-        http,
-        app,
-        token,
-        "/rest/images?action=initializeUpload",
-        &init,
-    )
-    .timeout(CALL_TIMEOUT)
-    .send()
-    .await
-    .map_err(|e| failed(e.to_string()))?;
-    let status = resp.status().as_u16();
-    let body = resp.bytes().await.map_err(|e| failed(e.to_string()))?;
-    let v: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
-    let (upload_url, urn) = match (
-        status,
+    let init = json!({"initializeUploadRequest": {"owner": author_urn(person)}});
+    let path = "/rest/images?action=initializeUpload";
+    let (status, _, v) = media_call(rest(http, app, token, path, &init), CALL_TIMEOUT).await?;
+    let (Some(upload_url), Some(urn)) = (
         v["value"]["uploadUrl"].as_str(),
         v["value"]["image"].as_str(),
-    ) {
-        (200..=299, Some(u), Some(i)) => (u.to_owned(), i.to_owned()),
-        _ => {
-            let message = v["message"].as_str().unwrap_or("no detail");
-            return Err(media::refused(status, "LinkedIn", message));
-        }
+    ) else {
+        return Err(refused(status, &v));
     };
-    let resp = http
-        .put(&upload_url)
+    let put = http
+        .put(upload_url)
         .bearer_auth(token)
         .header("content-type", &file.content_type)
         .header("content-length", file.size_bytes.to_string())
-        .body(reqwest::Body::wrap_stream(data))
-        .timeout(Duration::from_secs(300))
-        .send()
-        .await
-        .map_err(|e| failed(e.to_string()))?;
-    let status = resp.status().as_u16();
+        .body(reqwest::Body::wrap_stream(data));
+    let (status, _, v) = media_call(put, Duration::from_secs(300)).await?;
     if !(200..=299).contains(&status) {
-        return Err(media::refused(
-            status,
-            "LinkedIn",
-            "the image upload was refused",
-        ));
+        return Err(refused(status, &v));
     }
-    Ok(urn)
+    Ok(urn.to_owned())
+}
+
+/// Uploads one video owned by `person`: `initializeUpload` with its size, each part `PUT` to
+/// its own URL (`read(first, last)` streams those bytes) with its `ETag` kept,
+/// `finalizeUpload` with the ETags in order, then waits until LinkedIn has processed it
+/// (`AVAILABLE`): the video's URN.
+pub async fn upload_video(
+    http: &reqwest::Client,
+    app: &OAuthApp,
+    token: &str,
+    person: &str,
+    file: &crate::db::files::FileMeta,
+    read: impl Fn(u64, u64) -> Part,
+) -> Result<String, UploadError> {
+    let init = json!({"initializeUploadRequest": {"owner": author_urn(person),
+        "fileSizeBytes": file.size_bytes, "uploadCaptions": false, "uploadThumbnail": false}});
+    let path = "/rest/videos?action=initializeUpload";
+    let (status, _, v) = media_call(rest(http, app, token, path, &init), CALL_TIMEOUT).await?;
+    let (Some(urn), Some(parts)) = (
+        v["value"]["video"].as_str(),
+        v["value"]["uploadInstructions"].as_array(),
+    ) else {
+        return Err(refused(status, &v));
+    };
+    let mut etags = Vec::with_capacity(parts.len());
+    for part in parts {
+        let (Some(url), Some(first), Some(last)) = (
+            part["uploadUrl"].as_str(),
+            part["firstByte"].as_u64(),
+            part["lastByte"].as_u64(),
+        ) else {
+            return Err(UploadError::Failed(
+                "PLATFORM_UNAVAILABLE",
+                format!("LinkedIn gave an upload instruction without its range: {part}"),
+            ));
+        };
+        let put = http
+            .put(url)
+            .bearer_auth(token)
+            .header("content-type", "application/octet-stream")
+            .header("content-length", (last + 1 - first).to_string())
+            .body(reqwest::Body::wrap_stream(read(first, last)));
+        let (status, headers, v) = media_call(put, Duration::from_secs(300)).await?;
+        let etag = headers.get("etag").and_then(|e| e.to_str().ok());
+        match (status, etag) {
+            (200..=299, Some(etag)) => etags.push(etag.to_owned()),
+            _ => return Err(refused(status, &v)),
+        }
+    }
+    let fin = json!({"finalizeUploadRequest": {"video": urn, "uploadToken": v["value"]["uploadToken"].as_str().unwrap_or_default(), "uploadedPartIds": etags}});
+    let path = "/rest/videos?action=finalizeUpload";
+    let (status, _, v) = media_call(rest(http, app, token, path, &fin), CALL_TIMEOUT).await?;
+    if !(200..=299).contains(&status) {
+        return Err(refused(status, &v));
+    }
+    let encoded: String = url::form_urlencoded::byte_serialize(urn.as_bytes()).collect();
+    for _ in 0..300 {
+        let (status, v) = rest_get(http, app, token, &format!("/rest/videos/{encoded}"))
+            .await
+            .map_err(|e| UploadError::Failed("PLATFORM_UNAVAILABLE", e))?;
+        match (status, v["status"].as_str()) {
+            (200, Some("AVAILABLE")) => return Ok(urn.to_owned()),
+            // Some member tokens may write videos but not read them back: finalized is all
+            // that can be known.
+            (401 | 403, _) => return Ok(urn.to_owned()),
+            (200, Some("PROCESSING" | "WAITING_UPLOAD")) => {}
+            (200, Some(other)) => {
+                return Err(UploadError::Failed(
+                    "INVALID_INPUT",
+                    format!("LinkedIn could not process the video: {other}"),
+                ));
+            }
+            _ => return Err(refused(status, &v)),
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    Err(UploadError::Failed(
+        "PLATFORM_UNAVAILABLE",
+        format!("LinkedIn was still processing video {urn}"),
+    ))
 }
 
 /// `POST /rest/posts` as the member `person` (its `sub`), with `images` (URNs) as its media.
@@ -184,7 +352,7 @@ pub async fn create_post(
     timeout: Duration,
 ) -> Created {
     let mut body = json!({
-        "author": format!("urn:li:person:{person}"),
+        "author": author_urn(person),
         "commentary": escape(text),
         "visibility": visibility,
         "distribution": {"feedDistribution": "MAIN_FEED", "targetEntities": [], "thirdPartyDistributionChannels": []},

@@ -37,6 +37,10 @@ pub struct FakeBluesky {
     pub logins: AtomicUsize,
     pub refreshes: AtomicUsize,
     pub creates: AtomicUsize,
+    /// Service tokens handed out by `getServiceAuth` (for the video service).
+    pub service_tokens: Mutex<Vec<String>>,
+    /// Video jobs: id → (blob link, polls still answered processing).
+    pub jobs: Mutex<HashMap<String, (String, usize)>>,
     /// Uploaded blobs: CID link → (mime type, size).
     pub blobs: Mutex<HashMap<String, (String, usize)>>,
     /// Access token → expiry (unix seconds).
@@ -156,6 +160,93 @@ async fn refresh_session(State(f): State<Arc<FakeBluesky>>, headers: HeaderMap) 
     }
 }
 
+/// `getServiceAuth`: a short token for the video service to upload blobs as this account.
+async fn service_auth(
+    State(f): State<Arc<FakeBluesky>>,
+    Query(q): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+) -> Response {
+    if let Some(e) = f.check_access(&headers) {
+        return e;
+    }
+    let aud_ok = q.get("aud").is_some_and(|a| a.starts_with("did:web:"));
+    if !aud_ok || q.get("lxm").map(String::as_str) != Some("com.atproto.repo.uploadBlob") {
+        return xrpc_error(StatusCode::BAD_REQUEST, "InvalidRequest", "aud and lxm");
+    }
+    let token = format!("svc-{}", f.counter.fetch_add(1, Ordering::SeqCst));
+    f.service_tokens.lock().expect("lock").push(token.clone());
+    Json(json!({"token": token})).into_response()
+}
+
+fn link_of(data: &[u8]) -> String {
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(data);
+    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+    format!("bafkrei{}", &hex[..40])
+}
+
+/// The video service's `uploadVideo`: a service token, the account's DID, the bytes; a job.
+async fn upload_video(
+    State(f): State<Arc<FakeBluesky>>,
+    Query(q): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    let token = FakeBluesky::bearer(&headers);
+    if !f.service_tokens.lock().expect("lock").contains(&token) {
+        return xrpc_error(
+            StatusCode::UNAUTHORIZED,
+            "AuthRequired",
+            "a service token is required",
+        );
+    }
+    let mime = headers
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    if q.get("did").map(String::as_str) != Some(DID)
+        || !mime.starts_with("video/")
+        || body.is_empty()
+    {
+        return xrpc_error(
+            StatusCode::BAD_REQUEST,
+            "InvalidRequest",
+            "did, a video and its type",
+        );
+    }
+    let link = link_of(&body);
+    f.blobs
+        .lock()
+        .expect("lock")
+        .insert(link.clone(), (mime, body.len()));
+    let job = format!("job-{}", f.counter.fetch_add(1, Ordering::SeqCst));
+    f.jobs.lock().expect("lock").insert(job.clone(), (link, 1));
+    Json(json!({"jobStatus": {"jobId": job, "did": DID, "state": "JOB_STATE_CREATED", "progress": 0}}))
+        .into_response()
+}
+
+/// `getJobStatus`: processing once, then completed with the blob.
+async fn job_status(
+    State(f): State<Arc<FakeBluesky>>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
+    let id = q.get("jobId").cloned().unwrap_or_default();
+    let mut jobs = f.jobs.lock().expect("lock");
+    let Some((link, polls)) = jobs.get_mut(&id) else {
+        return xrpc_error(StatusCode::BAD_REQUEST, "InvalidRequest", "unknown job");
+    };
+    if *polls > 0 {
+        *polls -= 1;
+        return Json(json!({"jobStatus": {"jobId": id, "did": DID, "state": "JOB_STATE_ENCODING", "progress": 50}}))
+            .into_response();
+    }
+    let (mime, size) = f.blobs.lock().expect("lock")[link.as_str()].clone();
+    Json(json!({"jobStatus": {"jobId": id, "did": DID, "state": "JOB_STATE_COMPLETED", "progress": 100,
+        "blob": {"$type": "blob", "ref": {"$link": link}, "mimeType": mime, "size": size}}}))
+    .into_response()
+}
+
 /// `uploadBlob`: the raw bytes, at most 2,000,000 for an image, typed by `Content-Type`.
 async fn upload_blob(
     State(f): State<Arc<FakeBluesky>>,
@@ -184,10 +275,7 @@ async fn upload_blob(
             "This file is too large",
         );
     }
-    use sha2::Digest;
-    let digest = sha2::Sha256::digest(&body);
-    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
-    let link = format!("bafkrei{}", &hex[..40]);
+    let link = link_of(&body);
     f.blobs
         .lock()
         .expect("lock")
@@ -222,28 +310,34 @@ async fn create_record(
         );
     }
     if !record["embed"].is_null() {
-        let images = record["embed"]["images"]
-            .as_array()
-            .cloned()
-            .unwrap_or_default();
         let blobs = f.blobs.lock().expect("lock");
-        let known = |img: &Value| {
-            let link = img["image"]["ref"]["$link"].as_str().unwrap_or_default();
-            img["alt"].is_string()
-                && img["image"]["$type"] == "blob"
+        // A blob this PDS holds, of the type and size the record says.
+        let known = |blob: &Value, kind: &str| {
+            let link = blob["ref"]["$link"].as_str().unwrap_or_default();
+            blob["$type"] == "blob"
                 && blobs.get(link).is_some_and(|(mime, size)| {
-                    img["image"]["mimeType"] == mime.as_str() && img["image"]["size"] == *size
+                    mime.starts_with(kind)
+                        && blob["mimeType"] == mime.as_str()
+                        && blob["size"] == *size
                 })
         };
-        if record["embed"]["$type"] != "app.bsky.embed.images"
-            || images.is_empty()
-            || images.len() > 4
-            || !images.iter().all(known)
-        {
+        let embed = &record["embed"];
+        let images = embed["images"].as_array().cloned().unwrap_or_default();
+        let valid = match embed["$type"].as_str() {
+            Some("app.bsky.embed.images") => {
+                (1..=4).contains(&images.len())
+                    && images
+                        .iter()
+                        .all(|i| i["alt"].is_string() && known(&i["image"], "image/"))
+            }
+            Some("app.bsky.embed.video") => known(&embed["video"], "video/"),
+            _ => false,
+        };
+        if !valid {
             return xrpc_error(
                 StatusCode::BAD_REQUEST,
                 "InvalidRequest",
-                "Invalid app.bsky.embed.images: unknown blob or more than 4 images",
+                "Invalid embed: unknown blob, wrong type, or more than 4 images",
             );
         }
     }
@@ -350,6 +444,9 @@ pub async fn start_fake_bluesky() -> (Arc<FakeBluesky>, String) {
         )
         .route("/xrpc/com.atproto.repo.createRecord", post(create_record))
         .route("/xrpc/com.atproto.repo.uploadBlob", post(upload_blob))
+        .route("/xrpc/com.atproto.server.getServiceAuth", get(service_auth))
+        .route("/xrpc/app.bsky.video.uploadVideo", post(upload_video))
+        .route("/xrpc/app.bsky.video.getJobStatus", get(job_status))
         .route("/xrpc/com.atproto.repo.getRecord", get(get_record))
         .layer(axum::extract::DefaultBodyLimit::max(1 << 30))
         .with_state(Arc::clone(&fake));
