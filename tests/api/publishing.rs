@@ -1175,10 +1175,10 @@ async fn fifty_parallel_publishes_on_an_expired_x_token_refresh_once_and_all_suc
 }
 
 /// A small deterministic generator for the fault run.
-struct Lcg(u64);
+pub(crate) struct Lcg(pub u64);
 
 impl Lcg {
-    fn next(&mut self, n: u64) -> u64 {
+    pub fn next(&mut self, n: u64) -> u64 {
         self.0 = self
             .0
             .wrapping_mul(6364136223846793005)
