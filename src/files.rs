@@ -111,10 +111,14 @@ pub fn check(
     Ok(())
 }
 
-/// An uploaded file being written chunk by chunk: nothing of it exists until [`Writer::finish`]
-/// writes its row; [`Writer::abort`] removes what was written.
+/// An uploaded file being written chunk by chunk: its row is written first as pending (not
+/// readable; swept with its chunks if the process dies before [`Writer::finish`] completes it),
+/// [`Writer::abort`] removes what was written.
 pub struct Writer {
     id: String,
+    user_id: i64,
+    /// Whether the pending row is written.
+    opened: bool,
     /// The first bytes, kept for sniffing.
     first: Vec<u8>,
     buf: Vec<u8>,
@@ -122,16 +126,13 @@ pub struct Writer {
     size: u64,
 }
 
-impl Default for Writer {
-    fn default() -> Self {
-        Writer::new()
-    }
-}
-
 impl Writer {
-    pub fn new() -> Writer {
+    /// A file for `user_id`.
+    pub fn new(user_id: i64) -> Writer {
         Writer {
             id: new_id(),
+            user_id,
+            opened: false,
             first: Vec::new(),
             buf: Vec::with_capacity(CHUNK),
             seq: 0,
@@ -167,45 +168,87 @@ impl Writer {
         Ok(())
     }
 
+    async fn open(&mut self, db: &db::Db) -> Result<(), sqlx::Error> {
+        if !self.opened {
+            db::files::open_pending(db, &self.id, self.user_id).await?;
+            self.opened = true;
+        }
+        Ok(())
+    }
+
     async fn flush(&mut self, db: &db::Db) -> Result<(), sqlx::Error> {
+        self.open(db).await?;
         db::files::put_chunk(db, &self.id, self.seq, &self.buf).await?;
         self.seq += 1;
         self.buf.clear();
         Ok(())
     }
 
-    /// Writes the last chunk and the file's row: the stored file.
+    /// Writes the last chunk and completes the file's row: the stored file.
     pub async fn finish(
         mut self,
         db: &db::Db,
-        user_id: i64,
         kind: &str,
         content_type: &str,
     ) -> Result<FileMeta, sqlx::Error> {
-        if !self.buf.is_empty() {
-            self.flush(db).await?;
+        let written = async {
+            if !self.buf.is_empty() {
+                self.flush(db).await?;
+            }
+            self.open(db).await?;
+            let meta = FileMeta {
+                id: self.id.clone(),
+                user_id: self.user_id,
+                kind: kind.to_owned(),
+                content_type: content_type.to_owned(),
+                size_bytes: self.size as i64,
+                chunks: self.seq,
+            };
+            db::files::complete_chunked(db, &meta).await?;
+            Ok(meta)
         }
-        let meta = FileMeta {
-            id: self.id.clone(),
-            user_id,
-            kind: kind.to_owned(),
-            content_type: content_type.to_owned(),
-            size_bytes: self.size as i64,
-            chunks: self.seq,
-        };
-        if let Err(e) = db::files::insert_chunked(db, &meta).await {
+        .await;
+        if written.is_err() {
             self.abort(db).await;
-            return Err(e);
         }
-        Ok(meta)
+        written
     }
 
-    /// Removes what was written (best effort).
+    /// Removes what was written (best effort; the sweep removes what this cannot).
     pub async fn abort(self, db: &db::Db) {
-        if self.seq > 0
-            && let Err(e) = db::files::delete_chunks(db, &self.id).await
+        if self.opened
+            && let Err(e) = db::files::delete(db, &self.id).await
         {
-            tracing::warn!(file = %self.id, error = %e, "removing an aborted upload's chunks failed");
+            tracing::warn!(file = %self.id, error = %e, "removing an aborted upload failed");
+        }
+    }
+}
+
+/// How old a pending upload is when the sweep takes it for one a crash cut.
+pub const PENDING_TTL_MS: i64 = 24 * 3_600_000;
+
+/// Removes uploads cut by a crash (pending rows older than [`PENDING_TTL_MS`]) with their
+/// chunks; how many. Safe on every instance at once.
+pub async fn sweep(db: &db::Db, now_ms: i64) -> Result<usize, sqlx::Error> {
+    let stale = db::files::stale_pending(db, now_ms - PENDING_TTL_MS, 100).await?;
+    for id in &stale {
+        db::files::delete(db, id).await?;
+    }
+    if !stale.is_empty() {
+        tracing::warn!(removed = stale.len(), "removed uploads cut by a crash");
+    }
+    Ok(stale.len())
+}
+
+/// Runs [`sweep`] every hour until `stop`.
+pub async fn run_sweeper(db: db::Db, stop: tokio_util::sync::CancellationToken) {
+    loop {
+        if let Err(e) = sweep(&db, crate::clock::now_ms()).await {
+            tracing::warn!(error = %e, "sweeping cut uploads failed");
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_secs(3600)) => {}
         }
     }
 }

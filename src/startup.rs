@@ -184,6 +184,10 @@ impl Application {
             state.clone(),
             stop_workers.clone(),
         ));
+        state.tasks.spawn(crate::files::run_sweeper(
+            state.db.clone(),
+            stop_workers.clone(),
+        ));
         state.tasks.spawn(crate::social::publish::run_recovery(
             state.clone(),
             stop_workers.clone(),

@@ -55,7 +55,7 @@ pub async fn insert(
 
 pub async fn get(db: &Db, id: &str) -> Result<Option<StoredFile>, sqlx::Error> {
     read_pool!(db, p => sqlx::query_as::<_, StoredFile>(
-        "SELECT id, user_id, kind, content_type, size_bytes, data, chunks, created_at_ms FROM files WHERE id = $1")
+        "SELECT id, user_id, kind, content_type, size_bytes, data, chunks, created_at_ms FROM files WHERE id = $1 AND chunks >= 0")
         .bind(id)
         .fetch_optional(p)
         .await)
@@ -63,7 +63,7 @@ pub async fn get(db: &Db, id: &str) -> Result<Option<StoredFile>, sqlx::Error> {
 
 pub async fn meta(db: &Db, id: &str) -> Result<Option<FileMeta>, sqlx::Error> {
     read_pool!(db, p => sqlx::query_as::<_, FileMeta>(
-        "SELECT id, user_id, kind, content_type, size_bytes, chunks FROM files WHERE id = $1")
+        "SELECT id, user_id, kind, content_type, size_bytes, chunks FROM files WHERE id = $1 AND chunks >= 0")
         .bind(id)
         .fetch_optional(p)
         .await)
@@ -90,22 +90,47 @@ pub async fn chunk(db: &Db, id: &str, seq: i64) -> Result<Option<Vec<u8>>, sqlx:
         .await)
 }
 
-/// The row of a file whose `chunks` chunks are written: from now on it exists.
-pub async fn insert_chunked(db: &Db, meta: &FileMeta) -> Result<(), sqlx::Error> {
+/// The pending row of a chunked file about to be written (`chunks` = -1: not readable yet).
+pub async fn open_pending(db: &Db, id: &str, user_id: i64) -> Result<(), sqlx::Error> {
     write_pool!(db, p => sqlx::query(
         "INSERT INTO files (id, user_id, kind, content_type, size_bytes, data, chunks, created_at_ms)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)")
-        .bind(&meta.id)
-        .bind(meta.user_id)
-        .bind(&meta.kind)
-        .bind(&meta.content_type)
-        .bind(meta.size_bytes)
+         VALUES ($1, $2, 'pending', 'application/octet-stream', 0, $3, -1, $4)")
+        .bind(id)
+        .bind(user_id)
         .bind(Vec::<u8>::new())
-        .bind(meta.chunks)
         .bind(now_ms())
         .execute(p)
         .await
         .map(|_| ()))
+}
+
+/// Completes a pending file whose `chunks` chunks are written: from now on it is read.
+pub async fn complete_chunked(db: &Db, meta: &FileMeta) -> Result<(), sqlx::Error> {
+    write_pool!(db, p => sqlx::query(
+        "UPDATE files SET kind = $2, content_type = $3, size_bytes = $4, chunks = $5
+         WHERE id = $1 AND chunks < 0")
+        .bind(&meta.id)
+        .bind(&meta.kind)
+        .bind(&meta.content_type)
+        .bind(meta.size_bytes)
+        .bind(meta.chunks)
+        .execute(p)
+        .await
+        .map(|_| ()))
+}
+
+/// Pending files begun before `before_ms` (uploads cut by a crash), at most `limit`.
+pub async fn stale_pending(
+    db: &Db,
+    before_ms: i64,
+    limit: i64,
+) -> Result<Vec<String>, sqlx::Error> {
+    read_pool!(db, p => sqlx::query_scalar(
+        "SELECT id FROM files WHERE chunks < 0 AND created_at_ms < $1 ORDER BY created_at_ms LIMIT $2")
+        .bind(before_ms)
+        .bind(limit)
+        .fetch_all(p)
+        .await)
 }
 
 /// Deletes a file's chunks (an upload that failed midway, or with its row).

@@ -94,7 +94,7 @@ async fn receive(
                 "files: at most {MAX_FILES} files per upload"
             )));
         }
-        let mut intake = Intake::new();
+        let mut intake = Intake::new(user_id);
         let read = async {
             while let Some(chunk) = field.chunk().await.map_err(bad_multipart)? {
                 intake
@@ -109,10 +109,7 @@ async fn receive(
             intake.abort(&state.db).await;
             return Err(e);
         }
-        let (meta, kind) = intake
-            .finish(&state.db, user_id)
-            .await
-            .map_err(|r| refused(k, r))?;
+        let (meta, kind) = intake.finish(&state.db).await.map_err(|r| refused(k, r))?;
         stored.push((meta, kind));
     }
     if stored.is_empty() {

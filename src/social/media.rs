@@ -326,7 +326,7 @@ async fn fetch(state: &AppState, user_id: i64, url: &url::Url) -> Result<FileMet
     if !response.status().is_success() {
         return Err(format!("fetching it answered {}", response.status()));
     }
-    let mut intake = Intake::new();
+    let mut intake = Intake::new(user_id);
     loop {
         let chunk = match response.chunk().await {
             Ok(Some(c)) => c,
@@ -342,7 +342,7 @@ async fn fetch(state: &AppState, user_id: i64, url: &url::Url) -> Result<FileMet
         }
     }
     let (file, _) = intake
-        .finish(&state.db, user_id)
+        .finish(&state.db)
         .await
         .map_err(|refused| format!("it {refused}"))?;
     Ok(file)
@@ -385,16 +385,11 @@ pub struct Intake {
     sniffed: Option<(&'static str, Kind)>,
 }
 
-impl Default for Intake {
-    fn default() -> Self {
-        Intake::new()
-    }
-}
-
 impl Intake {
-    pub fn new() -> Intake {
+    /// A file for `user_id`.
+    pub fn new(user_id: i64) -> Intake {
         Intake {
-            writer: crate::files::Writer::new(),
+            writer: crate::files::Writer::new(user_id),
             sniffed: None,
         }
     }
@@ -417,7 +412,7 @@ impl Intake {
     }
 
     /// The stored file and its kind.
-    pub async fn finish(self, db: &db::Db, user_id: i64) -> Result<(FileMeta, Kind), Refusal> {
+    pub async fn finish(self, db: &db::Db) -> Result<(FileMeta, Kind), Refusal> {
         let Some((content_type, kind)) = self.sniffed.or_else(|| self.sniff()) else {
             let why = if self.writer.size() == 0 {
                 Refusal::Empty
@@ -429,7 +424,7 @@ impl Intake {
         };
         let file = self
             .writer
-            .finish(db, user_id, "media", content_type)
+            .finish(db, "media", content_type)
             .await
             .map_err(Refusal::Store)?;
         Ok((file, kind))

@@ -131,6 +131,15 @@ struct Five {
 
 impl Five {
     async fn start(b: &Backend, balance: &str) -> Five {
+        Five::start_with(b, balance, |_| {}).await
+    }
+
+    /// [`Five::start`] with the gateway's configuration adjusted by `adjust`.
+    async fn start_with(
+        b: &Backend,
+        balance: &str,
+        adjust: impl FnOnce(&mut tollgate::config::Config),
+    ) -> Five {
         let (x, x_base) = start_fake_x().await;
         x.registered
             .lock()
@@ -172,6 +181,7 @@ impl Five {
             c.social.linkedin.version = li::VERSION.to_owned();
             c.limits.other_per_minute = 1_000_000;
             c.limits.query_per_minute = 1_000_000;
+            adjust(c);
         })
         .await;
         let user = app.add_user(json!(balance)).await;
@@ -616,6 +626,32 @@ async fn media_are_uploaded_once_and_each_platform_takes_them_its_own_way(b: Bac
     .await;
     assert_eq!(status, 400, "{body}");
 
+    // An upload cut by a crash (its row still pending) is not readable, and is swept with its
+    // chunks once it is a day old.
+    let db = &app.state.db;
+    let mut cut = tollgate::files::Writer::new(user);
+    cut.push(db, &png(1_100_000)).await.expect("push");
+    drop(cut);
+    let chunks = sql_i64(db, "SELECT COUNT(*) FROM file_chunks").await;
+    let pending: Vec<String> = tollgate::db::files::stale_pending(db, i64::MAX, 10)
+        .await
+        .expect("pending");
+    assert_eq!(pending.len(), 1);
+    assert!(
+        tollgate::db::files::meta(db, &pending[0])
+            .await
+            .expect("meta")
+            .is_none()
+    );
+    let now = tollgate::clock::now_ms();
+    assert_eq!(tollgate::files::sweep(db, now).await.expect("sweep"), 0);
+    let later = now + tollgate::files::PENDING_TTL_MS + 1;
+    assert_eq!(tollgate::files::sweep(db, later).await.expect("sweep"), 1);
+    assert_eq!(
+        sql_i64(db, "SELECT COUNT(*) FROM file_chunks").await,
+        chunks - 1
+    );
+
     // 4 + 2 + 1 + 1 + 1 publishes at 10 credits each.
     assert_eq!(app.balance_micros(user).await, 10_000_000);
     app.assert_books_balance(user).await;
@@ -828,7 +864,66 @@ async fn publishes_to_all_five_under_random_faults_post_nothing_twice_and_charge
     f.app.stop().await;
 }
 
+async fn an_outside_media_url_is_fetched_into_the_store_before_anything_is_sent(b: Backend) {
+    // The suite's servers are all on loopback: this gateway may fetch from private addresses.
+    let f = Five::start_with(&b, "100", |c| c.publishing.fetch_private_media_urls = true).await;
+    let image = png(300_000);
+    let served = image.clone();
+    let site = axum::Router::new()
+        .route(
+            "/photo.jpg",
+            axum::routing::get(move || async move { served.clone() }),
+        )
+        .route(
+            "/notes.txt",
+            axum::routing::get(|| async { "just some text, not an image" }),
+        );
+    let site = crate::fakes::serve_fake(site)
+        .await
+        .trim_end_matches("/v1")
+        .to_owned();
+    let publish = |urls: Value| {
+        call(
+            &f.app,
+            &f.key,
+            "/api/v1/bluesky/publish",
+            json!({"accountUuid": f.accounts[1], "type": "single", "text": "from the web", "imageUrls": urls}),
+        )
+    };
+    // Not media, or not there: a 400 naming the entry, nothing sent or charged.
+    for bad in ["notes.txt", "missing.png"] {
+        let (status, body) = publish(json!([format!("{site}/{bad}")])).await;
+        assert_eq!(status, 400, "{body}");
+        assert!(
+            body["message"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("imageUrls[0]"),
+            "{body}"
+        );
+    }
+    assert!(f.bsky.records.lock().expect("lock").is_empty());
+    let (status, body) = publish(json!([format!("{site}/photo.jpg")])).await;
+    assert_eq!(
+        (status, body["summary"]["succeeded"].as_u64()),
+        (200, Some(1)),
+        "{body}"
+    );
+    {
+        let records = f.bsky.records.lock().expect("lock");
+        let blobs = f.bsky.blobs.lock().expect("lock");
+        let link = records[0].value["embed"]["images"][0]["image"]["ref"]["$link"]
+            .as_str()
+            .expect("link");
+        assert_eq!(blobs[link], ("image/png".to_owned(), image.len()));
+    }
+    assert_eq!(f.app.balance_micros(f.user).await, 90_000_000);
+    f.app.assert_books_balance(f.user).await;
+    f.app.stop().await;
+}
+
 both_backends!(
     media_are_uploaded_once_and_each_platform_takes_them_its_own_way,
-    publishes_to_all_five_under_random_faults_post_nothing_twice_and_charge_exactly
+    publishes_to_all_five_under_random_faults_post_nothing_twice_and_charge_exactly,
+    an_outside_media_url_is_fetched_into_the_store_before_anything_is_sent
 );
