@@ -12,7 +12,6 @@
 use super::extract::{PlatformUser, parse_json};
 use crate::db;
 use crate::error::ApiError;
-use crate::secrets::Purpose;
 use crate::social::connect::{self, Callback, Mode, Start};
 use crate::state::AppState;
 use axum::body::Bytes;
@@ -352,14 +351,7 @@ async fn disconnect(
         return Err(ApiError::NotFound(format!("account {id} not found")));
     }
     // Revoked at the platform after the tokens are gone here (best effort).
-    if account.platform == "twitter"
-        && let Ok(token) = state
-            .secrets
-            .open(Purpose::SocialToken, &account.refresh_token)
-        && !token.is_empty()
-    {
-        crate::social::platforms::x::revoke(&state.http, &state.config.social.x, &token).await;
-    }
+    connect::revoke(&state, &account).await;
     Ok(Json(
         json!({"success": true, "message": "账号已断开", "accountId": id}),
     ))

@@ -404,6 +404,49 @@ async fn place(
     Ok(set_id)
 }
 
+/// Revokes a disconnected account's tokens at its platform where the platform allows it (best
+/// effort): X's refresh token, Mastodon's token (with the instance's app), Bluesky's session.
+/// Threads has no revocation call; a LinkedIn member and their pages share one token, so it is
+/// left to expire.
+pub async fn revoke(state: &AppState, account: &Account) {
+    let open = |sealed: &str| {
+        state
+            .secrets
+            .open(Purpose::SocialToken, sealed)
+            .ok()
+            .filter(|t| !t.is_empty())
+    };
+    match account.platform.as_str() {
+        "twitter" => {
+            if let Some(token) = open(&account.refresh_token) {
+                x::revoke(&state.http, &state.config.social.x, &token).await;
+            }
+        }
+        "mastodon" => {
+            let instance = account.instance.clone().unwrap_or_default();
+            let redirect = &state.config.social.mastodon.redirect_uri;
+            let app = db::social_auth::mastodon_app(&state.db, &instance, redirect).await;
+            let secret = |sealed: &str| state.secrets.open(Purpose::AuthSession, sealed).ok();
+            if let (Ok(Some((id, sealed))), Some(token)) = (app, open(&account.access_token))
+                && let Some(secret) = secret(&sealed)
+            {
+                super::platforms::mastodon::revoke(&state.http, &instance, &id, &secret, &token)
+                    .await;
+            }
+        }
+        "bluesky" => {
+            if let Some(token) = open(&account.refresh_token) {
+                let service = account
+                    .instance
+                    .clone()
+                    .unwrap_or_else(|| state.config.social.bluesky.default_service.clone());
+                super::platforms::bluesky::delete_session(&state.http, &service, &token).await;
+            }
+        }
+        _ => {}
+    }
+}
+
 /// One account in seed 003's shape.
 pub fn account_json(a: &Account) -> Value {
     json!({

@@ -626,6 +626,21 @@ async fn media_are_uploaded_once_and_each_platform_takes_them_its_own_way(b: Bac
     .await;
     assert_eq!(status, 400, "{body}");
 
+    // Disconnecting revokes where the platform allows: Mastodon's token, Bluesky's session.
+    for acc in [&masto_acc, &bsky_acc] {
+        let resp = app
+            .client
+            .delete(app.url(&format!("/api/v1/social/accounts/{acc}")))
+            .header("xai-key", &key)
+            .send()
+            .await
+            .expect("disconnect");
+        assert_eq!(resp.status(), 200);
+    }
+    use std::sync::atomic::Ordering::SeqCst;
+    assert_eq!(masto.revocations.load(SeqCst), 1);
+    assert_eq!(bsky.sessions_ended.load(SeqCst), 1);
+
     // An upload cut by a crash (its row still pending) is not readable, and is swept with its
     // chunks once it is a day old.
     let db = &app.state.db;

@@ -165,6 +165,19 @@ pub struct Ref {
     pub cid: String,
 }
 
+/// Ends a session at the PDS (`com.atproto.server.deleteSession` with its refresh token; best
+/// effort: disconnecting does not wait on it).
+pub async fn delete_session(http: &reqwest::Client, service: &str, refresh_jwt: &str) {
+    let sent = call(
+        http.post(xrpc(service, "com.atproto.server.deleteSession"))
+            .bearer_auth(refresh_jwt),
+    )
+    .await;
+    if let Err(e) = sent {
+        tracing::debug!(error = %e, "ending a Bluesky session");
+    }
+}
+
 /// `com.atproto.repo.uploadBlob` of one image: the blob reference a record embeds (unused
 /// blobs are dropped by the PDS after a while, so an upload posts nothing).
 pub async fn upload_blob(

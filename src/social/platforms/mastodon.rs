@@ -151,6 +151,33 @@ pub enum Created {
     Unknown(String),
 }
 
+/// Revokes a token at the instance (`POST /oauth/revoke`; best effort: disconnecting does
+/// not wait on it).
+pub async fn revoke(
+    http: &reqwest::Client,
+    instance: &str,
+    client_id: &str,
+    client_secret: &str,
+    token: &str,
+) {
+    let form = url::form_urlencoded::Serializer::new(String::new())
+        .extend_pairs([
+            ("client_id", client_id),
+            ("client_secret", client_secret),
+            ("token", token),
+        ])
+        .finish();
+    let sent = call(
+        http.post(api(instance, "/oauth/revoke"))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(form),
+    )
+    .await;
+    if let Err(e) = sent {
+        tracing::debug!(error = %e, "revoking a Mastodon token");
+    }
+}
+
 /// A status to post.
 #[derive(Debug, Clone, Copy)]
 pub struct NewStatus<'a> {

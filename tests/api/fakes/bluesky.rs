@@ -37,6 +37,8 @@ pub struct FakeBluesky {
     pub logins: AtomicUsize,
     pub refreshes: AtomicUsize,
     pub creates: AtomicUsize,
+    /// Sessions ended by `deleteSession`.
+    pub sessions_ended: AtomicUsize,
     /// Service tokens handed out by `getServiceAuth` (for the video service).
     pub service_tokens: Mutex<Vec<String>>,
     /// Video jobs: id → (blob link, polls still answered processing).
@@ -135,6 +137,20 @@ async fn create_session(State(f): State<Arc<FakeBluesky>>, Json(body): Json<Valu
         );
     }
     Json(f.session()).into_response()
+}
+
+/// `deleteSession` with the refresh token: it can no longer be refreshed.
+async fn delete_session(State(f): State<Arc<FakeBluesky>>, headers: HeaderMap) -> Response {
+    let token = FakeBluesky::bearer(&headers);
+    if f.refresh.lock().expect("lock").remove(&token).is_none() {
+        return xrpc_error(
+            StatusCode::BAD_REQUEST,
+            "InvalidToken",
+            "Token could not be verified",
+        );
+    }
+    f.sessions_ended.fetch_add(1, Ordering::SeqCst);
+    StatusCode::OK.into_response()
 }
 
 async fn refresh_session(State(f): State<Arc<FakeBluesky>>, headers: HeaderMap) -> Response {
@@ -444,6 +460,10 @@ pub async fn start_fake_bluesky() -> (Arc<FakeBluesky>, String) {
         )
         .route("/xrpc/com.atproto.repo.createRecord", post(create_record))
         .route("/xrpc/com.atproto.repo.uploadBlob", post(upload_blob))
+        .route(
+            "/xrpc/com.atproto.server.deleteSession",
+            post(delete_session),
+        )
         .route("/xrpc/com.atproto.server.getServiceAuth", get(service_auth))
         .route("/xrpc/app.bsky.video.uploadVideo", post(upload_video))
         .route("/xrpc/app.bsky.video.getJobStatus", get(job_status))

@@ -43,6 +43,8 @@ pub struct FakeMastodon {
     pub registrations: AtomicUsize,
     pub creates: AtomicUsize,
     pub max_characters: AtomicI64,
+    /// Tokens revoked through `/oauth/revoke` by the app that holds them.
+    pub revocations: AtomicUsize,
     /// Attachments by id.
     pub media: Mutex<HashMap<String, Attachment>>,
     /// client_id → (secret, redirect_uri).
@@ -127,6 +129,29 @@ async fn authorize(
         get("state")
     ))
     .into_response()
+}
+
+/// `POST /oauth/revoke`: the app's credentials and a token; the token stops working.
+async fn revoke(State(f): State<Arc<FakeMastodon>>, body: String) -> Response {
+    let form: HashMap<String, String> = url::form_urlencoded::parse(body.as_bytes())
+        .into_owned()
+        .collect();
+    let get = |k: &str| form.get(k).cloned().unwrap_or_default();
+    let app_ok = f
+        .apps
+        .lock()
+        .expect("lock")
+        .get(&get("client_id"))
+        .is_some_and(|(s, _)| *s == get("client_secret"));
+    if !app_ok {
+        return error(StatusCode::FORBIDDEN, "invalid_client");
+    }
+    f.tokens
+        .lock()
+        .expect("lock")
+        .retain(|t| *t != get("token"));
+    f.revocations.fetch_add(1, Ordering::SeqCst);
+    Json(json!({})).into_response()
 }
 
 async fn token(State(f): State<Arc<FakeMastodon>>, body: String) -> Response {
@@ -371,6 +396,7 @@ pub async fn start_fake_mastodon() -> (Arc<FakeMastodon>, String) {
         .route("/api/v1/apps", post(apps))
         .route("/oauth/authorize", get(authorize))
         .route("/oauth/token", post(token))
+        .route("/oauth/revoke", post(revoke))
         .route("/api/v1/accounts/verify_credentials", get(me))
         .route("/api/v2/instance", get(instance))
         .route("/api/v1/statuses", post(statuses))
