@@ -11,6 +11,7 @@ use crate::error::ApiError;
 use crate::files;
 use crate::social::media::{Intake, Kind, MAX_FILES, Refusal};
 use crate::state::AppState;
+use axum::extract::multipart::MultipartRejection;
 use axum::extract::{DefaultBodyLimit, Multipart, State};
 use axum::http::HeaderMap;
 use axum::routing::post;
@@ -39,8 +40,14 @@ async fn upload(
     State(state): State<AppState>,
     PlatformUser(_, user_id): PlatformUser,
     headers: HeaderMap,
-    mut multipart: Multipart,
+    multipart: Result<Multipart, MultipartRejection>,
 ) -> Result<Json<Value>, ApiError> {
+    let mut multipart = multipart.map_err(|e| {
+        ApiError::InvalidInput(format!(
+            "files: the body must be multipart/form-data with 1 to {MAX_FILES} files: {}",
+            e.body_text()
+        ))
+    })?;
     let mut stored: Vec<(FileMeta, Kind)> = Vec::new();
     let result = receive(&state, user_id, &mut multipart, &mut stored).await;
     if let Err(e) = result {

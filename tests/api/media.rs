@@ -270,6 +270,25 @@ async fn media_are_uploaded_once_and_each_platform_takes_them_its_own_way(b: Bac
     let [x_acc, bsky_acc, masto_acc, th_acc, li_acc] = accounts;
     let files_stored = || async { sql_i64(&app.state.db, "SELECT COUNT(*) FROM files").await };
 
+    // A body that is not multipart is named in the platform's error shape.
+    let resp = app
+        .client
+        .post(app.url("/api/v1/twitter/media/upload"))
+        .header("xai-key", &key)
+        .json(&json!({"files": []}))
+        .send()
+        .await
+        .expect("upload");
+    assert_eq!(resp.status(), 400);
+    let body: Value = resp.json().await.expect("json");
+    assert_eq!(body["error"], "INVALID_INPUT", "{body}");
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("multipart/form-data"),
+        "{body}"
+    );
     // Refused uploads store nothing: five files, a file that is not media, an image over 5 MB.
     let five: Vec<(&str, Vec<u8>)> = (0..5).map(|_| ("a.png", png(100))).collect();
     let (status, body) = upload(&app, &key, &five).await;
