@@ -27,6 +27,7 @@ pub struct Config {
     pub video: VideoConfig,
     pub social: SocialConfig,
     pub publishing: PublishingConfig,
+    pub jobs: JobsConfig,
     pub secrets: SecretsConfig,
     pub log: LogConfig,
     /// The bootstrap admin credential (from `TOLLGATE_ADMIN_KEY`, never from a file).
@@ -97,7 +98,8 @@ pub struct VideoConfig {
     pub poll_interval_ms: u64,
     /// A task not finished this long after submission fails and is refunded.
     pub task_timeout_ms: u64,
-    /// How long one instance's claim on a task lasts (renewed while it polls).
+    /// How long a submission may take to reach a provider: a task without a provider id this
+    /// long after submission was cut off (its instance died) and is refunded by its poll job.
     pub lease_ms: u64,
 }
 
@@ -155,6 +157,29 @@ pub struct BlueskyConfig {
     pub default_service: String,
     /// Bluesky's video service (uploads and their processing jobs).
     pub video_service: String,
+}
+
+/// The job worker (scheduled publishes, video polls): every instance works jobs unless
+/// `enabled` is off; `tollgate worker` works them without serving HTTP.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JobsConfig {
+    pub enabled: bool,
+    /// How long a claim lasts (renewed every third of it while the job runs): after a crash,
+    /// the dead instance's running jobs are taken again this long after its last renewal.
+    pub lease_ms: u64,
+    /// How often an idle worker looks for due jobs (it sleeps less when one is due sooner).
+    pub poll_interval_ms: u64,
+    /// Tries of a job whose failures are sure to have done nothing (a publish refused with 429,
+    /// a platform that could not be reached) before it fails for good.
+    pub max_attempts: u64,
+    /// The first retry's delay; each further one doubles it (a `Retry-After` is honoured).
+    pub retry_base_ms: u64,
+    /// Jobs one instance runs at once.
+    pub concurrency: usize,
+    /// A job still not started this long after it was due counts as overdue
+    /// (`tollgate_jobs_overdue`).
+    pub overdue_after_ms: u64,
 }
 
 /// What one publish costs per platform, in credits (seed 000: 10 each).
@@ -489,6 +514,11 @@ impl Config {
             ),
             ("video.task_timeout_ms", self.video.task_timeout_ms),
             ("video.lease_ms", self.video.lease_ms),
+            ("jobs.lease_ms", self.jobs.lease_ms),
+            ("jobs.poll_interval_ms", self.jobs.poll_interval_ms),
+            ("jobs.max_attempts", self.jobs.max_attempts),
+            ("jobs.concurrency", self.jobs.concurrency as u64),
+            ("jobs.overdue_after_ms", self.jobs.overdue_after_ms),
             (
                 "limits.concurrency_lease_ms",
                 self.limits.concurrency_lease_ms,

@@ -25,6 +25,8 @@
 //! A platform feature runs a chat completion through the same door in process:
 //! `gateway::chat::chat_as` with a flat or metered `billing::Pricing` — the studio's writing
 //! tools do (`studio::generate`, behind `routes::writing`).
+//! Deferred work (scheduled publishes, video polls) is a row in one jobs table, worked by
+//! `jobs` on every instance.
 //! Around the path: `startup` (build, run, drain), `cluster` (change notices through Redis),
 //! `db` (SQL for SQLite and PostgreSQL), `metrics`, `secrets`, `config`, `clock`.
 #![forbid(unsafe_code)]
@@ -37,6 +39,7 @@ pub mod db;
 pub mod error;
 pub mod files;
 pub mod gateway;
+pub mod jobs;
 pub mod limits;
 pub mod memo;
 pub mod metrics;

@@ -35,6 +35,8 @@ enum Command {
         #[arg(long)]
         listen: Option<String>,
     },
+    /// Work jobs (scheduled publishes, video polls) without serving HTTP; PostgreSQL only.
+    Worker,
     /// Apply database migrations and exit.
     Migrate,
     /// Ledger tools.
@@ -84,6 +86,10 @@ async fn main() -> anyhow::Result<()> {
             }
             let app = tollgate::startup::Application::build(config).await?;
             tracing::info!(addr = %app.local_addr(), "tollgate listening");
+            app.run().await
+        }
+        Command::Worker => {
+            let app = tollgate::startup::Application::build_worker(config).await?;
             app.run().await
         }
         Command::Migrate => {

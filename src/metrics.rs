@@ -69,6 +69,14 @@ pub const ADDON_GENERATIONS: &str = "tollgate_addon_generations_total";
 pub const ADDON_CHARGED: &str = "tollgate_addon_credits_charged_micros_total";
 /// Publishes to one account, by `platform` and `outcome` (`published`, `failed`, `unconfirmed`).
 pub const PUBLISHES: &str = "tollgate_publishes_total";
+/// Gauge: jobs due more than `jobs.overdue_after_ms` ago and not started (or whose instance
+/// died), across all instances.
+pub const JOBS_OVERDUE: &str = "tollgate_jobs_overdue";
+/// Histogram: how late a job started after it was due (its first claim), by `kind`.
+pub const JOB_LATENESS: &str = "tollgate_job_lateness_seconds";
+/// Counter: job runs ended, by `kind` and `outcome` (`succeeded`, `failed`, `cancelled`,
+/// `unconfirmed`, `retry`).
+pub const JOBS_FINISHED: &str = "tollgate_jobs_finished_total";
 
 /// A settled request's counters for one model, looked up once per model instead of building a
 /// labelled key and searching the registry for each on every request.
@@ -219,7 +227,17 @@ fn describe() {
         VIDEO_TASKS_SETTLED,
         "Video tasks settled, by outcome (completed, failed, expired)"
     );
+    describe_gauge!(
+        JOBS_OVERDUE,
+        "Jobs due more than jobs.overdue_after_ms ago and not started, across all instances"
+    );
+    describe_histogram!(
+        JOB_LATENESS,
+        "How late jobs started after they were due, by kind"
+    );
+    describe_counter!(JOBS_FINISHED, "Job runs ended, by kind and outcome");
     // Register the counters that must be visible (at zero) from the start.
+    metrics::gauge!(JOBS_OVERDUE).set(0.0);
     metrics::counter!(SETTLEMENT_FAILURES).absolute(0);
     metrics::counter!(LIMITER_ERRORS).absolute(0);
     metrics::gauge!(ACTIVE_STREAMS).set(0.0);

@@ -24,7 +24,8 @@ use tokio_util::task::TaskTracker;
 
 /// A built, bound application, ready to run.
 pub struct Application {
-    listener: TcpListener,
+    /// None for a worker (`tollgate worker`), which serves no HTTP.
+    listener: Option<TcpListener>,
     state: AppState,
     /// For the change-notice subscription (when Redis is configured).
     redis: Option<redis::Client>,
@@ -33,6 +34,22 @@ pub struct Application {
 impl Application {
     /// Connects, migrates, loads the catalog and binds the listener.
     pub async fn build(config: Config) -> anyhow::Result<Application> {
+        Application::assemble(config, true).await
+    }
+
+    /// Like [`Application::build`] without a listener: it works jobs and serves nothing.
+    /// Refused on SQLite, whose balances live in the serving process's memory.
+    pub async fn build_worker(mut config: Config) -> anyhow::Result<Application> {
+        if !config.database.url.starts_with("postgres") {
+            anyhow::bail!(
+                "tollgate worker needs PostgreSQL (database.url): on the embedded SQLite file, `tollgate serve` works the jobs itself"
+            );
+        }
+        config.jobs.enabled = true;
+        Application::assemble(config, false).await
+    }
+
+    async fn assemble(config: Config, listen: bool) -> anyhow::Result<Application> {
         let metrics = crate::metrics::install();
         let db = Db::connect(&config.database.url, config.database.max_connections).await?;
         db.migrate().await?;
@@ -86,10 +103,15 @@ impl Application {
                 Bus::new(Some(conn), &config.redis.prefix),
             )
         };
-        let addr = config.listen_addr()?;
-        let listener = TcpListener::bind(addr)
-            .await
-            .with_context(|| format!("binding {addr}"))?;
+        let listener = if listen {
+            let addr = config.listen_addr()?;
+            let bound = TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("binding {addr}"))?;
+            Some(bound)
+        } else {
+            None
+        };
         let state = AppState::new(Inner {
             keys: KeyCache::new(
                 Duration::from_millis(config.auth.key_cache_ttl_ms),
@@ -127,6 +149,7 @@ impl Application {
             secrets,
             http,
             metrics,
+            jobs: crate::jobs::Health::default(),
         });
         state
             .catalog
@@ -143,8 +166,9 @@ impl Application {
     /// The address actually bound.
     pub fn local_addr(&self) -> SocketAddr {
         self.listener
-            .local_addr()
-            .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 0)))
+            .as_ref()
+            .and_then(|l| l.local_addr().ok())
+            .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0)))
     }
 
     /// The shared state (for tests and tools that run beside the server).
@@ -180,10 +204,14 @@ impl Application {
             Duration::from_millis(config.billing.reconcile_interval_ms),
             stop_workers.clone(),
         ));
-        state.tasks.spawn(crate::gateway::videos::run_poller(
-            state.clone(),
-            stop_workers.clone(),
-        ));
+        if let Ok(n) = crate::db::videos::count_open(&state.db).await {
+            metrics::gauge!(crate::metrics::VIDEO_TASKS_OPEN).set(n as f64);
+        }
+        if config.jobs.enabled {
+            state
+                .tasks
+                .spawn(crate::jobs::run(state.clone(), stop_workers.clone()));
+        }
         state.tasks.spawn(crate::files::run_sweeper(
             state.db.clone(),
             stop_workers.clone(),
@@ -216,34 +244,17 @@ impl Application {
                 None
             }
         };
-        let app = crate::routes::router(state.clone());
-        let limits = crate::serve::Limits::from_config(&config.server);
-        let connections = crate::serve::start(listener, app, limits);
-        shutdown.await;
-
-        // The drain runs on every way out, one step after the other (nothing can race past it):
-        // stop accepting, let requests finish within the grace period, then cut open streams
-        // (they end and settle), close what is left, and wait for every settlement.
-        let grace = Duration::from_millis(config.server.shutdown_grace_ms);
-        tracing::info!(
-            grace_ms = grace.as_millis() as u64,
-            "shutting down: no new connections, draining open requests"
-        );
-        connections.stop();
-        if tokio::time::timeout(grace, connections.closed())
-            .await
-            .is_err()
-        {
-            tracing::warn!("grace period over: cutting open streams and closing connections");
-            state.cut_streams.cancel();
-            // Cut streams write their last event; a connection still not done (a half-sent
-            // request, a client that reads nothing) is closed.
-            if tokio::time::timeout(Duration::from_secs(2), connections.closed())
-                .await
-                .is_err()
-            {
-                connections.close_all();
-                connections.closed().await;
+        match listener {
+            Some(listener) => {
+                let app = crate::routes::router(state.clone());
+                let limits = crate::serve::Limits::from_config(&config.server);
+                let connections = crate::serve::start(listener, app, limits);
+                shutdown.await;
+                drain(&state, connections).await;
+            }
+            None => {
+                tracing::info!("working jobs (no HTTP)");
+                shutdown.await;
             }
         }
         state.cut_streams.cancel();
@@ -266,6 +277,34 @@ impl Application {
             tracing::info!("shutdown complete: every settlement written");
         }
         Ok(())
+    }
+}
+
+/// The drain runs on every way out, one step after the other (nothing can race past it):
+/// stop accepting, let requests finish within the grace period, then cut open streams (they
+/// end and settle), close what is left.
+async fn drain(state: &AppState, connections: crate::serve::Connections) {
+    let grace = Duration::from_millis(state.config.server.shutdown_grace_ms);
+    tracing::info!(
+        grace_ms = grace.as_millis() as u64,
+        "shutting down: no new connections, draining open requests"
+    );
+    connections.stop();
+    if tokio::time::timeout(grace, connections.closed())
+        .await
+        .is_err()
+    {
+        tracing::warn!("grace period over: cutting open streams and closing connections");
+        state.cut_streams.cancel();
+        // Cut streams write their last event; a connection still not done (a half-sent
+        // request, a client that reads nothing) is closed.
+        if tokio::time::timeout(Duration::from_secs(2), connections.closed())
+            .await
+            .is_err()
+        {
+            connections.close_all();
+            connections.closed().await;
+        }
     }
 }
 

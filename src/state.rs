@@ -46,6 +46,8 @@ pub struct Inner {
     /// Cancelled when the shutdown grace period is over: open streams end and settle.
     pub cut_streams: CancellationToken,
     pub metrics: PrometheusHandle,
+    /// The job worker's health on this instance (what `/readyz` reads), and its wake-up.
+    pub jobs: crate::jobs::Health,
 }
 
 impl AppState {

@@ -10,6 +10,7 @@ pub mod catalog;
 pub mod creations;
 pub mod drafts;
 pub mod files;
+pub mod jobs;
 pub mod keys;
 pub mod publishing;
 pub mod runs;
@@ -127,6 +128,12 @@ const MIGRATIONS: &[(i64, &str, &str, &str)] = &[
         "media",
         include_str!("../../migrations/sqlite/0011_media.sql"),
         include_str!("../../migrations/postgres/0011_media.sql"),
+    ),
+    (
+        12,
+        "jobs",
+        include_str!("../../migrations/sqlite/0012_jobs.sql"),
+        include_str!("../../migrations/postgres/0012_jobs.sql"),
     ),
 ];
 

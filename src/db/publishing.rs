@@ -87,8 +87,14 @@ macro_rules! target_columns {
     };
 }
 
-/// Writes a new target and takes its hold (`held_micros`) in one transaction.
-pub async fn create_target(db: &Db, t: &Target, description: &str) -> Result<(), ReserveError> {
+/// Writes a new target and takes its hold (`held_micros`) in one transaction, with the job
+/// that publishes it later if it is scheduled.
+pub async fn create_target(
+    db: &Db,
+    t: &Target,
+    description: &str,
+    job: Option<&super::jobs::NewJob<'_>>,
+) -> Result<(), ReserveError> {
     let now = now_ms();
     write_pool!(db, p => {
         let mut tx = p.begin().await?;
@@ -111,9 +117,42 @@ pub async fn create_target(db: &Db, t: &Target, description: &str) -> Result<(),
             .bind(now)
             .execute(&mut *tx)
             .await?;
+        if let Some(job) = job {
+            super::jobs::insert_job!(tx, job, now)?;
+        }
         tx.commit().await?;
         Ok(())
     })
+}
+
+/// Target `id`, whoever's it is.
+pub async fn target_by_id(db: &Db, id: &str) -> Result<Option<Target>, sqlx::Error> {
+    read_pool!(db, p => sqlx::query_as::<_, Target>(concat!(
+        "SELECT ", target_columns!(), " FROM publish_targets WHERE id = $1"))
+        .bind(id)
+        .fetch_optional(p)
+        .await)
+}
+
+/// Moves a scheduled target from `from` (`scheduled`) to `to` (`posting` when its job starts
+/// it, `cancelled` when the user cancels it) if nobody moved it first: exactly one of a
+/// cancel and a start racing wins.
+pub async fn move_scheduled(
+    db: &Db,
+    id: &str,
+    to: &str,
+    total: Option<i64>,
+) -> Result<bool, sqlx::Error> {
+    write_pool!(db, p => sqlx::query(
+        "UPDATE publish_targets SET status = $2, total = COALESCE($3, total), updated_at_ms = $4
+         WHERE id = $1 AND status = 'scheduled' AND settled = 0")
+        .bind(id)
+        .bind(to)
+        .bind(total)
+        .bind(now_ms())
+        .execute(p)
+        .await
+        .map(|r| r.rows_affected() == 1))
 }
 
 /// The user's target `id`.

@@ -105,6 +105,22 @@ pub async fn create_with_hold(db: &Db, t: &VideoTask) -> Result<(), ReserveError
         .bind(t.creation_id)
         .execute(&mut *tx)
         .await?;
+        // Its poll job, due when the submission's lease runs out (the submission makes it due
+        // at once when the provider has the task).
+        let job_id = crate::gateway::videos::poll_job_id(&t.id);
+        let job = crate::db::jobs::NewJob {
+            id: &job_id,
+            kind: crate::gateway::videos::POLL_KIND,
+            subject: &t.id,
+            user_id: Some(t.user_id),
+            queue_key: None,
+            priority: 0,
+            scheduled_for_ms: t.lease_until_ms,
+            effective_at_ms: t.lease_until_ms,
+            max_attempts: 0,
+            payload: "{}",
+        };
+        crate::db::jobs::insert_job!(tx, &job, now)?;
         tx.commit().await?;
         Ok(())
     })
@@ -178,31 +194,6 @@ pub async fn set_upstream(
     .execute(p)
     .await
     .map(|_| ()))
-}
-
-/// Claims up to `limit` unsettled tasks due for a poll whose lease is free, for `owner` until
-/// `now + lease_ms`. Each task is claimed by one caller only.
-pub async fn claim_due(
-    db: &Db,
-    owner: &str,
-    lease_ms: i64,
-    limit: i64,
-) -> Result<Vec<VideoTask>, sqlx::Error> {
-    let now = now_ms();
-    write_pool!(db, p => sqlx::query_as::<_, VideoTask>(concat!(
-        "UPDATE video_tasks SET lease_owner = $1, lease_until_ms = $2
-         WHERE id IN (SELECT id FROM video_tasks
-                      WHERE settled = 0 AND next_poll_at_ms <= $3 AND lease_until_ms < $3
-                      ORDER BY next_poll_at_ms LIMIT $4)
-           AND settled = 0 AND lease_until_ms < $3
-         RETURNING ", columns!()
-    ))
-    .bind(owner)
-    .bind(now + lease_ms)
-    .bind(now)
-    .bind(limit)
-    .fetch_all(p)
-    .await)
 }
 
 /// Stores a poll's progress and frees the lease until `next_poll_at_ms`.

@@ -1,6 +1,6 @@
 //! Video generation as asynchronous tasks. Submitting holds seconds × the model's per-second
 //! price (plus its request price) as a durable ledger debit and creates the task at a provider;
-//! a poller (on every instance, tasks claimed by lease) follows it to the end and settles it
+//! a poll job (`jobs`, one per task, worked by every instance) follows it to the end and settles it
 //! exactly once: charged for the seconds the provider reports (never more than requested), or
 //! refunded whole on failure, on expiry, or when the submission never reached a provider.
 //! Spec of the client side: <https://platform.openai.com/docs/api-reference/videos>.
@@ -23,14 +23,18 @@ use rand::RngExt;
 use serde_json::{Value, json};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio_util::sync::CancellationToken;
 
 /// Longest video a request may ask for, in seconds.
 pub const MAX_SECONDS: i64 = 120;
 /// The usage records' `endpoint`.
 const ENDPOINT: &str = "videos";
-/// Tasks one poller claims per round.
-const CLAIM_BATCH: i64 = 16;
+/// The jobs that follow a task (one per task, its subject the task id).
+pub const POLL_KIND: &str = "video_poll";
+
+/// The poll job of task `id`.
+pub fn poll_job_id(id: &str) -> String {
+    format!("job_video_{id}")
+}
 
 /// A video generation request, checked.
 #[derive(Debug, Clone)]
@@ -249,12 +253,14 @@ async fn create_upstream(
                             &upstream_id,
                         )
                         .await?;
-                        videos::record_progress(&state.db, &task.id, "queued", 0, next).await
+                        videos::record_progress(&state.db, &task.id, "queued", 0, next).await?;
+                        crate::db::jobs::reschedule(&state.db, &poll_job_id(&task.id), next).await
                     };
                     if let Err(e) = stored.await {
                         // The lease runs out and the poller refunds it (no provider id stored).
                         return Err(OpenAiError::internal(&task.id, e));
                     }
+                    state.jobs.wake.notify_one();
                     task.channel_id = Some(channel.id);
                     task.upstream_model = Some(upstream_model);
                     task.upstream_task_id = Some(upstream_id);
@@ -512,36 +518,28 @@ async fn poll_state(
     provider::read_state(channel, upstream_id, response.status, &body)
 }
 
-/// Polls due tasks until `stop`: claims a batch by lease, follows each a step.
-pub async fn run_poller(state: AppState, stop: CancellationToken) {
-    let owner = format!("poller-{:016x}", rand::rng().random::<u64>());
-    let interval = Duration::from_millis((state.config.video.poll_interval_ms / 2).clamp(50, 1000));
-    if let Ok(n) = videos::count_open(&state.db).await {
-        metrics::gauge!(m::VIDEO_TASKS_OPEN).set(n as f64);
+/// One step of a task's poll job: follows the task a step; the job ends when the task is
+/// settled, else its next step is due when the task's next poll is.
+pub async fn poll_job(state: &AppState, job: &crate::db::jobs::Job) -> crate::jobs::Done {
+    use crate::jobs::Done;
+    let later = crate::clock::now_ms() + state.config.video.poll_interval_ms as i64;
+    let task = match videos::get(&state.db, &job.subject).await {
+        Ok(Some(t)) => t,
+        Ok(None) => return Done::Failed(format!("video task {} does not exist", job.subject)),
+        Err(e) => {
+            tracing::warn!(task = %job.subject, error = %e, "video poll: reading the task failed");
+            return Done::Again { at_ms: later };
+        }
+    };
+    if task.settled == 0 {
+        poll_one(state, task).await;
     }
-    loop {
-        match videos::claim_due(
-            &state.db,
-            &owner,
-            state.config.video.lease_ms as i64,
-            CLAIM_BATCH,
-        )
-        .await
-        {
-            Ok(tasks) => {
-                let claimed = tasks.len() as i64;
-                let polls = tasks.into_iter().map(|t| poll_one(&state, t));
-                futures_util::future::join_all(polls).await;
-                if claimed == CLAIM_BATCH {
-                    continue;
-                }
-            }
-            Err(e) => tracing::warn!(error = %e, "claiming video tasks failed"),
-        }
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = tokio::time::sleep(interval) => {}
-        }
+    match videos::get(&state.db, &job.subject).await {
+        Ok(Some(t)) if t.settled != 0 => Done::Succeeded(t.result_url),
+        Ok(Some(t)) => Done::Again {
+            at_ms: t.next_poll_at_ms,
+        },
+        _ => Done::Again { at_ms: later },
     }
 }
 

@@ -226,6 +226,11 @@ async fn remove(
     PlatformUser(_, user_id): PlatformUser,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
+    // What is scheduled of it and not yet sending is cancelled (its holds given back); what is
+    // already sending finishes.
+    if db::drafts::get(&state.db, user_id, &id).await?.is_some() {
+        crate::social::schedule::cancel_draft(&state, user_id, &id).await?;
+    }
     if !db::drafts::delete(&state.db, user_id, &id).await? {
         return Err(ApiError::NotFound(format!("draft {id} not found")));
     }

@@ -37,6 +37,7 @@ pub mod ops;
 pub mod platform_limits;
 pub mod ppt;
 pub mod publish;
+pub mod schedule;
 pub mod social_accounts;
 pub mod social_sets;
 pub mod video;
@@ -79,6 +80,7 @@ pub fn router(state: AppState) -> Router {
                     .merge(social_sets::router())
                     .merge(social_accounts::router())
                     .merge(publish::router())
+                    .merge(schedule::router())
                     .route_layer(middleware::from_fn_with_state(
                         state.clone(),
                         platform_limits::limit,

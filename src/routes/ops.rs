@@ -1,6 +1,7 @@
 //! Operations endpoints: Prometheus text at `/metrics` (behind a bearer token when
 //! `TOLLGATE_METRICS_TOKEN` is set), liveness at `/healthz`, readiness
-//! (database reachable, catalog loaded) at `/readyz`.
+//! (database reachable, catalog loaded, this instance's job worker able to claim jobs) at
+//! `/readyz`.
 
 use crate::state::AppState;
 use axum::Router;
@@ -53,6 +54,13 @@ async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
         return (
             StatusCode::SERVICE_UNAVAILABLE,
             axum::Json(serde_json::json!({"status": "shutting down"})),
+        );
+    }
+    if let Some(why) = state.jobs.problem(state.config.jobs.poll_interval_ms) {
+        tracing::warn!(problem = %why, "readiness check failed");
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            axum::Json(serde_json::json!({"status": "jobs not claimable", "reason": why})),
         );
     }
     match state.db.ping().await {

@@ -149,7 +149,7 @@ where
     Ok((status, Json(body)).into_response())
 }
 
-fn required_string(body: &Map<String, Value>, key: &str) -> Result<String, ApiError> {
+pub(crate) fn required_string(body: &Map<String, Value>, key: &str) -> Result<String, ApiError> {
     match body.get(key) {
         Some(Value::String(s)) if !s.trim().is_empty() => Ok(s.trim().to_owned()),
         Some(Value::String(_)) | None | Some(Value::Null) => {
@@ -159,7 +159,7 @@ fn required_string(body: &Map<String, Value>, key: &str) -> Result<String, ApiEr
     }
 }
 
-async fn own_draft(state: &AppState, user_id: i64, id: &str) -> Result<Draft, ApiError> {
+pub(crate) async fn own_draft(state: &AppState, user_id: i64, id: &str) -> Result<Draft, ApiError> {
     db::drafts::get(&state.db, user_id, id)
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("draft {id} not found")))
@@ -167,7 +167,7 @@ async fn own_draft(state: &AppState, user_id: i64, id: &str) -> Result<Draft, Ap
 
 /// The user's X accounts a draft goes to: `accountIds` if given, else its selected ones, else
 /// its social set's.
-async fn x_accounts(
+pub(crate) async fn x_accounts(
     state: &AppState,
     user_id: i64,
     draft: &Draft,
@@ -317,7 +317,38 @@ async fn multi_platform(
     };
     let draft = own_draft(&state, user_id, &draft_id).await?;
     let accounts = db::social::accounts(&state.db, user_id).await?;
-    let mut targets = Vec::new();
+    let targets: Vec<(Account, Plan)> = pick_accounts(&list, &accounts)?
+        .into_iter()
+        .map(|a| {
+            let plan = Plan::thread(&draft, &a);
+            (a, plan)
+        })
+        .collect();
+    let st = state.clone();
+    once(
+        &state,
+        user_id,
+        &headers,
+        "publish/multi-platform",
+        &raw,
+        move |publish_id| async move {
+            let outcomes = run_all(st, publish_id.clone(), targets).await?;
+            Ok((
+                StatusCode::OK,
+                answer(&publish_id, &outcomes, json!({"draftId": draft_id})),
+            ))
+        },
+    )
+    .await
+}
+
+/// The accounts `targetAccounts` (`[{"accountId","platform"}]`) names, each the user's and of
+/// the platform it says, none twice.
+pub(crate) fn pick_accounts(
+    list: &[Value],
+    accounts: &[Account],
+) -> Result<Vec<Account>, ApiError> {
+    let mut picked: Vec<Account> = Vec::new();
     for (k, t) in list.iter().enumerate() {
         let id = t["accountId"].as_str().ok_or_else(|| {
             ApiError::InvalidInput(format!("targetAccounts[{k}].accountId: required"))
@@ -341,29 +372,14 @@ async fn multi_platform(
                 a.platform
             )));
         }
-        if targets.iter().any(|(x, _): &(Account, Plan)| x.id == a.id) {
+        if picked.iter().any(|x| x.id == a.id) {
             return Err(ApiError::InvalidInput(format!(
                 "targetAccounts[{k}]: account {id} is named twice"
             )));
         }
-        targets.push((a.clone(), Plan::thread(&draft, a)));
+        picked.push(a.clone());
     }
-    let st = state.clone();
-    once(
-        &state,
-        user_id,
-        &headers,
-        "publish/multi-platform",
-        &raw,
-        move |publish_id| async move {
-            let outcomes = run_all(st, publish_id.clone(), targets).await?;
-            Ok((
-                StatusCode::OK,
-                answer(&publish_id, &outcomes, json!({"draftId": draft_id})),
-            ))
-        },
-    )
-    .await
+    Ok(picked)
 }
 
 async fn quote(

@@ -9,5 +9,6 @@ pub mod media;
 pub mod oauth;
 pub mod platforms;
 pub mod publish;
+pub mod schedule;
 pub mod text;
 pub mod tokens;

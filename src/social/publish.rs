@@ -377,7 +377,7 @@ pub async fn hold(
         .take(account.user_id, price)
         .map_err(|e| refused(e, price))?;
     let description = format!("publish to {} (held until it is out)", platform.as_str());
-    if let Err(e) = db::publishing::create_target(&state.db, &target, &description).await {
+    if let Err(e) = db::publishing::create_target(&state.db, &target, &description, None).await {
         state.book.give(account.user_id, price);
         return Err(refused(e, price));
     }
@@ -392,7 +392,7 @@ pub async fn hold(
     }))
 }
 
-fn refused(e: ReserveError, price: Micros) -> ApiError {
+pub fn refused(e: ReserveError, price: Micros) -> ApiError {
     match e {
         ReserveError::Insufficient { available, .. } => ApiError::InsufficientCredits {
             needed: price,
@@ -562,6 +562,112 @@ enum Sent {
 
 /// Sends a held target's posts and settles it.
 pub async fn send(state: &AppState, h: Held) -> Outcome {
+    let sent = send_posts(state, h).await;
+    finish(state, &sent.target, sent.platform, sent.done, sent.ended).await
+}
+
+/// How a target's sending stopped, before it is settled: the posts out, and where and why it
+/// stopped (`None`: all are out).
+pub struct Sending {
+    pub target: Target,
+    platform: Platform,
+    done: Vec<Out>,
+    ended: Option<(Status, usize, &'static str, String)>,
+}
+
+impl Sending {
+    /// Why it stopped when that surely posted nothing and trying later may work (the
+    /// platform's rate limit, or it could not be reached), with the wait the platform asked
+    /// for, if it named one.
+    pub fn retryable(&self) -> Option<(Option<i64>, &str)> {
+        match &self.ended {
+            Some((Status::Failed, _, code, why))
+                if matches!(*code, "RATE_LIMITED" | "PLATFORM_UNAVAILABLE") =>
+            {
+                Some((super::platforms::retry_after_ms(why), why.as_str()))
+            }
+            _ => None,
+        }
+    }
+}
+
+/// Settles what [`send_posts`] sent.
+pub async fn settle_sent(state: &AppState, sent: Sending) -> Outcome {
+    finish(state, &sent.target, sent.platform, sent.done, sent.ended).await
+}
+
+/// Leaves a stopped target held and `status` (a scheduled publish waiting to be tried again),
+/// with its progress and why it stopped.
+pub async fn keep_held(state: &AppState, sent: &Sending, status: &str) -> Result<(), sqlx::Error> {
+    let (failed_at, code, why) = match &sent.ended {
+        Some((_, at, code, why)) => (Some(*at as i64), Some(*code), Some(why.as_str())),
+        None => (None, None, None),
+    };
+    let progress = Progress {
+        status,
+        published: sent.done.len() as i64,
+        failed_at,
+        error_code: code,
+        error: why,
+    };
+    db::publishing::hold_open(&state.db, &sent.target.id, &progress).await
+}
+
+/// Ends a target that sent nothing this time (cancelled, refused at its time): `status` with
+/// why, its hold given back.
+pub async fn end_unsent(
+    state: &AppState,
+    target: &Target,
+    status: &'static str,
+    code: &'static str,
+    why: &str,
+) {
+    let progress = Progress {
+        status,
+        published: target.published,
+        failed_at: None,
+        error_code: Some(code),
+        error: Some(why),
+    };
+    settle(state, target, &progress, 0).await;
+    let platform = target.platform.clone();
+    metrics::counter!(m::PUBLISHES, "platform" => platform, "outcome" => status).increment(1);
+}
+
+/// A held target made ready to send again (a scheduled publish at its time): where to start,
+/// the posts out, every post's media, from the plan as it is now.
+pub async fn resume(
+    state: &AppState,
+    target: Target,
+    account: Account,
+    plan: Plan,
+) -> Result<Held, (&'static str, String)> {
+    let platform = Platform::parse(&account.platform).unwrap_or(Platform::X);
+    let (start, done, media) = prepare(state, &account, &plan).await?;
+    Ok(Held {
+        target,
+        account,
+        platform,
+        plan,
+        media,
+        start,
+        done,
+    })
+}
+
+/// Checks a plan against its account now, as sending it would (text, media, an open post of
+/// unknown outcome); the posts it would send.
+pub async fn check(
+    state: &AppState,
+    account: &Account,
+    plan: &Plan,
+) -> Result<usize, (&'static str, String)> {
+    let (start, _, _) = prepare(state, account, plan).await?;
+    Ok(plan.texts.len() - start)
+}
+
+/// Sends a held target's posts without settling it.
+pub async fn send_posts(state: &AppState, h: Held) -> Sending {
     let Held {
         target,
         account,
@@ -662,7 +768,12 @@ pub async fn send(state: &AppState, h: Held) -> Outcome {
             }
         }
     }
-    finish(state, &target, platform, done, ended).await
+    Sending {
+        target,
+        platform,
+        done,
+        ended,
+    }
 }
 
 /// One X post (a reply to the post before it; the plan's quote on the first).
@@ -1246,30 +1357,36 @@ pub async fn run_recovery(state: AppState, stop: tokio_util::sync::CancellationT
 pub async fn recover(state: &AppState, before_ms: i64) -> Result<usize, sqlx::Error> {
     let stalled = db::publishing::stalled(&state.db, before_ms, 100).await?;
     for target in &stalled {
-        let posts = db::publishing::posts(&state.db, &target.thread_key).await?;
-        let out = posts_out(&posts);
-        let platform = Platform::parse(&target.platform).unwrap_or(Platform::X);
-        let ended = match posts.iter().find(|p| p.status == "attempted" && p.target_id == target.id) {
-            Some(open) => (
-                Status::Unconfirmed,
-                open.position as usize,
-                "UNCONFIRMED",
-                "the publish was interrupted after sending this post; check the platform and resolve it".to_owned(),
-            ),
-            None => (
-                Status::Failed,
-                out.len(),
-                "INTERRUPTED",
-                "the publish was interrupted; nothing more was sent".to_owned(),
-            ),
-        };
-        let (status, failed_at, code, why) = ended;
-        let ended = if status == Status::Failed && out.len() as i64 >= target.total {
-            None
-        } else {
-            Some((status, failed_at, code, why))
-        };
-        finish(state, target, platform, out, ended).await;
+        recover_target(state, target).await?;
     }
     Ok(stalled.len())
+}
+
+/// Ends a target whose process stopped mid-publish: `unconfirmed` when a post it sent has no
+/// recorded outcome (its hold kept, to resolve), else refunded (or charged, when all is out).
+pub async fn recover_target(state: &AppState, target: &Target) -> Result<Outcome, sqlx::Error> {
+    let posts = db::publishing::posts(&state.db, &target.thread_key).await?;
+    let out = posts_out(&posts);
+    let platform = Platform::parse(&target.platform).unwrap_or(Platform::X);
+    let ended = match posts.iter().find(|p| p.status == "attempted" && p.target_id == target.id) {
+        Some(open) => (
+            Status::Unconfirmed,
+            open.position as usize,
+            "UNCONFIRMED",
+            "the publish was interrupted after sending this post; check the platform and resolve it".to_owned(),
+        ),
+        None => (
+            Status::Failed,
+            out.len(),
+            "INTERRUPTED",
+            "the publish was interrupted; nothing more was sent".to_owned(),
+        ),
+    };
+    let (status, failed_at, code, why) = ended;
+    let ended = if status == Status::Failed && out.len() as i64 >= target.total {
+        None
+    } else {
+        Some((status, failed_at, code, why))
+    };
+    Ok(finish(state, target, platform, out, ended).await)
 }

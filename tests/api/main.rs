@@ -23,6 +23,7 @@ mod providers;
 mod publishing;
 mod registry;
 mod routing;
+mod schedule;
 mod streaming;
 mod studio;
 mod videos;

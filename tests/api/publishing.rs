@@ -6,7 +6,7 @@ use crate::helpers::*;
 use serde_json::{Value, json};
 
 /// A request with seed 000's `xai-key` header: (status, body).
-async fn xai(
+pub(crate) async fn xai(
     app: &TestApp,
     key: &str,
     method: reqwest::Method,
@@ -329,7 +329,7 @@ use std::sync::atomic::Ordering;
 /// test's "browser" replays the redirect to the test server's own address).
 const X_CALLBACK: &str = "http://127.0.0.1:8000/api/v1/twitter/callback";
 
-fn x_app(c: &mut tollgate::config::Config, base: &str) {
+pub(crate) fn x_app(c: &mut tollgate::config::Config, base: &str) {
     c.social.x.api_base = base.to_owned();
     c.social.x.authorize_url = format!("{base}/i/oauth2/authorize");
     c.social.x.token_url = format!("{base}/2/oauth2/token");
@@ -338,7 +338,15 @@ fn x_app(c: &mut tollgate::config::Config, base: &str) {
     c.social.x.redirect_uri = X_CALLBACK.to_owned();
 }
 
-async fn x_setup(b: &Backend) -> (TestApp, Arc<FakeX>) {
+pub(crate) async fn x_setup(b: &Backend) -> (TestApp, Arc<FakeX>) {
+    x_setup_with(b, |_| {}).await
+}
+
+/// [`x_setup`] with more configuration.
+pub(crate) async fn x_setup_with(
+    b: &Backend,
+    more: impl FnOnce(&mut tollgate::config::Config),
+) -> (TestApp, Arc<FakeX>) {
     let (fake, base) = start_fake_x().await;
     fake.registered
         .lock()
@@ -349,6 +357,7 @@ async fn x_setup(b: &Backend) -> (TestApp, Arc<FakeX>) {
         // These scenarios publish faster than a person: the per-minute class would stop them.
         c.limits.other_per_minute = 1_000_000;
         c.limits.query_per_minute = 1_000_000;
+        more(c);
     })
     .await;
     (app, fake)
@@ -356,12 +365,12 @@ async fn x_setup(b: &Backend) -> (TestApp, Arc<FakeX>) {
 
 /// The user's browser: opens the authorize URL, and follows X's redirect to the callback (on the
 /// test server). The callback's answer.
-async fn approve(app: &TestApp, auth_url: &str) -> (u16, Value, String) {
+pub(crate) async fn approve(app: &TestApp, auth_url: &str) -> (u16, Value, String) {
     approve_at(&app.base, auth_url).await
 }
 
 /// [`approve`] against a gateway at `base`.
-async fn approve_at(base: &str, auth_url: &str) -> (u16, Value, String) {
+pub(crate) async fn approve_at(base: &str, auth_url: &str) -> (u16, Value, String) {
     let browser = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .build()
@@ -395,7 +404,7 @@ async fn status_of(app: &TestApp, key: &str, session: &str) -> Value {
     v["data"].clone()
 }
 
-async fn connect_x(app: &TestApp, key: &str, body: Value) -> (String, String) {
+pub(crate) async fn connect_x(app: &TestApp, key: &str, body: Value) -> (String, String) {
     let (status, started) = xai(
         app,
         key,
@@ -741,14 +750,14 @@ both_backends!(
 use crate::fakes::x::Fault;
 
 /// A user with `balance` credits, a key, an X account connected and a draft of `items`.
-async fn x_user(app: &TestApp, balance: &str) -> (i64, String, String) {
+pub(crate) async fn x_user(app: &TestApp, balance: &str) -> (i64, String, String) {
     let id = app.add_user(json!(balance)).await;
     let key = app.add_key(id, json!({})).await;
     let (account, _) = connect_x(app, &key, json!({})).await;
     (id, key, account)
 }
 
-async fn draft(app: &TestApp, key: &str, items: &[&str]) -> String {
+pub(crate) async fn draft(app: &TestApp, key: &str, items: &[&str]) -> String {
     let tweets: Vec<Value> = items
         .iter()
         .map(|t| json!({"content": format!("<p>{t}</p>")}))
@@ -895,13 +904,13 @@ async fn a_cjk_thread_goes_out_as_a_reply_chain_charged_once_and_never_twice(b: 
     app.stop().await;
 }
 
-fn faults(fake: &FakeX, list: &[Option<Fault>]) {
+pub(crate) fn faults(fake: &FakeX, list: &[Option<Fault>]) {
     let mut f = fake.faults.lock().expect("lock");
     f.clear();
     f.extend(list.iter().copied());
 }
 
-fn tweet_texts(fake: &FakeX) -> Vec<String> {
+pub(crate) fn tweet_texts(fake: &FakeX) -> Vec<String> {
     fake.tweets
         .lock()
         .expect("lock")

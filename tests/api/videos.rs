@@ -403,6 +403,8 @@ async fn a_task_outlives_a_sigkill_and_is_refunded_once_after_the_restart(b: Bac
     let env = [
         ("TOLLGATE__VIDEO__POLL_INTERVAL_MS", "50"),
         ("TOLLGATE__VIDEO__LEASE_MS", "500"),
+        ("TOLLGATE__JOBS__LEASE_MS", "500"),
+        ("TOLLGATE__JOBS__POLL_INTERVAL_MS", "50"),
     ];
     let server = Server::start(&db_url, &env).await;
     let (user, key) = provision(
@@ -963,6 +965,8 @@ async fn a_platform_video_outlives_a_sigkill_and_is_kept_once_after_the_restart(
     let env = [
         ("TOLLGATE__VIDEO__POLL_INTERVAL_MS", "50"),
         ("TOLLGATE__VIDEO__LEASE_MS", "500"),
+        ("TOLLGATE__JOBS__LEASE_MS", "500"),
+        ("TOLLGATE__JOBS__POLL_INTERVAL_MS", "50"),
     ];
     let server = Server::start(&db_url, &env).await;
     let (user, key) = provision_platform(

@@ -440,7 +440,7 @@ pub async fn create_post(
         400 if error == "ExpiredToken" || error == "InvalidToken" => Created::Unauthorized,
         429 => Created::Failed {
             code: "RATE_LIMITED",
-            reason: format!("Bluesky's rate limit: {message}"),
+            reason: super::limited(format!("Bluesky's rate limit: {message}"), &v),
         },
         400..=499 => Created::Failed {
             code: "INVALID_INPUT",

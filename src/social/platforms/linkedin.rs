@@ -396,7 +396,7 @@ pub async fn create_post(
         (401, _) => Created::Unauthorized,
         (429, _) => Created::Failed {
             code: "RATE_LIMITED",
-            reason: format!("LinkedIn's rate limit: {message}"),
+            reason: super::limited(format!("LinkedIn's rate limit: {message}"), &v),
         },
         (400..=499, _) => Created::Failed {
             code: if status == 403 {

@@ -289,7 +289,7 @@ pub async fn create_status(
         401 | 403 => Created::Unauthorized,
         429 => Created::Failed {
             code: "RATE_LIMITED",
-            reason: format!("{instance}'s rate limit: {error}"),
+            reason: super::limited(format!("{instance}'s rate limit: {error}"), &v),
         },
         400..=499 => Created::Failed {
             code: "INVALID_INPUT",

@@ -168,7 +168,7 @@ async fn id_step(sent: Result<reqwest::Response, reqwest::Error>) -> Step {
         (400, _) if v["error"]["code"] == 190 => Step::Unauthorized,
         (429, _) => Step::Failed {
             code: "RATE_LIMITED",
-            reason: format!("Threads' limit: {}", graph_error(&v, status)),
+            reason: super::limited(format!("Threads' limit: {}", graph_error(&v, status)), &v),
         },
         (400..=499, _) => Step::Failed {
             code: "INVALID_INPUT",

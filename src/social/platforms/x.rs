@@ -180,7 +180,7 @@ pub async fn create_post(
         401 => Created::Unauthorized,
         429 => Created::Failed {
             code: "RATE_LIMITED",
-            reason: format!("X's rate limit: {}", detail()),
+            reason: super::limited(format!("X's rate limit: {}", detail()), &v),
         },
         400..=499 => Created::Failed {
             code: if status == 403 {
