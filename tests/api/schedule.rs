@@ -391,3 +391,38 @@ both_backends!(
     a_scheduled_draft_goes_out_once_at_its_time_held_then_charged,
     a_cancel_racing_the_worker_wins_or_answers_409_with_the_url
 );
+
+#[path = "../../benches/common/scheduling.rs"]
+mod scheduling;
+
+/// The scheduling benchmark at a small size: three real instances on PostgreSQL, one
+/// SIGKILLed halfway, every post out once and on time, the money exact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn three_instances_publish_on_time_exactly_once_across_a_sigkill() {
+    let Some(Backend::Postgres(url)) = Backend::postgres() else {
+        eprintln!(
+            "TEST_DATABASE_URL is not set: the three-instance scheduling run needs PostgreSQL"
+        );
+        return;
+    };
+    let report = scheduling::run(scheduling::Params {
+        posts: 300,
+        window_ms: 20_000,
+        instances: 3,
+        kill: true,
+        database_url: url,
+        bin: env!("CARGO_BIN_EXE_tollgate").to_owned(),
+        env: vec![("TOLLGATE__JOBS__LEASE_MS".into(), "3000".into())],
+    })
+    .await;
+    eprintln!("{}", report.line());
+    assert_eq!(report.duplicates, 0, "{}", report.line());
+    assert_eq!(report.lost, 0, "{}", report.line());
+    assert!(
+        report.money_ok && report.ledger_ok,
+        "{}\n{}",
+        report.line(),
+        report.ledger_output
+    );
+    assert!(report.quantile(0.99) <= 5_000, "{}", report.line());
+}
