@@ -117,6 +117,17 @@ pub struct SocialConfig {
     pub linkedin: OAuthApp,
     pub mastodon: MastodonConfig,
     pub bluesky: BlueskyConfig,
+    pub wechat: WechatConfig,
+}
+
+/// WeChat Official Accounts (publishing creations): each user binds their own AppID and
+/// AppSecret; this is where the API is.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WechatConfig {
+    pub api_base: String,
+    /// How often a submitted article is asked after (`freepublish/get`).
+    pub poll_interval_ms: u64,
 }
 
 /// One platform's OAuth app. Without a `client_id` its connect route answers
@@ -209,6 +220,9 @@ pub struct PublishingConfig {
     pub price_threads: Micros,
     #[serde(deserialize_with = "credits")]
     pub price_linkedin: Micros,
+    /// A creation published to a WeChat Official Account.
+    #[serde(deserialize_with = "credits")]
+    pub price_wechat: Micros,
 }
 
 /// A non-negative credits amount written as a number (`10`, `2.5`) or a string (`"2.5"`), read

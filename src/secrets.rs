@@ -67,6 +67,9 @@ pub enum Purpose {
     /// What an open account-connection session keeps (a PKCE verifier, tokens awaiting a
     /// selection).
     AuthSession,
+    /// A publishing platform's app secret (a WeChat Official Account's AppSecret) or the
+    /// access token got with it.
+    PlatformSecret,
 }
 
 impl Purpose {
@@ -75,6 +78,7 @@ impl Purpose {
             Purpose::ChannelCredential => b"tollgate channel credential",
             Purpose::SocialToken => b"tollgate social token",
             Purpose::AuthSession => b"tollgate social auth session",
+            Purpose::PlatformSecret => b"tollgate publishing platform secret",
         }
     }
 }
@@ -189,6 +193,7 @@ impl Secrets {
             Purpose::ChannelCredential => "channel credential",
             Purpose::SocialToken => "social token",
             Purpose::AuthSession => "auth session secret",
+            Purpose::PlatformSecret => "publishing platform secret",
         };
         let bytes = decode_hex(hex).ok_or(OpenError(what))?;
         if bytes.len() < NONCE_LEN {

@@ -7,6 +7,7 @@
 pub mod audit;
 pub mod billing;
 pub mod catalog;
+pub mod creation_publishing;
 pub mod creations;
 pub mod drafts;
 pub mod files;
@@ -134,6 +135,12 @@ const MIGRATIONS: &[(i64, &str, &str, &str)] = &[
         "jobs",
         include_str!("../../migrations/sqlite/0012_jobs.sql"),
         include_str!("../../migrations/postgres/0012_jobs.sql"),
+    ),
+    (
+        13,
+        "creation_publishing",
+        include_str!("../../migrations/sqlite/0013_creation_publishing.sql"),
+        include_str!("../../migrations/postgres/0013_creation_publishing.sql"),
     ),
 ];
 

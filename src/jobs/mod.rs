@@ -71,6 +71,9 @@ async fn run_kind(state: &AppState, job: &Job) -> Done {
     match job.kind.as_str() {
         crate::social::schedule::KIND => crate::social::schedule::run(state, job).await,
         crate::gateway::videos::POLL_KIND => crate::gateway::videos::poll_job(state, job).await,
+        crate::social::creation_publish::KIND => {
+            crate::social::creation_publish::run(state, job).await
+        }
         other => Done::Failed(format!("no worker knows jobs of kind {other}")),
     }
 }

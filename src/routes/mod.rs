@@ -26,6 +26,7 @@
 pub mod account;
 pub mod admin;
 pub mod auth;
+pub mod creation_publish;
 pub mod creations;
 pub mod drafts;
 pub mod extract;
@@ -81,6 +82,7 @@ pub fn router(state: AppState) -> Router {
                     .merge(social_accounts::router())
                     .merge(publish::router())
                     .merge(schedule::router())
+                    .merge(creation_publish::router())
                     .route_layer(middleware::from_fn_with_state(
                         state.clone(),
                         platform_limits::limit,
@@ -176,7 +178,7 @@ async fn not_found(uri: Uri) -> Response {
         "/api/v1/twitter",
         "/api/v1/social-sets",
         "/api/v1/social/",
-        "/api/v1/publish/",
+        "/api/v1/publish",
         "/api/v2/",
         "/api/v1/files",
     ];

@@ -3,7 +3,9 @@
 //! ([`connect`], [`oauth`], one client per platform in [`platforms`]) and keeping their tokens
 //! alive ([`tokens`]).
 
+pub mod article;
 pub mod connect;
+pub mod creation_publish;
 pub mod drafts;
 pub mod media;
 pub mod oauth;

@@ -634,6 +634,21 @@ pub async fn end_unsent(
     metrics::counter!(m::PUBLISHES, "platform" => platform, "outcome" => status).increment(1);
 }
 
+/// Ends a target whose one post is out (a WeChat article): charged its price.
+pub async fn end_out(state: &AppState, target: &Target) -> Micros {
+    let progress = Progress {
+        status: "published",
+        published: 1,
+        failed_at: None,
+        error_code: None,
+        error: None,
+    };
+    let charged = settle(state, target, &progress, 1).await;
+    let platform = target.platform.clone();
+    metrics::counter!(m::PUBLISHES, "platform" => platform, "outcome" => "published").increment(1);
+    charged
+}
+
 /// A held target made ready to send again (a scheduled publish at its time): where to start,
 /// the posts out, every post's media, from the plan as it is now.
 pub async fn resume(

@@ -11,6 +11,7 @@ mod billing;
 mod chat;
 mod cluster;
 mod crash;
+mod creation_publish;
 mod endings;
 mod features;
 mod hardening;

@@ -36,7 +36,7 @@ fn mp4(len: usize) -> Vec<u8> {
 }
 
 /// Seed 000's upload: `files` parts as multipart/form-data. (status, body)
-async fn upload(app: &TestApp, key: &str, files: &[(&str, Vec<u8>)]) -> (u16, Value) {
+pub(crate) async fn upload(app: &TestApp, key: &str, files: &[(&str, Vec<u8>)]) -> (u16, Value) {
     let boundary = "tollgate-test-boundary-7d1f";
     let mut body = Vec::new();
     for (name, data) in files {

@@ -5,6 +5,7 @@ pub mod bluesky;
 pub mod linkedin;
 pub mod mastodon;
 pub mod threads;
+pub mod wechat;
 pub mod x;
 
 use serde_json::Value;

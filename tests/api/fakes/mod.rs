@@ -8,6 +8,7 @@ pub mod mastodon;
 pub mod openai;
 pub mod threads;
 pub mod video;
+pub mod wechat;
 pub mod x;
 
 use axum::Router;
