@@ -35,7 +35,7 @@ pub enum Done {
 }
 
 /// What `/readyz` reads: whether this instance works jobs, and when its last claim went
-/// through (0: never).
+/// through (or its worker started).
 #[derive(Debug, Default)]
 pub struct Health {
     pub working: std::sync::atomic::AtomicBool,
@@ -56,13 +56,8 @@ impl Health {
         let last = self.last_claim_ms.load(Ordering::Relaxed);
         let allowed = (3 * poll_interval_ms as i64).max(5_000);
         let since = crate::clock::now_ms() - last;
-        (since > allowed).then(|| {
-            if last == 0 {
-                "the job worker has not claimed jobs yet".to_owned()
-            } else {
-                format!("the job worker has not been able to claim jobs for {since} ms")
-            }
-        })
+        (since > allowed)
+            .then(|| format!("the job worker has not been able to claim jobs for {since} ms"))
     }
 }
 
@@ -88,6 +83,10 @@ pub async fn run(state: AppState, stop: CancellationToken) {
     ));
     let slots = Arc::new(Semaphore::new(cfg.concurrency.max(1)));
     let health = &state.jobs;
+    // Counted from now: a worker that just started has not failed to claim yet.
+    health
+        .last_claim_ms
+        .store(crate::clock::now_ms(), Ordering::Relaxed);
     health.working.store(true, Ordering::Relaxed);
     let poll = Duration::from_millis(cfg.poll_interval_ms.max(10));
     let mut last_gauge = 0i64;

@@ -426,3 +426,147 @@ async fn three_instances_publish_on_time_exactly_once_across_a_sigkill() {
     );
     assert!(report.quantile(0.99) <= 5_000, "{}", report.line());
 }
+
+/// `/readyz` fails while this instance cannot claim jobs and recovers with it; a job that
+/// cannot start (its account busy) shows in `tollgate_jobs_overdue`.
+async fn readiness_follows_the_job_worker_and_overdue_jobs_are_counted(b: Backend) {
+    let app = TestApp::spawn_with(&b, |c| {
+        c.jobs.poll_interval_ms = 50;
+        c.jobs.overdue_after_ms = 1_000;
+    })
+    .await;
+    let ready = || async {
+        app.client
+            .get(app.url("/readyz"))
+            .send()
+            .await
+            .expect("readyz")
+            .status()
+            .as_u16()
+    };
+    assert_eq!(ready().await, 200);
+    // An account with a job running on a live lease, and another of its jobs due a minute ago.
+    let now = tollgate::clock::now_ms();
+    sql_i64(
+        &app.state.db,
+        "INSERT INTO jobs (id, kind, subject, queue_key, priority, scheduled_for_ms, effective_at_ms, run_at_ms, state,
+                           max_attempts, lease_owner, created_at_ms, updated_at_ms)
+         VALUES ('job_busy', 'publish', 'pub_none', 'acct', 0, 0, 0, 9999999999999, 'running', 1, 'elsewhere', 0, 0)",
+    )
+    .await;
+    let due = tollgate::db::jobs::NewJob {
+        id: "job_waiting",
+        kind: "publish",
+        subject: "pub_none_2",
+        user_id: None,
+        queue_key: Some("acct"),
+        priority: 0,
+        scheduled_for_ms: now - 60_000,
+        effective_at_ms: now - 60_000,
+        max_attempts: 1,
+        payload: "{}",
+    };
+    tollgate::db::jobs::insert(&app.state.db, &due)
+        .await
+        .expect("insert");
+    let mut overdue = None;
+    for _ in 0..100 {
+        overdue = app.metric("tollgate_jobs_overdue").await;
+        if overdue == Some(1.0) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(overdue, Some(1.0), "the waiting job is overdue");
+    let waiting = tollgate::db::jobs::get(&app.state.db, "job_waiting")
+        .await
+        .expect("job")
+        .expect("exists");
+    assert_eq!(waiting.state, "pending", "one job per account at a time");
+    // The table gone from under the worker: not ready until it is back.
+    sql_i64(&app.state.db, "ALTER TABLE jobs RENAME TO jobs_away").await;
+    let mut status = 200;
+    for _ in 0..100 {
+        status = ready().await;
+        if status == 503 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        status, 503,
+        "an instance that cannot claim jobs is not ready"
+    );
+    sql_i64(&app.state.db, "ALTER TABLE jobs_away RENAME TO jobs").await;
+    for _ in 0..100 {
+        status = ready().await;
+        if status == 200 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let body = app
+        .client
+        .get(app.url("/readyz"))
+        .send()
+        .await
+        .expect("r")
+        .text()
+        .await
+        .expect("t");
+    assert_eq!(status, 200, "ready again: {body}");
+    app.stop().await;
+}
+
+/// `tollgate worker` works jobs without serving HTTP (PostgreSQL); on SQLite it says why not.
+async fn a_worker_process_publishes_what_a_server_without_jobs_scheduled(b: Backend) {
+    let Backend::Postgres(_) = b else {
+        let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_tollgate"))
+            .arg("worker")
+            .env("TOLLGATE_DATABASE_URL", "sqlite://data/never.db")
+            .output()
+            .await
+            .expect("run worker");
+        assert!(!out.status.success());
+        let text = String::from_utf8_lossy(&out.stderr);
+        assert!(text.contains("needs PostgreSQL"), "{text}");
+        return;
+    };
+    let (app, fake) = x_setup_with(&b, |c| c.jobs.enabled = false).await;
+    let (user, key, account) = x_user(&app, "100").await;
+    let d = draft(&app, &key, &["from the worker"]).await;
+    let (status, v) = schedule(
+        &app,
+        &key,
+        json!({"draftId": d, "scheduledFor": iso_in(0), "applyJitter": false,
+               "targetAccounts": [{"accountId": account, "platform": "twitter"}]}),
+    )
+    .await;
+    assert_eq!(status, 200, "{v}");
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert!(tweet_texts(&fake).is_empty(), "the server works no jobs");
+    let x_base = app.state.config.social.x.api_base.clone();
+    let mut worker = tokio::process::Command::new(env!("CARGO_BIN_EXE_tollgate"))
+        .arg("worker")
+        .env("TOLLGATE_DATABASE_URL", &app.db_url)
+        .env("TOLLGATE_MASTER_KEY", MASTER_KEY)
+        .env("TOLLGATE__SOCIAL__X__API_BASE", &x_base)
+        .env("TOLLGATE__JOBS__POLL_INTERVAL_MS", "50")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start worker");
+    let queue = v["queueIds"][0].as_str().expect("queue").to_owned();
+    assert_eq!(ended(&app, &key, &queue).await["status"], "succeeded");
+    assert_eq!(tweet_texts(&fake), vec!["from the worker".to_owned()]);
+    let _ = worker.start_kill();
+    let _ = worker.wait().await;
+    assert_eq!(app.balance_micros(user).await, 90 * CREDIT);
+    app.stop().await;
+}
+
+both_backends!(
+    readiness_follows_the_job_worker_and_overdue_jobs_are_counted,
+    a_worker_process_publishes_what_a_server_without_jobs_scheduled
+);

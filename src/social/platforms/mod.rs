@@ -88,3 +88,29 @@ pub fn retry_after_ms(reason: &str) -> Option<i64> {
     let secs: i64 = rest.strip_suffix(" s)")?.parse().ok()?;
     Some(secs.saturating_mul(1000))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use reqwest::header::{HeaderMap, HeaderValue};
+
+    #[test]
+    fn a_429s_wait_is_read_and_carried_in_its_reason() {
+        let mut h = HeaderMap::new();
+        h.insert("retry-after", HeaderValue::from_static("120"));
+        assert_eq!(wait_secs(&h), Some(120));
+        let mut h = HeaderMap::new();
+        let reset = (crate::clock::now_ms() / 1000 + 900).to_string();
+        h.insert(
+            "x-rate-limit-reset",
+            HeaderValue::from_str(&reset).expect("header"),
+        );
+        let wait = wait_secs(&h).expect("a wait");
+        assert!((899..=900).contains(&wait), "{wait}");
+        assert_eq!(wait_secs(&HeaderMap::new()), None);
+        let v = serde_json::json!({RETRY_AFTER: 120});
+        let reason = limited("X's rate limit: Too Many Requests".into(), &v);
+        assert_eq!(retry_after_ms(&reason), Some(120_000));
+        assert_eq!(retry_after_ms("X's rate limit: nothing said"), None);
+    }
+}
