@@ -6,7 +6,9 @@
 //!
 //! Run: `BENCH_DATABASE_URL=postgres://postgres@127.0.0.1:5432/postgres cargo bench --bench
 //! schedule` (`TEST_DATABASE_URL` works too). Knobs: `BENCH_POSTS` (10000), `BENCH_WINDOW_S`
-//! (600), `BENCH_INSTANCES` (3), `BENCH_KILL` (1), `BENCH_GATEWAY_BIN` (another build).
+//! (600), `BENCH_INSTANCES` (3), `BENCH_KILL` (1), `BENCH_PLATFORM_MS` (100: how long the fake X
+//! takes to answer, so that posts are in flight when the instance dies), `BENCH_GATEWAY_BIN`
+//! (another build).
 
 #[path = "common/scheduling.rs"]
 mod scheduling;
@@ -37,6 +39,7 @@ async fn main() {
         database_url,
         bin,
         env: Vec::new(),
+        platform_ms: knob("BENCH_PLATFORM_MS", 100) as u64,
     };
     println!(
         "scheduling {} posts due within {} s on {} instances{}",

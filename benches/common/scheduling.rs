@@ -38,6 +38,9 @@ pub struct Params {
     pub bin: String,
     /// Extra environment for every instance (`TOLLGATE__JOBS__LEASE_MS`, …).
     pub env: Vec<(String, String)>,
+    /// How long the fake X takes to answer a post (after it is made): the longer, the more
+    /// posts are in flight on the instance when it is killed.
+    pub platform_ms: u64,
 }
 
 #[derive(Debug)]
@@ -47,6 +50,8 @@ pub struct Report {
     pub duplicates: usize,
     pub lost: usize,
     pub unconfirmed: usize,
+    /// Posts claimed by the killed instance and published by another after its lease ran out.
+    pub resumed: usize,
     /// Milliseconds from each post's effective time to its arrival at X, sorted.
     pub lateness_ms: Vec<i64>,
     pub money_ok: bool,
@@ -69,12 +74,13 @@ impl Report {
 
     pub fn line(&self) -> String {
         format!(
-            "{} posts: {} out, {} duplicates, {} lost, {} unconfirmed (cut by the SIGKILL mid-call); lateness p50 {} ms, p99 {} ms, max {} ms; money {}, ledger verify {}",
+            "{} posts: {} out, {} duplicates, {} lost, {} unconfirmed (cut by the SIGKILL mid-call), {} resumed by another instance; lateness p50 {} ms, p99 {} ms, max {} ms; money {}, ledger verify {}",
             self.posts,
             self.out,
             self.duplicates,
             self.lost,
             self.unconfirmed,
+            self.resumed,
             self.quantile(0.5),
             self.quantile(0.99),
             self.max(),
@@ -89,6 +95,7 @@ impl Report {
 struct Fake {
     arrived: Mutex<HashMap<String, Vec<i64>>>,
     next: Mutex<u64>,
+    latency_ms: u64,
 }
 
 fn now_ms() -> i64 {
@@ -102,19 +109,19 @@ async fn tweet(State(fake): State<Arc<Fake>>, body: Bytes) -> impl IntoResponse 
     let v: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
     let text = v["text"].as_str().unwrap_or_default().to_owned();
     let at = now_ms();
-    // A platform takes a little while.
-    tokio::time::sleep(Duration::from_millis(15)).await;
     let id = {
         let mut n = fake.next.lock().expect("lock");
         *n += 1;
         *n
     };
+    // Made, then answered a while later (a SIGKILL in between leaves it unconfirmed).
     fake.arrived
         .lock()
         .expect("lock")
         .entry(text.clone())
         .or_default()
         .push(at);
+    tokio::time::sleep(Duration::from_millis(fake.latency_ms)).await;
     (
         axum::http::StatusCode::CREATED,
         axum::Json(json!({"data": {"id": format!("{}", 1_000_000 + id), "text": text}})),
@@ -188,7 +195,10 @@ async fn call(req: reqwest::RequestBuilder) -> Value {
 /// Runs the scenario.
 pub async fn run(p: Params) -> Report {
     // The fake X.
-    let fake = Arc::new(Fake::default());
+    let fake = Arc::new(Fake {
+        latency_ms: p.platform_ms,
+        ..Fake::default()
+    });
     let app = Router::new()
         .route("/2/tweets", post(tweet))
         .with_state(Arc::clone(&fake));
@@ -361,6 +371,12 @@ pub async fn run(p: Params) -> Report {
             .fetch_all(&pg)
             .await
             .expect("jobs");
+    let resumed: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM jobs WHERE kind = 'publish' AND state = 'succeeded' AND attempts > 1",
+    )
+    .fetch_one(&pg)
+    .await
+    .expect("resumed");
     let jobs: HashMap<String, (String, i64)> =
         rows.into_iter().map(|(id, s, e)| (id, (s, e))).collect();
     let arrived = fake.arrived.lock().expect("lock").clone();
@@ -426,6 +442,7 @@ pub async fn run(p: Params) -> Report {
         duplicates,
         lost,
         unconfirmed,
+        resumed: resumed as usize,
         lateness_ms: lateness,
         money_ok,
         ledger_ok: verify.status.success(),

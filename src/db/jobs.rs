@@ -233,34 +233,11 @@ pub async fn cancel_pending(db: &Db, id: &str, why: &str) -> Result<bool, sqlx::
         .map(|r| r.rows_affected() == 1))
 }
 
-/// Ends a job from outside its run (its subject ended another way), whatever holds it.
-pub async fn close(db: &Db, id: &str, state: &str, error: Option<&str>) -> Result<(), sqlx::Error> {
-    write_pool!(db, p => sqlx::query(
-        "UPDATE jobs SET state = $2, last_error = COALESCE($3, last_error), lease_owner = NULL, updated_at_ms = $4
-         WHERE id = $1 AND state IN ('pending', 'running')")
-        .bind(id)
-        .bind(state)
-        .bind(error)
-        .bind(now_ms())
-        .execute(p)
-        .await
-        .map(|_| ()))
-}
-
 /// One job.
 pub async fn get(db: &Db, id: &str) -> Result<Option<Job>, sqlx::Error> {
     read_pool!(db, p => sqlx::query_as::<_, Job>(concat!("SELECT ", job_columns!(), " FROM jobs WHERE id = $1"))
         .bind(id)
         .fetch_optional(p)
-        .await)
-}
-
-/// The jobs about `subject`, oldest first.
-pub async fn by_subject(db: &Db, subject: &str) -> Result<Vec<Job>, sqlx::Error> {
-    read_pool!(db, p => sqlx::query_as::<_, Job>(concat!(
-        "SELECT ", job_columns!(), " FROM jobs WHERE subject = $1 ORDER BY created_at_ms, id"))
-        .bind(subject)
-        .fetch_all(p)
         .await)
 }
 

@@ -921,6 +921,32 @@ async fn follow(state: &AppState, item: &Item, b: &Binding) -> Result<Done, sqlx
         at_ms: crate::clock::now_ms() + state.config.social.wechat.poll_interval_ms as i64,
     };
     match polled {
+        // WeChat keeps a task a while; one still publishing after a day is left for the user.
+        Ok(wechat::Status::Publishing)
+            if crate::clock::now_ms() - item.updated_at_ms > 86_400_000 =>
+        {
+            let why = "WeChat still says publishing a day after the submit: check the Official Account's 发表记录";
+            store::set_item(
+                &state.db,
+                item.publish_id,
+                &item.platform,
+                &["publishing"],
+                "unconfirmed",
+                None,
+                None,
+                Some(why),
+            )
+            .await?;
+            let progress = db::publishing::Progress {
+                status: "unconfirmed",
+                published: 0,
+                failed_at: Some(0),
+                error_code: Some("UNCONFIRMED"),
+                error: Some(why),
+            };
+            db::publishing::hold_open(&state.db, &target.id, &progress).await?;
+            Ok(Done::Unconfirmed(why.to_owned()))
+        }
         Ok(wechat::Status::Publishing) => Ok(again),
         Ok(wechat::Status::Published { url, .. }) => {
             store::set_item(

@@ -139,8 +139,8 @@ pub async fn schedule(
             // Nothing is scheduled unless all is: what was held is given back.
             let why = "not scheduled: the balance did not cover every account";
             for (job_id, t) in &made {
-                if let Ok(true) = db::jobs::cancel_pending(&state.db, job_id, why).await {
-                    publish::end_unsent(state, t, "cancelled", "INSUFFICIENT_CREDITS", why).await;
+                if let Err(e) = cancel_scheduled(state, job_id, &t.id, why).await {
+                    tracing::warn!(target = %t.id, error = %e, "giving back a schedule's hold failed; its job gives it back");
                 }
             }
             return Err(publish::refused(e, price));
@@ -184,6 +184,12 @@ pub async fn run(state: &AppState, job: &Job) -> Done {
     let fresh = match target.status.as_str() {
         "scheduled" => true,
         "posting" => false,
+        // Cancelled by a request that stopped before giving the hold back: given back here.
+        "cancelled" => {
+            let why = target.error.clone().unwrap_or_else(|| "cancelled".into());
+            publish::end_unsent(state, &target, "cancelled", "CANCELLED", &why).await;
+            return Done::Cancelled(why);
+        }
         _ => return Done::Unconfirmed(target.error.clone().unwrap_or_default()),
     };
     if !fresh {
@@ -317,6 +323,28 @@ pub enum Cancelled {
     Other(String),
 }
 
+/// Cancels a schedule whose target has not started sending: the target first (the same
+/// compare-and-set its job's start makes, so exactly one wins), its hold given back, then the
+/// job if it is still pending (a job already claimed finds its target cancelled). A crash
+/// between the steps leaves a cancelled target that its job settles. False when the target was
+/// no longer `scheduled`.
+async fn cancel_scheduled(
+    state: &AppState,
+    job_id: &str,
+    target_id: &str,
+    why: &str,
+) -> Result<bool, sqlx::Error> {
+    if !db::publishing::move_scheduled(&state.db, target_id, "cancelled", None).await? {
+        return Ok(false);
+    }
+    if let Some(mut t) = db::publishing::target_by_id(&state.db, target_id).await? {
+        t.status = "cancelled".into();
+        publish::end_unsent(state, &t, "cancelled", "CANCELLED", why).await;
+    }
+    db::jobs::cancel_pending(&state.db, job_id, why).await?;
+    Ok(true)
+}
+
 /// Cancels what is scheduled of a deleted draft and not yet sending (what is sending finishes).
 pub async fn cancel_draft(state: &AppState, user_id: i64, draft_id: &str) -> Result<(), ApiError> {
     let open = db::jobs::schedules(&state.db, user_id, KIND, Some(draft_id), false, 500).await?;
@@ -326,29 +354,15 @@ pub async fn cancel_draft(state: &AppState, user_id: i64, draft_id: &str) -> Res
     Ok(())
 }
 
-/// Cancels one scheduled publish (a compare-and-set on the job, then on its target); one that
-/// is already sending is waited for up to `wait`.
+/// Cancels one scheduled publish ([`cancel_scheduled`]); one that is already sending is waited
+/// for up to `wait`.
 pub async fn cancel(
     state: &AppState,
     s: &Schedule,
     why: &str,
     wait: Duration,
 ) -> Result<Cancelled, ApiError> {
-    if db::jobs::cancel_pending(&state.db, &s.id, why).await? {
-        if let Some(t) = db::publishing::target_by_id(&state.db, &s.target_id).await? {
-            let _ = db::publishing::move_scheduled(&state.db, &t.id, "cancelled", None).await?;
-            let mut t = t;
-            t.status = "cancelled".into();
-            publish::end_unsent(state, &t, "cancelled", "CANCELLED", why).await;
-        }
-        return Ok(Cancelled::Yes);
-    }
-    // Claimed by a worker: it has not begun sending while its target is still scheduled.
-    if db::publishing::move_scheduled(&state.db, &s.target_id, "cancelled", None).await? {
-        if let Some(mut t) = db::publishing::target_by_id(&state.db, &s.target_id).await? {
-            t.status = "cancelled".into();
-            publish::end_unsent(state, &t, "cancelled", "CANCELLED", why).await;
-        }
+    if cancel_scheduled(state, &s.id, &s.target_id, why).await? {
         return Ok(Cancelled::Yes);
     }
     // It is being sent (or already ended): wait for its end and say where it went.

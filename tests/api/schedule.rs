@@ -413,6 +413,8 @@ async fn three_instances_publish_on_time_exactly_once_across_a_sigkill() {
         database_url: url,
         bin: env!("CARGO_BIN_EXE_tollgate").to_owned(),
         env: vec![("TOLLGATE__JOBS__LEASE_MS".into(), "3000".into())],
+        // Slow enough that some posts are in flight on the instance when it dies.
+        platform_ms: 400,
     })
     .await;
     eprintln!("{}", report.line());
