@@ -95,30 +95,42 @@ pub async fn create_target(
     description: &str,
     job: Option<&super::jobs::NewJob<'_>>,
 ) -> Result<(), ReserveError> {
+    create_targets(db, &[(t, job)], description).await
+}
+
+/// Writes targets, each with its hold and its job if it has one, all in one transaction: all
+/// are written or none (a balance that does not cover the last leaves no hold of the first).
+pub async fn create_targets(
+    db: &Db,
+    targets: &[(&Target, Option<&super::jobs::NewJob<'_>>)],
+    description: &str,
+) -> Result<(), ReserveError> {
     let now = now_ms();
     write_pool!(db, p => {
         let mut tx = p.begin().await?;
-        take_hold!(tx, t.user_id, t.held_micros, &t.id, description, now)?;
-        sqlx::query(concat!("INSERT INTO publish_targets (", target_columns!(), ")
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, 0, 0, $14, $14)"))
-            .bind(&t.id)
-            .bind(&t.publish_id)
-            .bind(t.user_id)
-            .bind(&t.account_id)
-            .bind(&t.platform)
-            .bind(&t.thread_key)
-            .bind(&t.status)
-            .bind(t.held_micros)
-            .bind(t.total)
-            .bind(t.published)
-            .bind(t.failed_at)
-            .bind(&t.error_code)
-            .bind(&t.error)
-            .bind(now)
-            .execute(&mut *tx)
-            .await?;
-        if let Some(job) = job {
-            super::jobs::insert_job!(tx, job, now)?;
+        for (t, job) in targets {
+            take_hold!(tx, t.user_id, t.held_micros, &t.id, description, now)?;
+            sqlx::query(concat!("INSERT INTO publish_targets (", target_columns!(), ")
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, 0, 0, $14, $14)"))
+                .bind(&t.id)
+                .bind(&t.publish_id)
+                .bind(t.user_id)
+                .bind(&t.account_id)
+                .bind(&t.platform)
+                .bind(&t.thread_key)
+                .bind(&t.status)
+                .bind(t.held_micros)
+                .bind(t.total)
+                .bind(t.published)
+                .bind(t.failed_at)
+                .bind(&t.error_code)
+                .bind(&t.error)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+            if let Some(job) = job {
+                super::jobs::insert_job!(tx, *job, now)?;
+            }
         }
         tx.commit().await?;
         Ok(())

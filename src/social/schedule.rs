@@ -17,6 +17,7 @@
 
 use super::publish::{self, Plan};
 use super::text::Platform;
+use crate::billing::Micros;
 use crate::db::jobs::{Job, NewJob, Schedule};
 use crate::db::publishing::Target;
 use crate::db::social::Account;
@@ -88,10 +89,12 @@ pub async fn schedule(
     let publish_id = format!("sch_{}", super::drafts::new_uuid().replace('-', ""));
     // Without an idempotency key this always writes a new publish.
     let _ = db::publishing::begin(&state.db, &publish_id, user_id, None, "").await?;
-    let mut made: Vec<(String, Target)> = Vec::new();
+    let mut made: Vec<(Target, String, i64)> = Vec::new();
+    let mut total = Micros::ZERO;
     for (account, plan) in req.accounts.iter().zip(plans) {
         let platform = Platform::parse(&account.platform).unwrap_or(Platform::X);
         let price = publish::price(state, platform);
+        total = Micros(total.0 + price.0);
         let target = Target {
             id: format!("pub_{}", super::drafts::new_uuid().replace('-', "")),
             publish_id: publish_id.clone(),
@@ -112,43 +115,44 @@ pub async fn schedule(
             updated_at_ms: now,
         };
         let job_id = format!("job_{}", super::drafts::new_uuid().replace('-', ""));
-        let effective = effective_at(req.scheduled_for_ms, now, req.jitter);
-        let job = NewJob {
-            id: &job_id,
+        made.push((
+            target,
+            job_id,
+            effective_at(req.scheduled_for_ms, now, req.jitter),
+        ));
+    }
+    let jobs: Vec<NewJob> = made
+        .iter()
+        .map(|(target, job_id, effective)| NewJob {
+            id: job_id,
             kind: KIND,
             subject: &target.id,
             user_id: Some(user_id),
-            queue_key: Some(&account.id),
+            queue_key: Some(&target.account_id),
             priority: req.priority,
             scheduled_for_ms: req.scheduled_for_ms,
-            effective_at_ms: effective,
+            effective_at_ms: *effective,
             max_attempts: state.config.jobs.max_attempts as i64,
             payload: "{}",
-        };
-        let description = format!(
-            "scheduled publish to {} (held until it is out)",
-            platform.as_str()
-        );
-        let held = match state.book.take(user_id, price) {
-            Ok(()) => db::publishing::create_target(&state.db, &target, &description, Some(&job))
-                .await
-                .inspect_err(|_| state.book.give(user_id, price)),
-            Err(e) => Err(e),
-        };
-        if let Err(e) = held {
-            // Nothing is scheduled unless all is: what was held is given back.
-            let why = "not scheduled: the balance did not cover every account";
-            for (job_id, t) in &made {
-                if let Err(e) = cancel_scheduled(state, job_id, &t.id, why).await {
-                    tracing::warn!(target = %t.id, error = %e, "giving back a schedule's hold failed; its job gives it back");
-                }
-            }
-            return Err(publish::refused(e, price));
-        }
-        made.push((job_id, target));
+        })
+        .collect();
+    let rows: Vec<(&Target, Option<&NewJob>)> = made
+        .iter()
+        .map(|m| &m.0)
+        .zip(jobs.iter().map(Some))
+        .collect();
+    // Every account's price held with its target and job in one transaction: all or none.
+    state
+        .book
+        .take(user_id, total)
+        .map_err(|e| publish::refused(e, total))?;
+    let description = "scheduled publish (held until it is out)";
+    if let Err(e) = db::publishing::create_targets(&state.db, &rows, description).await {
+        state.book.give(user_id, total);
+        return Err(publish::refused(e, total));
     }
     state.jobs.wake.notify_one();
-    Ok(made.into_iter().map(|(id, _)| id).collect())
+    Ok(made.into_iter().map(|(_, id, _)| id).collect())
 }
 
 /// Unix milliseconds as RFC 3339 text.

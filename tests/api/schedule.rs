@@ -572,3 +572,36 @@ both_backends!(
     readiness_follows_the_job_worker_and_overdue_jobs_are_counted,
     a_worker_process_publishes_what_a_server_without_jobs_scheduled
 );
+
+/// A balance that covers one account of two schedules neither: all holds or none.
+async fn a_balance_short_for_every_account_schedules_nothing(b: Backend) {
+    let (app, fake) = jobs_app(&b).await;
+    let (user, key, first) = x_user(&app, "15").await;
+    *fake.user.lock().expect("lock") = ("99887766".into(), "second_account".into());
+    let (second, _) = crate::publishing::connect_x(&app, &key, json!({})).await;
+    assert_ne!(first, second);
+    let d = draft(&app, &key, &["not for both"]).await;
+    let (status, v) = schedule(
+        &app,
+        &key,
+        json!({"draftId": d, "scheduledFor": iso_in(0), "applyJitter": false, "targetAccounts": [
+            {"accountId": first, "platform": "twitter"}, {"accountId": second, "platform": "twitter"}]}),
+    )
+    .await;
+    assert_eq!(
+        (status, v["error"].clone()),
+        (402, json!("INSUFFICIENT_CREDITS")),
+        "{v}"
+    );
+    assert_eq!(app.balance_micros(user).await, 15 * CREDIT, "nothing held");
+    assert!(
+        schedules(&app, &key, true).await.is_empty(),
+        "nothing scheduled"
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(tweet_texts(&fake).is_empty());
+    app.assert_books_balance(user).await;
+    app.stop().await;
+}
+
+both_backends!(a_balance_short_for_every_account_schedules_nothing);
