@@ -133,11 +133,15 @@ pub async fn run(state: AppState, stop: CancellationToken) {
             Err(e) => tracing::warn!(error = %e, "claiming a job failed"),
         }
         drop(permit);
-        // Sleep until the next job falls due, at most one poll interval.
+        // Sleep until the next job falls due, at most one poll interval. A job already due
+        // that was not claimed waits for its account's running job: its end wakes this
+        // worker when it ran here, the poll (every 25 ms meanwhile) when it ran elsewhere.
+        let now = crate::clock::now_ms();
         let wait = match db::jobs::next_due(&state.db).await {
-            Ok(Some(at)) => Duration::from_millis(
-                (at - crate::clock::now_ms()).clamp(5, poll.as_millis() as i64) as u64,
-            ),
+            Ok(Some(at)) if at > now => {
+                Duration::from_millis((at - now).clamp(5, poll.as_millis() as i64) as u64)
+            }
+            Ok(Some(_)) => poll.min(Duration::from_millis(25)),
             _ => poll,
         };
         tokio::select! {
@@ -224,5 +228,9 @@ async fn work(state: &AppState, owner: &str, job: Job) {
     }
     if label != "again" {
         metrics::counter!(m::JOBS_FINISHED, "kind" => kind, "outcome" => label).increment(1);
+    }
+    // The account's next job (if one waits) may run now.
+    if job.queue_key.is_some() {
+        state.jobs.wake.notify_one();
     }
 }
