@@ -689,8 +689,10 @@ async fn start(state: &AppState, job: &Job, item: &Item, b: &Binding) -> Result<
             target.error.unwrap_or_else(|| target.status.clone()),
         ));
     }
+    // `sending`, not `posting`: the immediate publishes' stall recovery must not take a WeChat
+    // article that waits for review for one whose process died (its job follows it).
     if target.status == "scheduled" {
-        db::publishing::move_scheduled(&state.db, &target.id, "posting", None).await?;
+        db::publishing::move_scheduled(&state.db, &target.id, "sending", None).await?;
     }
     let Some(publish) = store::get(&state.db, user_id, item.publish_id).await? else {
         return refund(state, item, &["pending"], "the publish was deleted").await;
