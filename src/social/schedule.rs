@@ -11,9 +11,9 @@
 //! still held; any other failure refunds it. A job taken again after its instance died never
 //! re-sends a post of unknown outcome: that target becomes `unconfirmed`.
 //!
-//! Cancelling is a compare-and-set: on the job while it is pending, else on the target while
-//! it is `scheduled`; the job's start is the same compare-and-set, so exactly one wins. A
-//! cancel that loses waits for the publish and answers with where it went.
+//! Cancelling is a compare-and-set on the target while it is `scheduled` (its hold given back,
+//! then its job cancelled if still pending); the job's start is the same compare-and-set, so
+//! exactly one wins. A cancel that loses waits for the publish and answers with where it went.
 
 use super::publish::{self, Plan};
 use super::text::Platform;
