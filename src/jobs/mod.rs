@@ -176,46 +176,34 @@ async fn work(state: &AppState, owner: &str, job: Job) {
         }
     };
     let kind = job.kind.clone();
+    // A pending job again (a retry, or the next step) or an end, each fenced by the lease.
     let (label, ended) = match &done {
-        Done::Succeeded(result) => (
-            "succeeded",
-            db::jobs::end(
-                &state.db,
-                &job.id,
-                owner,
-                "succeeded",
-                result.as_deref(),
-                None,
-            )
-            .await,
-        ),
-        Done::Failed(why) => (
-            "failed",
-            db::jobs::end(&state.db, &job.id, owner, "failed", None, Some(why)).await,
-        ),
-        Done::Cancelled(why) => (
-            "cancelled",
-            db::jobs::end(&state.db, &job.id, owner, "cancelled", None, Some(why)).await,
-        ),
-        Done::Unconfirmed(why) => (
-            "unconfirmed",
-            db::jobs::end(&state.db, &job.id, owner, "unconfirmed", None, Some(why)).await,
-        ),
         Done::Retry { after_ms, why } => {
             let backoff =
                 cfg.retry_base_ms
                     .saturating_mul(1 << (job.attempts.clamp(1, 16) - 1)) as i64;
-            let after = after_ms.unwrap_or(0).max(backoff);
-            let at = crate::clock::now_ms() + after;
-            (
-                "retry",
-                db::jobs::again(&state.db, &job.id, owner, at, Some(why)).await,
-            )
+            let at = crate::clock::now_ms() + after_ms.unwrap_or(0).max(backoff);
+            let again = db::jobs::again(&state.db, &job.id, owner, at, Some(why)).await;
+            ("retry", again)
         }
-        Done::Again { at_ms } => (
-            "again",
-            db::jobs::again(&state.db, &job.id, owner, *at_ms, None).await,
-        ),
+        Done::Again { at_ms } => {
+            let again = db::jobs::again(&state.db, &job.id, owner, *at_ms, None).await;
+            ("again", again)
+        }
+        Done::Succeeded(result) => {
+            let result = result.as_deref();
+            let end = db::jobs::end(&state.db, &job.id, owner, "succeeded", result, None).await;
+            ("succeeded", end)
+        }
+        Done::Failed(why) | Done::Cancelled(why) | Done::Unconfirmed(why) => {
+            let label = match &done {
+                Done::Failed(_) => "failed",
+                Done::Cancelled(_) => "cancelled",
+                _ => "unconfirmed",
+            };
+            let end = db::jobs::end(&state.db, &job.id, owner, label, None, Some(why)).await;
+            (label, end)
+        }
     };
     match ended {
         Ok(true) => {}

@@ -104,7 +104,7 @@ async fn create(
         _ => x_accounts(&state, user_id, &draft, None).await?,
     };
     let count = accounts.len();
-    let queue_ids = schedule::schedule(
+    let made = schedule::schedule(
         &state,
         user_id,
         Request {
@@ -116,14 +116,8 @@ async fn create(
         },
     )
     .await?;
-    let prefix = draft_id.clone();
-    let made: Vec<Value> =
-        db::jobs::schedules(&state.db, user_id, schedule::KIND, Some(&prefix), true, 500)
-            .await?
-            .iter()
-            .filter(|s| queue_ids.contains(&s.id))
-            .map(schedule_json)
-            .collect();
+    let queue_ids: Vec<&str> = made.iter().map(|s| s.id.as_str()).collect();
+    let made: Vec<Value> = made.iter().map(schedule_json).collect();
     Ok((
         StatusCode::OK,
         Json(json!({

@@ -558,18 +558,12 @@ async fn wechat_step(state: &AppState, job: &Job, item: &Item) -> Result<Done, s
         "submitting" => {
             // Taken again after its instance stopped mid-submit: it may be out.
             let why = "the submit to WeChat was interrupted and may have gone through: check the Official Account's 发表记录";
-            store::set_item(
-                &state.db,
-                item.publish_id,
-                &item.platform,
-                &["submitting"],
-                "unconfirmed",
-                None,
-                None,
-                Some(why),
-            )
-            .await?;
-            Ok(Done::Unconfirmed(why.to_owned()))
+            match target_of(state, item).await? {
+                Some(target) => {
+                    leave_unconfirmed(state, item, &target, "submitting", why.to_owned()).await
+                }
+                None => Ok(Done::Failed("its hold is missing".into())),
+            }
         }
         "published" => Ok(Done::Succeeded(item.url.clone())),
         other => Ok(Done::Failed(
@@ -709,19 +703,6 @@ async fn start(state: &AppState, job: &Job, item: &Item, b: &Binding) -> Result<
     };
     let base = state.config.social.wechat.api_base.clone();
     let http = state.http.clone();
-    // What may be tried again (nothing was published: every step before the submit is
-    // harmless to repeat, even one whose answer was lost) or not.
-    let stop = |e: WxError, attempts: i64| -> Result<Result<(), Done>, ()> {
-        let again = e.retryable() || matches!(e, WxError::Lost(_));
-        if again && attempts < job.max_attempts {
-            Ok(Err(Done::Retry {
-                after_ms: None,
-                why: e.reason(),
-            }))
-        } else {
-            Err(())
-        }
-    };
     let mut html = article::to_wechat_html(&creation.content);
     let mut cover: Option<(String, String, Vec<u8>)> = None;
     if let Some(f) = &creation.file_id {
@@ -749,8 +730,7 @@ async fn start(state: &AppState, job: &Job, item: &Item, b: &Binding) -> Result<
                     .replace(&format!("src='{src}'"), &format!("src=\"{url}\""))
             }
             Err(e) => {
-                return fail_or_retry(state, item, &target, stop(e.clone(), job.attempts), &e)
-                    .await;
+                return fail_or_retry(state, job, item, &target, &["pending"], &e).await;
             }
         }
     }
@@ -763,7 +743,7 @@ async fn start(state: &AppState, job: &Job, item: &Item, b: &Binding) -> Result<
     let thumb = match thumb {
         Ok(m) => m,
         Err(e) => {
-            return fail_or_retry(state, item, &target, stop(e.clone(), job.attempts), &e).await;
+            return fail_or_retry(state, job, item, &target, &["pending"], &e).await;
         }
     };
     let text = article::plain_text(&creation.content);
@@ -786,7 +766,7 @@ async fn start(state: &AppState, job: &Job, item: &Item, b: &Binding) -> Result<
     let media_id = match draft {
         Ok(m) => m,
         Err(e) => {
-            return fail_or_retry(state, item, &target, stop(e.clone(), job.attempts), &e).await;
+            return fail_or_retry(state, job, item, &target, &["pending"], &e).await;
         }
     };
     // Recorded before the submit: a submit whose answer is lost is never sent again.
@@ -830,80 +810,84 @@ async fn start(state: &AppState, job: &Job, item: &Item, b: &Binding) -> Result<
             let why = format!(
                 "the submit's answer was lost ({why}); check the Official Account's 发表记录"
             );
-            store::set_item(
-                &state.db,
-                item.publish_id,
-                &item.platform,
-                &["submitting"],
-                "unconfirmed",
-                None,
-                None,
-                Some(&why),
-            )
-            .await?;
-            let progress = db::publishing::Progress {
-                status: "unconfirmed",
-                published: 0,
-                failed_at: Some(0),
-                error_code: Some("UNCONFIRMED"),
-                error: Some(&why),
-            };
-            db::publishing::hold_open(&state.db, &target.id, &progress).await?;
-            Ok(Done::Unconfirmed(why))
+            leave_unconfirmed(state, item, &target, "submitting", why).await
         }
-        Err(e) => {
-            // Refused (or not reached): nothing was published; the saved draft stays.
-            let back = store::set_item(
-                &state.db,
-                item.publish_id,
-                &item.platform,
-                &["submitting"],
-                "pending",
-                None,
-                None,
-                Some(&e.reason()),
-            )
-            .await?;
-            let _ = back;
-            fail_or_retry(state, item, &target, stop(e.clone(), job.attempts), &e).await
-        }
+        // Refused (or not reached): nothing was published; the saved draft stays.
+        Err(e) => fail_or_retry(state, job, item, &target, &["submitting"], &e).await,
     }
 }
 
-/// A step that published nothing failed: retried (the item back to pending, the hold kept) or
-/// failed for good with WeChat's reason (refunded).
+/// A step that published nothing failed (the item was `from`): tried again when that may work
+/// (WeChat busy or not reached, or an answer lost before the submit: every step before it is
+/// harmless to repeat) and tries are left, the item back to pending and the hold kept; else
+/// failed for good with WeChat's reason, refunded.
 async fn fail_or_retry(
+    state: &AppState,
+    job: &Job,
+    item: &Item,
+    target: &Target,
+    from: &[&str],
+    e: &WxError,
+) -> Result<Done, sqlx::Error> {
+    let why = e.reason();
+    let again = e.retryable() || matches!(e, WxError::Lost(_));
+    if !again || job.attempts >= job.max_attempts {
+        return refund(state, item, from, &why).await;
+    }
+    let progress = db::publishing::Progress {
+        status: "scheduled",
+        published: 0,
+        failed_at: None,
+        error_code: Some("RETRYING"),
+        error: Some(&why),
+    };
+    db::publishing::hold_open(&state.db, &target.id, &progress).await?;
+    store::set_item(
+        &state.db,
+        item.publish_id,
+        &item.platform,
+        from,
+        "pending",
+        None,
+        None,
+        Some(&why),
+    )
+    .await?;
+    Ok(Done::Retry {
+        after_ms: None,
+        why,
+    })
+}
+
+/// Leaves an item whose article may be out `unconfirmed` (it was `from`), its hold kept for
+/// the user to settle.
+async fn leave_unconfirmed(
     state: &AppState,
     item: &Item,
     target: &Target,
-    verdict: Result<Result<(), Done>, ()>,
-    e: &WxError,
+    from: &str,
+    why: String,
 ) -> Result<Done, sqlx::Error> {
-    match verdict {
-        Ok(Err(retry)) => {
-            let progress = db::publishing::Progress {
-                status: "scheduled",
-                published: 0,
-                failed_at: None,
-                error_code: Some("RETRYING"),
-                error: Some(&e.reason()),
-            };
-            db::publishing::hold_open(&state.db, &target.id, &progress).await?;
-            store::set_item(
-                &state.db,
-                item.publish_id,
-                &item.platform,
-                &["pending"],
-                "pending",
-                None,
-                None,
-                Some(&e.reason()),
-            )
-            .await?;
-            Ok(retry)
-        }
-        _ => refund(state, item, &["pending"], &e.reason()).await,
-    }
+    store::set_item(
+        &state.db,
+        item.publish_id,
+        &item.platform,
+        &[from],
+        "unconfirmed",
+        None,
+        None,
+        Some(&why),
+    )
+    .await?;
+    let progress = db::publishing::Progress {
+        status: "unconfirmed",
+        published: 0,
+        failed_at: Some(0),
+        error_code: Some("UNCONFIRMED"),
+        error: Some(&why),
+    };
+    db::publishing::hold_open(&state.db, &target.id, &progress).await?;
+    Ok(Done::Unconfirmed(why))
 }
 
 /// Follows a submitted article: out (charged), failed (refunded), or asked again later.
@@ -928,26 +912,7 @@ async fn follow(state: &AppState, item: &Item, b: &Binding) -> Result<Done, sqlx
             if crate::clock::now_ms() - item.updated_at_ms > 86_400_000 =>
         {
             let why = "WeChat still says publishing a day after the submit: check the Official Account's 发表记录";
-            store::set_item(
-                &state.db,
-                item.publish_id,
-                &item.platform,
-                &["publishing"],
-                "unconfirmed",
-                None,
-                None,
-                Some(why),
-            )
-            .await?;
-            let progress = db::publishing::Progress {
-                status: "unconfirmed",
-                published: 0,
-                failed_at: Some(0),
-                error_code: Some("UNCONFIRMED"),
-                error: Some(why),
-            };
-            db::publishing::hold_open(&state.db, &target.id, &progress).await?;
-            Ok(Done::Unconfirmed(why.to_owned()))
+            leave_unconfirmed(state, item, &target, "publishing", why.to_owned()).await
         }
         Ok(wechat::Status::Publishing) => Ok(again),
         Ok(wechat::Status::Published { url, .. }) => {

@@ -60,12 +60,13 @@ pub struct Request {
 
 /// Schedules a draft to each account: checks every post as a publish would (400 before
 /// anything is held), then holds each price with its target and job; a balance that does not
-/// cover them all holds nothing. The queue ids (job ids), in the order of the accounts.
+/// cover them all holds nothing. What was scheduled (the queue ids are the job ids), in the
+/// order of the accounts.
 pub async fn schedule(
     state: &AppState,
     user_id: i64,
     req: Request,
-) -> Result<Vec<String>, ApiError> {
+) -> Result<Vec<Schedule>, ApiError> {
     let now = crate::clock::now_ms();
     if req.scheduled_for_ms < now - PAST_GRACE_MS {
         return Err(ApiError::InvalidInput(format!(
@@ -152,7 +153,27 @@ pub async fn schedule(
         return Err(publish::refused(e, total));
     }
     state.jobs.wake.notify_one();
-    Ok(made.into_iter().map(|(_, id, _)| id).collect())
+    Ok(made
+        .into_iter()
+        .map(|(t, id, effective)| Schedule {
+            id,
+            state: "pending".into(),
+            priority: req.priority,
+            attempts: 0,
+            scheduled_for_ms: req.scheduled_for_ms,
+            effective_at_ms: effective,
+            last_error: None,
+            result: None,
+            created_at_ms: now,
+            target_id: t.id,
+            account_id: t.account_id,
+            platform: t.platform,
+            thread_key: t.thread_key,
+            target_status: t.status,
+            draft_id: Some(req.draft.id.clone()),
+            draft_title: Some(req.draft.title.clone()),
+        })
+        .collect())
 }
 
 /// Unix milliseconds as RFC 3339 text.
@@ -224,7 +245,7 @@ pub async fn run(state: &AppState, job: &Job) -> Done {
     };
     let (Some(draft), Some(account)) = (draft, account) else {
         let why = "the draft or the account was deleted before its time";
-        return cancel_unstarted(state, &target, fresh, why).await;
+        return cancel_unstarted(state, job, &target, fresh, why).await;
     };
     let plan = Plan::thread(&draft, &account);
     if fresh {
@@ -270,24 +291,25 @@ pub async fn run(state: &AppState, job: &Job) -> Done {
 
 /// A target that sent nothing at its time: cancelled if it was still scheduled (its hold
 /// given back), else failed with why.
-async fn cancel_unstarted(state: &AppState, target: &Target, fresh: bool, why: &str) -> Done {
-    if fresh {
-        match db::publishing::move_scheduled(&state.db, &target.id, "cancelled", None).await {
-            Ok(true) | Ok(false) => {}
-            Err(e) => {
-                return Done::Retry {
-                    after_ms: Some(5_000),
-                    why: format!("database: {e}"),
-                };
-            }
-        }
-        let mut t = target.clone();
-        t.status = "cancelled".into();
-        publish::end_unsent(state, &t, "cancelled", "CANCELLED", why).await;
-        return Done::Cancelled(why.to_owned());
+async fn cancel_unstarted(
+    state: &AppState,
+    job: &Job,
+    target: &Target,
+    fresh: bool,
+    why: &str,
+) -> Done {
+    if !fresh {
+        publish::end_unsent(state, target, "failed", "CANCELLED", why).await;
+        return Done::Failed(why.to_owned());
     }
-    publish::end_unsent(state, target, "failed", "CANCELLED", why).await;
-    Done::Failed(why.to_owned())
+    // Whether this or a cancel racing it moved the target, it is cancelled and given back.
+    match cancel_scheduled(state, &job.id, &target.id, why).await {
+        Ok(_) => Done::Cancelled(why.to_owned()),
+        Err(e) => Done::Retry {
+            after_ms: Some(5_000),
+            why: format!("database: {e}"),
+        },
+    }
 }
 
 /// A settled target's job end.
